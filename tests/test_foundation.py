@@ -10,10 +10,10 @@ import textwrap
 from datetime import date
 from pathlib import Path
 
+import fastcore.test as ft
 import polars as pl
 import pytest
 
-import fastcore.test as ft
 from wrds_sync_nb import events
 from wrds_sync_nb.datasets import DatasetRegistry
 from wrds_sync_nb.errors import ConfigError, DatasetNameError, ManifestError, UnknownDatasetError

@@ -5,13 +5,14 @@ content. `python tools/nbpy.py to-nb SRC.txt nbs/NAME.ipynb` writes a notebook (
 `python tools/nbpy.py to-txt nbs/NAME.ipynb OUT.txt` goes back. Notebooks stay the source of truth:
 the text files are scratch and never committed.
 """
+import hashlib
 import json
 import sys
 from pathlib import Path
 
 
 def to_nb(src: Path, dst: Path) -> None:
-    cells, kind, buf = [], None, []
+    cells, kind, buf, seen = [], None, [], set()
     def flush():
         if kind is None: return
         while buf and not buf[-1].strip(): buf.pop()
@@ -21,6 +22,11 @@ def to_nb(src: Path, dst: Path) -> None:
         c = {"cell_type": "markdown" if kind == "md" else "code", "metadata": {}, "source": lines}
         if kind != "md": c.update(execution_count=None, outputs=[])
         if kind == "params": c["metadata"] = {"tags": ["parameters"]}
+        # ids derived from content, so an unchanged cell keeps its id (and the exported code its cell marker)
+        cid = hashlib.sha1(text.encode()).hexdigest()[:8]
+        while cid in seen: cid = hashlib.sha1(cid.encode()).hexdigest()[:8]
+        seen.add(cid)
+        c["id"] = cid
         cells.append(c)
     for line in src.read_text().split("\n"):
         if line.startswith("#%%"):
