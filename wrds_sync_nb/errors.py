@@ -11,8 +11,8 @@ from __future__ import annotations
 __all__ = ['WrdsSyncError', 'LockError', 'LockAcquisitionError', 'LockRecoveryError', 'MalformedLockFileError',
            'LockOwnershipError', 'ConfigError', 'DatasetNameError', 'UnknownDatasetError', 'CredentialsError',
            'WRDSConnectionError', 'QueryError', 'QueryTimeoutError', 'TransientQueryError', 'DataError', 'SchemaError',
-           'ChecksumMismatchError', 'DiskSpaceError', 'ValidationError', 'ManifestError', 'BackupError',
-           'PartitionValidationError']
+           'ChecksumMismatchError', 'DiskSpaceError', 'ValidationError', 'ManifestError', 'SyncIncompleteError',
+           'BackupError', 'PartitionValidationError']
 
 # %% ../nbs/00_errors.ipynb #b5a234f1
 class WrdsSyncError(Exception):
@@ -27,7 +27,7 @@ class WrdsSyncError(Exception):
         self.fix = " ".join((fix or self.default_fix).split()).rstrip(".")
         super().__init__(f"{self.what}. Fix: {self.fix}.")
 
-# %% ../nbs/00_errors.ipynb #00e19e9a
+# %% ../nbs/00_errors.ipynb #ecb6c7c1
 class LockError(WrdsSyncError):
     "A problem with a dataset's single-writer lock"
     default_fix = "run `wrds-sync lock-status`, then see runbooks/wrds-lock-recovery"
@@ -106,6 +106,10 @@ class ValidationError(DataError):
 class ManifestError(DataError):
     "A manifest, progress or schema file is malformed or was modified outside wrds-sync"
     default_fix = "restore it with `ManifestManager.rollback`, from backup, or rerun a full sync"
+
+class SyncIncompleteError(DataError):
+    "A sync finished what it could, but some partitions are still missing or stale"
+    default_fix = "rerun the same command: completed partitions are kept and only the missing ones are fetched"
 
 class BackupError(WrdsSyncError):
     "A backup or restore step failed"

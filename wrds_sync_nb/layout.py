@@ -27,7 +27,7 @@ def validate_name(name:object,         # the candidate name
         raise DatasetNameError(f"invalid {kind} name {shown}")
     return name
 
-# %% ../nbs/01a_layout.ipynb #45ed3667
+# %% ../nbs/01a_layout.ipynb #0c976da0
 ALL_PARTITION = "all"
 TMP_SUFFIX = ".tmp"
 
@@ -76,6 +76,10 @@ class DataLayout:
     def schema_path(self, dataset:str, table:str) -> Path:
         return self.schemas_dir / validate_name(dataset) / f"{validate_name(table, 'table')}.json"
     def lock_path(self, dataset:str) -> Path: return self.locks_dir / f"{validate_name(dataset)}.lock"
+    @property
+    def staging_dir(self) -> Path: return self.tmp_dir / "staging"
+    def staging_table_dir(self, dataset:str, table:str) -> Path:
+        return self.staging_dir / validate_name(dataset) / validate_name(table, "table")
     def progress_path(self, dataset:str) -> Path: return self.progress_dir / f"{validate_name(dataset)}.json"
 
     def quarantine_entry(self, dataset:str, operation:str, now:datetime|None=None) -> Path:
@@ -89,7 +93,7 @@ class DataLayout:
     def ensure(self) -> DataLayout:
         "Create the folders of the layout (the lock folder private to the user)"
         for d in (self.wrds_dir, self.manifests_dir, self.schemas_dir, self.progress_dir,
-                  self.quarantine_dir, self.backups_dir, self.duckdb_tmp_dir):
+                  self.quarantine_dir, self.backups_dir, self.duckdb_tmp_dir, self.staging_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return self
