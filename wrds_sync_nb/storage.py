@@ -22,7 +22,7 @@ from .layout import DataLayout, atomic_write_bytes, fsync_dir
 __all__ = ['QUARANTINE_DAYS', 'WARN_PCT', 'CRITICAL_PCT', 'BLOCKED_PCT', 'HashingFile', 'WrittenFile', 'write_parquet_stream',
            'check_same_filesystem', 'publish', 'Quarantine', 'DiskStatus', 'DiskMonitor', 'estimate_bytes']
 
-# %% ../nbs/07_storage.ipynb #cfb74e69
+# %% ../nbs/07_storage.ipynb #ba4ae872
 class HashingFile:
     "A write-only binary file that hashes what is written and can be fsynced"
     def __init__(self, path:Path):
@@ -77,9 +77,9 @@ def write_parquet_stream(path:Path,                      # staging file to creat
     except BaseException as e:
         try: sink.close()
         except OSError: pass
-        path.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # the caller quarantines (or removes) the partial file
             raise DiskSpaceError(f"no space left on device while writing {path.name}") from e
+        path.unlink(missing_ok=True)
         raise
     return WrittenFile(path, rows, sink.bytes, sink.sha.hexdigest(), schema)
 
