@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from synchelp import assert_equal_to_source, file_digests, manager
+
 from wrds_sync_nb import events
-from wrds_sync_nb.errors import (LockAcquisitionError, SchemaError, SyncIncompleteError)
+from wrds_sync_nb.errors import LockAcquisitionError, SchemaError, SyncIncompleteError
 from wrds_sync_nb.layout import DataLayout
 from wrds_sync_nb.locking import AtomicFileLock
 from wrds_sync_nb.manifest import ManifestManager
