@@ -246,7 +246,7 @@ class _MetadataClient(_PooledClient):
         return {"schema": schema, "table": table, "kind": row["kind"], "columns": cols.to_dicts(),
                 "approx_rows": approx, "comment": row["comment"], "last_updated": parse_last_updated(row["comment"])}
 
-# %% ../nbs/05_client.ipynb #fb212bc3
+# %% ../nbs/05_client.ipynb #fe3fe451
 class WRDSClient(_MetadataClient):
     "Pooled, rate-limited, retrying WRDS client with a streaming Arrow read; use as a context manager"
     def _adbc_connection(self) -> Any:
@@ -302,7 +302,7 @@ class WRDSClient(_MetadataClient):
 
     def arrow_schema(self, sql:str, params:dict[str, Any]|None=None) -> pa.Schema:
         "The Arrow schema `sql` would produce, without fetching rows"
-        text = self.mogrify(f"select * from ({sql}) as q limit 0", params)
+        text = self.mogrify(f"select * from ({sql}) as q where false", params)
         with self._adbc_lock:
             def run() -> pa.Schema:
                 try:

@@ -242,7 +242,7 @@ class _PartitionSync(_SyncRuns):
                     seconds=round(secs, 3), rows_per_second=int(wf.rows / secs) if secs > 0 else None)
         return entry
 
-# %% ../nbs/08_sync.ipynb #e4235ebd
+# %% ../nbs/08_sync.ipynb #76a575ae
 class _TableSync(_PartitionSync):
     "Decide which partitions of a table to fetch, and fetch them"
     def _fingerprints(self, table:TableSpec, columns:list[str], years:range|None) -> dict[str, SourceFingerprint]:
@@ -283,8 +283,8 @@ class _TableSync(_PartitionSync):
         missing = [c for c in [*table.key_columns, *table.casts] if c not in columns]
         if missing:
             raise SchemaError(f"{ds}/{table.name}: columns {missing} of the dataset definition are not in {table.source}")
-        sql, params = data_sql(table, columns, None if years is None else years.start)
-        schema = self.client.arrow_schema(sql, params)
+        schema = self.client.arrow_schema(f"select {select_list(table, columns)} "
+                                          f"from {qualified(table.source_schema, table.source_table)}")
         self._check_schema(ds, table, schema)
         if not table.partitioned: years = None
         elif ctx.kind == "incremental":
@@ -294,7 +294,9 @@ class _TableSync(_PartitionSync):
         stored = dict(entry.partitions) if entry else {}
         keys = [ALL_PARTITION] if years is None else [str(y) for y in years]
         events.emit(events.TABLE_STARTED, dataset=ds, table=table.name, partitions=len(keys))
-        resumed = ctx.progress.completed.get(table.name, {})
+        # resuming: what this run (before it was interrupted) checkpointed or committed
+        resumed = {**{k: e for k, e in stored.items() if e.synced_at >= ctx.progress.started_at},
+                   **ctx.progress.completed.get(table.name, {})}
         todo: list[str] = []
         for key in keys:
             fp, old = fps.get(key), stored.get(key)
@@ -361,7 +363,7 @@ class _TableSync(_PartitionSync):
                                 table=table.name, partition=key, rows=old.rows)
         events.emit(events.PARTITION_REMOVED, level="warning", dataset=ctx.spec.name, table=table.name, partition=key)
 
-# %% ../nbs/08_sync.ipynb #5fa131c4
+# %% ../nbs/08_sync.ipynb #27041d38
 class _IntegrityCheck(_TableSync):
     "Verification of the local copy against its manifest, with no WRDS connection"
     def verify_integrity(self, dataset:str) -> list[str]:
@@ -375,7 +377,7 @@ class _IntegrityCheck(_TableSync):
             try:
                 if spec is not None: self._recover(spec)
             finally: lock.release(token)
-        except LockAcquisitionError:
+        except (LockAcquisitionError, OSError):  # a sync is running (or the disk is full): read-only check
             prog = self._load_progress(ds)
             in_flight = {e.path: e.sha256 for es in (prog.pending.values() if prog else []) for e in es.values()}
         manifest = self.manifests.load(ds)
@@ -411,7 +413,7 @@ class _IntegrityCheck(_TableSync):
         events.emit(events.VERIFY_COMPLETED, dataset=ds, files=len(listed), problems=len(problems))
         return problems
 
-# %% ../nbs/08_sync.ipynb #8ebb5475
+# %% ../nbs/08_sync.ipynb #28d7e9bf
 class SyncManager(_IntegrityCheck):
     "Orchestrates full and incremental syncs of WRDS datasets into the data dir, and verifies them"
     def _run(self, dataset:str, kind:Literal["full", "incremental"], years:range|None) -> SyncManifest:
@@ -443,7 +445,8 @@ class SyncManager(_IntegrityCheck):
                         events.emit(events.PARTITION_FAILED, level="error", dataset=spec.name, table=table.name, error=e.what)
             except BaseException as e:
                 progress.status = "paused" if isinstance(e, (DiskSpaceError, KeyboardInterrupt)) else "failed"
-                self._save_progress(progress)
+                try: self._save_progress(progress)
+                except (OSError, WrdsSyncError): pass  # e.g. the disk is full: the last checkpoint stands
                 events.emit(events.SYNC_FAILED, level="error", dataset=spec.name, kind=kind,
                             error=e.what if isinstance(e, WrdsSyncError) else repr(e))
                 raise

@@ -1,0 +1,270 @@
+"""Sync under real faults: kill -9 at random moments, a reader racing a sync, a full disk (tmpfs),
+a partition that times out or loses its connection on the server."""
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import textwrap
+from datetime import date
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from synchelp import assert_equal_to_source, file_digests, manager
+
+from wrds_sync_nb import events
+from wrds_sync_nb.client import WRDSClient
+from wrds_sync_nb.datasets import DatasetRegistry, DatasetSpec, TableSpec
+from wrds_sync_nb.errors import DiskSpaceError, SyncIncompleteError
+from wrds_sync_nb.layout import DataLayout
+from wrds_sync_nb.manifest import ManifestManager
+from wrds_sync_nb.sync import SyncManager
+
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from pydantic import SecretStr
+    from wrds_sync_nb import events
+    from wrds_sync_nb.client import WRDSClient
+    from wrds_sync_nb.config import WRDSConfig
+    from wrds_sync_nb.sync import SyncManager
+    sock, db, data, mode, n = sys.argv[1:6]
+    if mode == "manifest":  # die half-way through writing the n-th manifest
+        import wrds_sync_nb.manifest as M
+        real, count = M.atomic_write_bytes, [0]
+        def dying(target, content, mode=0o644):
+            if target.suffix == ".json":
+                count[0] += 1
+                if count[0] == int(n):
+                    tmp = target.with_name(f".{target.name}.{os.getpid()}.dying.tmp")
+                    tmp.write_bytes(content[: len(content) // 2])
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return real(target, content, mode)
+        M.atomic_write_bytes = dying
+    events.configure_logging("json", verbose=True, stream=sys.stdout)
+    cfg = WRDSConfig(username="postgres", password=SecretStr("x"), host=sock, port=5432, database=db, sslmode="disable",
+                     rate_limit_queries_per_minute=100000)
+    SyncManager(WRDSClient(cfg), data, batch_rows=300).full_sync("crsp", start_year=2021, end_year=2025)
+""")
+PARTITIONS = 12  # crsp: daily 5 + monthly 5 + security_info + ccm_link
+PUBLISHED = re.compile(r"(\d{4}|all)\.parquet")
+
+
+def published_files_are_complete(data: Path):
+    for f in (data / "wrds").rglob("*"):
+        if f.is_file():
+            assert PUBLISHED.fullmatch(f.name), f"unexpected file {f}"
+            assert pq.ParquetFile(f).metadata.num_rows > 0  # a complete Parquet file: footer readable
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume(demo, wrds_db, tmp_path):
+    rng = random.Random(20261126)
+    sock = demo.socket_dir
+    kinds = []
+    for i in range(20):
+        data = tmp_path / f"run{i}"
+        mode, n = ("manifest", rng.randint(1, 10)) if i % 4 == 0 else ("events", rng.randint(1, 45))
+        p = subprocess.Popen([sys.executable, "-c", CHILD, sock, wrds_db, str(data), mode, str(n)],
+                             stdout=subprocess.PIPE, text=True)
+        if mode == "events":
+            for _ in range(n):  # let it run to its n-th event, whatever that is, then kill it
+                line = p.stdout.readline()
+                if not line:
+                    break
+                kinds.append(json.loads(line)["event"])
+            p.kill()
+        p.wait()
+        p.stdout.close()
+        published_files_are_complete(data)
+        problems = SyncManager(None, data).verify_integrity("crsp")  # rolls a journaled publish forward
+        if (data / "manifests/crsp.json").exists():
+            assert problems == []
+        else:  # killed before anything was published
+            assert problems == [f"dataset 'crsp' has no manifest: it has never been synced into {data}"]
+            assert [f for f in (data / "wrds").rglob("*") if f.is_file()] == []
+        m = ManifestManager(DataLayout(data)).load("crsp")
+        prog = data / "sync_progress/crsp.json"
+        finished = prog.exists() and json.loads(prog.read_text())["status"] == "completed"
+        done = 0 if finished or m is None else len(m.files())  # a finished run is followed by a new full sync
+        with events.capture_events() as got:
+            manager(demo, wrds_db, data).full_sync("crsp", start_year=2021, end_year=2025)
+        fetched = sum(e["event"] == events.PARTITION_COMPLETED for e in got)
+        assert fetched == PARTITIONS - done, f"run {i} ({mode} {n}): fetched {fetched}, {done} were done"
+        assert SyncManager(None, data).verify_integrity("crsp") == []
+        assert_equal_to_source(demo, wrds_db, data, "crsp", range(2021, 2026))
+    assert events.PARTITION_COMPLETED in kinds and events.PARTITION_STARTED in kinds
+
+
+READER = textwrap.dedent("""
+    import glob, json, os, sys
+    import polars as pl
+    root, stop = sys.argv[1], sys.argv[2]
+    reads = errors = 0
+    msgs = []
+    while not os.path.exists(stop):
+        for f in glob.glob(f"{root}/wrds/crsp/**/*.parquet", recursive=True):
+            try:  # open each file once: a replaced partition is a new inode, so this sees the old or the new file
+                with open(f, "rb") as fh:
+                    df = pl.read_parquet(fh)
+                assert df.height > 0
+                reads += 1
+            except FileNotFoundError:
+                pass  # listed, then withdrawn at the source and moved to quarantine: not a read of a partial file
+            except Exception as e:
+                errors += 1; msgs.append(repr(e)[:200])
+        open(stop + ".ready", "w").close()
+    print(json.dumps({"reads": reads, "errors": errors, "msgs": msgs[:5]}))
+""")
+
+
+def test_a_concurrent_reader_never_errors(demo, wrds_db, tmp_path):
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(tmp_path), str(stop)], stdout=subprocess.PIPE, text=True)
+    try:
+        while not Path(str(stop) + ".ready").exists():  # the reader is looping
+            assert reader.poll() is None
+        sm = SyncManager(WRDSClient(demo.config(wrds_db)), tmp_path, batch_rows=200)
+        sm.full_sync("crsp", start_year=2021, end_year=2025)
+        for year, factor in ((2022, 1.1), (2025, 0.9)):  # incrementals that replace published years
+            demo.restate_year("crsp.dsf_v2", "dlycaldt", year, "dlyprc", factor, database=wrds_db)
+            demo.bump_comment("crsp.dsf_v2", date(2026, 3, year - 2020), database=wrds_db)
+            sm.incremental_sync("crsp")
+    finally:
+        stop.touch()
+        out = json.loads(reader.communicate(timeout=60)[0])
+    assert out["errors"] == 0, out["msgs"]
+    assert out["reads"] > 0
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(path: Path, leave: int = 0) -> Path:
+    """Write a filler file until the filesystem is full (then give back `leave` bytes)."""
+    filler = path / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    if leave:
+        os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler
+
+
+def test_enospc_mid_partition_aborts_cleanly_and_resumes(demo, wrds_db, tmpfs):
+    data = tmpfs / "data"
+    sm = manager(demo, wrds_db, data)
+    snapshot = {}
+
+    def on_event(e):
+        if e["event"] == events.PARTITION_STARTED and e["table"] == "daily" and e["partition"] == "2023" and not snapshot:
+            snapshot["manifest"] = (data / "manifests/crsp.json").read_bytes()
+            snapshot["files"] = file_digests(data)
+            snapshot["filler"] = fill(tmpfs)
+
+    events._listeners.append(on_event)
+    try:
+        with pytest.raises(DiskSpaceError) as e:
+            sm.full_sync("crsp", start_year=2021, end_year=2025)
+    finally:
+        events._listeners.remove(on_event)
+    assert "no space left on device" in str(e.value) and "\n" not in str(e.value)
+    assert (data / "manifests/crsp.json").read_bytes() == snapshot["manifest"]
+    assert file_digests(data) == snapshot["files"]
+    assert [f for f in (data / "tmp/staging").rglob("*") if f.is_file()] == []
+    published_files_are_complete(data)
+    assert SyncManager(None, data).verify_integrity("crsp") == []
+    prog = json.loads((data / "sync_progress/crsp.json").read_text())
+    assert prog["status"] in ("running", "paused") and sorted(prog["completed"]["daily"]) == ["2021", "2022"]
+
+    snapshot["filler"].unlink()  # space is freed: the rerun resumes
+    with events.capture_events() as got:
+        sm.full_sync("crsp", start_year=2021, end_year=2025)
+    assert sum(x["event"] == events.PARTITION_COMPLETED for x in got) == 10
+    assert_equal_to_source(demo, wrds_db, data, "crsp", range(2021, 2026))
+
+
+def test_26_disk_over_95_percent_blocks_before_writing(demo, wrds_db, tmpfs):
+    data = tmpfs / "data"
+    DataLayout(data).ensure()
+    fill(tmpfs, leave=300_000)  # ~96% used
+    with events.capture_events() as got, pytest.raises(DiskSpaceError, match="% full"):
+        manager(demo, wrds_db, data).full_sync("fama_french", start_year=2021, end_year=2025)
+    assert [e for e in got if e["event"] == events.DISK_BLOCKED]
+    assert not (data / "manifests/fama_french.json").exists()
+    assert [f for f in (data / "wrds").rglob("*") if f.is_file()] == []
+
+
+SLOW = """
+create function ff.slow_guard(d date) returns boolean language plpgsql as $$
+begin
+  if extract(year from d) = 2023 and current_query() ilike '%order by "date"%' then
+    if current_setting('wrds_test.mode', true) = 'kill' then perform pg_terminate_backend(pg_backend_pid()); end if;
+    perform pg_sleep(0.05);
+  end if;
+  return true;
+end $$;
+create view ff.factors_guarded as select * from ff.factors_daily where ff.slow_guard(date);
+"""
+
+
+@pytest.mark.parametrize("fault", ["timeout", "connection killed"])
+def test_36_a_failing_partition_does_not_stop_the_others_and_resumes(demo, wrds_db, tmp_path, fault):
+    demo.execute(SLOW, database=wrds_db)
+    if fault == "connection killed":
+        demo.execute(f'alter database "{wrds_db}" set wrds_test.mode = \'kill\'', database="postgres")
+    spec = DatasetSpec(name="ff_guarded", tables=[TableSpec(name="daily", source="ff.factors_guarded",
+                                                            partition_column="date", key_columns=["date"])])
+    reg = DatasetRegistry([spec])
+    client = WRDSClient(demo.config(wrds_db, query_timeout_seconds=1))
+    client.RETRY_INITIAL_WAIT = 0.05
+    sm = SyncManager(client, tmp_path, registry=reg)
+    with events.capture_events() as got, pytest.raises(SyncIncompleteError) as e:
+        sm.full_sync("ff_guarded", start_year=2021, end_year=2025)
+    assert "daily/2023" in str(e.value)
+    done = sorted(ManifestManager(DataLayout(tmp_path)).load("ff_guarded").tables["daily"].partitions)
+    assert done == ["2021", "2022", "2024", "2025"]
+    assert [x["partition"] for x in got if x["event"] == events.PARTITION_FAILED] == ["2023"]
+    demo.execute("create or replace function ff.slow_guard(d date) returns boolean language sql as 'select true'",
+                 database=wrds_db)
+    with events.capture_events() as got:
+        sm.full_sync("ff_guarded", start_year=2021, end_year=2025)
+    assert [x["partition"] for x in got if x["event"] == events.PARTITION_COMPLETED] == ["2023"]
+    assert sm.verify_integrity("ff_guarded") == []
+
+
+def test_27_damaged_checkpointed_file_is_quarantined_and_fetched_again(demo, wrds_db, tmp_path):
+    data = tmp_path / "data"
+    p = subprocess.Popen([sys.executable, "-c", CHILD, demo.socket_dir, wrds_db, str(data), "events", "0"],
+                         stdout=subprocess.PIPE, text=True)
+    completed = 0
+    for line in p.stdout:  # stop it after three partitions are complete
+        completed += json.loads(line)["event"] == events.PARTITION_COMPLETED
+        if completed == 3:
+            p.kill()
+            break
+    p.wait()
+    p.stdout.close()
+    victim = data / "wrds/crsp/daily/2022.parquet"
+    victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
+    with events.capture_events() as got:
+        manager(demo, wrds_db, data).full_sync("crsp", start_year=2021, end_year=2025)
+    assert [(x["partition"], x["stage"]) for x in got if x["event"] == events.CHECKSUM_MISMATCH] == [("2022", "resume")]
+    assert list((data / "quarantine").glob("*_crsp_checksum*/2022.parquet"))
+    assert ("daily", "2022") in [(x["table"], x["partition"]) for x in got if x["event"] == events.PARTITION_COMPLETED]
+    assert_equal_to_source(demo, wrds_db, data, "crsp", range(2021, 2026))
