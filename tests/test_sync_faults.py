@@ -154,13 +154,18 @@ def tmpfs(tmp_path):
 def fill(path: Path, leave: int = 0) -> Path:
     """Write a filler file until the filesystem is full (then give back `leave` bytes)."""
     filler = path / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    fd = os.open(filler, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        block = b"\0" * 65536
+        while True:
+            try:
+                os.write(fd, block)
+            except OSError:
+                if len(block) == 1:
+                    break
+                block = block[: len(block) // 2]
+    finally:
+        os.close(fd)
     if leave:
         os.truncate(filler, max(0, filler.stat().st_size - leave))
     return filler

@@ -200,12 +200,14 @@ def wrds_comment(description:str, style:str, updated:date) -> str:
     if style == "modified": return f"{description}. Last modified: {updated:%m/%d/%Y} 10:30:00"
     return f"{description} created by WRDS (Updated {updated.isoformat()})"
 
-# %% ../nbs/05a_demo.ipynb #81c0c60b
+# %% ../nbs/05a_demo.ipynb #5a2a8325
 class _DemoBuilder(_DemoServer):
     "Builds WRDS-shaped databases on the server"
     def build(self, database:str="wrds", daily_rows:int=20_000, start_year:int=2016, end_year:int=2025,
-              seed:int=42, replace:bool=False) -> dict[str, int]:
+              seed:int=42, replace:bool=False, tables:list[str]|None=None) -> dict[str, int]:
         "Create `database` with WRDS-shaped tables (about `daily_rows` rows in crsp.dsf_v2); returns rows per table"
+        only = set(tables or DEMO_TABLES)
+        if only - set(DEMO_TABLES): raise ConfigError(f"unknown demo tables {sorted(only - set(DEMO_TABLES))}")
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", database): raise ConfigError(f"invalid demo database name {database!r}")
         if end_year < start_year: raise ConfigError(f"demo end year {end_year} is before start year {start_year}")
         self.start()
@@ -219,24 +221,28 @@ class _DemoBuilder(_DemoServer):
         conn = self.connect(database)
         try:
             with conn.cursor() as cur:
-                for stmt in _build_sql(n_firms, start, end, seed): cur.execute(stmt)
+                for stmt in _build_sql(n_firms, start, end, seed):
+                    m = re.match(r"\s*create table (\w+\.\w+)", stmt)
+                    if m is None or m[1] in only: cur.execute(stmt)
                 for t, (desc, style) in DEMO_TABLES.items():
+                    if t not in only: continue
                     cur.execute(f"comment on table {qualified(*t.split('.'))} is %s", (wrds_comment(desc, style, DEMO_UPDATED),))
                     cur.execute(f"analyze {qualified(*t.split('.'))}")
-                cur.execute("comment on column crsp.dsf_v2.dlyret is 'Daily Total Return'")
-                cur.execute("comment on column crsp.dsf_v2.permno is 'PERMNO'")
+                if "crsp.dsf_v2" in only:
+                    cur.execute("comment on column crsp.dsf_v2.dlyret is 'Daily Total Return'")
+                    cur.execute("comment on column crsp.dsf_v2.permno is 'PERMNO'")
         finally: conn.close()
-        return self.row_counts(database)
+        return self.row_counts(database, tables)
 
     def clone(self, source:str, target:str) -> None:
         "Create `target` as a copy of `source` (fast: a template copy, so each test gets its own database)"
         self.execute(f"drop database if exists {quote_ident(target)} with (force)", database="postgres")
         self.execute(f"create database {quote_ident(target)} template {quote_ident(source)}", database="postgres")
 
-    def row_counts(self, database:str="wrds") -> dict[str, int]:
+    def row_counts(self, database:str="wrds", tables:list[str]|None=None) -> dict[str, int]:
         "Exact rows per demo table"
         return {t: int(self.execute(f"select count(*) from {qualified(*t.split('.'))}", database=database)[0][0])
-                for t in DEMO_TABLES}
+                for t in (tables or DEMO_TABLES)}
 
 # %% ../nbs/05a_demo.ipynb #1ad33eaa
 class DemoSource(_DemoBuilder):
