@@ -446,12 +446,13 @@ class _IntegrityCheck(_TableSync):
         events.emit(events.VERIFY_COMPLETED, dataset=ds, files=len(listed), problems=len(problems))
         return problems
 
-# %% ../nbs/08_sync.ipynb #28d7e9bf
+# %% ../nbs/08_sync.ipynb #7ff9db43
 class SyncManager(_IntegrityCheck):
     "Orchestrates full and incremental syncs of WRDS datasets into the data dir, and verifies them"
     def _run(self, dataset:str, kind:Literal["full", "incremental"], years:range|None) -> SyncManifest:
         spec = self.registry.get(dataset)
         if self.client is None: raise WrdsSyncError("a sync needs a WRDS client", "pass a WRDSClient to SyncManager")
+        self.client.connect()  # credentials and reachability first: a failed login leaves the data dir untouched
         check_same_filesystem(self.layout)
         self.quarantine.clean()
         with self._locked(spec.name) as hb:
@@ -468,7 +469,6 @@ class SyncManager(_IntegrityCheck):
             ctx.manifest = ctx.manifest.model_copy(update={"last_sync_kind": kind, "last_sync_at": now})
             events.emit(events.SYNC_STARTED, dataset=spec.name, kind=kind, resumed=resume,
                         years=f"{years.start}-{years.stop - 1}" if years else None)
-            self.client.connect()
             try:
                 for table in spec.tables:
                     try: self._sync_table(ctx, table, years)
