@@ -2,6 +2,7 @@
 once, and a fresh copy of it for every test that needs one."""
 import itertools
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,3 +32,52 @@ def wrds_db(demo):
     demo.clone(TEMPLATE, name)
     yield name
     demo.execute(f'drop database if exists "{name}" with (force)', database="postgres")
+
+
+@pytest.fixture
+def password_role(demo):
+    """A role that must authenticate with a password (scram) over the socket, and its awkward password."""
+    pw = "p@ss:w/rd %41\\ x'\""
+    demo.execute("create role wrds_user login password %s", (pw,), database="postgres")
+    hba = demo.root / "pg_hba.conf"
+    original = hba.read_text()
+    hba.write_text("local all wrds_user scram-sha-256\n" + original)
+    demo.execute("select pg_reload_conf()", database="postgres")
+    yield pw
+    hba.write_text(original)
+    demo.execute("select pg_reload_conf()", database="postgres")
+    demo.execute("drop role wrds_user", database="postgres")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real 8 MiB tmpfs, for full-disk tests (needs root: skipped with the reason otherwise)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(path, leave=0):
+    """Write a filler file until the filesystem is full (then give back `leave` bytes)."""
+    filler = path / "filler"
+    fd = os.open(filler, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        block = b"\0" * 65536
+        while True:
+            try:
+                os.write(fd, block)
+            except OSError:
+                if len(block) == 1:
+                    break
+                block = block[: len(block) // 2]
+    finally:
+        os.close(fd)
+    if leave:
+        os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler

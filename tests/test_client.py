@@ -128,21 +128,6 @@ def test_18_transient_error_is_retried(demo, wrds_db, path):
     assert [e["attempt"] for e in got if e["event"] == events.QUERY_RETRY] == [1]
 
 
-@pytest.fixture
-def password_role(demo):
-    """A role that must authenticate with a password (scram) over the socket, and its awkward password."""
-    pw = "p@ss:w/rd %41\\ x'\""
-    demo.execute("create role wrds_user login password %s", (pw,), database="postgres")
-    hba = demo.root / "pg_hba.conf"
-    original = hba.read_text()
-    hba.write_text("local all wrds_user scram-sha-256\n" + original)
-    demo.execute("select pg_reload_conf()", database="postgres")
-    yield pw
-    hba.write_text(original)
-    demo.execute("select pg_reload_conf()", database="postgres")
-    demo.execute("drop role wrds_user", database="postgres")
-
-
 def test_awkward_password_survives_both_drivers(demo, wrds_db, password_role):
     cfg = demo.config(wrds_db, username="wrds_user", password=SecretStr(password_role))
     with WRDSClient(cfg) as c:

@@ -1,7 +1,6 @@
 """Sync under real faults: kill -9 at random moments, a reader racing a sync, a full disk (tmpfs),
 a partition that times out or loses its connection on the server."""
 import json
-import os
 import random
 import re
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import fill
 from synchelp import assert_equal_to_source, file_digests, manager
 
 from wrds_sync_nb import events
@@ -136,39 +136,6 @@ def test_a_concurrent_reader_never_errors(demo, wrds_db, tmp_path):
         out = json.loads(reader.communicate(timeout=60)[0])
     assert out["errors"] == 0, out["msgs"]
     assert out["reads"] > 0
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(path: Path, leave: int = 0) -> Path:
-    """Write a filler file until the filesystem is full (then give back `leave` bytes)."""
-    filler = path / "filler"
-    fd = os.open(filler, os.O_CREAT | os.O_WRONLY, 0o600)
-    try:
-        block = b"\0" * 65536
-        while True:
-            try:
-                os.write(fd, block)
-            except OSError:
-                if len(block) == 1:
-                    break
-                block = block[: len(block) // 2]
-    finally:
-        os.close(fd)
-    if leave:
-        os.truncate(filler, max(0, filler.stat().st_size - leave))
-    return filler
 
 
 def test_enospc_mid_partition_aborts_cleanly_and_resumes(demo, wrds_db, tmpfs):

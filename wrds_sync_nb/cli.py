@@ -33,7 +33,7 @@ __all__ = ['app', 'out', 'F', 'NY', 'EXPIRY_WARNING_DAYS', 'DEMO_DATASETS', 'DEM
            'progress', 'full_sync', 'incremental', 'previous_8am_new_york', 'status_rows', 'check_credential_expiry',
            'status', 'verify', 'lock_status', 'force_unlock', 'datasets_cmd', 'demo', 'main']
 
-# %% ../nbs/10_cli.ipynb #09ad5bb3
+# %% ../nbs/10_cli.ipynb #0df6baa5
 @dataclass
 class State:
     "Global options, shared by every command"
@@ -67,6 +67,7 @@ def options(ctx:typer.Context,
     if log_format not in ("text", "json"):
         raise typer.BadParameter(f"unknown log format {log_format!r}; use text or json", param_hint="--log-format")
     events.configure_logging(log_format, verbose, stream=sys.stderr)
+    if log_format == "text" and not verbose: events.logger.setLevel("WARNING")  # quiet cron mail; -v for more
     ctx.obj = State(data_dir, datasets, log_format, verbose, lock_timeout)
 
 # %% ../nbs/10_cli.ipynb #70ba19fb
@@ -144,7 +145,7 @@ def progress(st:State) -> Iterator[None]:
         events._listeners.remove(on_event)
         events.logger.setLevel(level)
 
-# %% ../nbs/10_cli.ipynb #48f5d6d3
+# %% ../nbs/10_cli.ipynb #327f1375
 def _summary(m:SyncManifest) -> str:
     parts = sum(len(t.partitions) for t in m.tables.values())
     rows = sum(t.rows for t in m.tables.values())
@@ -170,10 +171,10 @@ def incremental(ctx:typer.Context, dataset:Annotated[str|None, typer.Option("--d
                 all_:Annotated[bool, typer.Option("--all", help="every synced dataset")] = False) -> None:
     "Fetch only what changed at the source since the last sync."
     st = _state(ctx)
-    if all_ == (dataset is not None): fail("pass exactly one of --dataset NAME or --all")
+    if all_ == (dataset is not None): raise ConfigError("give --dataset NAME or --all", "pass exactly one of --dataset NAME or --all")
     reg = st.registry()
     names = synced_datasets(st.layout) if all_ else [reg.get(dataset or "").name]
-    if all_ and not names: fail(f"no dataset has been synced into {st.layout.root} yet; run full-sync first")
+    if all_ and not names: raise ConfigError(f"no dataset has been synced into {st.layout.root} yet", "run full-sync first")
     code, sm = 0, _manager(st, registry=reg)
     for name in names:
         try:
@@ -183,7 +184,7 @@ def incremental(ctx:typer.Context, dataset:Annotated[str|None, typer.Option("--d
             code = max(code, e.exit_code)
     if code: raise typer.Exit(code)
 
-# %% ../nbs/10_cli.ipynb #d60bec28
+# %% ../nbs/10_cli.ipynb #11d9a01e
 NY = ZoneInfo("America/New_York")
 EXPIRY_WARNING_DAYS = 30
 
@@ -260,9 +261,9 @@ def verify(ctx:typer.Context, dataset:Annotated[str|None, typer.Option("--datase
            as_json:Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
     "Check every published file against its manifest (size, SHA-256, rows, schema); no WRDS connection needed."
     st = _state(ctx)
-    if all_ == (dataset is not None): fail("pass exactly one of --dataset NAME or --all")
+    if all_ == (dataset is not None): raise ConfigError("give --dataset NAME or --all", "pass exactly one of --dataset NAME or --all")
     reg = st.registry()
-    if not st.layout.root.is_dir(): fail(f"data dir {st.layout.root} does not exist", 1)
+    if not st.layout.root.is_dir(): raise ConfigError(f"data dir {st.layout.root} does not exist", "pass --data-dir pointing to a synced data dir")
     names = synced_datasets(st.layout) if all_ else [reg.get(dataset or "").name]
     sm = _manager(st, with_client=False, registry=reg)
     report = {name: sm.verify_integrity(name) for name in names}
@@ -273,7 +274,7 @@ def verify(ctx:typer.Context, dataset:Annotated[str|None, typer.Option("--datase
             for p in problems: out.print(f"  {p}")
     if any(report.values()): raise typer.Exit(1)
 
-# %% ../nbs/10_cli.ipynb #59c45c1b
+# %% ../nbs/10_cli.ipynb #73f40f1e
 @app.command("lock-status")
 @handled
 def lock_status(ctx:typer.Context, as_json:Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
@@ -304,11 +305,12 @@ def force_unlock(ctx:typer.Context, dataset:Annotated[str, typer.Option("--datas
     s = lock.status()
     if not s.held: out.print(f"{name}: not locked"); return
     if not yes:
-        if not sys.stdin.isatty(): fail("refusing to force-unlock without a terminal to confirm on; pass --yes")
+        if not sys.stdin.isatty(): raise ConfigError("refusing to force-unlock without a terminal to confirm on", "pass --yes")
         t = s.token
         who = f"pid {t.pid} on {t.hostname} (writer {t.writer_id}), since {t.acquired_at:%Y-%m-%d %H:%M}" if t else s.reason
         typer.echo(f"{name} is locked by {who}; stale: {s.stale}.", err=True)
-        if typer.prompt("Type the dataset name to remove the lock") != name: fail("confirmation did not match; lock left in place")
+        if typer.prompt("Type the dataset name to remove the lock") != name:
+            raise ConfigError("confirmation did not match; the lock was left in place", "type the dataset name exactly")
     by = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
     lock.force_unlock(by=by)
     out.print(f"{name}: lock removed (by {by})")
@@ -322,7 +324,7 @@ def datasets_cmd(ctx:typer.Context) -> None:
             for d in _state(ctx).registry() for t in d.tables]
     out.print(_table("datasets", rows, ["dataset", "table", "source", "partition_by", "key", "years"]))
 
-# %% ../nbs/10_cli.ipynb #ead4526c
+# %% ../nbs/10_cli.ipynb #578c2267
 DEMO_DATASETS = ("crsp", "compustat", "fama_french")
 DEMO_YEARS = (2016, 2025)
 
@@ -347,7 +349,7 @@ def demo(ctx:typer.Context, rows:Annotated[int, typer.Option("--rows", help="app
             problems = {ds: sm.verify_integrity(ds) for ds in DEMO_DATASETS}
     finally:
         src.stop()
-    if any(problems.values()): fail(f"verification found problems: {problems}")
+    if any(problems.values()): raise WrdsSyncError(f"verification found problems: {problems}")
     out.print(f"verified {len(DEMO_DATASETS)} datasets: every file matches its manifest")
     out.print(_table("status", [r for r in status_rows(st) if r["table"]], ["dataset", "table", "partitions", "rows", "bytes", "last_sync", "source_updated"]))
     q1 = ("select year(dlycaldt) as year, count(distinct permno) as stocks, round(avg(dlyret), 6) as mean_ret "
