@@ -31,7 +31,8 @@ from .sync import SyncManager
 # %% auto #0
 __all__ = ['app', 'out', 'F', 'NY', 'EXPIRY_WARNING_DAYS', 'DEMO_DATASETS', 'DEMO_YEARS', 'State', 'options', 'fail', 'handled',
            'progress', 'full_sync', 'incremental', 'previous_8am_new_york', 'status_rows', 'check_credential_expiry',
-           'status', 'verify', 'lock_status', 'force_unlock', 'datasets_cmd', 'demo', 'main']
+           'status', 'verify', 'lock_status', 'force_unlock', 'datasets_cmd', 'backup_cmd', 'restore_cmd', 'drill_cmd',
+           'demo', 'main']
 
 # %% ../nbs/10_cli.ipynb #0df6baa5
 @dataclass
@@ -323,6 +324,51 @@ def datasets_cmd(ctx:typer.Context) -> None:
              "key": ", ".join(t.key_columns), "years": f"{d.default_start_year}-{d.max_year or ''}"}
             for d in _state(ctx).registry() for t in d.tables]
     out.print(_table("datasets", rows, ["dataset", "table", "source", "partition_by", "key", "years"]))
+
+# %% ../nbs/10_cli.ipynb #04fe6543
+@app.command("backup")
+@handled
+def backup_cmd(ctx:typer.Context,
+               remote:Annotated[str|None, typer.Option("--remote", envvar="WRDS_SYNC_BACKUP_REMOTE",
+                                                       help="rclone destination (default: <data dir>/backups/latest)")] = None) -> None:
+    "Copy published files, manifests and schemas to an rclone remote (under the locks), then rclone-check it."
+    from wrds_sync_nb.backup import backup
+    st = _state(ctx)
+    res = backup(st.layout.root, remote, st.lock_timeout, writer_id=f"wrds-sync backup:{getpass.getuser()}@{socket.gethostname()}")
+    out.print(f"backed up {res.files} files ({res.bytes:,} bytes) of {', '.join(res.datasets)} to {res.remote} "
+              f"in {res.seconds:.1f}s; rclone check passed")
+
+@app.command("restore")
+@handled
+def restore_cmd(ctx:typer.Context,
+                remote:Annotated[str, typer.Option("--remote", help="rclone source holding a backup")],
+                to:Annotated[Path, typer.Option("--to", help="an empty folder to restore into")]) -> None:
+    "Restore a backup into an empty folder and verify every file against the restored manifests."
+    from wrds_sync_nb.backup import restore
+    res = restore(remote, to)
+    for ds, problems in res.problems.items():
+        out.print(f"{ds}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+        for line in problems: out.print(f"  {line}")
+    out.print(f"restored {res.files} files ({res.bytes:,} bytes) to {Path(to).absolute()} in {res.seconds:.1f}s")
+    if not res.ok: fail(f"the restored copy has problems (listed above); the backup at {remote} is damaged")
+
+@app.command("drill", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@handled
+def drill_cmd(ctx:typer.Context,
+              name:Annotated[str, typer.Argument(help="verify_drill, restore_drill or lock_recovery_drill")],
+              output:Annotated[Path|None, typer.Option("--output", help="executed notebook path")] = None) -> None:
+    "Run a papermill drill notebook; parameters as -p KEY VALUE (data_dir defaults to --data-dir)."
+    from wrds_sync_nb.drills import parse_value, run_drill
+    st = _state(ctx)
+    args, params = list(ctx.args), {}
+    while args:
+        flag = args.pop(0)
+        if flag not in ("-p", "--parameter") or len(args) < 2:
+            raise ConfigError(f"unexpected drill argument {flag!r}", "pass parameters as -p KEY VALUE")
+        params[args.pop(0)] = parse_value(args.pop(0))
+    if name != "lock_recovery_drill": params.setdefault("data_dir", str(st.layout.root))
+    path = run_drill(name, params, output)
+    out.print(f"drill {name} passed; executed notebook: {path}")
 
 # %% ../nbs/10_cli.ipynb #578c2267
 DEMO_DATASETS = ("crsp", "compustat", "fama_french")
