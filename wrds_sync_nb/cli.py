@@ -325,7 +325,7 @@ def datasets_cmd(ctx:typer.Context) -> None:
             for d in _state(ctx).registry() for t in d.tables]
     out.print(_table("datasets", rows, ["dataset", "table", "source", "partition_by", "key", "years"]))
 
-# %% ../nbs/10_cli.ipynb #04fe6543
+# %% ../nbs/10_cli.ipynb #913890bb
 @app.command("backup")
 @handled
 def backup_cmd(ctx:typer.Context,
@@ -365,7 +365,8 @@ def drill_cmd(ctx:typer.Context,
         flag = args.pop(0)
         if flag not in ("-p", "--parameter") or len(args) < 2:
             raise ConfigError(f"unexpected drill argument {flag!r}", "pass parameters as -p KEY VALUE")
-        params[args.pop(0)] = parse_value(args.pop(0))
+        key, value = args.pop(0), args.pop(0)
+        params[key] = parse_value(value)
     if name != "lock_recovery_drill": params.setdefault("data_dir", str(st.layout.root))
     path = run_drill(name, params, output)
     out.print(f"drill {name} passed; executed notebook: {path}")

@@ -23,8 +23,8 @@ __all__ = ['DISK_WARNING', 'DISK_CRITICAL', 'DISK_BLOCKED', 'LOCK_STALE', 'CHECK
            'SCHEMA_NEW_COLUMNS', 'SCHEMA_BREAKING', 'QUARANTINE_CLEANED', 'LOCK_ACQUIRED', 'LOCK_RELEASED',
            'LOCK_RECOVERED', 'LOCK_FORCED', 'QUERY_RETRY', 'QUERY_TIMEOUT', 'CONNECTED', 'CREDENTIALS_FILE_MODE',
            'VERIFY_COMPLETED', 'BACKUP_COMPLETED', 'RESTORE_COMPLETED', 'REDACTED', 'logger', 'Alert',
-           'register_secret', 'redact', 'emit', 'capture_events', 'JsonEventFormatter', 'TextEventFormatter',
-           'EventStreamHandler', 'configure_logging']
+           'alerts_markdown', 'register_secret', 'redact', 'emit', 'capture_events', 'JsonEventFormatter',
+           'TextEventFormatter', 'EventStreamHandler', 'configure_logging']
 
 # %% ../nbs/01_events.ipynb #63aae183
 @dataclass(frozen=True)
@@ -64,6 +64,18 @@ ALERTS: dict[str, Alert] = {a.event: a for a in [
     Alert(DATA_LATE, "warning", "a daily-synced dataset has not succeeded since the previous 8 AM America/New_York",
           "wrds-credentials.qmd#late-data"),
 ]}
+
+# %% ../nbs/01_events.ipynb #49d8c6a1
+def alerts_markdown() -> str:
+    "The alert reference page: event, level, trigger and runbook section, from `ALERTS`"
+    lines = ["---", 'title: "Alert reference"', "---", "",
+             "Every alert wrds-sync emits, generated from `wrds_sync_nb.events.ALERTS` (do not edit by hand:",
+             "run `python tools/gen_alerts.py`). Each event is one JSON object on stderr with `--log-format json`,",
+             'with `"alert": true`, `event`, `level`, `timestamp` and, where relevant, `dataset`.', "",
+             "| event | level | trigger | what to do |", "|---|---|---|---|"]
+    for a in ALERTS.values():
+        lines.append(f"| `{a.event}` | {a.level} | {a.trigger} | [{a.runbook}]({a.runbook}) |")
+    return "\n".join(lines) + "\n"
 
 # %% ../nbs/01_events.ipynb #ceebd134
 SYNC_STARTED = "sync.started"
