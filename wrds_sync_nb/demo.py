@@ -75,7 +75,7 @@ class _DemoServer:
     def database_exists(self, database:str) -> bool:
         return bool(self.execute("select 1 from pg_database where datname = %s", (database,), database="postgres"))
 
-# %% ../nbs/05a_demo.ipynb #71262d20
+# %% ../nbs/05a_demo.ipynb #cf86bb40
 def _u(key:str, salt:int) -> str:
     return f"((hashint8extended(({key})::bigint, {salt}::bigint) & 2147483647)::float8 / 2147483648.0)"
 
@@ -96,24 +96,24 @@ def _build_sql(n_firms:int, start:date, end:date, seed:int) -> list[str]:
         # CRSP CIZ daily
         f"""create table crsp.dsf_v2 as select f.permno::integer as permno, (f.permno + 40000)::integer as permco,
             substr(md5(f.permno::text), 1, 8)::varchar(8) as hdrcusip, d.dt as dlycaldt, 'N'::varchar(1) as dlydelflg,
-            round((5 + 95 * {u(1)})::numeric, 4)::float8 as dlyprc, 'TR'::varchar(2) as dlyprcflg,
-            round(((5 + 95 * {u(1)}) * (1000 + 9000 * {_u('f.permno', s + 2)}))::numeric, 2)::float8 as dlycap,
-            round((5 + 95 * {u(3)})::numeric, 4)::float8 as dlyprevprc, (d.dt - 1) as dlyprevdt,
-            case when {u(4)} < 0.01 then null else round((({u(5)} - 0.5) / 10)::numeric, 6)::float8 end as dlyret,
-            case when {u(4)} < 0.01 then null else round((({u(5)} - 0.5) / 10 - 0.0001)::numeric, 6)::float8 end as dlyretx,
-            round((({u(6)} - 0.5) / 10)::numeric, 6)::float8 as dlyreti,
+            (round((5 + 95 * {u(1)}) * 10000) / 10000)::float8 as dlyprc, 'TR'::varchar(2) as dlyprcflg,
+            (round(((5 + 95 * {u(1)}) * (1000 + 9000 * {_u('f.permno', s + 2)})) * 100) / 100)::float8 as dlycap,
+            (round((5 + 95 * {u(3)}) * 10000) / 10000)::float8 as dlyprevprc, (d.dt - 1) as dlyprevdt,
+            case when {u(4)} < 0.01 then null else (round((({u(5)} - 0.5) / 10) * 1000000) / 1000000)::float8 end as dlyret,
+            case when {u(4)} < 0.01 then null else (round((({u(5)} - 0.5) / 10 - 0.0001) * 1000000) / 1000000)::float8 end as dlyretx,
+            (round((({u(6)} - 0.5) / 10) * 1000000) / 1000000)::float8 as dlyreti,
             case when {u(4)} < 0.01 then 'NS' else null end::varchar(2) as dlyretmissflg,
-            floor(100000 * {u(7)})::float8 as dlyvol, round((5 + 95 * {u(1)})::numeric, 4)::float8 as dlyclose,
-            round((4 + 95 * {u(1)})::numeric, 4)::float8 as dlylow, round((6 + 95 * {u(1)})::numeric, 4)::float8 as dlyhigh,
-            round((1000 + 9000 * {_u('f.permno', s + 2)})::numeric, 0)::float8 as shrout
+            floor(100000 * {u(7)})::float8 as dlyvol, (round((5 + 95 * {u(1)}) * 10000) / 10000)::float8 as dlyclose,
+            (round((4 + 95 * {u(1)}) * 10000) / 10000)::float8 as dlylow, (round((6 + 95 * {u(1)}) * 10000) / 10000)::float8 as dlyhigh,
+            (round((1000 + 9000 * {_u('f.permno', s + 2)}) * 1) / 1)::float8 as shrout
             from {firms} f cross join {days} d""",
         # CRSP CIZ monthly
         f"""create table crsp.msf_v2 as select f.permno::integer as permno, (f.permno + 40000)::integer as permco,
-            d.dt as mthcaldt, round((5 + 95 * {u(11)})::numeric, 4)::float8 as mthprc,
-            case when {u(12)} < 0.01 then null else round((({u(13)} - 0.5) / 3)::numeric, 6)::float8 end as mthret,
-            round((({u(13)} - 0.5) / 3 - 0.001)::numeric, 6)::float8 as mthretx, floor(2000000 * {u(14)})::float8 as mthvol,
-            round(((5 + 95 * {u(11)}) * (1000 + 9000 * {_u('f.permno', s + 2)}))::numeric, 2)::float8 as mthcap,
-            round((1000 + 9000 * {_u('f.permno', s + 2)})::numeric, 0)::float8 as shrout
+            d.dt as mthcaldt, (round((5 + 95 * {u(11)}) * 10000) / 10000)::float8 as mthprc,
+            case when {u(12)} < 0.01 then null else (round((({u(13)} - 0.5) / 3) * 1000000) / 1000000)::float8 end as mthret,
+            (round((({u(13)} - 0.5) / 3 - 0.001) * 1000000) / 1000000)::float8 as mthretx, floor(2000000 * {u(14)})::float8 as mthvol,
+            (round(((5 + 95 * {u(11)}) * (1000 + 9000 * {_u('f.permno', s + 2)})) * 100) / 100)::float8 as mthcap,
+            (round((1000 + 9000 * {_u('f.permno', s + 2)}) * 1) / 1)::float8 as shrout
             from {firms} f cross join {month_ends} d""",
         f"""create table crsp.stksecurityinfohist as select f.permno::integer as permno, date '{start}' as secinfostartdt,
             date '9999-12-31' as secinfoenddt, (f.permno + 40000)::integer as permco,
@@ -127,20 +127,20 @@ def _build_sql(n_firms:int, start:date, end:date, seed:int) -> list[str]:
         # CRSP legacy (SIZ), ids in double precision as on WRDS, ends 2024
         f"""create table crsp.dsf as select substr(md5(f.permno::text), 1, 8)::varchar(8) as cusip, f.permno::float8 as permno,
             (f.permno + 40000)::float8 as permco, 0::float8 as issuno, (1 + f.i % 3)::float8 as hexcd,
-            (1000 + f.i % 8000)::float8 as hsiccd, d.dt as date, round((4 + 95 * {u(21)})::numeric, 4)::float8 as bidlo,
-            round((6 + 95 * {u(21)})::numeric, 4)::float8 as askhi, round((5 + 95 * {u(21)})::numeric, 4)::float8 as prc,
+            (1000 + f.i % 8000)::float8 as hsiccd, d.dt as date, (round((4 + 95 * {u(21)}) * 10000) / 10000)::float8 as bidlo,
+            (round((6 + 95 * {u(21)}) * 10000) / 10000)::float8 as askhi, (round((5 + 95 * {u(21)}) * 10000) / 10000)::float8 as prc,
             floor(100000 * {u(22)})::float8 as vol,
-            case when {u(23)} < 0.01 then null else round((({u(24)} - 0.5) / 10)::numeric, 6)::float8 end as ret,
-            round((1000 + 9000 * {_u('f.permno', s + 2)})::numeric, 0)::float8 as shrout, 1::float8 as cfacpr,
-            1::float8 as cfacshr, round((5 + 95 * {u(25)})::numeric, 4)::float8 as openprc,
-            round((({u(24)} - 0.5) / 10 - 0.0001)::numeric, 6)::float8 as retx
+            case when {u(23)} < 0.01 then null else (round((({u(24)} - 0.5) / 10) * 1000000) / 1000000)::float8 end as ret,
+            (round((1000 + 9000 * {_u('f.permno', s + 2)}) * 1) / 1)::float8 as shrout, 1::float8 as cfacpr,
+            1::float8 as cfacshr, (round((5 + 95 * {u(25)}) * 10000) / 10000)::float8 as openprc,
+            (round((({u(24)} - 0.5) / 10 - 0.0001) * 1000000) / 1000000)::float8 as retx
             from {firms} f cross join {days} d where d.dt <= date '{legacy_end}'""",
         f"""create table crsp.msf as select substr(md5(f.permno::text), 1, 8)::varchar(8) as cusip, f.permno::float8 as permno,
-            (f.permno + 40000)::float8 as permco, d.dt as date, round((5 + 95 * {u(31)})::numeric, 4)::float8 as prc,
+            (f.permno + 40000)::float8 as permco, d.dt as date, (round((5 + 95 * {u(31)}) * 10000) / 10000)::float8 as prc,
             floor(2000000 * {u(32)})::float8 as vol,
-            case when {u(33)} < 0.01 then null else round((({u(34)} - 0.5) / 3)::numeric, 6)::float8 end as ret,
-            round((1000 + 9000 * {_u('f.permno', s + 2)})::numeric, 0)::float8 as shrout,
-            round((({u(34)} - 0.5) / 3 - 0.001)::numeric, 6)::float8 as retx
+            case when {u(33)} < 0.01 then null else (round((({u(34)} - 0.5) / 3) * 1000000) / 1000000)::float8 end as ret,
+            (round((1000 + 9000 * {_u('f.permno', s + 2)}) * 1) / 1)::float8 as shrout,
+            (round((({u(34)} - 0.5) / 3 - 0.001) * 1000000) / 1000000)::float8 as retx
             from {firms} f cross join {month_ends} d where d.dt <= date '{legacy_end}'""",
         f"""create table crsp.dsenames as select f.permno::float8 as permno, date '{start}' as namedt,
             date '{legacy_end}' as nameendt, (10 + f.i % 2)::float8 as shrcd, (1 + f.i % 3)::float8 as exchcd,
@@ -152,13 +152,13 @@ def _build_sql(n_firms:int, start:date, end:date, seed:int) -> list[str]:
             make_date(y, 12, 31) as datadate, y::float8 as fyear, fmt.indfmt::varchar(12) as indfmt, 'C'::varchar(2) as consol,
             'D'::varchar(2) as popsrc, 'STD'::varchar(12) as datafmt, ('T' || f.i)::varchar(8) as tic,
             ('DEMO CORP ' || f.i)::varchar(60) as conm, 'USD'::varchar(3) as curcd, 12::float8 as fyr,
-            round((100 + 10000 * {_u('f.i * 10000 + y', s + 41)})::numeric, 3)::float8 as at,
-            round((50 + 5000 * {_u('f.i * 10000 + y', s + 42)})::numeric, 3)::float8 as lt,
-            round((10 + 2000 * {_u('f.i * 10000 + y', s + 43)})::numeric, 3)::float8 as ceq,
-            round((10 + 8000 * {_u('f.i * 10000 + y', s + 44)})::numeric, 3)::float8 as sale,
+            (round((100 + 10000 * {_u('f.i * 10000 + y', s + 41)}) * 1000) / 1000)::float8 as at,
+            (round((50 + 5000 * {_u('f.i * 10000 + y', s + 42)}) * 1000) / 1000)::float8 as lt,
+            (round((10 + 2000 * {_u('f.i * 10000 + y', s + 43)}) * 1000) / 1000)::float8 as ceq,
+            (round((10 + 8000 * {_u('f.i * 10000 + y', s + 44)}) * 1000) / 1000)::float8 as sale,
             case when {_u('f.i * 10000 + y', s + 45)} < 0.05 then null
-                 else round((-50 + 500 * {_u('f.i * 10000 + y', s + 46)})::numeric, 3)::float8 end as ni,
-            round((1 + 500 * {_u('f.i', s + 47)})::numeric, 3)::float8 as csho,
+                 else (round((-50 + 500 * {_u('f.i * 10000 + y', s + 46)}) * 1000) / 1000)::float8 end as ni,
+            (round((1 + 500 * {_u('f.i', s + 47)}) * 1000) / 1000)::float8 as csho,
             lpad((800000 + f.i)::text, 10, '0')::varchar(10) as cik
             from {firms} f cross join generate_series({start.year}, {end.year}) y
             cross join (values ('INDL'), ('FS')) fmt(indfmt) where fmt.indfmt = 'INDL' or f.i % 10 = 0""",
@@ -166,22 +166,22 @@ def _build_sql(n_firms:int, start:date, end:date, seed:int) -> list[str]:
             (make_date(y, q * 3, 1) + interval '1 month' - interval '1 day')::date as datadate, y::float8 as fyearq,
             q::float8 as fqtr, 'INDL'::varchar(12) as indfmt, 'C'::varchar(2) as consol, 'D'::varchar(2) as popsrc,
             'STD'::varchar(12) as datafmt, ('T' || f.i)::varchar(8) as tic,
-            round((100 + 10000 * {_u('f.i * 100000 + y * 10 + q', s + 51)})::numeric, 3)::float8 as atq,
-            round((5 + 2000 * {_u('f.i * 100000 + y * 10 + q', s + 52)})::numeric, 3)::float8 as saleq,
-            round((-10 + 100 * {_u('f.i * 100000 + y * 10 + q', s + 53)})::numeric, 3)::float8 as niq,
+            (round((100 + 10000 * {_u('f.i * 100000 + y * 10 + q', s + 51)}) * 1000) / 1000)::float8 as atq,
+            (round((5 + 2000 * {_u('f.i * 100000 + y * 10 + q', s + 52)}) * 1000) / 1000)::float8 as saleq,
+            (round((-10 + 100 * {_u('f.i * 100000 + y * 10 + q', s + 53)}) * 1000) / 1000)::float8 as niq,
             (make_date(y, q * 3, 1) + interval '2 month')::date as rdq
             from {firms} f cross join generate_series({start.year}, {end.year}) y cross join generate_series(1, 4) q""",
         # Fama-French factors
         f"""create table ff.factors_daily as select d.dt as date,
-            round((({_u('d.k', s + 61)} - 0.5) / 50)::numeric, 4)::float8 as mktrf,
-            round((({_u('d.k', s + 62)} - 0.5) / 100)::numeric, 4)::float8 as smb,
-            round((({_u('d.k', s + 63)} - 0.5) / 100)::numeric, 4)::float8 as hml,
-            0.0001::float8 as rf, round((({_u('d.k', s + 64)} - 0.5) / 100)::numeric, 4)::float8 as umd from {days} d""",
+            (round((({_u('d.k', s + 61)} - 0.5) / 50) * 10000) / 10000)::float8 as mktrf,
+            (round((({_u('d.k', s + 62)} - 0.5) / 100) * 10000) / 10000)::float8 as smb,
+            (round((({_u('d.k', s + 63)} - 0.5) / 100) * 10000) / 10000)::float8 as hml,
+            0.0001::float8 as rf, (round((({_u('d.k', s + 64)} - 0.5) / 100) * 10000) / 10000)::float8 as umd from {days} d""",
         f"""create table ff.factors_monthly as select d.dt as date,
-            round((({_u('d.k', s + 71)} - 0.5) / 10)::numeric, 4)::float8 as mktrf,
-            round((({_u('d.k', s + 72)} - 0.5) / 20)::numeric, 4)::float8 as smb,
-            round((({_u('d.k', s + 73)} - 0.5) / 20)::numeric, 4)::float8 as hml,
-            0.003::float8 as rf, round((({_u('d.k', s + 74)} - 0.5) / 20)::numeric, 4)::float8 as umd,
+            (round((({_u('d.k', s + 71)} - 0.5) / 10) * 10000) / 10000)::float8 as mktrf,
+            (round((({_u('d.k', s + 72)} - 0.5) / 20) * 10000) / 10000)::float8 as smb,
+            (round((({_u('d.k', s + 73)} - 0.5) / 20) * 10000) / 10000)::float8 as hml,
+            0.003::float8 as rf, (round((({_u('d.k', s + 74)} - 0.5) / 20) * 10000) / 10000)::float8 as umd,
             d.cal as dateff from {month_ends} d""",
     ]
 
