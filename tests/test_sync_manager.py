@@ -267,3 +267,13 @@ def test_legacy_crsp_ids_are_cast_to_int32(demo, wrds_db, tmp_path):
     full(manager(demo, wrds_db, tmp_path), "crsp_legacy")
     schema = pq.read_schema(tmp_path / "wrds/crsp_legacy/daily/2022.parquet")
     assert str(schema.field("permno").type) == "int32" and str(schema.field("permco").type) == "int32"
+
+
+def test_incremental_keeps_to_the_synced_range(demo, wrds_db, tmp_path):
+    sm = manager(demo, wrds_db, tmp_path)
+    sm.full_sync("fama_french", start_year=2023, end_year=2025)
+    demo.bump_comment("ff.factors_daily", date(2026, 3, 1), database=wrds_db)
+    with events.capture_events() as got:
+        m = sm.incremental_sync("fama_french")
+    assert sorted(m.tables["daily"].partitions) == ["2023", "2024", "2025"]  # 2021-2022 exist at the source
+    assert [e for e in got if e["event"] == events.PARTITION_COMPLETED] == []

@@ -254,7 +254,7 @@ class _PartitionSync(_SyncRuns):
                     seconds=round(secs, 3), rows_per_second=int(wf.rows / secs) if secs > 0 else None)
         return entry
 
-# %% ../nbs/08_sync.ipynb #f5e43179
+# %% ../nbs/08_sync.ipynb #ea734fc4
 def _fingerprint_of(future:Future[dict[str, SourceFingerprint]], key:str) -> SourceFingerprint | None:
     return future.result().get(key)
 
@@ -322,9 +322,10 @@ class _TableSync(_PartitionSync):
                                           f"from {qualified(table.source_schema, table.source_table)}")
         self._check_schema(ds, table, schema)
         if not table.partitioned: years = None
-        elif ctx.kind == "incremental":
+        elif ctx.kind == "incremental":  # the years synced so far, and any new year since
             known = [int(k) for k in (entry.partitions if entry else {})]
-            years = range(min(known + [ctx.spec.default_start_year]), date.today().year + 1)
+            last = min(date.today().year, ctx.spec.max_year or date.today().year)
+            years = range(min(known) if known else ctx.spec.default_start_year, last + 1)
         stored = dict(entry.partitions) if entry else {}
         keys = [ALL_PARTITION] if years is None else [str(y) for y in years]
         events.emit(events.TABLE_STARTED, dataset=ds, table=table.name, partitions=len(keys))
