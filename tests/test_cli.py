@@ -294,3 +294,15 @@ def test_reader_keeps_its_snapshot_while_a_sync_replaces_a_partition(env, demo, 
     import polars as pl
     assert lf.filter(pl.col("date").dt.year() == 2023).select(pl.col("mktrf").sum()).collect().item() == pytest.approx(before)
     assert connect(data).execute(q).fetchone()[0] == pytest.approx(2 * before)  # a new connection sees the sync
+
+
+def test_malformed_settings_and_manifest(env, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    assert script(data, "full-sync", *FF).returncode == 0
+    r = script(data, "incremental", "--all", env_extra={"WRDS_PORT": "http"})
+    assert r.returncode == 1 and one_error(r.stderr) and "setting WRDS_PORT is invalid" in r.stderr
+    manifest = data / "manifests" / "fama_french.json"
+    manifest.write_text(manifest.read_text().replace('"rows": ', '"rows": 1', 1))
+    for args in (["verify", "--dataset", "fama_french"], ["status"], ["incremental", "--dataset", "fama_french"]):
+        r = script(data, *args)
+        assert r.returncode == 1 and one_error(r.stderr) and "fails its checksum" in r.stderr, (args, r.stderr)
