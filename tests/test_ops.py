@@ -198,3 +198,23 @@ def test_quarto_site_lists_the_pages():
             "data-storage.qmd", "wrds-data.qmd", "ADR-012-local-data-warehouse.qmd", "alerts.qmd"} <= names
 
 
+
+
+def test_backup_restore_drill_through_cli_runner(synced, tmp_path):
+    from typer.testing import CliRunner
+
+    from wrds_sync_nb.cli import app
+    run = CliRunner().invoke
+    r = run(app, ["--data-dir", str(synced), "backup", "--remote", str(tmp_path / "remote")])
+    assert r.exit_code == 0 and "rclone check passed" in r.stdout, r.stderr
+    r = run(app, ["restore", "--remote", str(tmp_path / "remote"), "--to", str(tmp_path / "restored")])
+    assert r.exit_code == 0 and "compustat: ok" in r.stdout and "fama_french: ok" in r.stdout
+    assert published(tmp_path / "restored") == published(synced)
+    victim = tmp_path / "remote/wrds/compustat/fundq/2024.parquet"
+    victim.write_bytes(b"not parquet")
+    r = run(app, ["restore", "--remote", str(tmp_path / "remote"), "--to", str(tmp_path / "again")])
+    assert r.exit_code == 1 and "checksum mismatch wrds/compustat/fundq/2024.parquet" in r.stdout
+    assert "the backup at" in r.stderr and "is damaged" in r.stderr
+    r = run(app, ["--data-dir", str(synced), "drill", "verify_drill", "-p", "report", str(tmp_path / "v.json"),
+                  "--output", str(tmp_path / "v.ipynb")])
+    assert r.exit_code == 0 and json.loads((tmp_path / "v.json").read_text())["ok"] is True

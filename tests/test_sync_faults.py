@@ -98,44 +98,56 @@ def test_kill_9_at_random_moments_then_resume(demo, wrds_db, tmp_path):
 
 
 READER = textwrap.dedent("""
-    import glob, json, os, sys
+    import glob, hashlib, io, json, os, sys
     import polars as pl
     root, stop = sys.argv[1], sys.argv[2]
     reads = errors = 0
-    msgs = []
+    msgs, seen = [], set()
     while not os.path.exists(stop):
         for f in glob.glob(f"{root}/wrds/crsp/**/*.parquet", recursive=True):
             try:  # open each file once: a replaced partition is a new inode, so this sees the old or the new file
                 with open(f, "rb") as fh:
-                    df = pl.read_parquet(fh)
-                assert df.height > 0
+                    data = fh.read()
+                assert pl.read_parquet(io.BytesIO(data)).height > 0
+                seen.add((os.path.relpath(f, root), hashlib.sha256(data).hexdigest()))
                 reads += 1
             except FileNotFoundError:
                 pass  # listed, then withdrawn at the source and moved to quarantine: not a read of a partial file
             except Exception as e:
                 errors += 1; msgs.append(repr(e)[:200])
         open(stop + ".ready", "w").close()
-    print(json.dumps({"reads": reads, "errors": errors, "msgs": msgs[:5]}))
+    print(json.dumps({"reads": reads, "errors": errors, "msgs": msgs[:5], "seen": sorted(seen)}))
 """)
 
 
 def test_a_concurrent_reader_never_errors(demo, wrds_db, tmp_path):
     stop = tmp_path / "stop"
     reader = subprocess.Popen([sys.executable, "-c", READER, str(tmp_path), str(stop)], stdout=subprocess.PIPE, text=True)
+    versions = set()  # every (file, sha256) any manifest ever published
+
+    def published():
+        m = ManifestManager(DataLayout(tmp_path)).load("crsp")
+        versions.update((e.path, e.sha256) for e in m.files().values())
+
     try:
         while not Path(str(stop) + ".ready").exists():  # the reader is looping
             assert reader.poll() is None
         sm = SyncManager(WRDSClient(demo.config(wrds_db)), tmp_path, batch_rows=200)
         sm.full_sync("crsp", start_year=2021, end_year=2025)
+        published()
         for year, factor in ((2022, 1.1), (2025, 0.9)):  # incrementals that replace published years
             demo.restate_year("crsp.dsf_v2", "dlycaldt", year, "dlyprc", factor, database=wrds_db)
             demo.bump_comment("crsp.dsf_v2", date(2026, 3, year - 2020), database=wrds_db)
             sm.incremental_sync("crsp")
+            published()
     finally:
         stop.touch()
         out = json.loads(reader.communicate(timeout=60)[0])
     assert out["errors"] == 0, out["msgs"]
     assert out["reads"] > 0
+    seen = {tuple(x) for x in out["seen"]}
+    assert seen <= versions, seen - versions  # per partition, always a complete published version
+    assert {p for p, _ in seen if p == "wrds/crsp/daily/2022.parquet"}
 
 
 def test_enospc_mid_partition_aborts_cleanly_and_resumes(demo, wrds_db, tmpfs):
