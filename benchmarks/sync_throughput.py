@@ -11,6 +11,7 @@ Prints rows/s and peak RSS of each, and the ratios the SyncManager issue sets ta
 (full_sync >= 5x pandas, >= 60% of COPY, peak RSS < 400 MB). Usage: python benchmarks/sync_throughput.py [ROWS]
 """
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,7 @@ def main():
     print(f"full_sync / COPY ceiling rows/s: {100 * rate['full_sync'] / rate['copy']:.0f}% (target >= 60%)")
     print(f"full_sync peak RSS: {res['full_sync']['peak_rss_mb']:.0f} MB (target < 400 MB)")
     src.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
