@@ -65,6 +65,8 @@ def test_24_progress_checkpoint_lists_every_partition(demo, wrds_db, tmp_path):
     assert prog["status"] == "completed" and prog["pending"] == {}
     assert sorted(prog["completed"]["funda"]) == [str(y) for y in YEARS]
     assert prog["total_rows_synced"] == sum(demo.row_counts(wrds_db)[t] for t in ("comp.funda", "comp.fundq"))
+    progress = SyncManager(None, tmp_path)._load_progress("compustat")
+    assert progress.years_completed == list(YEARS) and progress.years_remaining == []
 
 
 def test_28_manifest_saved_only_after_data_is_fsynced_and_published(demo, wrds_db, tmp_path, monkeypatch):
