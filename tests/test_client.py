@@ -23,6 +23,15 @@ class QuickRetry(WRDSClient):
     RETRY_MAX_WAIT = 0.2
 
 
+def run_in_threads(fn, n):
+    """Run `fn` in `n` threads at once and wait for all of them."""
+    ts = [threading.Thread(target=fn) for _ in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
 def backends(demo, database, app):
     return demo.execute("select pid, state, query from pg_stat_activity where datname = %s and application_name = %s",
                         (database, app), database="postgres")
@@ -49,11 +58,7 @@ def test_15_pool_is_bounded_and_reused(demo, wrds_db):
             except Exception as e:  # surfaced below
                 errors.append(e)
 
-        ts = [threading.Thread(target=work) for _ in range(8)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        run_in_threads(work, 8)
         stop.set()
         sampler.join()
         assert errors == []
@@ -70,11 +75,7 @@ def test_16_rate_limit_holds_qpm_over_a_burst(demo, wrds_db):
         def burst():
             for _ in range(3):
                 stamps.append(c.execute_query("select extract(epoch from clock_timestamp()) as t")["t"][0])
-        ts = [threading.Thread(target=burst) for _ in range(3)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        run_in_threads(burst, 3)
     stamps.sort()
     assert len(stamps) == 9
     # the server saw the burst in windows: any 4 consecutive queries span (almost) a full second, so never more

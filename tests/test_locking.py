@@ -20,7 +20,7 @@ HOLDER = textwrap.dedent("""
     import sys
     from datetime import timedelta
     from wrds_sync_nb.locking import AtomicFileLock
-    lk = AtomicFileLock(sys.argv[1], "crsp", "holder", lock_timeout=timedelta(seconds=float(sys.argv[2])))
+    lk = AtomicFileLock(sys.argv[1], sys.argv[3], "holder", lock_timeout=timedelta(seconds=float(sys.argv[2])))
     tok = lk.acquire(timeout_seconds=10)
     print("acquired", flush=True)
     for cmd in sys.stdin:
@@ -33,8 +33,9 @@ HOLDER = textwrap.dedent("""
 """)
 
 
-def start_holder(lock_dir, expiry=3600.0):
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock_dir), str(expiry)],
+def start_holder(lock_dir, expiry=3600.0, dataset="crsp"):
+    """A real process holding `dataset`'s lock; it answers 'release' and 'refresh' on stdin."""
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock_dir), str(expiry), dataset],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "acquired"
     return p

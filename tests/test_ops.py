@@ -52,22 +52,15 @@ def test_backup_restore_round_trip_is_byte_identical(synced, tmp_path):
 
 
 def test_backup_refuses_while_a_sync_holds_the_lock(synced, tmp_path):
-    holder = start_holder(DataLayout(synced).locks_dir)  # holds "crsp"; make it hold fama_french's instead
-    holder.kill()
-    holder.wait()
-    code = ("import sys\nfrom wrds_sync_nb.locking import AtomicFileLock\n"
-            "AtomicFileLock(sys.argv[1], 'fama_french', 'a sync').acquire()\nprint('held', flush=True)\nsys.stdin.read()")
-    p = subprocess.Popen([sys.executable, "-c", code, str(DataLayout(synced).locks_dir)], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+    holder = start_holder(DataLayout(synced).locks_dir, dataset="fama_french")
     try:
-        assert p.stdout.readline().strip() == "held"
         r = subprocess.run([str(BIN), "--data-dir", str(synced), "--lock-timeout", "0.2", "backup", "--remote",
                             str(tmp_path / "remote")], capture_output=True, text=True)
-        assert r.returncode == 2 and "is locked by pid" in r.stderr
+        assert r.returncode == 2 and f"is locked by pid {holder.pid}" in r.stderr
         assert not (tmp_path / "remote").exists()
     finally:
-        p.kill()
-        p.wait()
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.parametrize("case", ["missing binary", "unknown remote"])

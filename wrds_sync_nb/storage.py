@@ -140,7 +140,7 @@ def publish(staged:Path, target:Path, keep_old_in:Path|None=None) -> None:
     os.replace(staged, target)
     fsync_dir(target.parent)
 
-# %% ../nbs/07_storage.ipynb #aedb6f2c
+# %% ../nbs/07_storage.ipynb #0457136b
 QUARANTINE_DAYS = 7
 
 class Quarantine:
@@ -148,29 +148,25 @@ class Quarantine:
     def __init__(self, layout:DataLayout): self.layout = layout
 
     def new_entry(self, dataset:str, operation:str, reason:str, **details:Any) -> Path:
-        "Create a quarantine folder with its note"
+        "Create a quarantine folder with its note (nothing is left behind if the note cannot be written)"
         entry = self.layout.quarantine_entry(dataset, operation)
         entry.mkdir(parents=True)
         note = {"dataset": dataset, "operation": operation, "reason": reason,
                 "at": datetime.now(timezone.utc).isoformat(), **details}
-        atomic_write_bytes(entry / "note.json", json.dumps(note, indent=2, default=str).encode())
+        try: atomic_write_bytes(entry / "note.json", json.dumps(note, indent=2, default=str).encode())
+        except BaseException:
+            shutil.rmtree(entry, ignore_errors=True); raise
         return entry
 
     def put(self, path:Path, dataset:str, operation:str, reason:str, **details:Any) -> Path | None:
         "Move `path` into a new quarantine entry; if even that fails (a full disk), remove it. Returns where it went"
-        entry: Path | None = None
         try:
-            entry = self.layout.quarantine_entry(dataset, operation)
-            entry.mkdir(parents=True)
-            note = {"dataset": dataset, "operation": operation, "reason": reason,
-                    "at": datetime.now(timezone.utc).isoformat(), "file": path.name, **details}
-            atomic_write_bytes(entry / "note.json", json.dumps(note, indent=2, default=str).encode())
+            entry = self.new_entry(dataset, operation, reason, file=path.name, **details)
             dest = entry / path.name
             os.replace(path, dest)
             fsync_dir(entry)
         except (OSError, DiskSpaceError):  # cannot even quarantine (a full disk): remove rather than leave it
             path.unlink(missing_ok=True)
-            if entry is not None: shutil.rmtree(entry, ignore_errors=True)
             events.emit(events.PARTITION_QUARANTINED, level="warning", dataset=dataset, file=path.name,
                         reason=reason, where=None, removed=True)
             return None
