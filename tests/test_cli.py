@@ -244,7 +244,7 @@ def test_json_logs_and_the_alert_events(env, demo, wrds_db, tmp_path):
 
     lock = DataLayout(data).lock_path("fama_french")
     lock.parent.mkdir(parents=True)
-    stale = AtomicFileLock(lock.parent, "fama_french")._new_token().model_copy(update={"pid": dead_pid()})
+    stale = AtomicFileLock(lock.parent, "fama_french").new_token().model_copy(update={"pid": dead_pid()})
     lock.write_bytes(stale.to_json())
     evs = run("full-sync", *FF, extra={"WRDS_SYNC_FULL_SLO_SECONDS": "0"})  # stale lock recovered; SLO of 0 s
     assert {events.LOCK_STALE, events.DURATION_SLO_BREACH, events.PARTITION_COMPLETED} <= {e["event"] for e in evs}

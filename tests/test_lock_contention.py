@@ -73,7 +73,7 @@ def test_13_concurrent_stale_recovery_has_exactly_one_winner(tmp_path):
     for rep in range(50):
         lock_dir.mkdir(exist_ok=True)
         lk.path.unlink(missing_ok=True)
-        lk.path.write_bytes(lk._new_token().model_copy(update={"pid": dead_pid()}).to_json())
+        lk.path.write_bytes(lk.new_token().model_copy(update={"pid": dead_pid()}).to_json())
         start, done, results = ctx.Barrier(8), ctx.Barrier(9), ctx.Queue()
         procs = [ctx.Process(target=_try_once, args=(lock_dir, start, done, results)) for _ in range(8)]
         for p in procs:

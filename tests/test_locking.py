@@ -13,7 +13,16 @@ import pytest
 
 from wrds_sync_nb import events, locking
 from wrds_sync_nb.errors import LockAcquisitionError, LockOwnershipError, MalformedLockFileError
-from wrds_sync_nb.locking import AtomicFileLock, ForeignLockFileError, LockHeartbeat, atomic_lock, read_lock
+from wrds_sync_nb.locking import (
+    AtomicFileLock,
+    ForeignLockFileError,
+    LockHeartbeat,
+    atomic_lock,
+    judge_lock_file,
+    judge_token,
+    read_lock,
+    recover_stale_lock,
+)
 from wrds_sync_nb.manifest import utcnow
 
 HOLDER = textwrap.dedent("""
@@ -89,10 +98,10 @@ def test_03_release_deletes_lock_file(lock_dir):
 
 def test_04_expired_lock_is_stale_and_recovered(lock_dir):
     lk = AtomicFileLock(lock_dir, "crsp")
-    old = lk._new_token().model_copy(update={"expires_at": utcnow() - timedelta(seconds=1)})
+    old = lk.new_token().model_copy(update={"expires_at": utcnow() - timedelta(seconds=1)})
     lock_dir.mkdir()
     lk.path.write_bytes(old.to_json())
-    stale, why = lk._is_lock_stale(lk.path)
+    stale, why = judge_lock_file(lk.path)
     assert stale and why.startswith("expired at")
     with events.capture_events() as got:
         tok = lk.acquire(timeout_seconds=0)
@@ -103,11 +112,11 @@ def test_04_expired_lock_is_stale_and_recovered(lock_dir):
 def test_05_dead_pid_lock_is_recovered(lock_dir):
     lk = AtomicFileLock(lock_dir, "crsp")
     lock_dir.mkdir()
-    lk.path.write_bytes(lk._new_token().model_copy(update={"pid": dead_pid()}).to_json())
-    assert lk._is_lock_stale()[0]
-    assert lk._recover_stale_lock(lk.path) is True
+    lk.path.write_bytes(lk.new_token().model_copy(update={"pid": dead_pid()}).to_json())
+    assert judge_lock_file(lk.path)[0]
+    assert recover_stale_lock(lk) is True
     assert not lk.path.exists()
-    assert lk._recover_stale_lock(lk.path) is False
+    assert recover_stale_lock(lk) is False
 
 
 def test_06_pid_reuse_detected_by_process_start(lock_dir):
@@ -115,12 +124,12 @@ def test_06_pid_reuse_detected_by_process_start(lock_dir):
     try:
         lk = AtomicFileLock(lock_dir, "crsp")
         real = locking.process_start_ticks(sleeper.pid)
-        live = lk._new_token().model_copy(update={"pid": sleeper.pid, "process_start": real})
-        assert lk._judge(live, utcnow()) == (False, f"held by live pid {sleeper.pid}")
+        live = lk.new_token().model_copy(update={"pid": sleeper.pid, "process_start": real})
+        assert judge_token(live, utcnow()) == (False, f"held by live pid {sleeper.pid}")
         reused = live.model_copy(update={"process_start": real - 1})
-        assert lk._judge(reused, utcnow()) == (True, f"pid {sleeper.pid} was reused by another process")
+        assert judge_token(reused, utcnow()) == (True, f"pid {sleeper.pid} was reused by another process")
         rebooted = live.model_copy(update={"boot_id": "another-boot"})
-        assert lk._judge(rebooted, utcnow())[0]
+        assert judge_token(rebooted, utcnow())[0]
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -128,13 +137,13 @@ def test_06_pid_reuse_detected_by_process_start(lock_dir):
 
 def test_remote_host_lock_trusts_expiry_only(lock_dir):
     lk = AtomicFileLock(lock_dir, "crsp")
-    remote = lk._new_token().model_copy(update={"hostname": "other-host", "pid": dead_pid()})
-    assert lk._judge(remote, utcnow())[0] is False
+    remote = lk.new_token().model_copy(update={"hostname": "other-host", "pid": dead_pid()})
+    assert judge_token(remote, utcnow())[0] is False
     lock_dir.mkdir()
     lk.path.write_bytes(remote.to_json())
     with pytest.raises(LockAcquisitionError, match="on host other-host"):
         lk.acquire(timeout_seconds=0)
-    assert lk._judge(remote.model_copy(update={"expires_at": utcnow() - timedelta(1)}), utcnow())[0]
+    assert judge_token(remote.model_copy(update={"expires_at": utcnow() - timedelta(1)}), utcnow())[0]
 
 
 @pytest.mark.parametrize("content,where", [
@@ -151,7 +160,7 @@ def test_07_malformed_lock_rejected(lock_dir, content, where):
 
 def test_08_extra_fields_and_wrong_types_rejected(lock_dir):
     lk = AtomicFileLock(lock_dir, "crsp")
-    good = json.loads(lk._new_token().to_json())
+    good = json.loads(lk.new_token().to_json())
     lock_dir.mkdir()
     for bad in ({**good, "admin": True}, {**good, "pid": str(good["pid"])}, {**good, "nonce": None}):
         lk.path.write_text(json.dumps(bad))
@@ -176,7 +185,7 @@ def test_09_release_with_foreign_token_raises_and_keeps_file(lock_dir):
     a, b = AtomicFileLock(lock_dir, "crsp", "a"), AtomicFileLock(lock_dir, "crsp", "b")
     tok = a.acquire()
     before = lk_bytes = a.path.read_bytes()
-    for bad in (b._new_token(), tok.model_copy(update={"nonce": "x" * 32}), tok.model_copy(update={"writer_id": "b"})):
+    for bad in (b.new_token(), tok.model_copy(update={"nonce": "x" * 32}), tok.model_copy(update={"writer_id": "b"})):
         with pytest.raises(LockOwnershipError):
             a.release(bad)
         assert a.path.read_bytes() == before == lk_bytes

@@ -15,7 +15,7 @@ from wrds_sync_nb.layout import DataLayout
 from wrds_sync_nb.locking import AtomicFileLock
 from wrds_sync_nb.manifest import ManifestManager
 from wrds_sync_nb.schema import SchemaRegistry
-from wrds_sync_nb.sync import SyncManager
+from wrds_sync_nb.sync import SyncManager, load_progress
 
 YEARS = range(2021, 2026)
 ALL = ["crsp", "crsp_legacy", "compustat", "fama_french"]
@@ -65,7 +65,7 @@ def test_24_progress_checkpoint_lists_every_partition(demo, wrds_db, tmp_path):
     assert prog["status"] == "completed" and prog["pending"] == {}
     assert sorted(prog["completed"]["funda"]) == [str(y) for y in YEARS]
     assert prog["total_rows_synced"] == sum(demo.row_counts(wrds_db)[t] for t in ("comp.funda", "comp.fundq"))
-    progress = SyncManager(None, tmp_path)._load_progress("compustat")
+    progress = load_progress(DataLayout(tmp_path), "compustat")
     assert progress.years_completed == list(YEARS) and progress.years_remaining == []
 
 

@@ -21,8 +21,10 @@ from .manifest import LockToken, utcnow
 
 # %% auto #0
 __all__ = ['LOCK_TIMEOUT_HOURS', 'REFRESH_INTERVAL_SECONDS', 'MALFORMED_GRACE_SECONDS', 'MAX_LOCK_FILE_BYTES', 'HOSTNAME',
-           'process_start_ticks', 'boot_id', 'is_pid_alive', 'ForeignLockFileError', 'read_lock', 'LockStatus',
-           'AtomicFileLock', 'LockHeartbeat', 'atomic_lock']
+           'process_start_ticks', 'boot_id', 'is_pid_alive', 'ForeignLockFileError', 'read_lock', 'AtomicFileLock',
+           'lock_guard', 'create_lock_file', 'judge_token', 'judge_lock_file', 'lock_identity', 'recover_stale_lock',
+           'clean_recovery_leftovers', 'held_message', 'acquire_lock', 'owned_token', 'release_lock', 'refresh_lock',
+           'LockStatus', 'lock_status', 'force_remove', 'LockHeartbeat', 'atomic_lock']
 
 # %% ../nbs/03_locking.ipynb #5ffb7878
 LOCK_TIMEOUT_HOURS = 4
@@ -81,25 +83,14 @@ def read_lock(path:Path) -> tuple[LockToken, os.stat_result]:
         where = ".".join(str(x) for x in err["loc"]) or "content"
         raise MalformedLockFileError(f"lock file {path} is malformed ({where}: {err['msg']})") from None
 
-# %% ../nbs/03_locking.ipynb #c624a05a
+# %% ../nbs/03_locking.ipynb #7738b222
 _fsync = os.fsync  # module-level so tests can observe it with a wrapper
 
-@dataclass
-class LockStatus:
-    "What `lock-status` shows for a dataset"
-    dataset: str
-    path: Path
-    held: bool
-    token: LockToken | None = None
-    stale: bool = False
-    reason: str = ""
-
-class _LockFile:
-    "The lock file itself: where it is, the guard, and atomic creation"
+class AtomicFileLock:
+    "Single-writer lock on `lock_dir/<dataset>.lock`, created with O_CREAT|O_EXCL|O_NOFOLLOW"
     LOCK_TIMEOUT_HOURS = LOCK_TIMEOUT_HOURS
     REFRESH_INTERVAL_SECONDS = REFRESH_INTERVAL_SECONDS
-    MIN_BACKOFF_SECONDS = 0.01
-    MAX_BACKOFF_SECONDS = 0.5
+    MIN_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 0.01, 0.5
 
     def __init__(self, lock_dir:Path,             # folder holding lock files (created 0o700 if missing)
                  dataset:str,                     # dataset name, validated
@@ -114,200 +105,224 @@ class _LockFile:
         self.lock_timeout = lock_timeout or timedelta(hours=self.LOCK_TIMEOUT_HOURS)
 
     def __repr__(self) -> str: return f"{type(self).__name__}({str(self.path)!r}, writer_id={self.writer_id!r})"
-
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        "Serialise lock-file mutations between processes (released by the kernel if we die)"
-        self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.guard_path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally: os.close(fd)
-
-    def _new_token(self) -> LockToken:
+    def new_token(self) -> LockToken:
+        "A fresh token naming this process and writer (not yet on disk)"
         now = utcnow()
         return LockToken(dataset=self.dataset, pid=os.getpid(), hostname=HOSTNAME, writer_id=self.writer_id,
                          nonce=secrets.token_hex(16), process_start=process_start_ticks(os.getpid()),
                          boot_id=boot_id(), acquired_at=now, expires_at=now + self.lock_timeout)
-
-    def _create(self, token:LockToken) -> bool:
-        "Try to create the lock file holding `token`; False if a file is already there"
-        try: fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
-        except FileExistsError: return False
-        try:
-            os.write(fd, token.to_json())
-            _fsync(fd)
-        except BaseException:
-            os.close(fd); self.path.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        fsync_dir(self.lock_dir)
-        return True
-
-# %% ../nbs/03_locking.ipynb #c79b4478
-class _StaleLockRecovery(_LockFile):
-    "Judging whether a lock is stale, and removing it safely when it is"
-    def _judge(self, token:LockToken, now:datetime) -> tuple[bool, str]:
-        if token.expires_at <= now: return True, f"expired at {token.expires_at.isoformat()}"
-        if token.hostname != HOSTNAME: return False, f"held by host {token.hostname} until {token.expires_at.isoformat()}"
-        mine = boot_id()
-        if token.boot_id and mine and token.boot_id != mine: return True, "the host rebooted since it was taken"
-        if not self._is_pid_alive(token.pid): return True, f"pid {token.pid} is dead"
-        start = process_start_ticks(token.pid)
-        if token.process_start is not None and start is not None and start != token.process_start:
-            return True, f"pid {token.pid} was reused by another process"
-        return False, f"held by live pid {token.pid}"
-
-    def _is_lock_stale(self, lock_path:Path|None=None) -> tuple[bool, str]:
-        "Is the lock at `lock_path` stale, and why (foreign files raise, never judged stale)"
-        path = lock_path or self.path
-        try: token, st = read_lock(path)
-        except FileNotFoundError: return False, "no lock"
-        except MalformedLockFileError:
-            age = time.time() - os.lstat(path).st_mtime
-            if age > MALFORMED_GRACE_SECONDS: return True, f"malformed and {age:.0f}s old"
-            return False, f"malformed but only {age:.0f}s old (a writer may be mid-write)"
-        return self._judge(token, utcnow())
-
-    def _is_pid_alive(self, pid:int) -> bool: return is_pid_alive(pid)
-
-
-    def _identity(self, path:Path) -> tuple[int, int, str | None] | None:
-        try: token, st = read_lock(path)
-        except FileNotFoundError: return None
-        except MalformedLockFileError:
-            st = os.lstat(path)
-            return st.st_dev, st.st_ino, None
-        return st.st_dev, st.st_ino, token.nonce
-
-    def _recover_stale_lock(self, lock_path:Path|None=None) -> bool:
-        "Remove the lock at `lock_path` if it is (still) stale; True if this call removed it"
-        path = lock_path or self.path
-        with self._guard():
-            judged = self._identity(path)
-            if judged is None: return False
-            stale, reason = self._is_lock_stale(path)
-            if not stale: return False
-            aside = path.with_name(f"{path.name}.recovery.{os.getpid()}.{secrets.token_hex(8)}")
-            try: os.rename(path, aside)
-            except FileNotFoundError: return False
-            if self._identity(aside) != judged:  # cannot happen under the guard; fail safe if it does
-                try: os.link(aside, path); os.unlink(aside)
-                except FileExistsError: pass
-                raise LockRecoveryError(f"lock {path} changed while it was being recovered; left it as {aside.name}")
-            os.unlink(aside)
-            fsync_dir(path.parent)
-        events.emit(events.LOCK_RECOVERED, dataset=self.dataset, reason=reason, by=self.writer_id)
-        return True
-
-    def _clean_recovery_leftovers(self) -> None:
-        "Remove recovery files left by recoverers that died mid-recovery"
-        for p in self.lock_dir.glob(f"{self.dataset}.lock.recovery.*"):
-            try: pid = int(p.name.split(".")[3])
-            except (IndexError, ValueError): continue
-            if not is_pid_alive(pid): p.unlink(missing_ok=True)
-
-# %% ../nbs/03_locking.ipynb #8d466c6e
-class AtomicFileLock(_StaleLockRecovery):
-    "Single-writer lock on `lock_dir/<dataset>.lock`, created with O_CREAT|O_EXCL|O_NOFOLLOW"
     def acquire(self, timeout_seconds:float=30) -> LockToken:
         "Take the lock, waiting up to `timeout_seconds`; raises LockAcquisitionError naming the holder"
-        deadline = time.monotonic() + timeout_seconds
-        delay = self.MIN_BACKOFF_SECONDS
-        self._clean_recovery_leftovers()
-        warned: str | None = None
-        while True:
-            token = self._new_token()
-            with self._guard(): created = self._create(token)
-            if created:
-                events.emit(events.LOCK_ACQUIRED, level="debug", dataset=self.dataset, writer=self.writer_id)
-                return token
-            stale, reason = self._is_lock_stale()
-            if stale:
-                if warned != reason:
-                    events.emit(events.LOCK_STALE, dataset=self.dataset, reason=reason, path=str(self.path))
-                    warned = reason
-                if self._recover_stale_lock(): continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0: raise LockAcquisitionError(self._held_message(reason))
-            time.sleep(min(remaining, random.uniform(delay / 2, delay)))
-            delay = min(delay * 2, self.MAX_BACKOFF_SECONDS)
-
-    def _held_message(self, reason:str) -> str:
-        try: t, _ = read_lock(self.path)
-        except (FileNotFoundError, MalformedLockFileError): return f"dataset {self.dataset!r} is locked ({reason})"
-        return (f"dataset {self.dataset!r} is locked by pid {t.pid} on host {t.hostname} (writer {t.writer_id}) "
-                f"since {t.acquired_at.isoformat(timespec='seconds')}, expiring {t.expires_at.isoformat(timespec='seconds')}")
-
-    def _owned(self, token:LockToken) -> LockToken:
-        "The token on disk if it is `token`'s lock; raises LockOwnershipError otherwise (call under the guard)"
-        try: on_disk, _ = read_lock(self.path)
-        except FileNotFoundError:
-            raise LockOwnershipError(f"lock on {self.dataset!r} is gone: it was recovered or force-unlocked") from None
-        except MalformedLockFileError:
-            raise LockOwnershipError(f"lock on {self.dataset!r} is no longer ours (the file is malformed)") from None
-        if (on_disk.nonce, on_disk.pid, on_disk.hostname, on_disk.writer_id) != \
-           (token.nonce, token.pid, token.hostname, token.writer_id):
-            raise LockOwnershipError(f"lock on {self.dataset!r} now belongs to pid {on_disk.pid} on {on_disk.hostname} "
-                                     f"(writer {on_disk.writer_id}), not to this writer")
-        return on_disk
-
-    def verify(self, token:LockToken) -> None:
-        "Raise LockOwnershipError unless the lock on disk is still `token`'s"
-        with self._guard(): self._owned(token)
-
+        return acquire_lock(self, timeout_seconds)
     def release(self, token:LockToken) -> None:
         "Delete the lock file if (and only if) it is `token`'s; raises and leaves it alone otherwise"
-        with self._guard():
-            self._owned(token)
-            self.path.unlink()
-            fsync_dir(self.lock_dir)
-        events.emit(events.LOCK_RELEASED, level="debug", dataset=self.dataset, writer=self.writer_id)
-
+        release_lock(self, token)
     def refresh(self, token:LockToken) -> LockToken:
         "Extend the lock's expiry (atomic replace); fails if the lock is no longer ours"
-        with self._guard():
-            self._owned(token)
-            new = token.model_copy(update={"expires_at": utcnow() + self.lock_timeout})
-            tmp = temp_path_for(self.path)
-            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
-            try:
-                os.write(fd, new.to_json())
-                _fsync(fd)
-            finally: os.close(fd)
-            os.replace(tmp, self.path)
-            fsync_dir(self.lock_dir)
-        return new
+        return refresh_lock(self, token)
+    def verify(self, token:LockToken) -> None:
+        "Raise LockOwnershipError unless the lock on disk is still `token`'s"
+        with lock_guard(self): owned_token(self, token)
+    def status(self) -> LockStatus: return lock_status(self)
+    def force_unlock(self, by:str) -> LockStatus: return force_remove(self, by)
 
-    def status(self) -> LockStatus:
-        "Who holds the lock, and whether it is stale"
-        try: token, _ = read_lock(self.path)
-        except FileNotFoundError: return LockStatus(self.dataset, self.path, held=False)
-        except MalformedLockFileError as e:
-            stale, reason = self._is_lock_stale()
-            return LockStatus(self.dataset, self.path, held=True, stale=stale, reason=f"{e.what}; {reason}")
-        stale, reason = self._judge(token, utcnow())
-        return LockStatus(self.dataset, self.path, held=True, token=token, stale=stale, reason=reason)
+# %% ../nbs/03_locking.ipynb #da4d4554
+@contextmanager
+def lock_guard(lock:AtomicFileLock) -> Iterator[None]:
+    "Serialise lock-file mutations between processes (released by the kernel if we die)"
+    lock.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(lock.guard_path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally: os.close(fd)
 
-    def force_unlock(self, by:str) -> LockStatus:
-        "Remove the lock whoever holds it (operator action, logged with who did it); returns what was removed"
-        with self._guard():
-            st = self.status()
-            if st.held:
-                if not stat.S_ISREG(os.lstat(self.path).st_mode):
-                    raise ForeignLockFileError(f"lock path {self.path} is not a regular file")
-                self.path.unlink()
-                fsync_dir(self.lock_dir)
-        events.emit(events.LOCK_FORCED, level="warning", dataset=self.dataset, by=by, held=st.held,
-                    holder_pid=st.token.pid if st.token else None, holder_host=st.token.hostname if st.token else None,
-                    holder_writer=st.token.writer_id if st.token else None)
-        return st
+def create_lock_file(path:Path,        # the lock path (call under the guard)
+                     token:LockToken   # what to write in it
+                    ) -> bool:
+    "Try to create the lock file holding `token`; False if a file is already there"
+    try: fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+    except FileExistsError: return False
+    try:
+        os.write(fd, token.to_json())
+        _fsync(fd)
+    except BaseException:
+        os.close(fd); path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    fsync_dir(path.parent)
+    return True
 
-# %% ../nbs/03_locking.ipynb #41906d3a
+# %% ../nbs/03_locking.ipynb #45d0a1de
+def judge_token(token:LockToken,   # the lock file's content
+                now:datetime       # the time to judge at
+               ) -> tuple[bool, str]:
+    "Is the lock holding `token` stale, and why"
+    if token.expires_at <= now: return True, f"expired at {token.expires_at.isoformat()}"
+    if token.hostname != HOSTNAME: return False, f"held by host {token.hostname} until {token.expires_at.isoformat()}"
+    mine = boot_id()
+    if token.boot_id and mine and token.boot_id != mine: return True, "the host rebooted since it was taken"
+    if not is_pid_alive(token.pid): return True, f"pid {token.pid} is dead"
+    start = process_start_ticks(token.pid)
+    if token.process_start is not None and start is not None and start != token.process_start:
+        return True, f"pid {token.pid} was reused by another process"
+    return False, f"held by live pid {token.pid}"
+
+def judge_lock_file(path:Path) -> tuple[bool, str]:
+    "Is the lock at `path` stale, and why (foreign files raise, never judged stale)"
+    try: token, _ = read_lock(path)
+    except FileNotFoundError: return False, "no lock"
+    except MalformedLockFileError:
+        age = time.time() - os.lstat(path).st_mtime
+        if age > MALFORMED_GRACE_SECONDS: return True, f"malformed and {age:.0f}s old"
+        return False, f"malformed but only {age:.0f}s old (a writer may be mid-write)"
+    return judge_token(token, utcnow())
+
+# %% ../nbs/03_locking.ipynb #f85125a4
+def lock_identity(path:Path) -> tuple[int, int, str | None] | None:
+    "(device, inode, nonce) of the lock file at `path`, None if there is none"
+    try: token, st = read_lock(path)
+    except FileNotFoundError: return None
+    except MalformedLockFileError:
+        st = os.lstat(path)
+        return st.st_dev, st.st_ino, None
+    return st.st_dev, st.st_ino, token.nonce
+
+def recover_stale_lock(lock:AtomicFileLock) -> bool:
+    "Remove `lock`'s file if it is (still) stale; True if this call removed it"
+    path = lock.path
+    with lock_guard(lock):
+        judged = lock_identity(path)
+        if judged is None: return False
+        stale, reason = judge_lock_file(path)
+        if not stale: return False
+        aside = path.with_name(f"{path.name}.recovery.{os.getpid()}.{secrets.token_hex(8)}")
+        try: os.rename(path, aside)
+        except FileNotFoundError: return False
+        if lock_identity(aside) != judged:  # cannot happen under the guard; fail safe if it does
+            try: os.link(aside, path); os.unlink(aside)
+            except FileExistsError: pass
+            raise LockRecoveryError(f"lock {path} changed while it was being recovered; left it as {aside.name}")
+        os.unlink(aside)
+        fsync_dir(path.parent)
+    events.emit(events.LOCK_RECOVERED, dataset=lock.dataset, reason=reason, by=lock.writer_id)
+    return True
+
+def clean_recovery_leftovers(lock:AtomicFileLock) -> None:
+    "Remove recovery files left by recoverers that died mid-recovery"
+    for p in lock.lock_dir.glob(f"{lock.dataset}.lock.recovery.*"):
+        try: pid = int(p.name.split(".")[3])
+        except (IndexError, ValueError): continue
+        if not is_pid_alive(pid): p.unlink(missing_ok=True)
+
+# %% ../nbs/03_locking.ipynb #acd6217b
+def held_message(lock:AtomicFileLock, reason:str) -> str:
+    "Who holds `lock`, for the error a waiter gets"
+    try: t, _ = read_lock(lock.path)
+    except (FileNotFoundError, MalformedLockFileError): return f"dataset {lock.dataset!r} is locked ({reason})"
+    return (f"dataset {lock.dataset!r} is locked by pid {t.pid} on host {t.hostname} (writer {t.writer_id}) "
+            f"since {t.acquired_at.isoformat(timespec='seconds')}, expiring {t.expires_at.isoformat(timespec='seconds')}")
+
+def acquire_lock(lock:AtomicFileLock, timeout_seconds:float) -> LockToken:
+    "Take `lock`, recovering a stale one, waiting with jittered backoff up to `timeout_seconds`"
+    deadline, delay = time.monotonic() + timeout_seconds, lock.MIN_BACKOFF_SECONDS
+    clean_recovery_leftovers(lock)
+    warned: str | None = None
+    while True:
+        token = lock.new_token()
+        with lock_guard(lock): created = create_lock_file(lock.path, token)
+        if created:
+            events.emit(events.LOCK_ACQUIRED, level="debug", dataset=lock.dataset, writer=lock.writer_id)
+            return token
+        stale, reason = judge_lock_file(lock.path)
+        if stale:
+            if warned != reason:
+                events.emit(events.LOCK_STALE, dataset=lock.dataset, reason=reason, path=str(lock.path))
+                warned = reason
+            if recover_stale_lock(lock): continue
+        remaining = deadline - time.monotonic()
+        if remaining <= 0: raise LockAcquisitionError(held_message(lock, reason))
+        time.sleep(min(remaining, random.uniform(delay / 2, delay)))
+        delay = min(delay * 2, lock.MAX_BACKOFF_SECONDS)
+
+# %% ../nbs/03_locking.ipynb #fa5f9964
+def owned_token(lock:AtomicFileLock, token:LockToken) -> LockToken:
+    "The token on disk if it is `token`'s lock; raises LockOwnershipError otherwise (call under the guard)"
+    try: on_disk, _ = read_lock(lock.path)
+    except FileNotFoundError:
+        raise LockOwnershipError(f"lock on {lock.dataset!r} is gone: it was recovered or force-unlocked") from None
+    except MalformedLockFileError:
+        raise LockOwnershipError(f"lock on {lock.dataset!r} is no longer ours (the file is malformed)") from None
+    if (on_disk.nonce, on_disk.pid, on_disk.hostname, on_disk.writer_id) != \
+       (token.nonce, token.pid, token.hostname, token.writer_id):
+        raise LockOwnershipError(f"lock on {lock.dataset!r} now belongs to pid {on_disk.pid} on {on_disk.hostname} "
+                                 f"(writer {on_disk.writer_id}), not to this writer")
+    return on_disk
+
+def release_lock(lock:AtomicFileLock, token:LockToken) -> None:
+    "Delete the lock file if it is `token`'s"
+    with lock_guard(lock):
+        owned_token(lock, token)
+        lock.path.unlink()
+        fsync_dir(lock.lock_dir)
+    events.emit(events.LOCK_RELEASED, level="debug", dataset=lock.dataset, writer=lock.writer_id)
+
+def refresh_lock(lock:AtomicFileLock, token:LockToken) -> LockToken:
+    "Rewrite the lock file with a later expiry (temp file, fsync, rename), if it is `token`'s"
+    with lock_guard(lock):
+        owned_token(lock, token)
+        new = token.model_copy(update={"expires_at": utcnow() + lock.lock_timeout})
+        tmp = temp_path_for(lock.path)
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, new.to_json())
+            _fsync(fd)
+        finally: os.close(fd)
+        os.replace(tmp, lock.path)
+        fsync_dir(lock.lock_dir)
+    return new
+
+# %% ../nbs/03_locking.ipynb #db3ff770
+@dataclass
+class LockStatus:
+    "What `lock-status` shows for a dataset"
+    dataset: str
+    path: Path
+    held: bool
+    token: LockToken | None = None
+    stale: bool = False
+    reason: str = ""
+
+def lock_status(lock:AtomicFileLock) -> LockStatus:
+    "Who holds `lock`, and whether it is stale"
+    try: token, _ = read_lock(lock.path)
+    except FileNotFoundError: return LockStatus(lock.dataset, lock.path, held=False)
+    except MalformedLockFileError as e:
+        stale, reason = judge_lock_file(lock.path)
+        return LockStatus(lock.dataset, lock.path, held=True, stale=stale, reason=f"{e.what}; {reason}")
+    stale, reason = judge_token(token, utcnow())
+    return LockStatus(lock.dataset, lock.path, held=True, token=token, stale=stale, reason=reason)
+
+def force_remove(lock:AtomicFileLock, by:str) -> LockStatus:
+    "Remove `lock` whoever holds it (operator action, logged with who did it); returns what was removed"
+    with lock_guard(lock):
+        st = lock_status(lock)
+        if st.held:
+            if not stat.S_ISREG(os.lstat(lock.path).st_mode):
+                raise ForeignLockFileError(f"lock path {lock.path} is not a regular file")
+            lock.path.unlink()
+            fsync_dir(lock.lock_dir)
+    t = st.token
+    events.emit(events.LOCK_FORCED, level="warning", dataset=lock.dataset, by=by, held=st.held,
+                holder_pid=t.pid if t else None, holder_host=t.hostname if t else None, holder_writer=t.writer_id if t else None)
+    return st
+
+# %% ../nbs/03_locking.ipynb #55a8f970
 class LockHeartbeat:
     "Refreshes a held lock from a background thread until stopped"
-    def __init__(self, lock:AtomicFileLock, token:LockToken, interval:float|None=None):
+    def __init__(self, lock:AtomicFileLock,   # the lock held
+                 token:LockToken,             # its current token
+                 interval:float|None=None):   # seconds between refreshes (default: the lock's)
         self.lock, self.token = lock, token
         self.interval = lock.REFRESH_INTERVAL_SECONDS if interval is None else interval
         self.lost: LockOwnershipError | None = None
@@ -339,9 +354,15 @@ class LockHeartbeat:
         if self.lost is not None: raise self.lost
         self.lock.verify(self.token)
 
+# %% ../nbs/03_locking.ipynb #0d0c1e8d
 @contextmanager
-def atomic_lock(lock_dir:Path, dataset:str, writer_id:str|None=None, timeout_seconds:float=30,
-                heartbeat:bool=True, lock_timeout:timedelta|None=None) -> Iterator[LockToken]:
+def atomic_lock(lock_dir:Path,                    # folder holding lock files
+                dataset:str,                      # the dataset to lock
+                writer_id:str|None=None,          # who is writing, for humans
+                timeout_seconds:float=30,         # how long to wait for a held lock
+                heartbeat:bool=True,              # refresh the lock from a background thread
+                lock_timeout:timedelta|None=None  # expiry after acquire/refresh; default 4 h
+               ) -> Iterator[LockToken]:
     "Hold `dataset`'s lock for the block (refreshed by a heartbeat), releasing it on exit"
     lock = AtomicFileLock(lock_dir, dataset, writer_id, lock_timeout)
     token = lock.acquire(timeout_seconds)
