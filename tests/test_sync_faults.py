@@ -161,12 +161,8 @@ def test_enospc_mid_partition_aborts_cleanly_and_resumes(demo, wrds_db, tmpfs):
             snapshot["files"] = file_digests(data)
             snapshot["filler"] = fill(tmpfs)
 
-    events._listeners.append(on_event)
-    try:
-        with pytest.raises(DiskSpaceError) as e:
-            sm.full_sync("crsp", start_year=2021, end_year=2025)
-    finally:
-        events._listeners.remove(on_event)
+    with events.listening(on_event), pytest.raises(DiskSpaceError) as e:
+        sm.full_sync("crsp", start_year=2021, end_year=2025)
     assert "no space left on device" in str(e.value) and "\n" not in str(e.value)
     assert (data / "manifests/crsp.json").read_bytes() == snapshot["manifest"]
     assert file_digests(data) == snapshot["files"]

@@ -45,7 +45,7 @@ def rclone(*args:str, what:str) -> subprocess.CompletedProcess[str]:
         raise BackupError(msg)
     return r
 
-# %% ../nbs/09a_backup.ipynb #66af7c29
+# %% ../nbs/09a_backup.ipynb #9bf5ddd5
 @contextmanager
 def dataset_locks(layout:DataLayout, datasets:list[str], timeout_seconds:float, writer_id:str) -> Iterator[None]:
     "Hold the locks of `datasets` (all or nothing) for the block"
@@ -73,6 +73,7 @@ def _published(layout:DataLayout) -> tuple[int, int]:
              and not p.name.startswith(".")]
     return len(files), sum(p.stat().st_size for p in files)
 
+# %% ../nbs/09a_backup.ipynb #f806d30a
 def backup(data_dir:Path|str, remote:str|None=None, lock_timeout_seconds:float=30.0,
            writer_id:str="wrds-sync backup") -> BackupResult:
     "Copy the published files, manifests and schemas to an rclone remote, under the datasets' locks, and check it"

@@ -114,9 +114,7 @@ def is_transient(exc:BaseException) -> bool:
     "Worth retrying?"
     return isinstance(exc, (TransientQueryError, WRDSConnectionError))
 
-# %% ../nbs/05_client.ipynb #360408b6
-T = TypeVar("T")
-
+# %% ../nbs/05_client.ipynb #e4ccb6d8
 class WRDSClient:
     "Pooled, rate-limited, retrying WRDS client with a streaming Arrow read; use as a context manager"
     RETRY_ATTEMPTS, RETRY_INITIAL_WAIT, RETRY_MAX_WAIT = 3, 1.0, 20.0
@@ -161,7 +159,9 @@ class WRDSClient:
         "The Arrow schema `sql` would produce, without fetching rows"
         return query_arrow_schema(self, sql, params)
 
-# %% ../nbs/05_client.ipynb #1f470b60
+# %% ../nbs/05_client.ipynb #afb421ed
+T = TypeVar("T")
+
 def gated(client:WRDSClient,          # whose configuration and counters
           fn:Callable[[], T],         # one round trip
           what:str                    # what it is, for messages

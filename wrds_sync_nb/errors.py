@@ -27,7 +27,7 @@ class WrdsSyncError(Exception):
         self.fix = " ".join((fix or self.default_fix).split()).rstrip(".")
         super().__init__(f"{self.what}. Fix: {self.fix}.")
 
-# %% ../nbs/00_errors.ipynb #ecb6c7c1
+# %% ../nbs/00_errors.ipynb #d32e4cad
 class LockError(WrdsSyncError):
     "A problem with a dataset's single-writer lock"
     default_fix = "run `wrds-sync lock-status`, then see runbooks/wrds-lock-recovery"
@@ -49,6 +49,7 @@ class LockOwnershipError(LockError):
     "A release or refresh was attempted with a token that no longer owns the lock"
     default_fix = "the lock was recovered by another writer: stop this run and rerun the sync"
 
+# %% ../nbs/00_errors.ipynb #ee677614
 class ConfigError(WrdsSyncError):
     "Bad configuration or bad input from the user"
     default_fix = "correct the value and rerun"
@@ -61,6 +62,7 @@ class UnknownDatasetError(ConfigError):
     "A dataset name that no built-in or configured dataset has"
     default_fix = "check the spelling (`wrds-sync datasets` lists them) or define it in a --datasets TOML file"
 
+# %% ../nbs/00_errors.ipynb #cd0cf5b5
 class CredentialsError(WrdsSyncError):
     "No usable WRDS credentials, or the server rejected them"
     default_fix = ("set WRDS_USERNAME and WRDS_PASSWORD, or add a ~/.pgpass line "
@@ -82,6 +84,7 @@ class TransientQueryError(QueryError):
     "A query failed for a reason that may pass (connection reset, admin shutdown, serialization failure)"
     default_fix = "rerun: the sync resumes from its checkpoint"
 
+# %% ../nbs/00_errors.ipynb #61fa6236
 class DataError(WrdsSyncError):
     "A problem with the local copy of the data"
     default_fix = "run `wrds-sync verify --dataset NAME`, then see runbooks/data-storage"

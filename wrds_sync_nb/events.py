@@ -23,7 +23,7 @@ __all__ = ['DISK_WARNING', 'DISK_CRITICAL', 'DISK_BLOCKED', 'LOCK_STALE', 'CHECK
            'SCHEMA_NEW_COLUMNS', 'SCHEMA_BREAKING', 'QUARANTINE_CLEANED', 'LOCK_ACQUIRED', 'LOCK_RELEASED',
            'LOCK_RECOVERED', 'LOCK_FORCED', 'QUERY_RETRY', 'QUERY_TIMEOUT', 'CONNECTED', 'CREDENTIALS_FILE_MODE',
            'VERIFY_COMPLETED', 'BACKUP_COMPLETED', 'RESTORE_COMPLETED', 'REDACTED', 'logger', 'Alert',
-           'alerts_markdown', 'register_secret', 'redact', 'emit', 'capture_events', 'JsonEventFormatter',
+           'alerts_markdown', 'register_secret', 'redact', 'emit', 'listening', 'capture_events', 'JsonEventFormatter',
            'TextEventFormatter', 'EventStreamHandler', 'configure_logging']
 
 # %% ../nbs/01_events.ipynb #63aae183
@@ -136,7 +136,7 @@ def redact(value:Any, key:str|None=None) -> Any:
     if isinstance(value, Path): return _scrub(str(value))
     return _scrub(value if isinstance(value, str) else str(value))
 
-# %% ../nbs/01_events.ipynb #d95bbd36
+# %% ../nbs/01_events.ipynb #eff22a33
 logger = logging.getLogger("wrds_sync_nb.events")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR, "critical": logging.CRITICAL}
@@ -162,13 +162,18 @@ def emit(event:str,              # dotted event name, one of this module's const
     return record
 
 @contextmanager
+def listening(fn:Callable[[dict[str, Any]], None]) -> Iterator[None]:
+    "Call `fn` with every event emitted in this process while the block runs"
+    with _listeners_lock: _listeners.append(fn)
+    try: yield
+    finally:
+        with _listeners_lock: _listeners.remove(fn)
+
+@contextmanager
 def capture_events() -> Iterator[list[dict[str, Any]]]:
     "Collect every event emitted in this process while the block runs"
     got: list[dict[str, Any]] = []
-    with _listeners_lock: _listeners.append(got.append)
-    try: yield got
-    finally:
-        with _listeners_lock: _listeners.remove(got.append)
+    with listening(got.append): yield got
 
 # %% ../nbs/01_events.ipynb #b21145bd
 class JsonEventFormatter(logging.Formatter):

@@ -12,8 +12,8 @@ from pathlib import Path
 from .errors import ConfigError, DatasetNameError, DiskSpaceError
 
 # %% auto #0
-__all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'validate_name', 'partition_key', 'is_temp_name', 'DataLayout', 'fsync_dir',
-           'temp_path_for', 'publish_file', 'atomic_write_bytes', 'sha256_file']
+__all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'validate_name', 'partition_key', 'is_temp_name', 'DataLayout',
+           'new_quarantine_path', 'fsync_dir', 'temp_path_for', 'publish_file', 'atomic_write_bytes', 'sha256_file']
 
 # %% ../nbs/01a_layout.ipynb #b3e4d54e
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -27,7 +27,7 @@ def validate_name(name:object,         # the candidate name
         raise DatasetNameError(f"invalid {kind} name {shown}")
     return name
 
-# %% ../nbs/01a_layout.ipynb #0c976da0
+# %% ../nbs/01a_layout.ipynb #cfa587f3
 ALL_PARTITION = "all"
 TMP_SUFFIX = ".tmp"
 
@@ -39,56 +39,32 @@ def is_temp_name(name:str) -> bool:
     "Is `name` one of our in-flight temporary files?"
     return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
+# %% ../nbs/01a_layout.ipynb #9835d4bd
 class DataLayout:
-    "Every path under one data dir; nothing else in the package builds these paths by string"
+    "Every path under one data dir"
     def __init__(self, root:Path|str):
         self.root = Path(root).expanduser().absolute()
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"the data dir {self.root} is a file, not a folder",
                               "pass --data-dir (or WRDS_SYNC_DATA_DIR) pointing to a folder")
+        r = self.root
+        self.wrds_dir, self.manifests_dir, self.schemas_dir = r / "wrds", r / "manifests", r / "schemas"
+        self.locks_dir, self.progress_dir, self.quarantine_dir = r / "locks", r / "sync_progress", r / "quarantine"
+        self.backups_dir, self.tmp_dir = r / "backups", r / "tmp"
+        self.staging_dir, self.duckdb_tmp_dir = self.tmp_dir / "staging", self.tmp_dir / "duckdb"
 
     def __repr__(self) -> str: return f"DataLayout({str(self.root)!r})"
-    @property
-    def wrds_dir(self) -> Path: return self.root / "wrds"
-    @property
-    def manifests_dir(self) -> Path: return self.root / "manifests"
-    @property
-    def schemas_dir(self) -> Path: return self.root / "schemas"
-    @property
-    def locks_dir(self) -> Path: return self.root / "locks"
-    @property
-    def progress_dir(self) -> Path: return self.root / "sync_progress"
-    @property
-    def quarantine_dir(self) -> Path: return self.root / "quarantine"
-    @property
-    def backups_dir(self) -> Path: return self.root / "backups"
-    @property
-    def tmp_dir(self) -> Path: return self.root / "tmp"
-    @property
-    def duckdb_tmp_dir(self) -> Path: return self.tmp_dir / "duckdb"
-
     def dataset_dir(self, dataset:str) -> Path: return self.wrds_dir / validate_name(dataset)
-    def table_dir(self, dataset:str, table:str) -> Path:
-        return self.dataset_dir(dataset) / validate_name(table, "table")
+    def table_dir(self, dataset:str, table:str) -> Path: return self.dataset_dir(dataset) / validate_name(table, "table")
     def partition_path(self, dataset:str, table:str, year:int|None) -> Path:
         return self.table_dir(dataset, table) / f"{partition_key(year)}.parquet"
     def manifest_path(self, dataset:str) -> Path: return self.manifests_dir / f"{validate_name(dataset)}.json"
     def schema_path(self, dataset:str, table:str) -> Path:
         return self.schemas_dir / validate_name(dataset) / f"{validate_name(table, 'table')}.json"
     def lock_path(self, dataset:str) -> Path: return self.locks_dir / f"{validate_name(dataset)}.lock"
-    @property
-    def staging_dir(self) -> Path: return self.tmp_dir / "staging"
     def staging_table_dir(self, dataset:str, table:str) -> Path:
         return self.staging_dir / validate_name(dataset) / validate_name(table, "table")
     def progress_path(self, dataset:str) -> Path: return self.progress_dir / f"{validate_name(dataset)}.json"
-
-    def quarantine_entry(self, dataset:str, operation:str, now:datetime|None=None) -> Path:
-        "A new, not yet created, quarantine folder `<timestamp>_<dataset>_<operation>`"
-        ts = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H-%M-%S")
-        base = self.quarantine_dir / f"{ts}_{validate_name(dataset)}_{validate_name(operation, 'operation')}"
-        p, n = base, 1
-        while p.exists(): p, n = base.with_name(f"{base.name}.{n}"), n + 1
-        return p
 
     def ensure(self) -> DataLayout:
         "Create the folders of the layout (the lock folder private to the user)"
@@ -97,17 +73,28 @@ class DataLayout:
             d.mkdir(parents=True, exist_ok=True)
         self.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return self
-
     def relative(self, path:Path) -> str:
         "The POSIX path of `path` relative to the data dir, as stored in manifests"
         return Path(path).absolute().relative_to(self.root).as_posix()
-
     def resolve(self, rel:str) -> Path:
         "The absolute path of a manifest-relative path; refuses anything that leaves the data dir"
         p = Path(rel)
         if p.is_absolute() or ".." in p.parts or not rel:
             raise ConfigError(f"stored path {rel!r} is not inside the data dir", "restore the manifest from backup")
         return self.root / p
+
+# %% ../nbs/01a_layout.ipynb #b30db79a
+def new_quarantine_path(layout:DataLayout,      # the data dir
+                        dataset:str,            # whose file is quarantined
+                        operation:str,          # why: validation, checksum, replace...
+                        now:datetime|None=None  # the timestamp (default: now, UTC)
+                       ) -> Path:
+    "A new, not yet created, quarantine folder `<timestamp>_<dataset>_<operation>`"
+    ts = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H-%M-%S")
+    base = layout.quarantine_dir / f"{ts}_{validate_name(dataset)}_{validate_name(operation, 'operation')}"
+    p, n = base, 1
+    while p.exists(): p, n = base.with_name(f"{base.name}.{n}"), n + 1
+    return p
 
 # %% ../nbs/01a_layout.ipynb #8ad44348
 def fsync_dir(path:Path) -> None:

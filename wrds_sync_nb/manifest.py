@@ -16,7 +16,7 @@ from .layout import DataLayout, atomic_write_bytes, validate_name
 
 # %% auto #0
 __all__ = ['MAX_MANIFEST_BYTES', 'utcnow', 'LockToken', 'SourceFingerprint', 'PartitionEntry', 'TableEntry', 'SyncManifest',
-           'ManifestManager']
+           'parse_manifest', 'read_manifest', 'ManifestManager']
 
 # %% ../nbs/02_manifest.ipynb #2634b501
 def utcnow() -> datetime:
@@ -45,7 +45,7 @@ class LockToken(BaseModel):
         "Parse a lock file strictly; raises pydantic's ValidationError on anything unexpected"
         return cls.model_validate_json(data)
 
-# %% ../nbs/02_manifest.ipynb #ff096f0e
+# %% ../nbs/02_manifest.ipynb #56ef7438
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
 class SourceFingerprint(BaseModel):
@@ -67,6 +67,7 @@ class PartitionEntry(BaseModel):
     synced_at: datetime
     source: SourceFingerprint | None = None
 
+# %% ../nbs/02_manifest.ipynb #7cd295c2
 class TableEntry(BaseModel):
     "A table of a dataset and its published partitions, keyed by year ('all' when unpartitioned)"
     model_config = _STRICT
@@ -104,51 +105,52 @@ class SyncManifest(BaseModel):
         "Every published file, by its relative path"
         return {p.path: p for t in self.tables.values() for p in t.partitions.values()}
 
-# %% ../nbs/02_manifest.ipynb #7542be6b
+# %% ../nbs/02_manifest.ipynb #da99d5fa
 MAX_MANIFEST_BYTES = 256 << 20
 
+def parse_manifest(dataset:str,   # the dataset it must belong to
+                   data:bytes,    # the file's content
+                   where:str      # where it came from, for messages
+                  ) -> SyncManifest:
+    "A manifest parsed strictly, its content checksum and dataset checked; `ManifestError` otherwise"
+    try: m = SyncManifest.model_validate_json(data)
+    except PydanticValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        raise ManifestError(f"manifest {where} is malformed at {loc}: {err['msg']}") from None
+    if m.content_sha256 != m.content_digest():
+        raise ManifestError(f"manifest {where} fails its checksum: it was edited or damaged outside wrds-sync")
+    if m.dataset != dataset:
+        raise ManifestError(f"manifest {where} belongs to dataset {m.dataset!r}, not {dataset!r}")
+    return m
+
+def read_manifest(dataset:str, path:Path) -> SyncManifest | None:
+    "The manifest at `path` (at most MAX_MANIFEST_BYTES), or None if there is none"
+    try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"manifest {path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+        data = path.read_bytes()
+    except FileNotFoundError: return None
+    return parse_manifest(dataset, data, str(path))
+
+# %% ../nbs/02_manifest.ipynb #34802f5a
 class ManifestManager:
     "Load, save and roll back dataset manifests under the data dir's `manifests/`"
     def __init__(self, layout:DataLayout): self.layout = layout
 
     def prev_path(self, dataset:str) -> Path: return self.layout.manifest_path(dataset).with_suffix(".json.prev")
-
-    def _parse(self, dataset:str, data:bytes, where:str) -> SyncManifest:
-        try: m = SyncManifest.model_validate_json(data)
-        except PydanticValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            raise ManifestError(f"manifest {where} is malformed at {loc}: {err['msg']}") from None
-        if m.content_sha256 != m.content_digest():
-            raise ManifestError(f"manifest {where} fails its checksum: it was edited or damaged outside wrds-sync")
-        if m.dataset != dataset:
-            raise ManifestError(f"manifest {where} belongs to dataset {m.dataset!r}, not {dataset!r}")
-        return m
-
-    def _read(self, dataset:str, path:Path) -> SyncManifest | None:
-        try:
-            if path.stat().st_size > MAX_MANIFEST_BYTES:
-                raise ManifestError(f"manifest {path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
-            data = path.read_bytes()
-        except FileNotFoundError: return None
-        return self._parse(dataset, data, str(path))
-
     def load(self, dataset:str) -> SyncManifest | None:
         "The dataset's current manifest, or None if it was never synced"
-        return self._read(validate_name(dataset), self.layout.manifest_path(dataset))
-
+        return read_manifest(validate_name(dataset), self.layout.manifest_path(dataset))
     def load_or_new(self, dataset:str) -> SyncManifest:
         "The current manifest, or an empty version-0 one"
         return self.load(dataset) or SyncManifest(dataset=validate_name(dataset))
-
-    def _serialize(self, m:SyncManifest) -> bytes:
-        return (m.model_dump_json(indent=2) + "\n").encode()
 
     def save(self, manifest:SyncManifest) -> SyncManifest:
         "Atomically write `manifest` as the next version; returns what was written"
         ds = validate_name(manifest.dataset)
         path = self.layout.manifest_path(ds)
-        current = self._read(ds, path)
+        current = read_manifest(ds, path)
         on_disk = current.version if current else 0
         if on_disk != manifest.version:
             raise ManifestError(f"manifest {path} changed from version {manifest.version} to {on_disk} while this "
@@ -156,13 +158,13 @@ class ManifestManager:
         new = manifest.model_copy(update={"version": on_disk + 1, "updated_at": utcnow(), "content_sha256": None})
         new = new.model_copy(update={"content_sha256": new.content_digest()})
         if current is not None: atomic_write_bytes(self.prev_path(ds), path.read_bytes())
-        atomic_write_bytes(path, self._serialize(new))
+        atomic_write_bytes(path, (new.model_dump_json(indent=2) + "\n").encode())
         return new
 
     def rollback(self, dataset:str) -> SyncManifest:
         "Restore the previous manifest version's content (as a new version number)"
         ds = validate_name(dataset)
-        prev = self._read(ds, self.prev_path(ds))
+        prev = read_manifest(ds, self.prev_path(ds))
         if prev is None: raise ManifestError(f"dataset {ds!r} has no previous manifest to roll back to")
         current = self.load(ds)
         return self.save(prev.model_copy(update={"version": current.version if current else 0}))

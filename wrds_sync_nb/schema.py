@@ -18,7 +18,7 @@ from .manifest import utcnow
 # %% auto #0
 __all__ = ['Column', 'DatasetSchema', 'SchemaDrift', 'SchemaVersion', 'SchemaRegistry']
 
-# %% ../nbs/02a_schema.ipynb #630a5a7b
+# %% ../nbs/02a_schema.ipynb #f357f125
 class Column(BaseModel):
     "A column name and its polars dtype name"
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -55,6 +55,7 @@ class DatasetSchema(BaseModel):
                            removed_columns=[n for n in old if n not in new],
                            type_changes={n: (old[n], new[n]) for n in old if n in new and old[n] != new[n]})
 
+# %% ../nbs/02a_schema.ipynb #24106208
 class SchemaDrift(BaseModel):
     "Differences between an expected and an actual schema"
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 # %% auto #0
-__all__ = ['PartitionRules', 'DataValidator', 'StreamValidator', 'stream_validate']
+__all__ = ['PartitionRules', 'DataValidator', 'count_true', 'adjacent_duplicates', 'StreamValidator', 'stream_validate']
 
 # %% ../nbs/02b_validation.ipynb #082c6684
 @dataclass
@@ -55,7 +55,20 @@ class DataValidator:
             failures.append(f"{stats['outside_year']} rows with {rules.date_column} outside {rules.year} or null")
         return failures
 
-# %% ../nbs/02b_validation.ipynb #a763330d
+# %% ../nbs/02b_validation.ipynb #c4464a8b
+def count_true(mask:pa.Array) -> int:
+    "How many entries of a boolean array are true"
+    return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
+
+def adjacent_duplicates(keys:list[pa.Array]) -> int:
+    "Rows equal to the row before on every key column (exact on a stream sorted by the key)"
+    n, same = len(keys[0]), None
+    for k in keys:
+        eq = pc.fill_null(pc.equal(k.slice(1), k.slice(0, n - 1)), False)
+        same = eq if same is None else pc.and_(same, eq)
+    return count_true(same) if same is not None else 0
+
+# %% ../nbs/02b_validation.ipynb #4b3816e9
 class StreamValidator:
     "The partition rules, applied batch by batch to a stream sorted by the key columns"
     def __init__(self, rules:PartitionRules):
@@ -66,8 +79,7 @@ class StreamValidator:
 
     def update(self, batch:pa.RecordBatch) -> None:
         "Account for one batch"
-        r, n = self.rules, batch.num_rows
-        names = batch.schema.names
+        r, n, names = self.rules, batch.num_rows, batch.schema.names
         if self.rows == 0 and not self.missing:
             self.missing = [f"missing key column {c!r}" for c in r.key_columns if c not in names]
             if r.date_column is not None and r.date_column not in names:
@@ -76,20 +88,13 @@ class StreamValidator:
         if self.missing or n == 0: return
         keys = [batch.column(c) for c in r.key_columns]
         if keys:
-            nulls = functools.reduce(pc.or_, [pc.is_null(k) for k in keys])
-            self.null_keys += pc.sum(pc.cast(nulls, pa.int64())).as_py() or 0
-            same = None
-            for k in keys:  # row i equals row i-1 on every key column
-                eq = pc.fill_null(pc.equal(k.slice(1), k.slice(0, n - 1)), False)
-                same = eq if same is None else pc.and_(same, eq)
-            if same is not None: self.duplicates += pc.sum(pc.cast(same, pa.int64())).as_py() or 0
+            self.null_keys += count_true(functools.reduce(pc.or_, [pc.is_null(k) for k in keys]))
+            self.duplicates += adjacent_duplicates(keys)
             first = [k[0].as_py() for k in keys]
             if self._last is not None and None not in first and first == self._last: self.duplicates += 1
             self._last = [k[n - 1].as_py() for k in keys]
         if r.date_column is not None and r.year is not None:
-            years = pc.year(batch.column(r.date_column))
-            bad = pc.fill_null(pc.not_equal(years, r.year), True)
-            self.outside_year += pc.sum(pc.cast(bad, pa.int64())).as_py() or 0
+            self.outside_year += count_true(pc.fill_null(pc.not_equal(pc.year(batch.column(r.date_column)), r.year), True))
 
     def failures(self) -> list[str]:
         "The rules that failed, in the same words as `DataValidator`"
@@ -104,7 +109,11 @@ class StreamValidator:
         if self.outside_year: out.append(f"{self.outside_year} rows with {r.date_column} outside {r.year} or null")
         return out
 
-def stream_validate(frame:pl.DataFrame, rules:PartitionRules, batch_rows:int=2) -> list[str]:
+# %% ../nbs/02b_validation.ipynb #bdf60423
+def stream_validate(frame:pl.DataFrame,      # the partition
+                    rules:PartitionRules,     # what it must satisfy
+                    batch_rows:int=2          # cut into batches this small
+                   ) -> list[str]:
     "Run `StreamValidator` over `frame` cut into small batches (for demonstrations and tests)"
     sv = StreamValidator(rules)
     for b in frame.to_arrow().to_batches(max_chunksize=batch_rows): sv.update(b)
