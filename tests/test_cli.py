@@ -306,3 +306,22 @@ def test_malformed_settings_and_manifest(env, tmp_path, monkeypatch):
     for args in (["verify", "--dataset", "fama_french"], ["status"], ["incremental", "--dataset", "fama_french"]):
         r = script(data, *args)
         assert r.returncode == 1 and one_error(r.stderr) and "fails its checksum" in r.stderr, (args, r.stderr)
+
+
+def test_incremental_dry_run_names_the_restated_year_and_writes_nothing(env, demo, wrds_db, tmp_path):
+    data = tmp_path / "data"
+    assert cli(data, "full-sync", *FF).exit_code == 0
+    demo.bump_comment("ff.factors_daily", date(2026, 5, 1), database=wrds_db)
+    demo.restate_year("ff.factors_daily", "date", 2023, "mktrf", 1.5, database=wrds_db)
+    before = {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()}
+    r = script(data, "incremental", "--dataset", "fama_french", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "  daily: keep 4, fetch 1" in r.stdout and "    fetch 2023: restated: source fingerprint changed" in r.stdout
+    assert "  monthly: keep 5 (source marker unchanged" in r.stdout
+    r = cli(data, "incremental", "--dataset", "fama_french", "--dry-run", "--json")
+    plans = json.loads(r.stdout)["fama_french"]
+    assert [p["partition"] for p in plans["daily"] if p["action"] == "fetch"] == ["2023"]
+    assert {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()} == before
+    r = cli(data, "incremental", "--dataset", "fama_french")  # the real run fetches exactly that year
+    assert r.exit_code == 0 and json.loads(cli(data, "incremental", "--dataset", "fama_french", "--dry-run", "--json").stdout)[
+        "fama_french"]["daily"][0]["action"] == "keep"

@@ -178,6 +178,8 @@ def test_every_quoted_command_exists():
 
 def test_alert_reference_is_generated_from_the_code():
     assert (ROOT / "runbooks" / "alerts.qmd").read_text() == alerts_markdown()
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_docs.py"), "--check"], capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (0, ""), r.stdout  # README and concept page dataset tables are current
     for a in ALERTS.values():
         page, anchor = a.runbook.split("#")
         assert "{#" + anchor + "}" in (ROOT / "runbooks" / page).read_text(), a.runbook

@@ -10,6 +10,7 @@ import pytest
 from synchelp import assert_equal_to_source, file_digests, manager
 
 from wrds_sync_nb import events
+from wrds_sync_nb.datasets import DatasetRegistry
 from wrds_sync_nb.errors import LockAcquisitionError, SchemaError, SyncIncompleteError
 from wrds_sync_nb.layout import DataLayout
 from wrds_sync_nb.locking import AtomicFileLock
@@ -18,18 +19,23 @@ from wrds_sync_nb.schema import SchemaRegistry
 from wrds_sync_nb.sync import SyncManager, load_progress
 
 YEARS = range(2021, 2026)
-ALL = ["crsp", "crsp_legacy", "compustat", "fama_french"]
+REGISTRY = DatasetRegistry.load()
+ALL = REGISTRY.names()  # every built-in dataset: adding one to the registry adds it here
+
+
+def last_year(ds, end=2025):
+    return min(end, REGISTRY.get(ds).max_year or end)
 
 
 def full(sm, ds, end=2025):
-    return sm.full_sync(ds, start_year=2021, end_year=min(end, 2024) if ds == "crsp_legacy" else end)
+    return sm.full_sync(ds, start_year=2021, end_year=last_year(ds, end))
 
 
 @pytest.mark.parametrize("dataset", ALL)
 def test_34_full_sync_equals_source_for_every_builtin_dataset(demo, wrds_db, tmp_path, dataset):
     sm = manager(demo, wrds_db, tmp_path)
     m = full(sm, dataset)
-    years = range(2021, 2025) if dataset == "crsp_legacy" else YEARS
+    years = range(2021, last_year(dataset) + 1)
     assert_equal_to_source(demo, wrds_db, tmp_path, dataset, years)
     for name, t in m.tables.items():
         keys = sorted(t.partitions)

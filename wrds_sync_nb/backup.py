@@ -45,9 +45,13 @@ def rclone(*args:str, what:str) -> subprocess.CompletedProcess[str]:
         raise BackupError(msg)
     return r
 
-# %% ../nbs/09a_backup.ipynb #9bf5ddd5
+# %% ../nbs/09a_backup.ipynb #049068b5
 @contextmanager
-def dataset_locks(layout:DataLayout, datasets:list[str], timeout_seconds:float, writer_id:str) -> Iterator[None]:
+def dataset_locks(layout:DataLayout,      # the data dir
+                  datasets:list[str],     # the datasets
+                  timeout_seconds:float,  # how long to wait
+                  writer_id:str           # who holds the lock, for humans
+                 ) -> Iterator[None]:
     "Hold the locks of `datasets` (all or nothing) for the block"
     with ExitStack() as stack:
         for ds in datasets:
@@ -73,9 +77,12 @@ def _published(layout:DataLayout) -> tuple[int, int]:
              and not p.name.startswith(".")]
     return len(files), sum(p.stat().st_size for p in files)
 
-# %% ../nbs/09a_backup.ipynb #f806d30a
-def backup(data_dir:Path|str, remote:str|None=None, lock_timeout_seconds:float=30.0,
-           writer_id:str="wrds-sync backup") -> BackupResult:
+# %% ../nbs/09a_backup.ipynb #41b3984b
+def backup(data_dir:Path|str,                # the data dir
+           remote:str|None=None,             # the rclone remote
+           lock_timeout_seconds:float=30.0,  # how long to wait for a held lock
+           writer_id:str="wrds-sync backup"  # who holds the lock, for humans
+          ) -> BackupResult:
     "Copy the published files, manifests and schemas to an rclone remote, under the datasets' locks, and check it"
     layout = DataLayout(data_dir)
     if not layout.manifests_dir.is_dir(): raise ConfigError(f"{layout.root} has no manifests: nothing to back up",
@@ -92,8 +99,10 @@ def backup(data_dir:Path|str, remote:str|None=None, lock_timeout_seconds:float=3
     events.emit(events.BACKUP_COMPLETED, remote=dest, datasets=names, files=files, bytes=size, seconds=round(res.seconds, 3))
     return res
 
-# %% ../nbs/09a_backup.ipynb #3bfeed65
-def restore(remote:str, to:Path|str) -> BackupResult:
+# %% ../nbs/09a_backup.ipynb #2ab5e7fd
+def restore(remote:str,  # the rclone remote
+            to:Path|str  # an empty folder
+           ) -> BackupResult:
     "Copy a backup into an empty folder and verify every file against the restored manifests"
     target = Path(to).expanduser().absolute()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):

@@ -22,18 +22,20 @@ from .errors import (CredentialsError, QueryError, QueryTimeoutError, TransientQ
                                  WRDSConnectionError, WrdsSyncError)
 
 # %% auto #0
-__all__ = ['T', 'quote_ident', 'qualified', 'RateLimiter', 'limiter_for', 'translate_error', 'is_transient', 'WRDSClient',
-           'gated', 'connect_args', 'open_pool', 'fetch_scalar', 'fetch_frame', 'parse_last_updated', 'table_info',
-           'render_sql', 'adbc_connection', 'drop_adbc', 'start_stream', 'next_batch', 'stream_batches',
-           'query_arrow_schema']
+__all__ = ['T', 'quote_ident', 'qualified', 'RateLimiter', 'limiter_for', 'translate_error', 'is_transient', 'gated',
+           'connect_args', 'open_pool', 'fetch_scalar', 'fetch_frame', 'parse_last_updated', 'table_info', 'render_sql',
+           'adbc_connection', 'drop_adbc', 'start_stream', 'next_batch', 'stream_batches', 'query_arrow_schema',
+           'WRDSClient']
 
-# %% ../nbs/05_client.ipynb #7e50bc16
+# %% ../nbs/05_client.ipynb #230d18d1
 def quote_ident(name:str) -> str:
     "Quote a SQL identifier (doubling embedded quotes), so configured names are never SQL text"
     if not name or "\x00" in name: raise QueryError(f"invalid SQL identifier {name!r}")
     return '"' + name.replace('"', '""') + '"'
 
-def qualified(schema:str, table:str) -> str:
+def qualified(schema:str,  # the PostgreSQL schema (WRDS library)
+              table:str    # the table
+             ) -> str:
     "schema.table, both quoted"
     return f"{quote_ident(schema)}.{quote_ident(table)}"
 
@@ -69,7 +71,7 @@ def limiter_for(cfg:WRDSConfig) -> RateLimiter:
         if key not in _limiters: _limiters[key] = RateLimiter(cfg.rate_limit_queries_per_minute, cfg.rate_limit_window_seconds)
         return _limiters[key]
 
-# %% ../nbs/05_client.ipynb #9e769631
+# %% ../nbs/05_client.ipynb #0cea42d9
 _TRANSIENT_STATES = {"57P01", "57P02", "57P03", "40001", "40P01", "53300"}
 _CONNECT_WORDS = ("could not connect", "connection refused", "timeout expired", "could not translate host name",
                   "no route to host", "network is unreachable", "connection timed out", "name or service not known")
@@ -92,7 +94,11 @@ def _first_line(exc:BaseException) -> str:
     line = next((ln.strip() for ln in msg.splitlines() if ln.strip() and not ln.strip().startswith("[SQL")), "")
     return str(events.redact(line))[:300]
 
-def translate_error(exc:BaseException, cfg:WRDSConfig, during:str) -> WrdsSyncError:
+# %% ../nbs/05_client.ipynb #67d28d65
+def translate_error(exc:BaseException,  # the driver's exception
+                    cfg:WRDSConfig,     # the connection settings
+                    during:str          # what was running, for the message
+                   ) -> WrdsSyncError:
     "Our one-line error for a driver exception"
     if isinstance(exc, WrdsSyncError): return exc
     state, line = _sqlstate(exc), _first_line(exc)
@@ -113,51 +119,6 @@ def translate_error(exc:BaseException, cfg:WRDSConfig, during:str) -> WrdsSyncEr
 def is_transient(exc:BaseException) -> bool:
     "Worth retrying?"
     return isinstance(exc, (TransientQueryError, WRDSConnectionError))
-
-# %% ../nbs/05_client.ipynb #e4ccb6d8
-class WRDSClient:
-    "Pooled, rate-limited, retrying WRDS client with a streaming Arrow read; use as a context manager"
-    RETRY_ATTEMPTS, RETRY_INITIAL_WAIT, RETRY_MAX_WAIT = 3, 1.0, 20.0
-
-    def __init__(self, config:WRDSConfig):
-        self.config = config
-        self._engine: sa.Engine | None = None
-        self._adbc: Any = None
-        self._adbc_lock = threading.Lock()
-        self.queries = 0      # server round trips that passed the rate limit
-        self.rows_streamed = 0
-
-    def __repr__(self) -> str: return f"{type(self).__name__}({self.config.describe()!r})"
-    def __enter__(self) -> Self: self.connect(); return self
-    def __exit__(self, et:type[BaseException]|None, ev:BaseException|None, tb:TracebackType|None) -> None: self.close()
-    def connect(self) -> Self:
-        "Resolve credentials, build the pool and check that the server answers (fails fast, one line)"
-        if self._engine is None: open_pool(self)
-        return self
-    def close(self) -> None:
-        "Return every connection to the server"
-        with self._adbc_lock: drop_adbc(self)
-        if self._engine is not None: self._engine.dispose(); self._engine = None
-    @property
-    def engine(self) -> sa.Engine:
-        if self._engine is None: self.connect()
-        assert self._engine is not None
-        return self._engine
-
-    def execute_query(self, sql:str,                        # SQL with psycopg2 `%(name)s` parameters
-                      params:dict[str, Any]|None=None       # the parameters' values
-                     ) -> pl.DataFrame:
-        "Run `sql` through the gate and return the result as a polars DataFrame"
-        return gated(self, partial(fetch_frame, self.engine, sql, params), "query")
-    def get_table_info(self, schema:str, table:str) -> dict[str, Any]:
-        "Columns (name, type, comment), planner row estimate, comment and its 'last updated' marker"
-        return table_info(self, schema, table)
-    def iter_batches(self, sql:str, params:dict[str, Any]|None=None, batch_rows:int=250_000) -> Iterator[pa.RecordBatch]:
-        "Stream the result of `sql` as Arrow record batches of at most `batch_rows` rows"
-        return stream_batches(self, sql, params, batch_rows)
-    def arrow_schema(self, sql:str, params:dict[str, Any]|None=None) -> pa.Schema:
-        "The Arrow schema `sql` would produce, without fetching rows"
-        return query_arrow_schema(self, sql, params)
 
 # %% ../nbs/05_client.ipynb #afb421ed
 T = TypeVar("T")
@@ -187,7 +148,7 @@ def connect_args(cfg:WRDSConfig) -> dict[str, Any]:
     return {**libpq_params(cfg), "user": cfg.username, "options": f"-c statement_timeout={timeout_ms}",
             "password": cfg.password.get_secret_value() if cfg.password else None}
 
-# %% ../nbs/05_client.ipynb #8be07c79
+# %% ../nbs/05_client.ipynb #74f1b160
 def open_pool(client:WRDSClient) -> None:
     "Resolve the credentials, build the SQLAlchemy pool and check that the server answers"
     client.config = cfg = resolve_credentials(client.config)
@@ -201,7 +162,9 @@ def open_pool(client:WRDSClient) -> None:
         raise
     events.emit(events.CONNECTED, host=cfg.host, port=cfg.port, database=cfg.database, user=cfg.username)
 
-def fetch_scalar(engine:sa.Engine, sql:str) -> Any:
+def fetch_scalar(engine:sa.Engine,  # the SQLAlchemy pool
+                 sql:str            # SQL with `%(name)s` parameters
+                ) -> Any:
     "The first value of `sql`'s result, on a pooled connection"
     with engine.connect() as c: return c.exec_driver_sql(sql).scalar()
 
@@ -229,7 +192,7 @@ def parse_last_updated(comment:str|None) -> str | None:
         return f"{d}T{m[4] if len(m[4]) > 5 else m[4] + ':00'}" if m[4] else d
     return None
 
-# %% ../nbs/05_client.ipynb #eb88829a
+# %% ../nbs/05_client.ipynb #1dc628c2
 _COLUMNS_SQL = """
 select a.attname as name, format_type(a.atttypid, a.atttypmod) as type, col_description(c.oid, a.attnum) as comment
 from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
@@ -241,7 +204,7 @@ from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = %(schema)s and c.relname = %(table)s"""
 
 def table_info(client:WRDSClient,   # the client
-               schema:str,          # WRDS library (schema)
+               schema:str,          # the WRDS library (a PostgreSQL schema)
                table:str            # table or view
               ) -> dict[str, Any]:
     "Columns (name, type, comment), planner row estimate, comment and its 'last updated' marker"
@@ -288,8 +251,10 @@ def drop_adbc(client:WRDSClient) -> None:
         except Exception: pass
         client._adbc = None
 
-# %% ../nbs/05_client.ipynb #83a7f6d1
-def start_stream(client:WRDSClient, text:str) -> tuple[Any, Any, pa.RecordBatch | None]:
+# %% ../nbs/05_client.ipynb #bb232702
+def start_stream(client:WRDSClient,  # the WRDS client
+                 text:str            # the SQL to run
+                ) -> tuple[Any, Any, pa.RecordBatch | None]:
     "Execute `text` on the ADBC connection and read the first batch (retried through the gate)"
     def start() -> tuple[Any, Any, pa.RecordBatch | None]:
         try:
@@ -303,7 +268,9 @@ def start_stream(client:WRDSClient, text:str) -> tuple[Any, Any, pa.RecordBatch 
             drop_adbc(client); raise
     return gated(client, start, "streaming query")
 
-def next_batch(client:WRDSClient, reader:Any) -> pa.RecordBatch | None:
+def next_batch(client:WRDSClient,  # the WRDS client
+               reader:Any          # the Arrow stream
+              ) -> pa.RecordBatch | None:
     "The stream's next batch, None at its end; a failure drops the connection and is transient"
     try: return reader.read_next_batch()
     except StopIteration: return None
@@ -348,3 +315,42 @@ def query_arrow_schema(client:WRDSClient,             # the client
         except Exception:
             drop_adbc(client); raise
     with client._adbc_lock: return gated(client, run, "schema query")
+
+# %% ../nbs/05_client.ipynb #99843a59
+class WRDSClient:
+    "Pooled, rate-limited, retrying WRDS client with a streaming Arrow read; use as a context manager"
+    RETRY_ATTEMPTS, RETRY_INITIAL_WAIT, RETRY_MAX_WAIT = 3, 1.0, 20.0
+
+    def __init__(self, config:WRDSConfig):
+        self.config = config
+        self._engine: sa.Engine | None = None
+        self._adbc: Any = None
+        self._adbc_lock = threading.Lock()
+        self.queries = 0      # server round trips that passed the rate limit
+        self.rows_streamed = 0
+
+    def __repr__(self) -> str: return f"{type(self).__name__}({self.config.describe()!r})"
+    def __enter__(self) -> Self: self.connect(); return self
+    def __exit__(self, et:type[BaseException]|None, ev:BaseException|None, tb:TracebackType|None) -> None: self.close()
+    def connect(self) -> Self:
+        "Resolve credentials, build the pool and check that the server answers (fails fast, one line)"
+        if self._engine is None: open_pool(self)
+        return self
+    def close(self) -> None:
+        "Return every connection to the server"
+        with self._adbc_lock: drop_adbc(self)
+        if self._engine is not None: self._engine.dispose(); self._engine = None
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None: self.connect()
+        assert self._engine is not None
+        return self._engine
+
+    def execute_query(self, sql:str,                        # SQL with psycopg2 `%(name)s` parameters
+                      params:dict[str, Any]|None=None       # the parameters' values
+                     ) -> pl.DataFrame:
+        "Run `sql` through the gate and return the result as a polars DataFrame"
+        return gated(self, partial(fetch_frame, self.engine, sql, params), "query")
+    get_table_info = table_info
+    iter_batches = stream_batches
+    arrow_schema = query_arrow_schema

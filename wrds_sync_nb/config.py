@@ -57,7 +57,7 @@ def load_config(**overrides:Any) -> WRDSConfig:
         key = "WRDS_" + "_".join(str(x) for x in err["loc"]).upper()
         raise ConfigError(f"setting {key} is invalid: {err['msg']}", f"fix {key} in the environment or the command line") from None
 
-# %% ../nbs/04_config.ipynb #48bec98c
+# %% ../nbs/04_config.ipynb #945142a4
 def _split_pgpass_line(line:str) -> list[str]:
     "Split on unescaped ':' and unescape '\\:' and '\\\\'"
     fields, cur, i = [], "", 0
@@ -74,7 +74,13 @@ def pgpass_path() -> Path:
     "The libpq password file: $PGPASSFILE or ~/.pgpass"
     return Path(os.environ.get("PGPASSFILE") or Path.home() / ".pgpass").expanduser()
 
-def password_from_pgpass(host:str, port:int, database:str, username:str, path:Path|None=None) -> str | None:
+# %% ../nbs/04_config.ipynb #a2460733
+def password_from_pgpass(host:str,            # the server's host (or socket folder)
+                         port:int,            # the server's port
+                         database:str,        # the demo database
+                         username:str,        # the WRDS username
+                         path:Path|None=None  # the file
+                        ) -> str | None:
     "The password libpq would take from the password file for these coordinates, or None"
     path = path or pgpass_path()
     try:
@@ -93,7 +99,10 @@ def password_from_pgpass(host:str, port:int, database:str, username:str, path:Pa
         if all(f[i] == "*" or f[i] in want[i] for i in range(4)): return ":".join(f[4:])
     return None
 
-def password_from_keyring(service:str, username:str) -> str | None:
+# %% ../nbs/04_config.ipynb #756ec222
+def password_from_keyring(service:str,  # the keyring service
+                          username:str  # the WRDS username
+                         ) -> str | None:
     "The password stored in the OS keyring, or None (also when keyring is not installed or has no backend)"
     try: import keyring
     except ImportError: return None

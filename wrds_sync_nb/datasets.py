@@ -17,7 +17,7 @@ from .layout import validate_name
 
 # %% auto #0
 __all__ = ['IDENT_RE', 'CAST_TYPES', 'MIN_YEAR', 'Ident', 'FilterValue', 'BUILTIN_DATASETS', 'TableSpec', 'DatasetSpec',
-           'checked_years', 'load_datasets_toml', 'DatasetRegistry']
+           'checked_years', 'datasets_markdown', 'load_datasets_toml', 'DatasetRegistry']
 
 # %% ../nbs/02c_datasets.ipynb #6780ff03
 IDENT_RE = re.compile(r"[a-z_][a-z0-9_$]{0,62}")
@@ -80,7 +80,7 @@ class TableSpec(BaseModel):
     @property
     def partitioned(self) -> bool: return self.partition_column is not None
 
-# %% ../nbs/02c_datasets.ipynb #e6ffe772
+# %% ../nbs/02c_datasets.ipynb #e36626b3
 class DatasetSpec(BaseModel):
     "A named group of tables synced, locked and versioned together"
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -108,14 +108,20 @@ class DatasetSpec(BaseModel):
             if t.name == name: return t
         raise UnknownDatasetError(f"dataset {self.name!r} has no table {name!r} (tables: {', '.join(t.name for t in self.tables)})")
 
-    def year_range(self, start_year:int|None=None,  # first year (default: the dataset's)
-                   end_year:int|None=None,          # last year (default: this year, or the source's last)
-                   today:date|None=None) -> range:
+    def year_range(self,
+                   start_year:int|None=None,  # first year (default: the dataset's)
+                   end_year:int|None=None,    # last year (default: this year, or the source's last)
+                   today:date|None=None       # the date to count from (default: today)
+                  ) -> range:
         "The partition years to sync, checked against what the source can have"
         return checked_years(self, start_year, end_year, (today or date.today()).year)
 
-# %% ../nbs/02c_datasets.ipynb #1ddde9e3
-def checked_years(d:DatasetSpec, start_year:int|None, end_year:int|None, this_year:int) -> range:
+# %% ../nbs/02c_datasets.ipynb #3a96fb0b
+def checked_years(d:DatasetSpec,        # the dataset
+                  start_year:int|None,  # first year
+                  end_year:int|None,    # last year
+                  this_year:int         # the current year
+                 ) -> range:
     "The years `start_year..end_year` of `d` (defaults filled in), or a `ConfigError` saying what is wrong"
     start = d.default_start_year if start_year is None else start_year
     end = min(this_year, d.max_year) if end_year is None and d.max_year else (end_year or this_year)
@@ -159,6 +165,17 @@ BUILTIN_DATASETS: list[DatasetSpec] = [
         TableSpec(name="monthly", source="ff.factors_monthly", partition_column="date", key_columns=["date"]),
     ]),
 ]
+
+# %% ../nbs/02c_datasets.ipynb #ab810d03
+def datasets_markdown(datasets:list[DatasetSpec]) -> str:
+    "A Markdown table of `datasets`: one row per table with its WRDS source, partitioning, key and years"
+    rows = ["| dataset | table | WRDS source | partitioned by | key | years |", "|---|---|---|---|---|---|"]
+    for d in datasets:
+        years = f"{d.default_start_year}-{d.max_year or ''}"
+        for t in d.tables:
+            rows.append(f"| `{d.name}` | `{t.name}` | `{t.source}` | {f'`{t.partition_column}`' if t.partition_column else '(one file)'}"
+                        f" | {', '.join(t.key_columns)} | {years} |")
+    return "\n".join(rows) + "\n"
 
 # %% ../nbs/02c_datasets.ipynb #4de5ca81
 class _DatasetsFile(BaseModel):

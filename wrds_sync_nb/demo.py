@@ -20,17 +20,39 @@ from .config import WRDSConfig
 from .errors import ConfigError
 
 # %% auto #0
-__all__ = ['DEMO_UPDATED', 'DEMO_USER', 'DEMO_TABLES', 'DemoServer', 'DemoSpan', 'DemoTable', 'wrds_comment', 'demo_span',
-           'create_tables', 'build_demo', 'DemoSource', 'database_exists', 'clone_database', 'count_rows',
-           'set_comment', 'source_columns', 'append_day', 'restate_year', 'delete_year', 'add_column', 'drop_column',
-           'retype_column']
+__all__ = ['DEMO_UPDATED', 'DEMO_USER', 'DEMO_TABLES', 'server_connect', 'server_execute', 'DemoServer', 'uniform', 'rounded',
+           'ret_sql', 'DemoSpan', 'DemoTable', 'wrds_comment', 'database_exists', 'clone_database', 'row_counts',
+           'demo_span', 'create_tables', 'build_demo', 'append_days', 'bump_comment', 'restate_year', 'delete_year',
+           'add_column', 'drop_column', 'retype_column', 'DemoSource']
 
-# %% ../nbs/05a_demo.ipynb #3b470598
+# %% ../nbs/05a_demo.ipynb #91c86e29
 DEMO_UPDATED = date(2026, 2, 6)
 DEMO_USER = "postgres"
 
 def _server_uri_host(uri:str) -> str: return parse_qs(urlparse(uri).query)["host"][0]
 
+def server_connect(src:DemoServer,         # the server
+                   database:str="postgres" # the database to connect to
+                  ) -> Any:
+    "A psycopg2 connection in autocommit mode, for building and mutating"
+    conn = psycopg2.connect(host=src.socket_dir, port=5432, user=DEMO_USER, dbname=database)
+    conn.autocommit = True
+    return conn
+
+def server_execute(src:DemoServer,        # the server
+                   sql:str,               # one statement, with `%s` or `%(name)s` parameters
+                   params:Any=None,       # the parameters' values
+                   database:str="wrds"    # the database to run it in
+                  ) -> list[tuple[Any, ...]]:
+    "Run one statement on `database`; returns the rows, if any"
+    conn = server_connect(src, database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+    finally: conn.close()
+
+# %% ../nbs/05a_demo.ipynb #0a34faea
 class DemoServer:
     "A pgserver PostgreSQL in `root`, started or reused"
     def __init__(self, root:Path|str):
@@ -52,29 +74,46 @@ class DemoServer:
     @property
     def socket_dir(self) -> str: return _server_uri_host(self.start()._server.get_uri())
 
-    def config(self, database:str="wrds", **overrides:Any) -> WRDSConfig:
-        "Settings for a client of `database` (no TLS on a Unix socket, no rate limit to speak of); `overrides` win"
+    def config(self, database:str="wrds",  # the database a client reads
+               **overrides:Any             # other WRDSConfig fields, which win
+              ) -> WRDSConfig:
+        "Settings for a client of `database` (no TLS on a Unix socket, no rate limit to speak of)"
         base = dict(username=DEMO_USER, password=SecretStr("demo"), host=self.socket_dir, port=5432, database=database,
                     sslmode="disable", rate_limit_queries_per_minute=100_000, query_timeout_seconds=300)
         return WRDSConfig(**{**base, **overrides})
-    def connect(self, database:str="postgres") -> Any:
-        "A psycopg2 connection in autocommit mode, for building and mutating"
-        conn = psycopg2.connect(host=self.socket_dir, port=5432, user=DEMO_USER, dbname=database)
-        conn.autocommit = True
-        return conn
-    def execute(self, sql:str, params:Any=None, database:str="wrds") -> list[tuple[Any, ...]]:
-        "Run one statement (`%s` parameters from `params`) on `database`; returns the rows, if any"
-        conn = self.connect(database)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                return cur.fetchall() if cur.description else []
-        finally: conn.close()
+    connect = server_connect
+    execute = server_execute
 
-# %% ../nbs/05a_demo.ipynb #5ee7ba3d
+# %% ../nbs/05a_demo.ipynb #22b03fed
 def _u(key:str, salt:int) -> str:
     return f"((hashint8extended(({key})::bigint, {salt}::bigint) & 2147483647)::float8 / 2147483648.0)"
 
+def uniform(g:DemoSpan,          # the span (its seed)
+            n:int,               # which draw: a salt offset
+            key:str|None=None    # the SQL expression hashed (default: the span's row key)
+           ) -> str:
+    "SQL for a uniform number in [0, 1), the same for the same row, seed and `n`"
+    return _u(key or g.key, g.seed * 1000 + n)
+
+def rounded(g:DemoSpan, lo:float,  # the smallest value
+            width:float,           # the spread above `lo`
+            n:int,                 # which draw
+            digits:int=4,          # decimals kept
+            key:str|None=None      # the SQL expression hashed (default: the row key)
+           ) -> str:
+    "SQL for lo + width * u, rounded to `digits` decimals, as float8"
+    return f"(round(({lo} + {width} * {uniform(g, n, key)}) * {10 ** digits}) / {10 ** digits})::float8"
+
+def ret_sql(g:DemoSpan, n:int,     # which draw
+            scale:float,           # the divisor of u - 0.5
+            shift:float=0.0,       # subtracted after scaling
+            null_n:int|None=None   # the draw deciding a 1% NULL (None: never NULL)
+           ) -> str:
+    "SQL for a return: (u - 0.5) / scale - shift, rounded to 6 decimals"
+    r = f"(round((({uniform(g, n)} - 0.5) / {scale} - {shift}) * 1000000) / 1000000)::float8"
+    return r if null_n is None else f"case when {uniform(g, null_n)} < 0.01 then null else {r} end"
+
+# %% ../nbs/05a_demo.ipynb #6bea637f
 @dataclass(frozen=True)
 class DemoSpan:
     "The firms and dates a demo database covers, and its seed"
@@ -98,14 +137,9 @@ class DemoSpan:
         return (f"(select m.me as dt, (m.me - date '1900-01-01') as k, m.cal as cal from (select (select max(x)::date from "
                 f"generate_series(date_trunc('month', mm), {last}, interval '1 day') x where extract(isodow from x) < 6) as me, "
                 f"({last})::date as cal from generate_series(date '{self.start}', date '{self.end}', interval '1 month') mm) m)")
-    def u(self, n:int, key:str|None=None) -> str: return _u(key or self.key, self.seed * 1000 + n)
-    def num(self, lo:float, width:float, n:int, digits:int=4, key:str|None=None) -> str:
-        "lo + width * u, rounded to `digits` decimals, as float8"
-        return f"(round(({lo} + {width} * {self.u(n, key)}) * {10 ** digits}) / {10 ** digits})::float8"
-    def ret(self, n:int, scale:float, shift:float=0.0, null_n:int|None=None) -> str:
-        "A return: (u - 0.5) / scale - shift, rounded to 6 decimals; NULL 1% of the time when `null_n` is given"
-        r = f"(round((({self.u(n)} - 0.5) / {scale} - {shift}) * 1000000) / 1000000)::float8"
-        return r if null_n is None else f"case when {self.u(null_n)} < 0.01 then null else {r} end"
+    u = uniform
+    num = rounded
+    ret = ret_sql
 
 # %% ../nbs/05a_demo.ipynb #52a86b5a
 def _dsf_v2(g:DemoSpan) -> str:
@@ -222,15 +256,46 @@ def wrds_comment(description:str,   # what the table is
     if style == "modified": return f"{description}. Last modified: {updated:%m/%d/%Y} 10:30:00"
     return f"{description} created by WRDS (Updated {updated.isoformat()})"
 
-# %% ../nbs/05a_demo.ipynb #fde5f13a
-def demo_span(daily_rows:int, start_year:int, end_year:int, seed:int) -> DemoSpan:
+# %% ../nbs/05a_demo.ipynb #2c9b27ab
+def database_exists(src:DemoServer, # the server
+                    database:str    # the database looked for
+                   ) -> bool:
+    "Is there a database called `database`?"
+    return bool(src.execute("select 1 from pg_database where datname = %s", (database,), database="postgres"))
+
+def clone_database(src:DemoServer,  # the server
+                   source:str,      # the database copied
+                   target:str       # the database to (re)create
+                  ) -> None:
+    "Create `target` as a copy of `source` (fast: a template copy, so each test gets its own database)"
+    src.execute(f"drop database if exists {quote_ident(target)} with (force)", database="postgres")
+    src.execute(f"create database {quote_ident(target)} template {quote_ident(source)}", database="postgres")
+
+def row_counts(src:DemoServer,               # the server
+               database:str="wrds",          # the demo database
+               tables:list[str]|None=None    # only these (default: every demo table)
+              ) -> dict[str, int]:
+    "Exact rows per demo table"
+    return {t: int(src.execute(f"select count(*) from {qualified(*t.split('.'))}", database=database)[0][0])
+            for t in (tables or DEMO_TABLES)}
+
+# %% ../nbs/05a_demo.ipynb #22850239
+def demo_span(daily_rows:int,  # about this many rows in crsp.dsf_v2
+              start_year:int,  # first year
+              end_year:int,    # last year
+              seed:int         # the same seed gives the same data
+             ) -> DemoSpan:
     "The span whose firms give about `daily_rows` rows of crsp.dsf_v2"
     if end_year < start_year: raise ConfigError(f"demo end year {end_year} is before start year {start_year}")
     start, end = date(start_year, 1, 1), date(end_year, 12, 31)
     n_days = sum(1 for o in range((end - start).days + 1) if date.fromordinal(start.toordinal() + o).weekday() < 5)
     return DemoSpan(max(3, round(daily_rows / n_days)), start, end, seed)
 
-def create_tables(src:DemoServer, database:str, span:DemoSpan, tables:list[str]) -> None:
+def create_tables(src:DemoServer,   # the server
+                  database:str,     # the demo database
+                  span:DemoSpan,    # the firms and dates covered
+                  tables:list[str]  # the demo tables to create
+                 ) -> None:
     "Create `tables` in `database` from their generators, with WRDS comments and fresh statistics"
     conn = src.connect(database)
     try:
@@ -246,9 +311,16 @@ def create_tables(src:DemoServer, database:str, span:DemoSpan, tables:list[str])
                 cur.execute("comment on column crsp.dsf_v2.permno is 'PERMNO'")
     finally: conn.close()
 
-# %% ../nbs/05a_demo.ipynb #a817a4a6
-def build_demo(src:DemoSource, database:str="wrds", daily_rows:int=20_000, start_year:int=2016, end_year:int=2025,
-               seed:int=42, replace:bool=False, tables:list[str]|None=None) -> dict[str, int]:
+# %% ../nbs/05a_demo.ipynb #bde9fac0
+def build_demo(src:DemoServer,             # the server
+               database:str="wrds",        # the database to create
+               daily_rows:int=20_000,      # about this many rows in crsp.dsf_v2
+               start_year:int=2016,        # first year
+               end_year:int=2025,          # last year
+               seed:int=42,                # the same seed gives the same data
+               replace:bool=False,         # drop and rebuild an existing database
+               tables:list[str]|None=None  # only these tables (default: every demo table)
+              ) -> dict[str, int]:
     "Create `database` with WRDS-shaped tables; an existing one is kept unless `replace`. Returns rows per table"
     only = list(tables or DEMO_TABLES)
     if set(only) - set(DEMO_TABLES): raise ConfigError(f"unknown demo tables {sorted(set(only) - set(DEMO_TABLES))}")
@@ -256,89 +328,51 @@ def build_demo(src:DemoSource, database:str="wrds", daily_rows:int=20_000, start
     span = demo_span(daily_rows, start_year, end_year, seed)
     src.start()
     if database_exists(src, database):
-        if not replace: return src.row_counts(database)
+        if not replace: return row_counts(src, database)
         src.execute(f"drop database {quote_ident(database)} with (force)", database="postgres")
     src.execute(f"create database {quote_ident(database)}", database="postgres")
     create_tables(src, database, span, only)
-    return src.row_counts(database, tables)
+    return row_counts(src, database, tables)
 
-# %% ../nbs/05a_demo.ipynb #fd914d8c
-class DemoSource(DemoServer):
-    "A pgserver PostgreSQL in `root` (started or reused), with WRDS-shaped databases and helpers to change them"
-    def build(self, database:str="wrds",          # the database to create
-              daily_rows:int=20_000,              # about this many rows in crsp.dsf_v2
-              start_year:int=2016, end_year:int=2025,
-              seed:int=42,                        # the same seed gives the same data
-              replace:bool=False,                 # drop and rebuild an existing database
-              tables:list[str]|None=None          # only these tables (default: all of DEMO_TABLES)
-             ) -> dict[str, int]:
-        "Create `database` with WRDS-shaped tables; returns rows per table"
-        return build_demo(self, database, daily_rows, start_year, end_year, seed, replace, tables)
-    def clone(self, source:str, target:str) -> None:
-        "Create `target` as a copy of `source` (fast: a template copy, so each test gets its own database)"
-        clone_database(self, source, target)
-    def row_counts(self, database:str="wrds", tables:list[str]|None=None) -> dict[str, int]:
-        "Exact rows per demo table"
-        return {t: count_rows(self, t, database) for t in (tables or DEMO_TABLES)}
-    def append_days(self, table:str, date_column:str, days:int=1, database:str="wrds") -> int:
-        "Append `days` business days after the last date, copying the last day's rows; returns rows added"
-        return sum(append_day(self, table, date_column, database) for _ in range(days))
-    def bump_comment(self, table:str, updated:date, database:str="wrds") -> None:
-        "Move the table's 'last updated' marker, keeping its comment style"
-        set_comment(self, table, updated, database)
-    def restate_year(self, table:str, date_column:str, year:int, column:str, factor:float=1.01, database:str="wrds") -> int:
-        "Multiply `column` by `factor` for every row of `year` (WRDS restating history); returns rows changed"
-        return restate_year(self, table, date_column, year, column, factor, database)
-    def delete_year(self, table:str, date_column:str, year:int, database:str="wrds") -> None:
-        "Withdraw every row of `year`"
-        delete_year(self, table, date_column, year, database)
-    def add_column(self, table:str, column:str, sql_type:str="double precision", database:str="wrds") -> None:
-        "Add a column (filled with 1) as WRDS does when it extends a table"
-        add_column(self, table, column, sql_type, database)
-    def drop_column(self, table:str, column:str, database:str="wrds") -> None:
-        drop_column(self, table, column, database)
-    def retype_column(self, table:str, column:str, sql_type:str="text", database:str="wrds") -> None:
-        retype_column(self, table, column, sql_type, database)
+# %% ../nbs/05a_demo.ipynb #b2aa6ed8
+def append_days(src:DemoServer,      # the server
+                table:str,           # schema.table
+                date_column:str,     # its date column
+                days:int=1,          # business days to append
+                database:str="wrds"  # the demo database
+               ) -> int:
+    "Append `days` business days after the last date, copying the last day's rows; returns rows added"
+    t, dc = qualified(*table.split(".")), quote_ident(date_column)
+    cols = [r[0] for r in src.execute("select attname from pg_attribute where attrelid = %s::regclass and attnum > 0 "
+                                      "and not attisdropped order by attnum", (table,), database)]
+    added = 0
+    for _ in range(days):
+        last = src.execute(f"select max({dc}) from {t}", database=database)[0][0]
+        nxt = date.fromordinal(last.toordinal() + (3 if last.weekday() == 4 else 1))
+        sel = ", ".join("%(d)s::date" if c == date_column else quote_ident(c) for c in cols)
+        src.execute(f"insert into {t} ({', '.join(map(quote_ident, cols))}) select {sel} from {t} where {dc} = %(last)s",
+                    {"d": nxt, "last": last}, database)
+        added += int(src.execute(f"select count(*) from {t} where {dc} = %s", (nxt,), database)[0][0])
+    return added
 
-# %% ../nbs/05a_demo.ipynb #6c3961bf
-def database_exists(src:DemoServer, database:str) -> bool:
-    "Is there a database called `database`?"
-    return bool(src.execute("select 1 from pg_database where datname = %s", (database,), database="postgres"))
-
-def clone_database(src:DemoServer, source:str, target:str) -> None:
-    "Replace `target` with a template copy of `source`"
-    src.execute(f"drop database if exists {quote_ident(target)} with (force)", database="postgres")
-    src.execute(f"create database {quote_ident(target)} template {quote_ident(source)}", database="postgres")
-
-def count_rows(src:DemoServer, table:str, database:str="wrds") -> int:
-    "Exact rows of `table` (schema.table)"
-    return int(src.execute(f"select count(*) from {qualified(*table.split('.'))}", database=database)[0][0])
-
-def set_comment(src:DemoServer, table:str, updated:date, database:str="wrds") -> None:
-    "Give a demo table its WRDS comment with the marker `updated`"
+def bump_comment(src:DemoServer,      # the server
+                 table:str,           # schema.table, one of DEMO_TABLES
+                 updated:date,        # the new marker
+                 database:str="wrds"  # the demo database
+                ) -> None:
+    "Move the table's 'last updated' marker, keeping its comment style"
     t = DEMO_TABLES[table]
     src.execute(f"comment on table {qualified(*table.split('.'))} is %s", (wrds_comment(t.description, t.style, updated),), database)
 
-# %% ../nbs/05a_demo.ipynb #242f48ab
-def source_columns(src:DemoServer, table:str, database:str) -> list[str]:
-    "The columns of `table` (schema.table), in order"
-    return [r[0] for r in src.execute("select attname from pg_attribute where attrelid = %s::regclass and attnum > 0 "
-                                      "and not attisdropped order by attnum", (table,), database)]
-
-def append_day(src:DemoServer, table:str, date_column:str, database:str="wrds") -> int:
-    "Append the next business day after the last date, copying the last day's rows; returns rows added"
-    t, dc = qualified(*table.split(".")), quote_ident(date_column)
-    last = src.execute(f"select max({dc}) from {t}", database=database)[0][0]
-    nxt = date.fromordinal(last.toordinal() + (3 if last.weekday() == 4 else 1))
-    cols = source_columns(src, table, database)
-    sel = ", ".join("%(d)s::date" if c == date_column else quote_ident(c) for c in cols)
-    src.execute(f"insert into {t} ({', '.join(map(quote_ident, cols))}) select {sel} from {t} where {dc} = %(last)s",
-                {"d": nxt, "last": last}, database)
-    return int(src.execute(f"select count(*) from {t} where {dc} = %s", (nxt,), database)[0][0])
-
-# %% ../nbs/05a_demo.ipynb #e5cf1bce
-def restate_year(src:DemoServer, table:str, date_column:str, year:int,
-                 column:str, factor:float=1.01, database:str="wrds") -> int:
+# %% ../nbs/05a_demo.ipynb #c56def3e
+def restate_year(src:DemoServer,      # the server
+                 table:str,           # schema.table
+                 date_column:str,     # its date column
+                 year:int,            # the year restated
+                 column:str,          # the column changed
+                 factor:float=1.01,   # its multiplier
+                 database:str="wrds"  # the demo database
+                ) -> int:
     "Multiply `column` by `factor` for every row of `year` (WRDS restating history); returns rows changed"
     t, dc, c = qualified(*table.split(".")), quote_ident(date_column), quote_ident(column)
     conn = src.connect(database)
@@ -348,26 +382,56 @@ def restate_year(src:DemoServer, table:str, date_column:str, year:int,
             return int(cur.rowcount)
     finally: conn.close()
 
-def delete_year(src:DemoServer, table:str, date_column:str, year:int, database:str="wrds") -> None:
+def delete_year(src:DemoServer,      # the server
+                table:str,           # schema.table
+                date_column:str,     # its date column
+                year:int,            # the year withdrawn
+                database:str="wrds"  # the demo database
+               ) -> None:
     "Withdraw every row of `year`"
     t, dc = qualified(*table.split(".")), quote_ident(date_column)
     src.execute(f"delete from {t} where extract(year from {dc}) = %s", (year,), database)
 
-# %% ../nbs/05a_demo.ipynb #84768bd5
-def add_column(src:DemoServer, table:str, column:str, sql_type:str="double precision", database:str="wrds") -> None:
-    "Add a column (filled with 1) as WRDS does when it extends a table"
+# %% ../nbs/05a_demo.ipynb #6cbf9e8e
+def add_column(src:DemoServer, table:str,      # schema.table
+               column:str,                     # the new column
+               sql_type:str="double precision", # its type (filled with 1 when numeric)
+               database:str="wrds"             # the demo database
+              ) -> None:
+    "Add a column as WRDS does when it extends a table"
     if sql_type not in ("double precision", "integer", "text", "date"): raise ConfigError(f"unsupported type {sql_type}")
     t, c = qualified(*table.split(".")), quote_ident(column)
     src.execute(f"alter table {t} add column {c} {sql_type}", database=database)
     if sql_type in ("double precision", "integer"): src.execute(f"update {t} set {c} = 1", database=database)
 
-def drop_column(src:DemoServer, table:str, column:str, database:str="wrds") -> None:
+def drop_column(src:DemoServer, table:str,  # schema.table
+                column:str,                 # the column dropped
+                database:str="wrds"         # the demo database
+               ) -> None:
     "Drop a column, as WRDS occasionally does"
     src.execute(f"alter table {qualified(*table.split('.'))} drop column {quote_ident(column)}", database=database)
 
-def retype_column(src:DemoServer, table:str, column:str, sql_type:str="text", database:str="wrds") -> None:
+def retype_column(src:DemoServer, table:str,  # schema.table
+                  column:str,                 # the column retyped
+                  sql_type:str="text",        # its new type
+                  database:str="wrds"         # the demo database
+                 ) -> None:
     "Change a column's type, as WRDS occasionally does"
     if sql_type not in ("double precision", "integer", "bigint", "text", "numeric"): raise ConfigError(f"unsupported type {sql_type}")
     c = quote_ident(column)
     src.execute(f"alter table {qualified(*table.split('.'))} alter column {c} type {sql_type} using {c}::{sql_type}",
                 database=database)
+
+# %% ../nbs/05a_demo.ipynb #06b72ba4
+class DemoSource(DemoServer):
+    "A pgserver PostgreSQL in `root` (started or reused), with WRDS-shaped databases and helpers to change them"
+    build = build_demo
+    clone = clone_database
+    row_counts = row_counts
+    append_days = append_days
+    bump_comment = bump_comment
+    restate_year = restate_year
+    delete_year = delete_year
+    add_column = add_column
+    drop_column = drop_column
+    retype_column = retype_column

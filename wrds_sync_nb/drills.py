@@ -37,8 +37,12 @@ def parse_value(v:str) -> Any:
     try: return json.loads(v)
     except ValueError: return v
 
-# %% ../nbs/09b_drills.ipynb #43bcbd61
-def run_drill(name:str, params:dict[str, Any], output:Path|None=None, folder:Path|None=None) -> Path:
+# %% ../nbs/09b_drills.ipynb #4202eb59
+def run_drill(name:str,               # the drill's name (with or without `_drill`)
+              params:dict[str, Any],  # the parameters' values
+              output:Path|None=None,  # where the executed notebook goes
+              folder:Path|None=None   # where the drill notebooks are
+             ) -> Path:
     "Execute drill `name` with papermill; returns the executed notebook's path; raises DrillFailedError if it fails"
     import papermill as pm
     folder = folder or drills_dir()

@@ -65,12 +65,12 @@ ALERTS: dict[str, Alert] = {a.event: a for a in [
           "wrds-credentials.qmd#late-data"),
 ]}
 
-# %% ../nbs/01_events.ipynb #49d8c6a1
+# %% ../nbs/01_events.ipynb #d33f5e3e
 def alerts_markdown() -> str:
     "The alert reference page: event, level, trigger and runbook section, from `ALERTS`"
     lines = ["---", 'title: "Alert reference"', "---", "",
              "Every alert wrds-sync emits, generated from `wrds_sync_nb.events.ALERTS` (do not edit by hand:",
-             "run `python tools/gen_alerts.py`). Each event is one JSON object on stderr with `--log-format json`,",
+             "run `python tools/gen_docs.py`). Each event is one JSON object on stderr with `--log-format json`,",
              'with `"alert": true`, `event`, `level`, `timestamp` and, where relevant, `dataset`.', "",
              "| event | level | trigger | what to do |", "|---|---|---|---|"]
     for a in ALERTS.values():
@@ -105,7 +105,7 @@ VERIFY_COMPLETED = "sync.verify.completed"
 BACKUP_COMPLETED = "sync.backup.completed"
 RESTORE_COMPLETED = "sync.restore.completed"
 
-# %% ../nbs/01_events.ipynb #87ec27ee
+# %% ../nbs/01_events.ipynb #7cd1bd3b
 REDACTED = "***"
 _SECRET_KEY = re.compile(r"pass(word|wd)?$|^pwd$|secret|api_?key|credential|private_key", re.I)
 _URL_PW = re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?=@)", re.I)
@@ -126,7 +126,9 @@ def _scrub(s:str) -> str:
     s = _URL_PW.sub(lambda m: m["pre"] + REDACTED, s)
     return _KV_PW.sub(lambda m: m["pre"] + REDACTED, s)
 
-def redact(value:Any, key:str|None=None) -> Any:
+def redact(value:Any,         # what to redact
+           key:str|None=None  # the partition key
+          ) -> Any:
     "A JSON-ready copy of `value` with every secret replaced by `***`"
     if key is not None and value is not None and _SECRET_KEY.search(key): return REDACTED
     if isinstance(value, dict): return {str(k): redact(v, str(k)) for k, v in value.items()}
@@ -175,7 +177,7 @@ def capture_events() -> Iterator[list[dict[str, Any]]]:
     got: list[dict[str, Any]] = []
     with listening(got.append): yield got
 
-# %% ../nbs/01_events.ipynb #b21145bd
+# %% ../nbs/01_events.ipynb #2a8cce84
 class JsonEventFormatter(logging.Formatter):
     "One JSON object per line: the event record as emitted"
     def format(self, record:logging.LogRecord) -> str:
@@ -195,9 +197,10 @@ class TextEventFormatter(logging.Formatter):
 class EventStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     "The handler `configure_logging` installs (so that a second call replaces it)"
 
-def configure_logging(fmt:str="text",    # "json" or "text"
-                      verbose:bool=False, # include debug events
-                      stream:Any=None) -> logging.Handler:
+def configure_logging(fmt:str="text",      # "json" or "text"
+                      verbose:bool=False,  # include debug events
+                      stream:Any=None      # where lines go (default: stderr)
+                     ) -> logging.Handler:
     "Send events to `stream` (stderr by default) as JSON lines or text; replaces an earlier handler of ours"
     if fmt not in ("json", "text"): raise ValueError(f"unknown log format {fmt!r}; use json or text")
     for old in list(logger.handlers):

@@ -12,8 +12,9 @@ from pathlib import Path
 from .errors import ConfigError, DatasetNameError, DiskSpaceError
 
 # %% auto #0
-__all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'validate_name', 'partition_key', 'is_temp_name', 'DataLayout',
-           'new_quarantine_path', 'fsync_dir', 'temp_path_for', 'publish_file', 'atomic_write_bytes', 'sha256_file']
+__all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'validate_name', 'partition_key', 'is_temp_name', 'partition_file',
+           'relative_path', 'resolve_path', 'DataLayout', 'new_quarantine_path', 'fsync_dir', 'temp_path_for',
+           'publish_file', 'atomic_write_bytes', 'sha256_file']
 
 # %% ../nbs/01a_layout.ipynb #b3e4d54e
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -39,7 +40,31 @@ def is_temp_name(name:str) -> bool:
     "Is `name` one of our in-flight temporary files?"
     return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
-# %% ../nbs/01a_layout.ipynb #9835d4bd
+# %% ../nbs/01a_layout.ipynb #70460208
+def partition_file(layout:DataLayout,   # the data dir
+                   dataset:str,         # the dataset's name
+                   table:str,           # the table
+                   year:int|None        # the partition's year (None: an unpartitioned table)
+                  ) -> Path:
+    "Where a partition is published: `wrds/<dataset>/<table>/<year>.parquet` (or `all.parquet`)"
+    return layout.wrds_dir / validate_name(dataset) / validate_name(table, "table") / f"{partition_key(year)}.parquet"
+
+def relative_path(layout:DataLayout,  # the data dir
+                  path:Path           # a path inside it
+                 ) -> str:
+    "The POSIX path of `path` relative to the data dir, as stored in manifests"
+    return Path(path).absolute().relative_to(layout.root).as_posix()
+
+def resolve_path(layout:DataLayout,  # the data dir
+                 rel:str             # a path as stored in a manifest
+                ) -> Path:
+    "The absolute path of a manifest-relative path; refuses anything that leaves the data dir"
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts or not rel:
+        raise ConfigError(f"stored path {rel!r} is not inside the data dir", "restore the manifest from backup")
+    return layout.root / p
+
+# %% ../nbs/01a_layout.ipynb #e912dc4f
 class DataLayout:
     "Every path under one data dir"
     def __init__(self, root:Path|str):
@@ -55,17 +80,21 @@ class DataLayout:
 
     def __repr__(self) -> str: return f"DataLayout({str(self.root)!r})"
     def dataset_dir(self, dataset:str) -> Path: return self.wrds_dir / validate_name(dataset)
-    def table_dir(self, dataset:str, table:str) -> Path: return self.dataset_dir(dataset) / validate_name(table, "table")
-    def partition_path(self, dataset:str, table:str, year:int|None) -> Path:
-        return self.table_dir(dataset, table) / f"{partition_key(year)}.parquet"
+    def table_dir(self, dataset:str,  # the dataset's name
+                  table:str           # the table
+                 ) -> Path:
+        return self.dataset_dir(dataset) / validate_name(table, "table")
     def manifest_path(self, dataset:str) -> Path: return self.manifests_dir / f"{validate_name(dataset)}.json"
-    def schema_path(self, dataset:str, table:str) -> Path:
+    def schema_path(self, dataset:str,  # the dataset's name
+                    table:str           # the table
+                   ) -> Path:
         return self.schemas_dir / validate_name(dataset) / f"{validate_name(table, 'table')}.json"
     def lock_path(self, dataset:str) -> Path: return self.locks_dir / f"{validate_name(dataset)}.lock"
-    def staging_table_dir(self, dataset:str, table:str) -> Path:
+    def staging_table_dir(self, dataset:str,  # the dataset's name
+                          table:str           # the table
+                         ) -> Path:
         return self.staging_dir / validate_name(dataset) / validate_name(table, "table")
     def progress_path(self, dataset:str) -> Path: return self.progress_dir / f"{validate_name(dataset)}.json"
-
     def ensure(self) -> DataLayout:
         "Create the folders of the layout (the lock folder private to the user)"
         for d in (self.wrds_dir, self.manifests_dir, self.schemas_dir, self.progress_dir,
@@ -73,15 +102,9 @@ class DataLayout:
             d.mkdir(parents=True, exist_ok=True)
         self.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return self
-    def relative(self, path:Path) -> str:
-        "The POSIX path of `path` relative to the data dir, as stored in manifests"
-        return Path(path).absolute().relative_to(self.root).as_posix()
-    def resolve(self, rel:str) -> Path:
-        "The absolute path of a manifest-relative path; refuses anything that leaves the data dir"
-        p = Path(rel)
-        if p.is_absolute() or ".." in p.parts or not rel:
-            raise ConfigError(f"stored path {rel!r} is not inside the data dir", "restore the manifest from backup")
-        return self.root / p
+    partition_path = partition_file
+    relative = relative_path
+    resolve = resolve_path
 
 # %% ../nbs/01a_layout.ipynb #b30db79a
 def new_quarantine_path(layout:DataLayout,      # the data dir
@@ -96,7 +119,7 @@ def new_quarantine_path(layout:DataLayout,      # the data dir
     while p.exists(): p, n = base.with_name(f"{base.name}.{n}"), n + 1
     return p
 
-# %% ../nbs/01a_layout.ipynb #8ad44348
+# %% ../nbs/01a_layout.ipynb #30c04271
 def fsync_dir(path:Path) -> None:
     "fsync a directory so that renames and creations inside it are durable"
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -107,14 +130,18 @@ def temp_path_for(target:Path) -> Path:
     "A fresh hidden temporary sibling of `target`, invisible to `*.parquet` and `*.json` globs"
     return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
 
-def publish_file(tmp:Path, target:Path) -> None:
+def publish_file(tmp:Path,    # the fsynced temporary file
+                 target:Path  # the file it replaces
+                ) -> None:
     "Atomically move a fully written and fsynced `tmp` over `target`, then fsync the directory"
     os.replace(tmp, target)
     fsync_dir(target.parent)
 
+# %% ../nbs/01a_layout.ipynb #69f085de
 def atomic_write_bytes(target:Path,    # the file to create or replace
                        data:bytes,     # its complete new content
-                       mode:int=0o644) -> None:
+                       mode:int=0o644  # the new file's permissions
+                      ) -> None:
     "Write `data` to `target` so that readers and crashes see the old or the new content, never a mix"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(target)
@@ -131,7 +158,10 @@ def atomic_write_bytes(target:Path,    # the file to create or replace
         if e.errno == errno.ENOSPC: raise DiskSpaceError(f"no space left on device while writing {target}") from e
         raise
 
-def sha256_file(path:Path, block:int=1 << 20) -> str:
+# %% ../nbs/01a_layout.ipynb #b2893392
+def sha256_file(path:Path,         # the file
+                block:int=1 << 20  # bytes read at a time
+               ) -> str:
     "SHA-256 of a file's bytes, read in 1 MiB blocks"
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -215,15 +215,19 @@ def clean_recovery_leftovers(lock:AtomicFileLock) -> None:
         except (IndexError, ValueError): continue
         if not is_pid_alive(pid): p.unlink(missing_ok=True)
 
-# %% ../nbs/03_locking.ipynb #acd6217b
-def held_message(lock:AtomicFileLock, reason:str) -> str:
+# %% ../nbs/03_locking.ipynb #31bbcb9d
+def held_message(lock:AtomicFileLock,  # the lock
+                 reason:str            # why
+                ) -> str:
     "Who holds `lock`, for the error a waiter gets"
     try: t, _ = read_lock(lock.path)
     except (FileNotFoundError, MalformedLockFileError): return f"dataset {lock.dataset!r} is locked ({reason})"
     return (f"dataset {lock.dataset!r} is locked by pid {t.pid} on host {t.hostname} (writer {t.writer_id}) "
             f"since {t.acquired_at.isoformat(timespec='seconds')}, expiring {t.expires_at.isoformat(timespec='seconds')}")
 
-def acquire_lock(lock:AtomicFileLock, timeout_seconds:float) -> LockToken:
+def acquire_lock(lock:AtomicFileLock,   # the lock
+                 timeout_seconds:float  # how long to wait
+                ) -> LockToken:
     "Take `lock`, recovering a stale one, waiting with jittered backoff up to `timeout_seconds`"
     deadline, delay = time.monotonic() + timeout_seconds, lock.MIN_BACKOFF_SECONDS
     clean_recovery_leftovers(lock)
@@ -245,8 +249,10 @@ def acquire_lock(lock:AtomicFileLock, timeout_seconds:float) -> LockToken:
         time.sleep(min(remaining, random.uniform(delay / 2, delay)))
         delay = min(delay * 2, lock.MAX_BACKOFF_SECONDS)
 
-# %% ../nbs/03_locking.ipynb #fa5f9964
-def owned_token(lock:AtomicFileLock, token:LockToken) -> LockToken:
+# %% ../nbs/03_locking.ipynb #f72e3c48
+def owned_token(lock:AtomicFileLock,  # the lock
+                token:LockToken       # the holder's token
+               ) -> LockToken:
     "The token on disk if it is `token`'s lock; raises LockOwnershipError otherwise (call under the guard)"
     try: on_disk, _ = read_lock(lock.path)
     except FileNotFoundError:
@@ -259,7 +265,9 @@ def owned_token(lock:AtomicFileLock, token:LockToken) -> LockToken:
                                  f"(writer {on_disk.writer_id}), not to this writer")
     return on_disk
 
-def release_lock(lock:AtomicFileLock, token:LockToken) -> None:
+def release_lock(lock:AtomicFileLock,  # the lock
+                 token:LockToken       # the holder's token
+                ) -> None:
     "Delete the lock file if it is `token`'s"
     with lock_guard(lock):
         owned_token(lock, token)
@@ -267,7 +275,9 @@ def release_lock(lock:AtomicFileLock, token:LockToken) -> None:
         fsync_dir(lock.lock_dir)
     events.emit(events.LOCK_RELEASED, level="debug", dataset=lock.dataset, writer=lock.writer_id)
 
-def refresh_lock(lock:AtomicFileLock, token:LockToken) -> LockToken:
+def refresh_lock(lock:AtomicFileLock,  # the lock
+                 token:LockToken       # the holder's token
+                ) -> LockToken:
     "Rewrite the lock file with a later expiry (temp file, fsync, rename), if it is `token`'s"
     with lock_guard(lock):
         owned_token(lock, token)
@@ -282,7 +292,7 @@ def refresh_lock(lock:AtomicFileLock, token:LockToken) -> LockToken:
         fsync_dir(lock.lock_dir)
     return new
 
-# %% ../nbs/03_locking.ipynb #db3ff770
+# %% ../nbs/03_locking.ipynb #257732b5
 @dataclass
 class LockStatus:
     "What `lock-status` shows for a dataset"
@@ -303,7 +313,9 @@ def lock_status(lock:AtomicFileLock) -> LockStatus:
     stale, reason = judge_token(token, utcnow())
     return LockStatus(lock.dataset, lock.path, held=True, token=token, stale=stale, reason=reason)
 
-def force_remove(lock:AtomicFileLock, by:str) -> LockStatus:
+def force_remove(lock:AtomicFileLock,  # the lock
+                 by:str                # who did it, for the log
+                ) -> LockStatus:
     "Remove `lock` whoever holds it (operator action, logged with who did it); returns what was removed"
     with lock_guard(lock):
         st = lock_status(lock)

@@ -105,7 +105,7 @@ class SyncManifest(BaseModel):
         "Every published file, by its relative path"
         return {p.path: p for t in self.tables.values() for p in t.partitions.values()}
 
-# %% ../nbs/02_manifest.ipynb #da99d5fa
+# %% ../nbs/02_manifest.ipynb #35711623
 MAX_MANIFEST_BYTES = 256 << 20
 
 def parse_manifest(dataset:str,   # the dataset it must belong to
@@ -124,7 +124,9 @@ def parse_manifest(dataset:str,   # the dataset it must belong to
         raise ManifestError(f"manifest {where} belongs to dataset {m.dataset!r}, not {dataset!r}")
     return m
 
-def read_manifest(dataset:str, path:Path) -> SyncManifest | None:
+def read_manifest(dataset:str,  # the dataset's name
+                  path:Path     # the file
+                 ) -> SyncManifest | None:
     "The manifest at `path` (at most MAX_MANIFEST_BYTES), or None if there is none"
     try:
         if path.stat().st_size > MAX_MANIFEST_BYTES:

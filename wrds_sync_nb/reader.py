@@ -95,16 +95,19 @@ def take_snapshot(data_dir:Path|str,             # the data dir
     atexit.register(snap.remove)
     return snap
 
-# %% ../nbs/09_reader.ipynb #e35d34bf
+# %% ../nbs/09_reader.ipynb #1ac724b6
 def _sql_str(s:str) -> str: return "'" + s.replace("'", "''") + "'"
 
-def view_name(dataset:str, table:str) -> str:
+def view_name(dataset:str,  # the dataset's name
+              table:str     # the table
+             ) -> str:
     "The view of a dataset table: `<dataset>_<table>`"
     return f"{validate_name(dataset)}_{validate_name(table, 'table')}"
 
-def connect(data_dir:Path|str="data",              # the data dir
-            datasets:list[str]|None=None,          # only these (default: every synced dataset)
-            database:str=":memory:") -> duckdb.DuckDBPyConnection:
+def connect(data_dir:Path|str="data",      # the data dir
+            datasets:list[str]|None=None,  # only these (default: every synced dataset)
+            database:str=":memory:"        # the demo database
+           ) -> duckdb.DuckDBPyConnection:
     "A DuckDB connection with a view per synced table, over one consistent snapshot of the manifests"
     layout = DataLayout(data_dir)
     snap = take_snapshot(layout.root, datasets)
@@ -119,8 +122,11 @@ def connect(data_dir:Path|str="data",              # the data dir
     weakref.finalize(con, snap.remove)
     return con
 
-# %% ../nbs/09_reader.ipynb #2e915cbf
-def scan(dataset:str, table:str, data_dir:Path|str="data") -> pl.LazyFrame:
+# %% ../nbs/09_reader.ipynb #3ed01938
+def scan(dataset:str,              # the dataset's name
+         table:str,                # the table
+         data_dir:Path|str="data"  # the data dir
+        ) -> pl.LazyFrame:
     "A polars LazyFrame over one table's files in the current manifest (a snapshot, union by name)"
     snap = take_snapshot(data_dir, [dataset], [table])
     files = snap.files.get((dataset, table))

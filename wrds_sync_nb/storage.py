@@ -20,8 +20,8 @@ from .layout import DataLayout, atomic_write_bytes, fsync_dir, new_quarantine_pa
 
 # %% auto #0
 __all__ = ['QUARANTINE_DAYS', 'WARN_PCT', 'CRITICAL_PCT', 'BLOCKED_PCT', 'HashingFile', 'WrittenFile', 'prefetch',
-           'write_parquet_stream', 'check_same_filesystem', 'publish', 'Quarantine', 'clean_quarantine', 'DiskStatus',
-           'DiskMonitor', 'estimate_bytes']
+           'write_parquet_stream', 'check_same_filesystem', 'publish', 'quarantine_file', 'Quarantine',
+           'clean_quarantine', 'DiskStatus', 'DiskMonitor', 'estimate_bytes']
 
 # %% ../nbs/07_storage.ipynb #2e9895f9
 class HashingFile:
@@ -51,7 +51,7 @@ class HashingFile:
         self._f.close()
         self.closed = True
 
-# %% ../nbs/07_storage.ipynb #1bfcd00d
+# %% ../nbs/07_storage.ipynb #ad968b2b
 @dataclass
 class WrittenFile:
     "A fully written, fsynced staging file"
@@ -61,7 +61,10 @@ class WrittenFile:
     sha256: str
     schema: pa.Schema
 
-def prefetch(batches:Iterable[pa.RecordBatch], depth:int=3) -> Iterator[pa.RecordBatch]:
+# %% ../nbs/07_storage.ipynb #31c02fab
+def prefetch(batches:Iterable[pa.RecordBatch],  # the record batches
+             depth:int=3                        # batches read ahead at most
+            ) -> Iterator[pa.RecordBatch]:
     "Pull `batches` in a background thread, at most `depth` ahead, so reading and encoding overlap"
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     done, stop = object(), threading.Event()
@@ -94,11 +97,11 @@ def prefetch(batches:Iterable[pa.RecordBatch], depth:int=3) -> Iterator[pa.Recor
             except queue.Empty: pass
         t.join()
 
-# %% ../nbs/07_storage.ipynb #2c6d09a6
-def write_parquet_stream(path:Path,                      # staging file to create (must not exist)
-                         batches:Iterable[pa.RecordBatch],
-                         schema:pa.Schema,               # the stream's schema (written even for 0 rows)
-                         row_group_rows:int=250_000,
+# %% ../nbs/07_storage.ipynb #41fe5d31
+def write_parquet_stream(path:Path,                                           # staging file to create (must not exist)
+                         batches:Iterable[pa.RecordBatch],                    # the record batches
+                         schema:pa.Schema,                                    # the stream's schema (written even for 0 rows)
+                         row_group_rows:int=250_000,                          # rows per Parquet row group
                          on_batch:Callable[[pa.RecordBatch], None]|None=None  # sees every batch (validation)
                         ) -> WrittenFile:
     "Stream `batches` into a zstd Parquet file at `path`, fsync it, and return its rows, size and SHA-256"
@@ -123,7 +126,7 @@ def write_parquet_stream(path:Path,                      # staging file to creat
         raise
     return WrittenFile(path, rows, sink.bytes, sink.sha.hexdigest(), schema)
 
-# %% ../nbs/07_storage.ipynb #e34c7b83
+# %% ../nbs/07_storage.ipynb #2e0fb4fd
 def check_same_filesystem(layout:DataLayout) -> None:
     "Refuse to sync if staging and the published folders are on different filesystems (rename would not be atomic)"
     layout.ensure()
@@ -131,7 +134,10 @@ def check_same_filesystem(layout:DataLayout) -> None:
         raise ConfigError(f"{layout.staging_dir} and {layout.wrds_dir} are on different filesystems, so files cannot be "
                           "published atomically", "keep tmp/ and wrds/ of the data dir on one filesystem")
 
-def publish(staged:Path, target:Path, keep_old_in:Path|None=None) -> None:
+def publish(staged:Path,                # the fsynced staging file
+            target:Path,                # the published path
+            keep_old_in:Path|None=None  # where a replaced file is kept (None: nowhere)
+           ) -> None:
     "Atomically put `staged` at `target`; a replaced file is first hard-linked into `keep_old_in`"
     target.parent.mkdir(parents=True, exist_ok=True)
     if keep_old_in is not None and target.exists():
@@ -142,14 +148,42 @@ def publish(staged:Path, target:Path, keep_old_in:Path|None=None) -> None:
     os.replace(staged, target)
     fsync_dir(target.parent)
 
-# %% ../nbs/07_storage.ipynb #350dc4c5
+# %% ../nbs/07_storage.ipynb #b53c54a2
 QUARANTINE_DAYS = 7
 
+def quarantine_file(q:Quarantine,     # the data dir's quarantine
+                    path:Path,        # the file set aside (moved, never copied)
+                    dataset:str,      # the dataset's name
+                    operation:str,    # the kind of entry: validation, checksum, replace...
+                    reason:str,       # why, for the note
+                    **details:Any     # more fields for the note
+                   ) -> Path | None:
+    "Move `path` into a new quarantine entry; if even that fails (a full disk), remove it. Returns where it went"
+    try:
+        entry = q.new_entry(dataset, operation, reason, file=path.name, **details)
+        dest = entry / path.name
+        os.replace(path, dest)
+        fsync_dir(entry)
+    except (OSError, DiskSpaceError):  # cannot even quarantine (a full disk): remove rather than leave it
+        path.unlink(missing_ok=True)
+        events.emit(events.PARTITION_QUARANTINED, level="warning", dataset=dataset, file=path.name,
+                    reason=reason, where=None, removed=True)
+        return None
+    events.emit(events.PARTITION_QUARANTINED, level="warning", dataset=dataset, file=path.name,
+                reason=reason, where=q.layout.relative(dest))
+    return dest
+
+# %% ../nbs/07_storage.ipynb #019f4690
 class Quarantine:
     "Where files we will not publish go, with a note of why"
     def __init__(self, layout:DataLayout): self.layout = layout
 
-    def new_entry(self, dataset:str, operation:str, reason:str, **details:Any) -> Path:
+    def new_entry(self,
+                  dataset:str,    # the dataset's name
+                  operation:str,  # why: validation, checksum, replace...
+                  reason:str,     # why
+                  **details:Any   # more fields for the note
+                 ) -> Path:
         "Create a quarantine folder with its note (nothing is left behind if the note cannot be written)"
         entry = new_quarantine_path(self.layout, dataset, operation)
         entry.mkdir(parents=True)
@@ -160,23 +194,12 @@ class Quarantine:
             shutil.rmtree(entry, ignore_errors=True); raise
         return entry
 
-    def put(self, path:Path, dataset:str, operation:str, reason:str, **details:Any) -> Path | None:
-        "Move `path` into a new quarantine entry; if even that fails (a full disk), remove it. Returns where it went"
-        try:
-            entry = self.new_entry(dataset, operation, reason, file=path.name, **details)
-            dest = entry / path.name
-            os.replace(path, dest)
-            fsync_dir(entry)
-        except (OSError, DiskSpaceError):  # cannot even quarantine (a full disk): remove rather than leave it
-            path.unlink(missing_ok=True)
-            events.emit(events.PARTITION_QUARANTINED, level="warning", dataset=dataset, file=path.name,
-                        reason=reason, where=None, removed=True)
-            return None
-        events.emit(events.PARTITION_QUARANTINED, level="warning", dataset=dataset, file=path.name,
-                    reason=reason, where=self.layout.relative(dest))
-        return dest
+    put = quarantine_file
 
-    def clean(self, older_than:timedelta=timedelta(days=QUARANTINE_DAYS), now:datetime|None=None) -> int:
+    def clean(self,
+              older_than:timedelta=timedelta(days=QUARANTINE_DAYS),  # the age past which an entry goes
+              now:datetime|None=None                                 # the time to judge at (default: now)
+             ) -> int:
         "Remove entries older than `older_than` (by the timestamp in their name); returns how many"
         return clean_quarantine(self.layout, older_than, now)
 
@@ -197,7 +220,7 @@ def clean_quarantine(layout:DataLayout,        # the data dir
     if removed: events.emit(events.QUARANTINE_CLEANED, removed=removed)
     return removed
 
-# %% ../nbs/07_storage.ipynb #b98ec11c
+# %% ../nbs/07_storage.ipynb #c43eed1d
 WARN_PCT, CRITICAL_PCT, BLOCKED_PCT = 80.0, 90.0, 95.0
 
 @dataclass
@@ -237,6 +260,8 @@ class DiskMonitor:
         elif st.used_pct >= WARN_PCT: self._alert(events.DISK_WARNING, st)
         return st
 
-def estimate_bytes(rows:int, bytes_per_row:float|None) -> int:
+def estimate_bytes(rows:int,                 # rows expected
+                   bytes_per_row:float|None  # bytes per row of the previous partition
+                  ) -> int:
     "Estimated Parquet size of `rows` rows (64 bytes a row when nothing is known yet)"
     return int(rows * (bytes_per_row if bytes_per_row else 64.0))

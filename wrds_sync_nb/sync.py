@@ -307,9 +307,13 @@ def recover_journal(sm:SyncManager,   # the manager
     progress.pending = {}
     save_progress(sm.layout, progress)
 
-# %% ../nbs/08_sync.ipynb #54863613
-def start_run(sm:SyncManager, spec:DatasetSpec, kind:Literal["full", "incremental"], years:range|None,
-              hb:LockHeartbeat) -> RunContext:
+# %% ../nbs/08_sync.ipynb #71938762
+def start_run(sm:SyncManager,                       # the sync manager
+              spec:DatasetSpec,                     # the dataset
+              kind:Literal["full", "incremental"],  # full or incremental
+              years:range|None,                     # the partition years (None: the whole table)
+              hb:LockHeartbeat                      # the lock's heartbeat
+             ) -> RunContext:
     "Resume an interrupted full sync of the same kind, or start new checkpoints"
     prev, now = load_progress(sm.layout, spec.name), utcnow()
     resume = prev is not None and prev.kind == kind == "full" and prev.status != "completed"
@@ -323,7 +327,9 @@ def start_run(sm:SyncManager, spec:DatasetSpec, kind:Literal["full", "incrementa
                 years=f"{years.start}-{years.stop - 1}" if years else None)
     return ctx
 
-def sync_tables(ctx:RunContext, years:range|None) -> None:
+def sync_tables(ctx:RunContext,   # the run
+                years:range|None  # the partition years (None: the whole table)
+               ) -> None:
     "Sync each table; a schema or query problem stops that table only"
     for table in ctx.spec.tables:
         try: sync_table(ctx, table, years)
@@ -331,8 +337,12 @@ def sync_tables(ctx:RunContext, years:range|None) -> None:
             (ctx.schema_errors if isinstance(e, SchemaError) else ctx.errors).append(f"{table.name}: {e.what}")
             events.emit(events.PARTITION_FAILED, level="error", dataset=ctx.spec.name, table=table.name, error=e.what)
 
-# %% ../nbs/08_sync.ipynb #bc221ac3
-def run_sync(sm:SyncManager, spec:DatasetSpec, kind:Literal["full", "incremental"], years:range|None) -> SyncManifest:
+# %% ../nbs/08_sync.ipynb #ca59a689
+def run_sync(sm:SyncManager,                       # the sync manager
+             spec:DatasetSpec,                     # the dataset
+             kind:Literal["full", "incremental"],  # full or incremental
+             years:range|None                      # the partition years (None: the whole table)
+            ) -> SyncManifest:
     "One sync run of `spec`, under its lock, with checkpoints; raises if anything is left undone"
     if sm.client is None: raise WrdsSyncError("a sync needs a WRDS client", "pass a WRDSClient to SyncManager")
     sm.client.connect()  # credentials and reachability first: a failed login leaves the data dir untouched
@@ -348,7 +358,9 @@ def run_sync(sm:SyncManager, spec:DatasetSpec, kind:Literal["full", "incremental
     check_slo(ctx)
     return report_run(ctx)
 
-def pause_run(ctx:RunContext, e:BaseException) -> None:
+def pause_run(ctx:RunContext,  # the run
+              e:BaseException  # what stopped the run
+             ) -> None:
     "Record why a run stopped; the last checkpoint stands if even that cannot be written"
     ctx.progress.status = "paused" if isinstance(e, (DiskSpaceError, KeyboardInterrupt)) else "failed"
     try: save_progress(ctx.sm.layout, ctx.progress)
@@ -384,7 +396,7 @@ def report_run(ctx:RunContext) -> SyncManifest:
                 partitions_fetched=ctx.progress.partitions_fetched, seconds=round(time.monotonic() - ctx.started, 3))
     return ctx.manifest
 
-# %% ../nbs/08_sync.ipynb #f083ed05
+# %% ../nbs/08_sync.ipynb #c25f7f56
 @dataclass
 class Staged:
     "A partition written to staging, with the checks gathered while streaming"
@@ -392,9 +404,11 @@ class Staged:
     written: WrittenFile
     check: StreamValidator
 
-def stage(ctx:RunContext, tr:TableRun, key:str,
-          rows_hint:int,                # expected rows, for the disk check
-          bytes_per_row:float|None      # from the previous partition, for the disk check
+def stage(ctx:RunContext,           # the run
+          tr:TableRun,              # the table being synced
+          key:str,                  # the partition key
+          rows_hint:int,            # expected rows, for the disk check
+          bytes_per_row:float|None  # from the previous partition, for the disk check
          ) -> Staged:
     "Stream one partition from the server into a staging file, validating batches on the way"
     ds, table = ctx.spec.name, tr.table
@@ -412,9 +426,12 @@ def stage(ctx:RunContext, tr:TableRun, key:str,
         raise
     return Staged(staged, wf, check)
 
-# %% ../nbs/08_sync.ipynb #1739d335
-def validate(ctx:RunContext, tr:TableRun, key:str, s:Staged,
-             fp:SourceFingerprint   # the source's fingerprint of this partition
+# %% ../nbs/08_sync.ipynb #fec8b27d
+def validate(ctx:RunContext,       # the run
+             tr:TableRun,          # the table being synced
+             key:str,              # the partition key
+             s:Staged,             # the staged partition
+             fp:SourceFingerprint  # the source's fingerprint of this partition
             ) -> PartitionEntry:
     "The manifest entry of a staged partition that passes every rule; quarantines and raises otherwise"
     ds, t, q = ctx.spec.name, tr.table.name, ctx.sm.quarantine
@@ -432,13 +449,22 @@ def validate(ctx:RunContext, tr:TableRun, key:str, s:Staged,
     return PartitionEntry(path=ctx.sm.layout.relative(final), rows=w.rows, bytes=w.bytes, sha256=w.sha256,
                           schema_fingerprint=DatasetSchema.from_arrow(tr.schema).fingerprint, synced_at=utcnow(), source=fp)
 
-# %% ../nbs/08_sync.ipynb #23e92d22
-def journal(ctx:RunContext, table:TableSpec, key:str, entry:PartitionEntry) -> None:
+# %% ../nbs/08_sync.ipynb #f5ad0b8b
+def journal(ctx:RunContext,       # the run
+            table:TableSpec,      # the table
+            key:str,              # the partition key
+            entry:PartitionEntry  # the manifest entry
+           ) -> None:
     "Record `entry` as pending in the progress file"
     ctx.progress.pending.setdefault(table.name, {})[key] = entry
     save_progress(ctx.sm.layout, ctx.progress)
 
-def publish_partition(ctx:RunContext, table:TableSpec, key:str, staged:Path, entry:PartitionEntry) -> None:
+def publish_partition(ctx:RunContext,       # the run
+                      table:TableSpec,      # the table
+                      key:str,              # the partition key
+                      staged:Path,          # the staged file
+                      entry:PartitionEntry  # the manifest entry
+                     ) -> None:
     "Rename the staged file into place (keeping a replaced one in quarantine), only while the lock is ours"
     ctx.heartbeat.ensure_held()
     final = ctx.sm.layout.resolve(entry.path)
@@ -448,8 +474,10 @@ def publish_partition(ctx:RunContext, table:TableSpec, key:str, staged:Path, ent
                                            table=table.name, partition=key)
     publish(staged, final, keep)
 
-def commit(ctx:RunContext, table:TableSpec, key:str,
-           entry:PartitionEntry|None   # the new entry; None removes the partition
+def commit(ctx:RunContext,            # the run
+           table:TableSpec,           # the table
+           key:str,                   # the partition key
+           entry:PartitionEntry|None  # the new entry; None removes the partition
           ) -> None:
     "Put (or remove) a partition in the manifest and save it, only while the lock is ours"
     ctx.heartbeat.ensure_held()
@@ -458,8 +486,12 @@ def commit(ctx:RunContext, table:TableSpec, key:str,
     else: t.partitions[key] = entry
     ctx.manifest = ctx.sm.manifests.save(ctx.manifest)
 
-# %% ../nbs/08_sync.ipynb #3d947d1e
-def checkpoint(ctx:RunContext, table:TableSpec, key:str, entry:PartitionEntry) -> None:
+# %% ../nbs/08_sync.ipynb #d9adce04
+def checkpoint(ctx:RunContext,       # the run
+               table:TableSpec,      # the table
+               key:str,              # the partition key
+               entry:PartitionEntry  # the manifest entry
+              ) -> None:
     "Move a committed partition from pending to completed in the progress file"
     p = ctx.progress
     p.completed.setdefault(table.name, {})[key] = entry
@@ -470,9 +502,13 @@ def checkpoint(ctx:RunContext, table:TableSpec, key:str, entry:PartitionEntry) -
     p.partitions_fetched += 1
     save_progress(ctx.sm.layout, p)
 
-def sync_partition(ctx:RunContext, tr:TableRun, key:str,
+def sync_partition(ctx:RunContext,                                      # the run
+                   tr:TableRun,                                         # the table being synced
+                   key:str,                                             # the partition key
                    fingerprint:Callable[[], SourceFingerprint | None],  # the source's (may still be computing)
-                   rows_hint:int, bytes_per_row:float|None) -> PartitionEntry | None:
+                   rows_hint:int,                                       # expected rows, for the disk check
+                   bytes_per_row:float|None                             # bytes per row of the previous partition
+                  ) -> PartitionEntry | None:
     "Stage, validate, journal, publish and commit one partition; None when the source has no rows for it"
     t0 = time.monotonic()
     s = stage(ctx, tr, key, rows_hint, bytes_per_row)
@@ -491,7 +527,7 @@ def sync_partition(ctx:RunContext, tr:TableRun, key:str,
                 bytes=entry.bytes, seconds=round(secs, 3), rows_per_second=int(entry.rows / secs) if secs > 0 else None)
     return entry
 
-# %% ../nbs/08_sync.ipynb #801c384a
+# %% ../nbs/08_sync.ipynb #53dfda56
 @dataclass
 class TableRun:
     "What the sync knows about one table during a run"
@@ -502,7 +538,11 @@ class TableRun:
     keys: list[str]
     stored: dict[str, PartitionEntry]
 
-def check_schema(sm:SyncManager, ds:str, table:TableSpec, schema:pa.Schema) -> None:
+def check_schema(sm:SyncManager,   # the sync manager
+                 ds:str,           # the dataset's name
+                 table:TableSpec,  # the table
+                 schema:pa.Schema  # the Arrow schema
+                ) -> None:
     "Apply the drift policy: new columns warn and register; removed or retyped columns raise SchemaError"
     actual = DatasetSchema.from_arrow(schema)
     expected = sm.schemas.get_schema(ds, table.name)
@@ -515,11 +555,14 @@ def check_schema(sm:SyncManager, ds:str, table:TableSpec, schema:pa.Schema) -> N
             events.emit(events.SCHEMA_NEW_COLUMNS, level="warning", dataset=ds, table=table.name, columns=drift.new_columns)
     sm.schemas.register_schema(ds, table.name, actual)
 
-# %% ../nbs/08_sync.ipynb #ad56dae1
-def partition_keys(spec:DatasetSpec, table:TableSpec, kind:Literal["full", "incremental"],
-                   years:range|None,                   # the full sync's years
-                   stored:dict[str, PartitionEntry],   # the manifest's partitions of the table
-                   today:date|None=None) -> list[str]:
+# %% ../nbs/08_sync.ipynb #cd161cfa
+def partition_keys(spec:DatasetSpec,                     # the dataset
+                   table:TableSpec,                      # the table
+                   kind:Literal["full", "incremental"],  # full or incremental
+                   years:range|None,                     # the full sync's years
+                   stored:dict[str, PartitionEntry],     # the manifest's partitions of the table
+                   today:date|None=None                  # the date to count from (default: today)
+                  ) -> list[str]:
     "The partition keys a run covers"
     if not table.partitioned: return [ALL_PARTITION]
     if kind == "incremental":
@@ -528,8 +571,12 @@ def partition_keys(spec:DatasetSpec, table:TableSpec, kind:Literal["full", "incr
         years = range(min(known) if known else spec.default_start_year, min(this_year, spec.max_year or this_year) + 1)
     return [ALL_PARTITION] if years is None else [str(y) for y in years]
 
-# %% ../nbs/08_sync.ipynb #46667c24
-def describe_table(ctx:RunContext, table:TableSpec, years:range|None, info:dict[str, Any]) -> TableRun:
+# %% ../nbs/08_sync.ipynb #f73f4719
+def describe_table(ctx:RunContext,      # the run
+                   table:TableSpec,     # the table
+                   years:range|None,    # the partition years (None: the whole table)
+                   info:dict[str, Any]  # the source table's metadata
+                  ) -> TableRun:
     "The table's columns and schema (checked against the registry), partitions in range and stored entries"
     ds, entry = ctx.spec.name, ctx.manifest.tables.get(table.name)
     columns = table.columns or [c["name"] for c in info["columns"]]
@@ -543,7 +590,11 @@ def describe_table(ctx:RunContext, table:TableSpec, years:range|None, info:dict[
     keys = partition_keys(ctx.spec, table, ctx.kind, years, stored)
     return TableRun(table, info, columns, schema, keys, stored)
 
-def fetch_fingerprints(client:WRDSClient, table:TableSpec, columns:list[str], keys:list[str]) -> dict[str, SourceFingerprint]:
+def fetch_fingerprints(client:WRDSClient,  # the WRDS client
+                       table:TableSpec,    # the table
+                       columns:list[str],  # the columns kept
+                       keys:list[str]      # the partition keys
+                      ) -> dict[str, SourceFingerprint]:
     "The source's fingerprint of every partition in `keys` that has rows"
     years = None if keys == [ALL_PARTITION] else range(int(keys[0]), int(keys[-1]) + 1)
     df = client.execute_query(*fingerprint_sql(table, columns, years))
@@ -551,8 +602,12 @@ def fetch_fingerprints(client:WRDSClient, table:TableSpec, columns:list[str], ke
                                                      digest=str(r["digest"]))
             for r in df.iter_rows(named=True) if r["rows"]}
 
-# %% ../nbs/08_sync.ipynb #a07ec68b
-def remove_vanished(ctx:RunContext, table:TableSpec, key:str, old:PartitionEntry) -> None:
+# %% ../nbs/08_sync.ipynb #ca1383ca
+def remove_vanished(ctx:RunContext,     # the run
+                    table:TableSpec,    # the table
+                    key:str,            # the partition key
+                    old:PartitionEntry  # the manifest's entry
+                   ) -> None:
     "A partition the source no longer has: out of the manifest first, then its file into quarantine"
     commit(ctx, table, key, None)
     path = ctx.sm.layout.resolve(old.path)
@@ -561,7 +616,11 @@ def remove_vanished(ctx:RunContext, table:TableSpec, key:str, old:PartitionEntry
                               table=table.name, partition=key, rows=old.rows)
     events.emit(events.PARTITION_REMOVED, level="warning", dataset=ctx.spec.name, table=table.name, partition=key)
 
-def quarantine_damaged(ctx:RunContext, table:TableSpec, key:str, e:PartitionEntry) -> None:
+def quarantine_damaged(ctx:RunContext,   # the run
+                       table:TableSpec,  # the table
+                       key:str,          # the partition key
+                       e:PartitionEntry  # the damaged file's entry
+                      ) -> None:
     "A local file that no longer matches its entry: out of the manifest, into quarantine (then fetched again)"
     path = ctx.sm.layout.resolve(e.path)
     events.emit(events.CHECKSUM_MISMATCH, dataset=ctx.spec.name, table=table.name, partition=key, path=e.path, stage="resume")
@@ -570,7 +629,11 @@ def quarantine_damaged(ctx:RunContext, table:TableSpec, key:str, e:PartitionEntr
         ctx.sm.quarantine.put(path, ctx.spec.name, "checksum", "file differs from its checkpoint", table=table.name,
                               partition=key, expected_sha256=e.sha256)
 
-def apply_plan(ctx:RunContext, tr:TableRun, plan:list[PlanItem]) -> list[str]:
+# %% ../nbs/08_sync.ipynb #d2477d69
+def apply_plan(ctx:RunContext,      # the run
+               tr:TableRun,         # the table being synced
+               plan:list[PlanItem]  # the plan to apply
+              ) -> list[str]:
     "Act on the keeps, removals and damaged files of a plan; returns the keys left to fetch"
     todo = []
     for it in plan:
@@ -585,8 +648,10 @@ def apply_plan(ctx:RunContext, tr:TableRun, plan:list[PlanItem]) -> list[str]:
             todo.append(it.key)
     return todo
 
-# %% ../nbs/08_sync.ipynb #0ac272f1
-def plan_inputs(ctx:RunContext, tr:TableRun) -> PlanInputs:
+# %% ../nbs/08_sync.ipynb #333ed7f8
+def plan_inputs(ctx:RunContext,  # the run
+                tr:TableRun      # the table being synced
+               ) -> PlanInputs:
     "What this run knows about `tr` before asking the source for fingerprints"
     resumed = {**{k: e for k, e in tr.stored.items() if e.synced_at >= ctx.progress.started_at},
                **ctx.progress.completed.get(tr.table.name, {})}
@@ -594,21 +659,33 @@ def plan_inputs(ctx:RunContext, tr:TableRun) -> PlanInputs:
     return PlanInputs(ctx.kind, tr.keys, None, tr.stored, resumed, source_marker=tr.info["last_updated"],
                       stored_marker=entry.source_last_updated if entry else None)
 
-def with_source(layout:DataLayout, i:PlanInputs, source:dict[str, SourceFingerprint]) -> PlanInputs:
+def with_source(layout:DataLayout,                   # the data dir
+                i:PlanInputs,                        # what the sync knows
+                source:dict[str, SourceFingerprint]  # the source's fingerprints by partition
+               ) -> PlanInputs:
     "`i` with the source's fingerprints, and the reusable local files verified"
     i = replace(i, source=source)
     return replace(i, verified=frozenset(k for k, e in reusable(i).items() if is_intact(layout, e)))
 
-# %% ../nbs/08_sync.ipynb #d7382470
-def record_failure(ctx:RunContext, table:TableSpec, key:str, err:WrdsSyncError) -> None:
+# %% ../nbs/08_sync.ipynb #898c09e3
+def record_failure(ctx:RunContext,    # the run
+                   table:TableSpec,   # the table
+                   key:str,           # the partition key
+                   err:WrdsSyncError  # what went wrong
+                  ) -> None:
     "Note a failed partition in the progress file and the run's errors"
     ctx.progress.failed.setdefault(table.name, {})[key] = err.what
     ctx.errors.append(f"{table.name}/{key}: {err.what}")
     save_progress(ctx.sm.layout, ctx.progress)
     events.emit(events.PARTITION_FAILED, level="error", dataset=ctx.spec.name, table=table.name, partition=key, error=err.what)
 
-def fetch_with_retries(ctx:RunContext, tr:TableRun, key:str, fingerprint:Callable[[], SourceFingerprint | None],
-                       rows_hint:int, bpr:float|None) -> PartitionEntry | None:
+def fetch_with_retries(ctx:RunContext,                                      # the run
+                       tr:TableRun,                                         # the table being synced
+                       key:str,                                             # the partition key
+                       fingerprint:Callable[[], SourceFingerprint | None],  # the source's fingerprint (may still be computing)
+                       rows_hint:int,                                       # expected rows, for the disk check
+                       bpr:float|None                                       # bytes per row of the previous partition
+                      ) -> PartitionEntry | None:
     "Sync one partition, retrying transient failures; a failure is recorded, not raised"
     for attempt in range(1, ctx.sm.PARTITION_ATTEMPTS + 1):
         try:
@@ -622,11 +699,15 @@ def fetch_with_retries(ctx:RunContext, tr:TableRun, key:str, fingerprint:Callabl
             record_failure(ctx, tr.table, key, err); return None
     return None
 
-# %% ../nbs/08_sync.ipynb #9daefd84
+# %% ../nbs/08_sync.ipynb #25c2fa00
 def _fingerprint_of(future:Future[dict[str, SourceFingerprint]], key:str) -> SourceFingerprint | None:
     return future.result().get(key)
 
-def fetch_partitions(ctx:RunContext, tr:TableRun, todo:list[str], future:Future[dict[str, SourceFingerprint]]) -> None:
+def fetch_partitions(ctx:RunContext,                              # the run
+                     tr:TableRun,                                 # the table being synced
+                     todo:list[str],                              # the partition keys to fetch
+                     future:Future[dict[str, SourceFingerprint]]  # the fingerprints being computed
+                    ) -> None:
     "Fetch `todo` in order, sizing each disk check from the partition before"
     entry = ctx.manifest.tables.get(tr.table.name)
     bpr = entry.bytes / entry.rows if entry and entry.rows else None
@@ -637,7 +718,10 @@ def fetch_partitions(ctx:RunContext, tr:TableRun, todo:list[str], future:Future[
         e = fetch_with_retries(ctx, tr, key, partial(_fingerprint_of, future, key), rows_hint, bpr)
         if e is not None and e.rows: bpr, rows_hint = e.bytes / e.rows, e.rows
 
-def finish_table(ctx:RunContext, tr:TableRun, fetched:int) -> None:
+def finish_table(ctx:RunContext,  # the run
+                 tr:TableRun,     # the table being synced
+                 fetched:int      # partitions fetched
+                ) -> None:
     "Commit the table's source marker and schema when every partition succeeded"
     nfailed = len(ctx.progress.failed.get(tr.table.name, {}))
     if not nfailed:
@@ -648,8 +732,11 @@ def finish_table(ctx:RunContext, tr:TableRun, fetched:int) -> None:
         ctx.manifest = ctx.sm.manifests.save(ctx.manifest)
     events.emit(events.TABLE_COMPLETED, dataset=ctx.spec.name, table=tr.table.name, fetched=fetched - nfailed, failed=nfailed)
 
-# %% ../nbs/08_sync.ipynb #3d073ee3
-def sync_table(ctx:RunContext, table:TableSpec, years:range|None) -> None:
+# %% ../nbs/08_sync.ipynb #ffbb1533
+def sync_table(ctx:RunContext,   # the run
+               table:TableSpec,  # the table
+               years:range|None  # the partition years (None: the whole table)
+              ) -> None:
     "Plan and sync one table"
     ds, info = ctx.spec.name, ctx.client.get_table_info(table.source_schema, table.source_table)
     entry = ctx.manifest.tables.get(table.name)
@@ -670,8 +757,10 @@ def sync_table(ctx:RunContext, table:TableSpec, years:range|None) -> None:
     finally: pool.shutdown(wait=True)
     finish_table(ctx, tr, len(todo))
 
-# %% ../nbs/08_sync.ipynb #9857ebf5
-def dry_run(sm:SyncManager, spec:DatasetSpec) -> dict[str, list[PlanItem]]:
+# %% ../nbs/08_sync.ipynb #a51f14f0
+def dry_run(sm:SyncManager,   # the sync manager
+            spec:DatasetSpec  # the dataset
+           ) -> dict[str, list[PlanItem]]:
     "Per table, what an incremental sync of `spec` would do now"
     if sm.client is None: raise WrdsSyncError("a dry run needs a WRDS client", "pass a WRDSClient to SyncManager")
     m = sm.manifests.load(spec.name) or SyncManifest(dataset=spec.name)
@@ -688,8 +777,10 @@ def dry_run(sm:SyncManager, spec:DatasetSpec) -> dict[str, list[PlanItem]]:
         plans[table.name] = plan_table(i)
     return plans
 
-# %% ../nbs/08_sync.ipynb #6db98ac0
-def in_flight_files(sm:SyncManager, ds:str) -> dict[str, str]:
+# %% ../nbs/08_sync.ipynb #e48ff772
+def in_flight_files(sm:SyncManager,  # the sync manager
+                    ds:str           # the dataset's name
+                   ) -> dict[str, str]:
     "Roll the journal forward if no sync runs; if one does, the files it journaled (path -> SHA-256)"
     spec = sm.registry.get(ds) if ds in sm.registry.names() else None
     lock = AtomicFileLock(sm.layout.locks_dir, ds, sm.writer_id)
@@ -703,7 +794,11 @@ def in_flight_files(sm:SyncManager, ds:str) -> dict[str, str]:
         return {e.path: e.sha256 for es in (prog.pending.values() if prog else []) for e in es.values()}
     return {}
 
-def entry_problem(layout:DataLayout, e:PartitionEntry, in_flight:dict[str, str], known:set[str]) -> tuple[str, str] | None:
+def entry_problem(layout:DataLayout,         # the data dir
+                  e:PartitionEntry,          # the manifest entry checked
+                  in_flight:dict[str, str],  # files a running sync journaled: path -> SHA-256
+                  known:set[str]             # schema fingerprints the registry knows
+                 ) -> tuple[str, str] | None:
     "The (event, line) describing what is wrong with the file of `e`, or None"
     path = layout.resolve(e.path)
     if not path.is_file(): return events.MANIFEST_MISMATCH, f"missing file {e.path} (manifest lists {e.rows} rows)"
@@ -719,8 +814,10 @@ def entry_problem(layout:DataLayout, e:PartitionEntry, in_flight:dict[str, str],
         return events.MANIFEST_MISMATCH, f"schema of {e.path} ({e.schema_fingerprint}) is not in the schema registry"
     return None
 
-# %% ../nbs/08_sync.ipynb #8bea9df7
-def check_integrity(sm:SyncManager, dataset:str) -> list[str]:
+# %% ../nbs/08_sync.ipynb #5057aeb5
+def check_integrity(sm:SyncManager,  # the sync manager
+                    dataset:str      # the dataset's name
+                   ) -> list[str]:
     "Every problem with the local copy of `dataset`, one line each; emits an event per problem"
     ds = validate_name(dataset)
     in_flight = in_flight_files(sm, ds)

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 # %% auto #0
 __all__ = ['PartitionRules', 'DataValidator', 'count_true', 'adjacent_duplicates', 'StreamValidator', 'stream_validate']
 
-# %% ../nbs/02b_validation.ipynb #082c6684
+# %% ../nbs/02b_validation.ipynb #35be159e
 @dataclass
 class PartitionRules:
     "What a partition must satisfy"
@@ -28,7 +28,10 @@ class PartitionRules:
 
 class DataValidator:
     "Checks a partition against `PartitionRules`; returns the failures as readable lines"
-    def validate(self, data:pl.LazyFrame|pl.DataFrame|Path, rules:PartitionRules) -> list[str]:
+    def validate(self,
+                 data:pl.LazyFrame|pl.DataFrame|Path,  # the partition (a frame or a Parquet path)
+                 rules:PartitionRules                  # what the partition must satisfy
+                ) -> list[str]:
         lf = pl.scan_parquet(data) if isinstance(data, Path) else data.lazy()
         names = lf.collect_schema().names()
         failures = [f"missing key column {c!r}" for c in rules.key_columns if c not in names]
