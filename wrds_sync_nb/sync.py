@@ -36,11 +36,11 @@ from .validation import PartitionRules, StreamValidator
 __all__ = ['Action', 'SyncProgress', 'load_progress', 'save_progress', 'select_list', 'where_sql', 'data_sql', 'fingerprint_sql',
            'PlanItem', 'PlanInputs', 'marker_unchanged', 'reusable', 'plan_table', 'SyncManager', 'RunContext',
            'locked', 'is_intact', 'table_entry', 'recover_journal', 'start_run', 'sync_tables', 'run_sync', 'pause_run',
-           'finish_run', 'check_slo', 'report_run', 'Staged', 'stage', 'validate', 'journal', 'publish_partition',
-           'commit', 'checkpoint', 'sync_partition', 'TableRun', 'check_schema', 'partition_keys', 'describe_table',
-           'fetch_fingerprints', 'remove_vanished', 'quarantine_damaged', 'apply_plan', 'plan_inputs', 'with_source',
-           'record_failure', 'fetch_with_retries', 'fetch_partitions', 'finish_table', 'sync_table', 'dry_run',
-           'in_flight_files', 'entry_problem', 'check_integrity']
+           'finish_run', 'check_slo', 'report_run', 'TableRun', 'Staged', 'stage', 'validate', 'journal',
+           'publish_partition', 'commit', 'checkpoint', 'sync_partition', 'check_schema', 'partition_keys',
+           'describe_table', 'fetch_fingerprints', 'remove_vanished', 'quarantine_damaged', 'apply_plan', 'plan_inputs',
+           'with_source', 'record_failure', 'fetch_with_retries', 'fetch_partitions', 'finish_table', 'sync_table',
+           'dry_run', 'in_flight_files', 'entry_problem', 'check_integrity']
 
 # %% ../nbs/08_sync.ipynb #4c3f0aed
 class SyncProgress(BaseModel):
@@ -396,7 +396,17 @@ def report_run(ctx:RunContext) -> SyncManifest:
                 partitions_fetched=ctx.progress.partitions_fetched, seconds=round(time.monotonic() - ctx.started, 3))
     return ctx.manifest
 
-# %% ../nbs/08_sync.ipynb #c25f7f56
+# %% ../nbs/08_sync.ipynb #1d97cd56
+@dataclass
+class TableRun:
+    "What the sync knows about one table during a run: its columns, Arrow schema, partitions in range, stored entries"
+    table: TableSpec
+    info: dict[str, Any]
+    columns: list[str]
+    schema: pa.Schema
+    keys: list[str]
+    stored: dict[str, PartitionEntry]
+
 @dataclass
 class Staged:
     "A partition written to staging, with the checks gathered while streaming"
@@ -527,17 +537,7 @@ def sync_partition(ctx:RunContext,                                      # the ru
                 bytes=entry.bytes, seconds=round(secs, 3), rows_per_second=int(entry.rows / secs) if secs > 0 else None)
     return entry
 
-# %% ../nbs/08_sync.ipynb #53dfda56
-@dataclass
-class TableRun:
-    "What the sync knows about one table during a run"
-    table: TableSpec
-    info: dict[str, Any]
-    columns: list[str]
-    schema: pa.Schema
-    keys: list[str]
-    stored: dict[str, PartitionEntry]
-
+# %% ../nbs/08_sync.ipynb #fa89cab4
 def check_schema(sm:SyncManager,   # the sync manager
                  ds:str,           # the dataset's name
                  table:TableSpec,  # the table
