@@ -18,7 +18,7 @@ def normalise(df: pl.DataFrame) -> pl.DataFrame:
         c = pl.col(name)
         if dt.is_integer():
             out.append(c.cast(pl.Int64))
-        elif dt.is_float():
+        elif dt.is_float() or isinstance(dt, pl.Decimal):
             out.append(c.cast(pl.Float64))
         elif dt == pl.Null:
             out.append(c.cast(pl.String))

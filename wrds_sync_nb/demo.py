@@ -20,39 +20,19 @@ from .config import WRDSConfig
 from .errors import ConfigError
 
 # %% auto #0
-__all__ = ['DEMO_UPDATED', 'DEMO_USER', 'DEMO_TABLES', 'server_connect', 'server_execute', 'DemoServer', 'uniform', 'rounded',
-           'ret_sql', 'DemoSpan', 'DemoTable', 'wrds_comment', 'database_exists', 'clone_database', 'row_counts',
-           'demo_span', 'create_tables', 'build_demo', 'append_days', 'bump_comment', 'restate_year', 'delete_year',
-           'add_column', 'drop_column', 'retype_column', 'DemoSource']
+__all__ = ['DEMO_UPDATED', 'SUPERUSER', 'DEMO_ROLE', 'DEMO_ROLE_LIMIT', 'DEMO_TABLES', 'DemoServer', 'DemoSpan', 'u', 'num',
+           'ret', 'DemoTable', 'wrds_comment', 'database_exists', 'clone_database', 'row_counts', 'demo_span',
+           'create_tables', 'grant_reader', 'demo_config', 'build_demo', 'append_days', 'bump_comment', 'restate_year',
+           'delete_year', 'add_column', 'drop_column', 'retype_column', 'DemoSource']
 
-# %% ../nbs/05a_demo.ipynb #91c86e29
+# %% ../nbs/05a_demo.ipynb #37d14f8c
 DEMO_UPDATED = date(2026, 2, 6)
-DEMO_USER = "postgres"
+SUPERUSER = "postgres"      # builds and changes the source
+DEMO_ROLE = "wrds_reader"   # what syncs log in as: USAGE and SELECT only, a connection limit as on WRDS
+DEMO_ROLE_LIMIT = 7
 
 def _server_uri_host(uri:str) -> str: return parse_qs(urlparse(uri).query)["host"][0]
 
-def server_connect(src:DemoServer,         # the server
-                   database:str="postgres" # the database to connect to
-                  ) -> Any:
-    "A psycopg2 connection in autocommit mode, for building and mutating"
-    conn = psycopg2.connect(host=src.socket_dir, port=5432, user=DEMO_USER, dbname=database)
-    conn.autocommit = True
-    return conn
-
-def server_execute(src:DemoServer,        # the server
-                   sql:str,               # one statement, with `%s` or `%(name)s` parameters
-                   params:Any=None,       # the parameters' values
-                   database:str="wrds"    # the database to run it in
-                  ) -> list[tuple[Any, ...]]:
-    "Run one statement on `database`; returns the rows, if any"
-    conn = server_connect(src, database)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else []
-    finally: conn.close()
-
-# %% ../nbs/05a_demo.ipynb #0a34faea
 class DemoServer:
     "A pgserver PostgreSQL in `root`, started or reused"
     def __init__(self, root:Path|str):
@@ -73,47 +53,24 @@ class DemoServer:
         if self._server is not None: self._server.cleanup(); self._server = None
     @property
     def socket_dir(self) -> str: return _server_uri_host(self.start()._server.get_uri())
+    def connect(self, database:str="postgres") -> Any:
+        "A psycopg2 connection as the superuser, in autocommit mode, for building and changing"
+        conn = psycopg2.connect(host=self.socket_dir, port=5432, user=SUPERUSER, dbname=database)
+        conn.autocommit = True
+        return conn
+    def execute(self, sql:str,              # one statement, with `%s` or `%(name)s` parameters
+                params:Any=None,            # the parameters' values
+                database:str="wrds"         # the database to run it in
+               ) -> list[tuple[Any, ...]]:
+        "Run one statement on `database` as the superuser; returns the rows, if any"
+        conn = self.connect(database)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        finally: conn.close()
 
-    def config(self, database:str="wrds",  # the database a client reads
-               **overrides:Any             # other WRDSConfig fields, which win
-              ) -> WRDSConfig:
-        "Settings for a client of `database` (no TLS on a Unix socket, no rate limit to speak of)"
-        base = dict(username=DEMO_USER, password=SecretStr("demo"), host=self.socket_dir, port=5432, database=database,
-                    sslmode="disable", rate_limit_queries_per_minute=100_000, query_timeout_seconds=300)
-        return WRDSConfig(**{**base, **overrides})
-    connect = server_connect
-    execute = server_execute
-
-# %% ../nbs/05a_demo.ipynb #22b03fed
-def _u(key:str, salt:int) -> str:
-    return f"((hashint8extended(({key})::bigint, {salt}::bigint) & 2147483647)::float8 / 2147483648.0)"
-
-def uniform(g:DemoSpan,          # the span (its seed)
-            n:int,               # which draw: a salt offset
-            key:str|None=None    # the SQL expression hashed (default: the span's row key)
-           ) -> str:
-    "SQL for a uniform number in [0, 1), the same for the same row, seed and `n`"
-    return _u(key or g.key, g.seed * 1000 + n)
-
-def rounded(g:DemoSpan, lo:float,  # the smallest value
-            width:float,           # the spread above `lo`
-            n:int,                 # which draw
-            digits:int=4,          # decimals kept
-            key:str|None=None      # the SQL expression hashed (default: the row key)
-           ) -> str:
-    "SQL for lo + width * u, rounded to `digits` decimals, as float8"
-    return f"(round(({lo} + {width} * {uniform(g, n, key)}) * {10 ** digits}) / {10 ** digits})::float8"
-
-def ret_sql(g:DemoSpan, n:int,     # which draw
-            scale:float,           # the divisor of u - 0.5
-            shift:float=0.0,       # subtracted after scaling
-            null_n:int|None=None   # the draw deciding a 1% NULL (None: never NULL)
-           ) -> str:
-    "SQL for a return: (u - 0.5) / scale - shift, rounded to 6 decimals"
-    r = f"(round((({uniform(g, n)} - 0.5) / {scale} - {shift}) * 1000000) / 1000000)::float8"
-    return r if null_n is None else f"case when {uniform(g, null_n)} < 0.01 then null else {r} end"
-
-# %% ../nbs/05a_demo.ipynb #6bea637f
+# %% ../nbs/05a_demo.ipynb #e54909b0
 @dataclass(frozen=True)
 class DemoSpan:
     "The firms and dates a demo database covers, and its seed"
@@ -137,28 +94,51 @@ class DemoSpan:
         return (f"(select m.me as dt, (m.me - date '1900-01-01') as k, m.cal as cal from (select (select max(x)::date from "
                 f"generate_series(date_trunc('month', mm), {last}, interval '1 day') x where extract(isodow from x) < 6) as me, "
                 f"({last})::date as cal from generate_series(date '{self.start}', date '{self.end}', interval '1 month') mm) m)")
-    u = uniform
-    num = rounded
-    ret = ret_sql
 
-# %% ../nbs/05a_demo.ipynb #52a86b5a
+# %% ../nbs/05a_demo.ipynb #4b601c37
+def u(g:DemoSpan,            # the span (its seed and row key)
+      n:int,                 # which draw: a salt offset
+      key:str|None=None      # the SQL expression hashed (default: the span's row key)
+     ) -> str:
+    "SQL for a uniform number in [0, 1), the same for the same row, seed and `n`"
+    return f"((hashint8extended(({key or g.key})::bigint, {g.seed * 1000 + n}::bigint) & 2147483647)::float8 / 2147483648.0)"
+
+def num(g:DemoSpan, lo:float,  # the smallest value
+        width:float,           # the spread above `lo`
+        n:int,                 # which draw
+        digits:int=4,          # decimals kept
+        key:str|None=None      # the SQL expression hashed (default: the row key)
+       ) -> str:
+    "SQL for lo + width * u, rounded to `digits` decimals, as float8"
+    return f"(round(({lo} + {width} * {u(g, n, key)}) * {10 ** digits}) / {10 ** digits})::float8"
+
+def ret(g:DemoSpan, n:int,     # which draw
+        scale:float,           # the divisor of u - 0.5
+        shift:float=0.0,       # subtracted after scaling
+        null_n:int|None=None   # the draw deciding a 1% NULL (None: never NULL)
+       ) -> str:
+    "SQL for a return: (u - 0.5) / scale - shift, rounded to 6 decimals"
+    r = f"(round((({u(g, n)} - 0.5) / {scale} - {shift}) * 1000000) / 1000000)::float8"
+    return r if null_n is None else f"case when {u(g, null_n)} < 0.01 then null else {r} end"
+
+# %% ../nbs/05a_demo.ipynb #5cbb231e
 def _dsf_v2(g:DemoSpan) -> str:
-    price, cap = g.num(5, 95, 1), g.num(1000, 9000, 2, 0, key="f.permno")
+    price, cap = num(g, 5, 95, 1), num(g, 1000, 9000, 2, 0, key="f.permno")
     return f"""select f.permno::integer as permno, (f.permno + 40000)::integer as permco,
         substr(md5(f.permno::text), 1, 8)::varchar(8) as hdrcusip, d.dt as dlycaldt, 'N'::varchar(1) as dlydelflg,
-        {price} as dlyprc, 'TR'::varchar(2) as dlyprcflg, (round({price} * {cap} * 100) / 100)::float8 as dlycap,
-        {g.num(5, 95, 3)} as dlyprevprc, (d.dt - 1) as dlyprevdt, {g.ret(5, 10, null_n=4)} as dlyret,
-        {g.ret(5, 10, 0.0001, null_n=4)} as dlyretx, {g.ret(6, 10)} as dlyreti,
-        case when {g.u(4)} < 0.01 then 'NS' else null end::varchar(2) as dlyretmissflg,
-        floor(100000 * {g.u(7)})::float8 as dlyvol, {price} as dlyclose, {g.num(4, 95, 1)} as dlylow,
-        {g.num(6, 95, 1)} as dlyhigh, {cap} as shrout
+        {price}::numeric as dlyprc, 'TR'::varchar(2) as dlyprcflg, (round({price} * {cap} * 100) / 100)::numeric(20,4) as dlycap,
+        {num(g, 5, 95, 3)} as dlyprevprc, (d.dt - 1) as dlyprevdt, {ret(g, 5, 10, null_n=4)} as dlyret,
+        {ret(g, 5, 10, 0.0001, null_n=4)} as dlyretx, {ret(g, 6, 10)} as dlyreti,
+        case when {u(g, 4)} < 0.01 then 'NS' else null end::varchar(2) as dlyretmissflg,
+        floor(100000 * {u(g, 7)})::float8 as dlyvol, {price} as dlyclose, {num(g, 4, 95, 1)} as dlylow,
+        {num(g, 6, 95, 1)} as dlyhigh, {cap} as shrout
         from {g.firms} f cross join {g.days} d"""
 
 def _msf_v2(g:DemoSpan) -> str:
-    price, shrout = g.num(5, 95, 11), g.num(1000, 9000, 2, 0, key="f.permno")
+    price, shrout = num(g, 5, 95, 11), num(g, 1000, 9000, 2, 0, key="f.permno")
     return f"""select f.permno::integer as permno, (f.permno + 40000)::integer as permco, d.dt as mthcaldt,
-        {price} as mthprc, {g.ret(13, 3, null_n=12)} as mthret, {g.ret(13, 3, 0.001)} as mthretx,
-        floor(2000000 * {g.u(14)})::float8 as mthvol, (round({price} * {shrout} * 100) / 100)::float8 as mthcap,
+        {price}::numeric as mthprc, {ret(g, 13, 3, null_n=12)} as mthret, {ret(g, 13, 3, 0.001)} as mthretx,
+        floor(2000000 * {u(g, 14)})::float8 as mthvol, (round({price} * {shrout} * 100) / 100)::numeric(20,4) as mthcap,
         {shrout} as shrout from {g.firms} f cross join {g.month_ends} d"""
 
 def _stksecurityinfohist(g:DemoSpan) -> str:
@@ -173,20 +153,20 @@ def _ccmxpf_lnkhist(g:DemoSpan) -> str:
         'LC'::char(2) as linktype, f.permno::float8 as lpermno, (f.permno + 40000)::float8 as lpermco,
         date '{g.start}' as linkdt, null::date as linkenddt from {g.firms} f"""
 
-# %% ../nbs/05a_demo.ipynb #47433b38
+# %% ../nbs/05a_demo.ipynb #ef56edfc
 def _dsf(g:DemoSpan) -> str:
     return f"""select substr(md5(f.permno::text), 1, 8)::varchar(8) as cusip, f.permno::float8 as permno,
         (f.permno + 40000)::float8 as permco, 0::float8 as issuno, (1 + f.i % 3)::float8 as hexcd,
-        (1000 + f.i % 8000)::float8 as hsiccd, d.dt as date, {g.num(4, 95, 21)} as bidlo, {g.num(6, 95, 21)} as askhi,
-        {g.num(5, 95, 21)} as prc, floor(100000 * {g.u(22)})::float8 as vol, {g.ret(24, 10, null_n=23)} as ret,
-        {g.num(1000, 9000, 2, 0, key="f.permno")} as shrout, 1::float8 as cfacpr, 1::float8 as cfacshr,
-        {g.num(5, 95, 25)} as openprc, {g.ret(24, 10, 0.0001)} as retx
+        (1000 + f.i % 8000)::float8 as hsiccd, d.dt as date, {num(g, 4, 95, 21)} as bidlo, {num(g, 6, 95, 21)} as askhi,
+        {num(g, 5, 95, 21)} as prc, floor(100000 * {u(g, 22)})::float8 as vol, {ret(g, 24, 10, null_n=23)} as ret,
+        {num(g, 1000, 9000, 2, 0, key="f.permno")} as shrout, 1::float8 as cfacpr, 1::float8 as cfacshr,
+        {num(g, 5, 95, 25)} as openprc, {ret(g, 24, 10, 0.0001)} as retx
         from {g.firms} f cross join {g.days} d where d.dt <= date '{g.legacy_end}'"""
 
 def _msf(g:DemoSpan) -> str:
     return f"""select substr(md5(f.permno::text), 1, 8)::varchar(8) as cusip, f.permno::float8 as permno,
-        (f.permno + 40000)::float8 as permco, d.dt as date, {g.num(5, 95, 31)} as prc, floor(2000000 * {g.u(32)})::float8 as vol,
-        {g.ret(34, 3, null_n=33)} as ret, {g.num(1000, 9000, 2, 0, key="f.permno")} as shrout, {g.ret(34, 3, 0.001)} as retx
+        (f.permno + 40000)::float8 as permco, d.dt as date, {num(g, 5, 95, 31)} as prc, floor(2000000 * {u(g, 32)})::float8 as vol,
+        {ret(g, 34, 3, null_n=33)} as ret, {num(g, 1000, 9000, 2, 0, key="f.permno")} as shrout, {ret(g, 34, 3, 0.001)} as retx
         from {g.firms} f cross join {g.month_ends} d where d.dt <= date '{g.legacy_end}'"""
 
 def _dsenames(g:DemoSpan) -> str:
@@ -195,16 +175,16 @@ def _dsenames(g:DemoSpan) -> str:
         substr(md5(f.permno::text), 1, 8)::varchar(8) as ncusip, ('T' || f.i)::varchar(8) as ticker,
         ('DEMO CORP ' || f.i)::varchar(35) as comnam, (f.permno + 40000)::float8 as permco from {g.firms} f"""
 
-# %% ../nbs/05a_demo.ipynb #0670bf6f
+# %% ../nbs/05a_demo.ipynb #6022388e
 def _funda(g:DemoSpan) -> str:
     k = "f.i * 10000 + y"
     return f"""select lpad((1000 + f.i)::text, 6, '0')::varchar(6) as gvkey, make_date(y, 12, 31) as datadate,
         y::float8 as fyear, fmt.indfmt::varchar(12) as indfmt, 'C'::varchar(2) as consol, 'D'::varchar(2) as popsrc,
         'STD'::varchar(12) as datafmt, ('T' || f.i)::varchar(8) as tic, ('DEMO CORP ' || f.i)::varchar(60) as conm,
-        'USD'::varchar(3) as curcd, 12::float8 as fyr, {g.num(100, 10000, 41, 3, k)} as at, {g.num(50, 5000, 42, 3, k)} as lt,
-        {g.num(10, 2000, 43, 3, k)} as ceq, {g.num(10, 8000, 44, 3, k)} as sale,
-        case when {g.u(45, k)} < 0.05 then null else {g.num(-50, 500, 46, 3, k)} end as ni,
-        {g.num(1, 500, 47, 3, "f.i")} as csho, lpad((800000 + f.i)::text, 10, '0')::varchar(10) as cik
+        'USD'::varchar(3) as curcd, 12::float8 as fyr, {num(g, 100, 10000, 41, 3, k)}::numeric(18,3) as at, {num(g, 50, 5000, 42, 3, k)}::numeric(18,3) as lt,
+        {num(g, 10, 2000, 43, 3, k)} as ceq, {num(g, 10, 8000, 44, 3, k)} as sale,
+        case when {u(g, 45, k)} < 0.05 then null else {num(g, -50, 500, 46, 3, k)} end as ni,
+        {num(g, 1, 500, 47, 3, "f.i")} as csho, lpad((800000 + f.i)::text, 10, '0')::varchar(10) as cik
         from {g.firms} f cross join generate_series({g.start.year}, {g.end.year}) y
         cross join (values ('INDL'), ('FS')) fmt(indfmt) where fmt.indfmt = 'INDL' or f.i % 10 = 0"""
 
@@ -212,40 +192,49 @@ def _fundq(g:DemoSpan) -> str:
     k, qend = "f.i * 100000 + y * 10 + q", "(make_date(y, q * 3, 1) + interval '1 month' - interval '1 day')::date"
     return f"""select lpad((1000 + f.i)::text, 6, '0')::varchar(6) as gvkey, {qend} as datadate, y::float8 as fyearq,
         q::float8 as fqtr, 'INDL'::varchar(12) as indfmt, 'C'::varchar(2) as consol, 'D'::varchar(2) as popsrc,
-        'STD'::varchar(12) as datafmt, ('T' || f.i)::varchar(8) as tic, {g.num(100, 10000, 51, 3, k)} as atq,
-        {g.num(5, 2000, 52, 3, k)} as saleq, {g.num(-10, 100, 53, 3, k)} as niq,
+        'STD'::varchar(12) as datafmt, ('T' || f.i)::varchar(8) as tic, {num(g, 100, 10000, 51, 3, k)} as atq,
+        {num(g, 5, 2000, 52, 3, k)} as saleq, {num(g, -10, 100, 53, 3, k)} as niq,
         (make_date(y, q * 3, 1) + interval '2 month')::date as rdq
         from {g.firms} f cross join generate_series({g.start.year}, {g.end.year}) y cross join generate_series(1, 4) q"""
 
-# %% ../nbs/05a_demo.ipynb #fc6a3542
+# %% ../nbs/05a_demo.ipynb #e190b91d
 def _factors(g:DemoSpan, dates:str, salt:int, mkt:int, size:int, rf:float, extra:str="") -> str:
-    def f(n:int, scale:int) -> str: return f"(round((({g.u(salt + n, 'd.k')} - 0.5) / {scale}) * 10000) / 10000)::float8"
+    def f(n:int, scale:int) -> str: return f"(round((({u(g, salt + n, 'd.k')} - 0.5) / {scale}) * 10000) / 10000)::float8"
     return (f"select d.dt as date, {f(1, mkt)} as mktrf, {f(2, size)} as smb, {f(3, size)} as hml, {rf}::float8 as rf, "
             f"{f(4, size)} as umd{extra} from {dates} d")
 
 def _factors_daily(g:DemoSpan) -> str: return _factors(g, g.days, 60, 50, 100, 0.0001)
 def _factors_monthly(g:DemoSpan) -> str: return _factors(g, g.month_ends, 70, 10, 20, 0.003, ", d.cal as dateff")
 
-# %% ../nbs/05a_demo.ipynb #87f50259
+# %% ../nbs/05a_demo.ipynb #333979ea
+def _s34(g:DemoSpan) -> str:
+    return f"""select (100 + f.i % 7)::integer as mgrno, make_date(y, 12, 31) as rdate, substr(md5(f.permno::text), 1, 8)::varchar(8) as cusip,
+        floor(1000000 * {u(g, 81, "f.i * 10000 + y")})::float8 as shares
+        from {g.firms} f cross join generate_series({g.start.year}, {g.end.year}) y"""
+
+# %% ../nbs/05a_demo.ipynb #22cb24da
 @dataclass(frozen=True)
 class DemoTable:
     "A demo table: its comment's description and style, and its generator"
     description: str
     style: Literal["updated", "modified"]
     generate: Callable[[DemoSpan], str]
+    base: str | None = None    # where the table lives when the WRDS name is a view over it
+    readable: bool = True      # granted to the demo account
 
 DEMO_TABLES: dict[str, DemoTable] = {
-    "crsp.dsf_v2": DemoTable("Daily Stock File", "updated", _dsf_v2),
-    "crsp.msf_v2": DemoTable("Monthly Stock File", "updated", _msf_v2),
-    "crsp.stksecurityinfohist": DemoTable("Security Information History", "updated", _stksecurityinfohist),
-    "crsp.ccmxpf_lnkhist": DemoTable("CRSP/Compustat Merged Link History", "updated", _ccmxpf_lnkhist),
-    "crsp.dsf": DemoTable("Daily Stock File (legacy SIZ)", "updated", _dsf),
-    "crsp.msf": DemoTable("Monthly Stock File (legacy SIZ)", "updated", _msf),
-    "crsp.dsenames": DemoTable("Daily Stock Event - Names (legacy SIZ)", "updated", _dsenames),
+    "crsp.dsf_v2": DemoTable("Daily Stock File", "updated", _dsf_v2, "crsp_a_stock"),
+    "crsp.msf_v2": DemoTable("Monthly Stock File", "updated", _msf_v2, "crsp_a_stock"),
+    "crsp.stksecurityinfohist": DemoTable("Security Information History", "updated", _stksecurityinfohist, "crsp_a_stock"),
+    "crsp.ccmxpf_lnkhist": DemoTable("CRSP/Compustat Merged Link History", "updated", _ccmxpf_lnkhist, "crsp_a_ccm"),
+    "crsp.dsf": DemoTable("Daily Stock File (legacy SIZ)", "updated", _dsf, "crsp_a_stock"),
+    "crsp.msf": DemoTable("Monthly Stock File (legacy SIZ)", "updated", _msf, "crsp_a_stock"),
+    "crsp.dsenames": DemoTable("Daily Stock Event - Names (legacy SIZ)", "updated", _dsenames, "crsp_a_stock"),
     "comp.funda": DemoTable("Fundamentals Annual", "modified", _funda),
     "comp.fundq": DemoTable("Fundamentals Quarterly", "modified", _fundq),
     "ff.factors_daily": DemoTable("Fama-French Daily Factors", "updated", _factors_daily),
     "ff.factors_monthly": DemoTable("Fama-French Monthly Factors", "updated", _factors_monthly),
+    "tfn.s34": DemoTable("13F Holdings - S34", "updated", _s34, readable=False),
 }
 
 def wrds_comment(description:str,   # what the table is
@@ -279,7 +268,7 @@ def row_counts(src:DemoServer,               # the server
     return {t: int(src.execute(f"select count(*) from {qualified(*t.split('.'))}", database=database)[0][0])
             for t in (tables or DEMO_TABLES)}
 
-# %% ../nbs/05a_demo.ipynb #22850239
+# %% ../nbs/05a_demo.ipynb #c89ae657
 def demo_span(daily_rows:int,  # about this many rows in crsp.dsf_v2
               start_year:int,  # first year
               end_year:int,    # last year
@@ -296,22 +285,48 @@ def create_tables(src:DemoServer,   # the server
                   span:DemoSpan,    # the firms and dates covered
                   tables:list[str]  # the demo tables to create
                  ) -> None:
-    "Create `tables` in `database` from their generators, with WRDS comments and fresh statistics"
+    "Create `tables` in `database` from their generators (views over base tables where WRDS has views), commented"
     conn = src.connect(database)
     try:
         with conn.cursor() as cur:
-            for sch in sorted({t.split(".")[0] for t in tables}): cur.execute(f"create schema if not exists {quote_ident(sch)}")
             for t in tables:
-                spec, q = DEMO_TABLES[t], qualified(*t.split("."))
-                cur.execute(f"create table {q} as {spec.generate(span)}")
-                cur.execute(f"comment on table {q} is %s", (wrds_comment(spec.description, spec.style, DEMO_UPDATED),))
-                cur.execute(f"analyze {q}")
+                spec, (sch, name) = DEMO_TABLES[t], t.split(".")
+                home = qualified(spec.base or sch, name)
+                for x in {sch, spec.base or sch}: cur.execute(f"create schema if not exists {quote_ident(x)}")
+                cur.execute(f"create table {home} as {spec.generate(span)}")
+                if spec.base: cur.execute(f"create view {qualified(sch, name)} as select * from {home}")
+                kind = "view" if spec.base else "table"
+                cur.execute(f"comment on {kind} {qualified(sch, name)} is %s", (wrds_comment(spec.description, spec.style, DEMO_UPDATED),))
+                cur.execute(f"analyze {home}")
             if "crsp.dsf_v2" in tables:
                 cur.execute("comment on column crsp.dsf_v2.dlyret is 'Daily Total Return'")
                 cur.execute("comment on column crsp.dsf_v2.permno is 'PERMNO'")
     finally: conn.close()
 
-# %% ../nbs/05a_demo.ipynb #bde9fac0
+# %% ../nbs/05a_demo.ipynb #c74972c3
+def grant_reader(src:DemoServer,    # the server
+                 database:str,      # the demo database
+                 tables:list[str]   # the tables created in it
+                ) -> None:
+    "Create the demo account (once per server) and grant it USAGE and SELECT on the readable tables"
+    src.execute(f"""do $$ begin if not exists (select from pg_roles where rolname = '{DEMO_ROLE}') then
+                    create role {DEMO_ROLE} login password 'demo' connection limit {DEMO_ROLE_LIMIT}; end if; end $$""",
+                database="postgres")
+    for sch in sorted({t.split(".")[0] for t in tables}):
+        src.execute(f"grant usage on schema {quote_ident(sch)} to {DEMO_ROLE}", database=database)
+    for t in tables:
+        if DEMO_TABLES[t].readable: src.execute(f"grant select on {qualified(*t.split('.'))} to {DEMO_ROLE}", database=database)
+
+def demo_config(src:DemoServer,        # the server
+                database:str="wrds",   # the database a client reads
+                **overrides:Any        # other WRDSConfig fields, which win
+               ) -> WRDSConfig:
+    "Settings for a client of `database`, logged in as the demo account (no TLS on a Unix socket, no rate limit to speak of)"
+    base = dict(username=DEMO_ROLE, password=SecretStr("demo"), host=src.socket_dir, port=5432, database=database,
+                sslmode="disable", rate_limit_queries_per_minute=100_000, query_timeout_seconds=300)
+    return WRDSConfig(**{**base, **overrides})
+
+# %% ../nbs/05a_demo.ipynb #a77d1f47
 def build_demo(src:DemoServer,             # the server
                database:str="wrds",        # the database to create
                daily_rows:int=20_000,      # about this many rows in crsp.dsf_v2
@@ -332,9 +347,10 @@ def build_demo(src:DemoServer,             # the server
         src.execute(f"drop database {quote_ident(database)} with (force)", database="postgres")
     src.execute(f"create database {quote_ident(database)}", database="postgres")
     create_tables(src, database, span, only)
+    grant_reader(src, database, only)
     return row_counts(src, database, tables)
 
-# %% ../nbs/05a_demo.ipynb #b2aa6ed8
+# %% ../nbs/05a_demo.ipynb #897bb1be
 def append_days(src:DemoServer,      # the server
                 table:str,           # schema.table
                 date_column:str,     # its date column
@@ -362,7 +378,8 @@ def bump_comment(src:DemoServer,      # the server
                 ) -> None:
     "Move the table's 'last updated' marker, keeping its comment style"
     t = DEMO_TABLES[table]
-    src.execute(f"comment on table {qualified(*table.split('.'))} is %s", (wrds_comment(t.description, t.style, updated),), database)
+    kind = "view" if t.base else "table"
+    src.execute(f"comment on {kind} {qualified(*table.split('.'))} is %s", (wrds_comment(t.description, t.style, updated),), database)
 
 # %% ../nbs/05a_demo.ipynb #c56def3e
 def restate_year(src:DemoServer,      # the server
@@ -422,10 +439,11 @@ def retype_column(src:DemoServer, table:str,  # schema.table
     src.execute(f"alter table {qualified(*table.split('.'))} alter column {c} type {sql_type} using {c}::{sql_type}",
                 database=database)
 
-# %% ../nbs/05a_demo.ipynb #06b72ba4
+# %% ../nbs/05a_demo.ipynb #bf1ecb96
 class DemoSource(DemoServer):
     "A pgserver PostgreSQL in `root` (started or reused), with WRDS-shaped databases and helpers to change them"
     build = build_demo
+    config = demo_config
     clone = clone_database
     row_counts = row_counts
     append_days = append_days

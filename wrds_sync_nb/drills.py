@@ -14,30 +14,44 @@ from .errors import ConfigError, WrdsSyncError
 from .layout import validate_name
 
 # %% auto #0
-__all__ = ['DrillFailedError', 'drills_dir', 'drill_names', 'parse_value', 'run_drill']
+__all__ = ['DrillFailedError', 'drills_dir', 'drill_names', 'drill_name', 'parse_value', 'run_drill']
 
-# %% ../nbs/09b_drills.ipynb #be037f12
+# %% ../nbs/09b_drills.ipynb #b46d479f
 class DrillFailedError(WrdsSyncError):
     "A drill notebook found a problem (or could not run)"
     default_fix = "read the drill's report and executed notebook, then follow the runbook it names"
 
 def drills_dir() -> Path:
-    "Where the drill notebooks are: $WRDS_SYNC_DRILLS_DIR, else runbooks/drills of this checkout"
-    env = os.environ.get("WRDS_SYNC_DRILLS_DIR")
+    "Where the drill notebooks are: $WRDS_SYNC_DRILLS_DIR, else those installed in the package, else the checkout's"
+    if env := os.environ.get("WRDS_SYNC_DRILLS_DIR"): return Path(env)
     import wrds_sync_nb
-    return Path(env) if env else Path(wrds_sync_nb.__file__).resolve().parent.parent / "runbooks" / "drills"
+    here = Path(wrds_sync_nb.__file__).resolve().parent
+    installed = here / "drill_notebooks"  # a regular install: the wheel ships runbooks/drills there
+    return installed if installed.is_dir() else here.parent / "runbooks" / "drills"
 
 def drill_names(folder:Path|None=None) -> list[str]:
     "The available drills"
     folder = folder or drills_dir()
     return sorted(p.stem for p in folder.glob("*.ipynb")) if folder.is_dir() else []
 
+def drill_name(name:str,               # as typed: `restore` or `restore_drill`
+               folder:Path|None=None   # where the drill notebooks are
+              ) -> str:
+    "The drill's full name; an unknown one is a one-line error listing the drills there are"
+    folder = folder or drills_dir()
+    known = drill_names(folder)
+    if name not in known and f"{name}_drill" in known: return f"{name}_drill"
+    if validate_name(name, "drill") not in known:
+        raise ConfigError(f"unknown drill {name!r}; drills in {folder}: {', '.join(known) or 'none'}",
+                          "pick one of them, or set WRDS_SYNC_DRILLS_DIR")
+    return name
+
 def parse_value(v:str) -> Any:
     "A parameter value from the command line: JSON if it parses (numbers, true/false, null), else the string"
     try: return json.loads(v)
     except ValueError: return v
 
-# %% ../nbs/09b_drills.ipynb #4202eb59
+# %% ../nbs/09b_drills.ipynb #866c84d9
 def run_drill(name:str,               # the drill's name (with or without `_drill`)
               params:dict[str, Any],  # the parameters' values
               output:Path|None=None,  # where the executed notebook goes
@@ -46,10 +60,7 @@ def run_drill(name:str,               # the drill's name (with or without `_dril
     "Execute drill `name` with papermill; returns the executed notebook's path; raises DrillFailedError if it fails"
     import papermill as pm
     folder = folder or drills_dir()
-    known = drill_names(folder)
-    if validate_name(name, "drill") not in known:
-        raise ConfigError(f"unknown drill {name!r}; drills in {folder}: {', '.join(known) or 'none'}",
-                          "pick one of them, or set WRDS_SYNC_DRILLS_DIR")
+    name = drill_name(name, folder)
     if output is None:
         base = Path(params.get("data_dir") or ".") / "drills"
         output = base / f"{datetime.now(timezone.utc):%Y-%m-%dT%H-%M-%S}_{name}.ipynb"

@@ -21,10 +21,10 @@ __all__ = ['DISK_WARNING', 'DISK_CRITICAL', 'DISK_BLOCKED', 'LOCK_STALE', 'CHECK
            'SYNC_COMPLETED', 'SYNC_FAILED', 'TABLE_STARTED', 'TABLE_UNCHANGED', 'TABLE_COMPLETED', 'PARTITION_STARTED',
            'PARTITION_COMPLETED', 'PARTITION_SKIPPED', 'PARTITION_FAILED', 'PARTITION_REMOVED', 'PARTITION_QUARANTINED',
            'SCHEMA_NEW_COLUMNS', 'SCHEMA_BREAKING', 'QUARANTINE_CLEANED', 'LOCK_ACQUIRED', 'LOCK_RELEASED',
-           'LOCK_RECOVERED', 'LOCK_FORCED', 'QUERY_RETRY', 'QUERY_TIMEOUT', 'CONNECTED', 'CREDENTIALS_FILE_MODE',
-           'VERIFY_COMPLETED', 'BACKUP_COMPLETED', 'RESTORE_COMPLETED', 'REDACTED', 'logger', 'Alert',
-           'alerts_markdown', 'register_secret', 'redact', 'emit', 'listening', 'capture_events', 'JsonEventFormatter',
-           'TextEventFormatter', 'EventStreamHandler', 'configure_logging']
+           'LOCK_RECOVERED', 'LOCK_FORCED', 'QUERY_RETRY', 'QUERY_TIMEOUT', 'CONNECTED', 'CONNECTIONS_LIMITED',
+           'CREDENTIALS_FILE_MODE', 'VERIFY_COMPLETED', 'BACKUP_COMPLETED', 'RESTORE_COMPLETED', 'REDACTED', 'logger',
+           'Alert', 'alerts_markdown', 'register_secret', 'redact', 'emit', 'listening', 'capture_events',
+           'JsonEventFormatter', 'TextEventFormatter', 'EventStreamHandler', 'configure_logging']
 
 # %% ../nbs/01_events.ipynb #63aae183
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def alerts_markdown() -> str:
         lines.append(f"| `{a.event}` | {a.level} | {a.trigger} | [{a.runbook}]({a.runbook}) |")
     return "\n".join(lines) + "\n"
 
-# %% ../nbs/01_events.ipynb #ceebd134
+# %% ../nbs/01_events.ipynb #27f85b3a
 SYNC_STARTED = "sync.started"
 SYNC_COMPLETED = "sync.completed"
 SYNC_FAILED = "sync.failed"
@@ -100,6 +100,7 @@ LOCK_FORCED = "sync.lock.forced"
 QUERY_RETRY = "wrds.query.retry"
 QUERY_TIMEOUT = "wrds.query.timeout"
 CONNECTED = "wrds.connected"
+CONNECTIONS_LIMITED = "wrds.connections.limited"
 CREDENTIALS_FILE_MODE = "wrds.credentials.file_mode"
 VERIFY_COMPLETED = "sync.verify.completed"
 BACKUP_COMPLETED = "sync.backup.completed"

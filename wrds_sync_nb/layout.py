@@ -12,9 +12,9 @@ from pathlib import Path
 from .errors import ConfigError, DatasetNameError, DiskSpaceError
 
 # %% auto #0
-__all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'validate_name', 'partition_key', 'is_temp_name', 'partition_file',
-           'relative_path', 'resolve_path', 'DataLayout', 'new_quarantine_path', 'fsync_dir', 'temp_path_for',
-           'publish_file', 'atomic_write_bytes', 'sha256_file']
+__all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'validate_name', 'partition_key', 'is_temp_name', 'DataLayout',
+           'ensure_folders', 'resolve_stored', 'new_quarantine_path', 'fsync_dir', 'temp_path_for', 'publish_file',
+           'atomic_write_bytes', 'sha256_file']
 
 # %% ../nbs/01a_layout.ipynb #b3e4d54e
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -40,38 +40,13 @@ def is_temp_name(name:str) -> bool:
     "Is `name` one of our in-flight temporary files?"
     return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
-# %% ../nbs/01a_layout.ipynb #70460208
-def partition_file(layout:DataLayout,   # the data dir
-                   dataset:str,         # the dataset's name
-                   table:str,           # the table
-                   year:int|None        # the partition's year (None: an unpartitioned table)
-                  ) -> Path:
-    "Where a partition is published: `wrds/<dataset>/<table>/<year>.parquet` (or `all.parquet`)"
-    return layout.wrds_dir / validate_name(dataset) / validate_name(table, "table") / f"{partition_key(year)}.parquet"
-
-def relative_path(layout:DataLayout,  # the data dir
-                  path:Path           # a path inside it
-                 ) -> str:
-    "The POSIX path of `path` relative to the data dir, as stored in manifests"
-    return Path(path).absolute().relative_to(layout.root).as_posix()
-
-def resolve_path(layout:DataLayout,  # the data dir
-                 rel:str             # a path as stored in a manifest
-                ) -> Path:
-    "The absolute path of a manifest-relative path; refuses anything that leaves the data dir"
-    p = Path(rel)
-    if p.is_absolute() or ".." in p.parts or not rel:
-        raise ConfigError(f"stored path {rel!r} is not inside the data dir", "restore the manifest from backup")
-    return layout.root / p
-
-# %% ../nbs/01a_layout.ipynb #e912dc4f
+# %% ../nbs/01a_layout.ipynb #27331cd4
 class DataLayout:
     "Every path under one data dir"
     def __init__(self, root:Path|str):
         self.root = Path(root).expanduser().absolute()
         if self.root.exists() and not self.root.is_dir():
-            raise ConfigError(f"the data dir {self.root} is a file, not a folder",
-                              "pass --data-dir (or WRDS_SYNC_DATA_DIR) pointing to a folder")
+            raise ConfigError(f"the data dir {self.root} is a file, not a folder", "pass --data-dir (or WRDS_SYNC_DATA_DIR) pointing to a folder")
         r = self.root
         self.wrds_dir, self.manifests_dir, self.schemas_dir = r / "wrds", r / "manifests", r / "schemas"
         self.locks_dir, self.progress_dir, self.quarantine_dir = r / "locks", r / "sync_progress", r / "quarantine"
@@ -84,6 +59,11 @@ class DataLayout:
                   table:str           # the table
                  ) -> Path:
         return self.dataset_dir(dataset) / validate_name(table, "table")
+    def partition_path(self, dataset:str,  # the dataset's name
+                       table:str,          # the table
+                       year:int|None       # the partition's year (None: an unpartitioned table)
+                      ) -> Path:
+        return self.table_dir(dataset, table) / f"{partition_key(year)}.parquet"
     def manifest_path(self, dataset:str) -> Path: return self.manifests_dir / f"{validate_name(dataset)}.json"
     def schema_path(self, dataset:str,  # the dataset's name
                     table:str           # the table
@@ -95,16 +75,29 @@ class DataLayout:
                          ) -> Path:
         return self.staging_dir / validate_name(dataset) / validate_name(table, "table")
     def progress_path(self, dataset:str) -> Path: return self.progress_dir / f"{validate_name(dataset)}.json"
-    def ensure(self) -> DataLayout:
-        "Create the folders of the layout (the lock folder private to the user)"
-        for d in (self.wrds_dir, self.manifests_dir, self.schemas_dir, self.progress_dir,
-                  self.quarantine_dir, self.backups_dir, self.duckdb_tmp_dir, self.staging_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        self.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return self
-    partition_path = partition_file
-    relative = relative_path
-    resolve = resolve_path
+    def ensure(self) -> DataLayout: return ensure_folders(self)  # the folders created, locks/ private
+    def relative(self, path:Path) -> str:
+        "The POSIX path of `path` relative to the data dir, as stored in manifests"
+        return Path(path).absolute().relative_to(self.root).as_posix()
+    def resolve(self, rel:str) -> Path: return resolve_stored(self, rel)  # a stored path, never outside the data dir
+
+# %% ../nbs/01a_layout.ipynb #da83999c
+def ensure_folders(layout:DataLayout) -> DataLayout:
+    "Create the folders of the layout (the lock folder private to the user)"
+    for d in (layout.wrds_dir, layout.manifests_dir, layout.schemas_dir, layout.progress_dir,
+              layout.quarantine_dir, layout.backups_dir, layout.duckdb_tmp_dir, layout.staging_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    layout.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return layout
+
+def resolve_stored(layout:DataLayout,  # the data dir
+                   rel:str             # a path as stored in a manifest
+                  ) -> Path:
+    "The absolute path of a manifest-relative path; refuses anything that leaves the data dir"
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts or not rel:
+        raise ConfigError(f"stored path {rel!r} is not inside the data dir", "restore the manifest from backup")
+    return layout.root / p
 
 # %% ../nbs/01a_layout.ipynb #b30db79a
 def new_quarantine_path(layout:DataLayout,      # the data dir

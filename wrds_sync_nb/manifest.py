@@ -45,7 +45,7 @@ class LockToken(BaseModel):
         "Parse a lock file strictly; raises pydantic's ValidationError on anything unexpected"
         return cls.model_validate_json(data)
 
-# %% ../nbs/02_manifest.ipynb #56ef7438
+# %% ../nbs/02_manifest.ipynb #dc766e4d
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
 class SourceFingerprint(BaseModel):
@@ -55,6 +55,11 @@ class SourceFingerprint(BaseModel):
     min_date: str | None = None
     max_date: str | None = None
     digest: str
+
+    @property
+    def method(self) -> str:
+        "How rows were hashed: the digest says (`md5:` prefix for the fallback of servers before PostgreSQL 14)"
+        return "md5" if self.digest.startswith("md5:") else "hash_record_extended"
 
 class PartitionEntry(BaseModel):
     "One published Parquet file"
