@@ -147,7 +147,7 @@ def progress(st:State) -> Iterator[None]:
         with events.listening(on_event), bars: yield
     finally: events.logger.setLevel(level)
 
-# %% ../nbs/10_cli.ipynb #1b732562
+# %% ../nbs/10_cli.ipynb #d96e5194
 def _summary(m:SyncManifest) -> str:
     parts = sum(len(t.partitions) for t in m.tables.values())
     rows = sum(t.rows for t in m.tables.values())
@@ -167,12 +167,15 @@ def full_sync(ctx:typer.Context, dataset:Annotated[str, typer.Option("--dataset"
         m = _manager(st, registry=reg).full_sync(dataset, start_year, end_year)
     out.print(_summary(m))
 
+# %% ../nbs/10_cli.ipynb #7a16a351
 @app.command()
 @handled
 def incremental(ctx:typer.Context, dataset:Annotated[str|None, typer.Option("--dataset", help="dataset name")] = None,
                 all_:Annotated[bool, typer.Option("--all", help="every synced dataset")] = False,
                 dry_run:Annotated[bool, typer.Option("--dry-run", help="print what would be fetched and why; download nothing")] = False,
-                as_json:Annotated[bool, typer.Option("--json", help="with --dry-run: the plans as JSON")] = False) -> None:
+                as_json:Annotated[bool, typer.Option("--json", help="with --dry-run: the plans as JSON")] = False,
+                allow_mass_delete:Annotated[bool, typer.Option("--allow-mass-delete",
+                                            help="let a table lose all, or more than 20%, of its partitions")] = False) -> None:
     "Fetch only what changed at the source since the last sync."
     st = _state(ctx)
     if all_ == (dataset is not None): raise ConfigError("give --dataset NAME or --all", "pass exactly one of --dataset NAME or --all")
@@ -180,6 +183,7 @@ def incremental(ctx:typer.Context, dataset:Annotated[str|None, typer.Option("--d
     names = synced_datasets(st.layout) if all_ else [reg.get(dataset or "").name]
     if all_ and not names: raise ConfigError(f"no dataset has been synced into {st.layout.root} yet", "run full-sync first")
     sm = _manager(st, registry=reg)
+    sm.allow_mass_delete = allow_mass_delete
     if dry_run:
         print_plans({n: sm.plan_incremental(n) for n in names}, as_json); return
     code = 0
@@ -189,6 +193,7 @@ def incremental(ctx:typer.Context, dataset:Annotated[str|None, typer.Option("--d
         except WrdsSyncError as e:
             typer.echo(f"error: {e}", err=True)
             code = max(code, e.exit_code)
+    if code == 2: _LOCK_HELD.set()  # another holder's lock stopped (at least) one dataset: cron may retry
     if code: raise typer.Exit(code)
 
 # %% ../nbs/10_cli.ipynb #2378305c

@@ -12,9 +12,9 @@ import sys
 __all__ = ['UNSUPPORTED_PLATFORM', 'WrdsSyncError', 'LockError', 'LockAcquisitionError', 'LockRecoveryError',
            'MalformedLockFileError', 'LockOwnershipError', 'ConfigError', 'DatasetNameError', 'UnknownDatasetError',
            'CredentialsError', 'WRDSConnectionError', 'ConnectionLimitError', 'QueryError', 'QueryTimeoutError',
-           'PermissionDeniedError', 'TransientQueryError', 'DataError', 'SchemaError', 'ChecksumMismatchError',
-           'DiskSpaceError', 'ValidationError', 'ManifestError', 'SyncIncompleteError', 'BackupError',
-           'PartitionValidationError']
+           'PermissionDeniedError', 'TransientQueryError', 'DataError', 'SchemaError', 'MassRemovalError',
+           'ChecksumMismatchError', 'DiskSpaceError', 'ValidationError', 'ManifestError', 'SyncIncompleteError',
+           'BackupError', 'PartitionValidationError']
 
 # %% ../nbs/00_errors.ipynb #2ea57717
 UNSUPPORTED_PLATFORM = ("wrds-sync-nb runs on Linux and macOS, not Windows: its crash-safe locks and publishing need "
@@ -99,7 +99,7 @@ class TransientQueryError(QueryError):
     "A query failed for a reason that may pass (connection reset, admin shutdown, serialization failure)"
     default_fix = "rerun: the sync resumes from its checkpoint"
 
-# %% ../nbs/00_errors.ipynb #61fa6236
+# %% ../nbs/00_errors.ipynb #1ea2c544
 class DataError(WrdsSyncError):
     "A problem with the local copy of the data"
     default_fix = "run `wrds-sync verify --dataset NAME`, then see runbooks/data-storage"
@@ -108,6 +108,10 @@ class SchemaError(DataError):
     "The source's columns changed in a breaking way (a column removed or retyped)"
     default_fix = ("nothing was published; review the change, then update the dataset definition "
                    "or run a full sync into a fresh data dir")
+
+class MassRemovalError(DataError):
+    "An incremental would remove a whole table, or more than 20% of its partitions"
+    default_fix = "if WRDS really withdrew that data, rerun with --allow-mass-delete; otherwise rerun later"
 
 class ChecksumMismatchError(DataError):
     "A file's bytes do not match the checksum recorded for it"

@@ -1,4 +1,4 @@
-"""Structured JSON events: the ten alerts, the progress events, one `emit`, and redaction of secrets
+"""Structured JSON events: the alerts, the progress events, one `emit`, and redaction of secrets
 
 Docs: https://wrds-sync-nb.github.io/wrds-sync-nb/events.html.md"""
 
@@ -17,16 +17,16 @@ from urllib.parse import quote
 
 # %% auto #0
 __all__ = ['DISK_WARNING', 'DISK_CRITICAL', 'DISK_BLOCKED', 'LOCK_STALE', 'CHECKSUM_MISMATCH', 'BACKUP_FAILED',
-           'CREDENTIAL_EXPIRING', 'MANIFEST_MISMATCH', 'DURATION_SLO_BREACH', 'DATA_LATE', 'ALERTS', 'SYNC_STARTED',
-           'SYNC_COMPLETED', 'SYNC_FAILED', 'TABLE_STARTED', 'TABLE_UNCHANGED', 'TABLE_COMPLETED', 'PARTITION_STARTED',
-           'PARTITION_COMPLETED', 'PARTITION_SKIPPED', 'PARTITION_FAILED', 'PARTITION_REMOVED', 'PARTITION_QUARANTINED',
-           'SCHEMA_NEW_COLUMNS', 'SCHEMA_BREAKING', 'QUARANTINE_CLEANED', 'LOCK_ACQUIRED', 'LOCK_RELEASED',
-           'LOCK_RECOVERED', 'LOCK_FORCED', 'QUERY_RETRY', 'QUERY_TIMEOUT', 'CONNECTED', 'CONNECTIONS_LIMITED',
-           'CREDENTIALS_FILE_MODE', 'VERIFY_COMPLETED', 'BACKUP_COMPLETED', 'RESTORE_COMPLETED', 'REDACTED', 'logger',
-           'Alert', 'alerts_markdown', 'register_secret', 'redact', 'emit', 'listening', 'capture_events',
-           'JsonEventFormatter', 'TextEventFormatter', 'EventStreamHandler', 'configure_logging']
+           'CREDENTIAL_EXPIRING', 'MANIFEST_MISMATCH', 'DURATION_SLO_BREACH', 'DATA_LATE', 'MASS_REMOVAL', 'ALERTS',
+           'SYNC_STARTED', 'SYNC_COMPLETED', 'SYNC_FAILED', 'TABLE_STARTED', 'TABLE_UNCHANGED', 'TABLE_COMPLETED',
+           'PARTITION_STARTED', 'PARTITION_COMPLETED', 'PARTITION_SKIPPED', 'PARTITION_FAILED', 'PARTITION_REMOVED',
+           'PARTITION_QUARANTINED', 'SCHEMA_NEW_COLUMNS', 'SCHEMA_BREAKING', 'QUARANTINE_CLEANED', 'LOCK_ACQUIRED',
+           'LOCK_RELEASED', 'LOCK_RECOVERED', 'LOCK_FORCED', 'QUERY_RETRY', 'QUERY_TIMEOUT', 'CONNECTED',
+           'CONNECTIONS_LIMITED', 'CREDENTIALS_FILE_MODE', 'VERIFY_COMPLETED', 'BACKUP_COMPLETED', 'RESTORE_COMPLETED',
+           'REDACTED', 'logger', 'Alert', 'alerts_markdown', 'register_secret', 'redact', 'emit', 'listening',
+           'capture_events', 'JsonEventFormatter', 'TextEventFormatter', 'EventStreamHandler', 'configure_logging']
 
-# %% ../nbs/01_events.ipynb #63aae183
+# %% ../nbs/01_events.ipynb #01f2707e
 @dataclass(frozen=True)
 class Alert:
     "An alert event: its name, severity, what triggers it and the runbook section that says what to do"
@@ -45,6 +45,7 @@ CREDENTIAL_EXPIRING = "sync.credential.expiring"
 MANIFEST_MISMATCH = "sync.manifest.mismatch"
 DURATION_SLO_BREACH = "sync.duration.slo_breach"
 DATA_LATE = "sync.data.late"
+MASS_REMOVAL = "sync.mass_removal.blocked"
 
 ALERTS: dict[str, Alert] = {a.event: a for a in [
     Alert(DISK_WARNING, "warning", "data dir's filesystem more than 80% full", "data-storage.qmd#disk-watermarks"),
@@ -63,6 +64,8 @@ ALERTS: dict[str, Alert] = {a.event: a for a in [
           "data-storage.qmd#slow-syncs"),
     Alert(DATA_LATE, "warning", "a daily-synced dataset has not succeeded since the previous 8 AM America/New_York",
           "wrds-credentials.qmd#late-data"),
+    Alert(MASS_REMOVAL, "error", "an incremental would remove a whole table, or more than 20% of its partitions: stopped "
+          "before touching anything", "data-storage.qmd#mass-removal"),
 ]}
 
 # %% ../nbs/01_events.ipynb #d33f5e3e
