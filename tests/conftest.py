@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests import shared helpers from sibling modules
 
-from wrds_sync_nb.demo import DemoSource  # noqa: E402
+from wrds_sync_nb.demo import DEMO_ROLE, DemoSource  # noqa: E402
 
 TEMPLATE = "wrds_template"
 _ids = itertools.count()
@@ -32,6 +32,20 @@ def wrds_db(demo):
     demo.clone(TEMPLATE, name)
     yield name
     demo.execute(f'drop database if exists "{name}" with (force)', database="postgres")
+
+
+@pytest.fixture
+def env(demo, wrds_db, monkeypatch):
+    """WRDS_* pointing at the test database, logged in as the demo account (never the superuser)."""
+    cfg = demo.config(wrds_db)
+    for k in ("WRDS_USER", "WRDS_ID", "WRDS_SYNC_DATA_DIR", "WRDS_SYNC_DATASETS", "WRDS_MAX_CONNECTIONS", "WRDS_FINGERPRINT_METHOD",
+              "WRDS_PASSWORD_EXPIRES_ON"):
+        monkeypatch.delenv(k, raising=False)
+    values = {"WRDS_HOST": cfg.host, "WRDS_PORT": "5432", "WRDS_DATABASE": wrds_db, "WRDS_USERNAME": DEMO_ROLE,
+              "WRDS_PASSWORD": "demo", "WRDS_SSLMODE": "disable", "WRDS_RATE_LIMIT_QUERIES_PER_MINUTE": "100000"}
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    return values
 
 
 @pytest.fixture

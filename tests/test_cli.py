@@ -15,25 +15,12 @@ from typer.testing import CliRunner
 
 from wrds_sync_nb import events
 from wrds_sync_nb.cli import app
-from wrds_sync_nb.demo import DEMO_ROLE
 from wrds_sync_nb.layout import DataLayout
 from wrds_sync_nb.locking import AtomicFileLock
 from wrds_sync_nb.manifest import ManifestManager
 
 BIN = Path(sys.executable).parent / "wrds-sync"
 FF = ["--dataset", "fama_french", "--start-year", "2021", "--end-year", "2025"]
-
-
-@pytest.fixture
-def env(demo, wrds_db, monkeypatch):
-    """Point WRDS_* at the demo server's private database."""
-    values = {"WRDS_HOST": demo.socket_dir, "WRDS_PORT": "5432", "WRDS_DATABASE": wrds_db, "WRDS_USERNAME": DEMO_ROLE,
-              "WRDS_PASSWORD": "demo-pw", "WRDS_SSLMODE": "disable", "WRDS_RATE_LIMIT_QUERIES_PER_MINUTE": "100000"}
-    for k in ("WRDS_USER", "WRDS_ID", "WRDS_SYNC_DATA_DIR", "WRDS_SYNC_DATASETS", "WRDS_PASSWORD_EXPIRES_ON"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in values.items():
-        monkeypatch.setenv(k, v)
-    return values
 
 
 def cli(data, *args):

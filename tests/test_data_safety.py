@@ -1,17 +1,23 @@
 """Findings of the adversarial data-safety review, one test each (issue: never delete or overwrite what is not ours)."""
 import json
+import shutil
+import threading
 from datetime import date
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from synchelp import file_digests, manager
 from test_cli import script
 from test_locking import start_holder
-from test_wrds_fidelity import env  # noqa: F401  (the fixture: WRDS_* for the demo account)
 
 from wrds_sync_nb import events
-from wrds_sync_nb.errors import MassRemovalError
-from wrds_sync_nb.layout import DataLayout
+from wrds_sync_nb.datasets import DatasetRegistry
+from wrds_sync_nb.errors import ConfigError, MassRemovalError
+from wrds_sync_nb.layout import DataLayout, sha256_file
 from wrds_sync_nb.manifest import ManifestManager
+from wrds_sync_nb.reader import connect
+from wrds_sync_nb.sync import SyncManager, SyncProgress, recover_journal
 
 
 def test_4_an_emptied_source_table_does_not_wipe_the_local_table(demo, wrds_db, tmp_path):
@@ -57,3 +63,117 @@ def test_11_another_holders_lock_exits_2_for_every_syncing_command(env, tmp_path
         holder.kill()
         holder.wait()
     assert r.returncode == 2 and "is locked by pid" in r.stderr, (r.returncode, r.stderr)
+
+
+def test_1_planted_symlinks_are_refused_and_their_targets_untouched(env, tmp_path):
+    data = tmp_path / "d"
+    assert script(data, "full-sync", "--dataset", "fama_french", "--start-year", "2025").returncode == 0
+    for inside, victim_child in (("tmp/staging", "fama_french"), ("quarantine", "2020-01-01T00-00-00_old"),
+                                 ("tmp/snapshots", "999999-abcdef01")):
+        victim = tmp_path / f"victim_{inside.replace('/', '_')}"
+        (victim / victim_child).mkdir(parents=True)
+        (victim / victim_child / "precious").write_text("keep")
+        link = data / inside
+        if link.exists():
+            shutil.rmtree(link)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(victim)
+        for args in (["verify", "--dataset", "fama_french"], ["incremental", "--dataset", "fama_french"]):
+            r = script(data, *args)
+            assert r.returncode == 1 and f"refusing to use {link}: it is a symlink" in r.stdout + r.stderr, (inside, args, r.stderr)
+        with pytest.raises(ConfigError, match="it is a symlink"):
+            connect(data)
+        assert (victim / victim_child / "precious").read_text() == "keep", inside
+        link.unlink()
+
+
+def test_1_a_data_dir_pointing_at_a_folder_of_other_things_gets_nothing(env, tmp_path):
+    system = tmp_path / "system"  # stands for `/`: a folder holding other things
+    (system / "etc").mkdir(parents=True)
+    link = tmp_path / "data"
+    link.symlink_to(system)
+    r = script(link, "full-sync", "--dataset", "fama_french", "--start-year", "2025")
+    assert r.returncode == 1 and "holds other files and is not a wrds-sync data dir" in r.stderr
+    assert sorted(p.name for p in system.iterdir()) == ["etc"]
+
+
+def test_3_demo_refuses_a_data_dir_holding_real_data(env, tmp_path):
+    data = tmp_path / "real"
+    assert script(data, "full-sync", "--dataset", "fama_french", "--start-year", "2025").returncode == 0
+    before = file_digests(data)
+    r = script(data, "demo", "--rows", "3000")
+    assert r.returncode == 1 and f"{data} holds real data or other files, not a demo" in r.stderr and "--data-dir" in r.stderr
+    assert file_digests(data) == before and not (data / "demo_source").exists()
+
+
+def test_5_a_forged_checkpoint_is_not_adopted(demo, wrds_db, tmp_path):
+    manager(demo, wrds_db, tmp_path).full_sync("fama_french", 2023, 2025)
+    d = tmp_path / "wrds/fama_french/daily"
+    shutil.copyfile(d / "2023.parquet", d / "2024.parquet")  # another year's rows under 2024's name
+    p = tmp_path / "sync_progress/fama_french.json"
+    prog = json.loads(p.read_text())
+    e = dict(prog["completed"]["daily"]["2024"])
+    e.update(bytes=(d / "2024.parquet").stat().st_size, sha256=sha256_file(d / "2024.parquet"),
+             rows=pq.ParquetFile(d / "2024.parquet").metadata.num_rows)
+    prog["pending"] = {"daily": {"2024": e}}
+    p.write_text(json.dumps(prog))
+    r = SyncManager(None, tmp_path).verify_integrity("fama_french")
+    assert any(x.startswith("checksum mismatch wrds/fama_french/daily/2024.parquet") for x in r)  # verify writes nothing
+    assert ManifestManager(DataLayout(tmp_path)).load("fama_french").tables["daily"].partitions["2024"].sha256 != e["sha256"]
+    prog["content_sha256"] = SyncProgress.model_validate_json(json.dumps(prog)).content_digest()  # even with a valid checksum...
+    p.write_text(json.dumps(prog))
+    recover_journal(manager(demo, wrds_db, tmp_path), DatasetRegistry.load().get("fama_french"))
+    # ...the file does not hold 2024's dates: never adopted
+    assert ManifestManager(DataLayout(tmp_path)).load("fama_french").tables["daily"].partitions["2024"].sha256 != e["sha256"]
+
+
+def test_6_a_damaged_manifest_is_repaired_and_shown_as_damaged_meanwhile(env, tmp_path):
+    data = tmp_path / "d"
+    for ds in ("fama_french", "compustat"):
+        assert script(data, "full-sync", "--dataset", ds, "--start-year", "2024").returncode == 0
+    (data / "manifests/fama_french.json").write_text("{")
+    r = script(data, "status", "--json")
+    rows = {x["dataset"]: x for x in json.loads(r.stdout)["tables"]}
+    assert r.returncode == 0 and rows["fama_french"]["freshness"].startswith("damaged") and rows["compustat"]["partitions"] > 0
+    r = script(data, "verify", "--all")
+    assert r.returncode == 1 and "compustat: ok" in r.stdout and "fama_french: 1 problem(s)" in r.stdout
+    r = script(data, "repair", "--dataset", "fama_french")
+    assert r.returncode == 0 and "fama_french: restored manifest version" in r.stdout
+    assert script(data, "verify", "--all").returncode == 0
+    assert sorted(p.name for p in (data / "quarantine").glob("*_fama_french_manifest/*")) == ["fama_french.json", "note.json"]
+
+
+@pytest.mark.parametrize("case", ["empty", "half restored", "proc"])
+def test_7_verify_all_with_nothing_verified_fails(env, tmp_path, case):
+    folder = {"empty": tmp_path / "empty", "half restored": tmp_path / "half", "proc": Path("/proc")}[case]
+    if case == "empty":
+        folder.mkdir()
+    if case == "half restored":
+        (folder / "wrds/crsp/daily").mkdir(parents=True)
+        (folder / "wrds/crsp/daily/2024.parquet").write_bytes(b"PAR1 truncated")
+    r = script(folder, "verify", "--all", "--json")
+    assert r.returncode == 1 and "ok" not in r.stdout.lower().split(), (case, r.stdout, r.stderr)
+    if case == "half restored":
+        assert json.loads(r.stdout)["problems"]["crsp"] == [f"dataset 'crsp' has no manifest: it has never been synced into {folder}"]
+
+
+def test_10_verify_during_a_restating_sync_raises_no_false_alarm(demo, wrds_db, tmp_path):
+    manager(demo, wrds_db, tmp_path).full_sync("crsp", 2021, 2025)
+    stop, alarms, runs = threading.Event(), [], [0]
+
+    def verify_loop():
+        while not stop.is_set():
+            alarms.extend(SyncManager(None, tmp_path).verify_integrity("crsp"))
+            runs[0] += 1
+
+    t = threading.Thread(target=verify_loop)
+    t.start()
+    try:
+        for i, year in enumerate((2022, 2024, 2021)):
+            demo.restate_year("crsp.dsf_v2", "dlycaldt", year, "dlyret", 1.1 + i, database=wrds_db)
+            demo.bump_comment("crsp.dsf_v2", date(2026, 7, 1 + i), database=wrds_db)
+            manager(demo, wrds_db, tmp_path).incremental_sync("crsp")
+    finally:
+        stop.set()
+        t.join()
+    assert runs[0] >= 3 and alarms == []

@@ -27,19 +27,6 @@ from wrds_sync_nb.manifest import ManifestManager
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def env(demo, wrds_db, monkeypatch):
-    """WRDS_* pointing at the test database, logged in as the demo account (never the superuser)."""
-    cfg = demo.config(wrds_db)
-    for k in ("WRDS_USER", "WRDS_ID", "WRDS_SYNC_DATA_DIR", "WRDS_SYNC_DATASETS", "WRDS_MAX_CONNECTIONS", "WRDS_FINGERPRINT_METHOD"):
-        monkeypatch.delenv(k, raising=False)
-    values = {"WRDS_HOST": cfg.host, "WRDS_PORT": "5432", "WRDS_DATABASE": wrds_db, "WRDS_USERNAME": DEMO_ROLE,
-              "WRDS_PASSWORD": "demo", "WRDS_SSLMODE": "disable", "WRDS_RATE_LIMIT_QUERIES_PER_MINUTE": "100000"}
-    for k, v in values.items():
-        monkeypatch.setenv(k, v)
-    return values
-
-
 @contextmanager
 def role_limit(demo, n):
     demo.execute(f"alter role {DEMO_ROLE} connection limit {n}", database="postgres")

@@ -21,8 +21,9 @@ from .sync import SyncManager
 # %% auto #0
 __all__ = ['FILTERS', 'DATA_FILTERS', 'rclone_binary', 'rclone', 'dataset_locks', 'BackupResult', 'backup', 'restore']
 
-# %% ../nbs/09a_backup.ipynb #0ca89c25
+# %% ../nbs/09a_backup.ipynb #6f25d786
 FILTERS = ["--filter", "+ /wrds/**", "--filter", "+ /manifests/*.json", "--filter", "+ /manifests/*.json.prev",
+           "--filter", "+ /manifests/history/**", "--filter", "+ /.wrds-sync",
            "--filter", "+ /schemas/**", "--filter", "- *"]
 DATA_FILTERS = ["--filter", "+ /wrds/**", "--filter", "+ /schemas/**", "--filter", "- *"]
 

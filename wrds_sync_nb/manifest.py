@@ -15,8 +15,8 @@ from .errors import ManifestError
 from .layout import DataLayout, atomic_write_bytes, validate_name
 
 # %% auto #0
-__all__ = ['MAX_MANIFEST_BYTES', 'utcnow', 'LockToken', 'SourceFingerprint', 'PartitionEntry', 'TableEntry', 'SyncManifest',
-           'parse_manifest', 'read_manifest', 'ManifestManager']
+__all__ = ['MAX_MANIFEST_BYTES', 'HISTORY_KEEP', 'utcnow', 'LockToken', 'SourceFingerprint', 'PartitionEntry', 'TableEntry',
+           'SyncManifest', 'parse_manifest', 'read_manifest', 'ManifestManager', 'write_version', 'kept_versions']
 
 # %% ../nbs/02_manifest.ipynb #2634b501
 def utcnow() -> datetime:
@@ -140,12 +140,15 @@ def read_manifest(dataset:str,  # the dataset's name
     except FileNotFoundError: return None
     return parse_manifest(dataset, data, str(path))
 
-# %% ../nbs/02_manifest.ipynb #34802f5a
+# %% ../nbs/02_manifest.ipynb #a5428de3
+HISTORY_KEEP = 5
+
 class ManifestManager:
     "Load, save and roll back dataset manifests under the data dir's `manifests/`"
     def __init__(self, layout:DataLayout): self.layout = layout
 
     def prev_path(self, dataset:str) -> Path: return self.layout.manifest_path(dataset).with_suffix(".json.prev")
+    def history_dir(self, dataset:str) -> Path: return self.layout.manifests_dir / "history" / validate_name(dataset)
     def load(self, dataset:str) -> SyncManifest | None:
         "The dataset's current manifest, or None if it was never synced"
         return read_manifest(validate_name(dataset), self.layout.manifest_path(dataset))
@@ -165,8 +168,7 @@ class ManifestManager:
         new = manifest.model_copy(update={"version": on_disk + 1, "updated_at": utcnow(), "content_sha256": None})
         new = new.model_copy(update={"content_sha256": new.content_digest()})
         if current is not None: atomic_write_bytes(self.prev_path(ds), path.read_bytes())
-        atomic_write_bytes(path, (new.model_dump_json(indent=2) + "\n").encode())
-        return new
+        return write_version(self, new)
 
     def rollback(self, dataset:str) -> SyncManifest:
         "Restore the previous manifest version's content (as a new version number)"
@@ -175,3 +177,22 @@ class ManifestManager:
         if prev is None: raise ManifestError(f"dataset {ds!r} has no previous manifest to roll back to")
         current = self.load(ds)
         return self.save(prev.model_copy(update={"version": current.version if current else 0}))
+
+# %% ../nbs/02_manifest.ipynb #567b6d2e
+def write_version(mm:ManifestManager,   # the manager
+                  m:SyncManifest         # a manifest with its version and checksum set
+                 ) -> SyncManifest:
+    "Write `m` to the history and as the current manifest; prune the history to its last versions"
+    body = (m.model_dump_json(indent=2) + "\n").encode()
+    hist = mm.history_dir(m.dataset)
+    atomic_write_bytes(hist / f"{m.version}.json", body)
+    atomic_write_bytes(mm.layout.manifest_path(m.dataset), body)
+    for v in kept_versions(mm, m.dataset)[:-HISTORY_KEEP]: (hist / f"{v}.json").unlink(missing_ok=True)
+    return m
+
+def kept_versions(mm:ManifestManager,  # the manager
+                  dataset:str           # whose history
+                 ) -> list[int]:
+    "The version numbers kept in the history, oldest first"
+    d = mm.history_dir(dataset)
+    return sorted(int(p.stem) for p in d.glob("*.json") if p.stem.isdigit()) if d.is_dir() else []
