@@ -24,10 +24,10 @@ from .errors import (ConnectionLimitError, CredentialsError, PermissionDeniedErr
                                  WRDSConnectionError, WrdsSyncError)
 
 # %% auto #0
-__all__ = ['T', 'quote_ident', 'qualified', 'RateLimiter', 'limiter_for', 'translate_error', 'is_transient', 'sql_literal',
-           'render_sql', 'SessionPool', 'borrow', 'give_back', 'gated', 'session_opener', 'prepared', 'arrow_plain',
-           'run_arrow', 'connect_client', 'budget_lowered', 'parse_last_updated', 'table_info', 'start_stream',
-           'next_batch', 'stream_batches', 'query_arrow_schema', 'WRDSClient']
+__all__ = ['T', 'S', 'quote_ident', 'qualified', 'RateLimiter', 'limiter_for', 'translate_error', 'is_transient', 'sql_literal',
+           'render_sql', 'SessionPool', 'borrow', 'give_back', 'WRDSSessions', 'gated', 'session_opener', 'prepared',
+           'arrow_plain', 'run_arrow', 'connect_client', 'budget_lowered', 'fetch_frame', 'parse_last_updated',
+           'table_info', 'start_stream', 'next_batch', 'stream_batches', 'query_arrow_schema', 'WRDSClient']
 
 # %% ../nbs/05_client.ipynb #230d18d1
 def quote_ident(name:str) -> str:
@@ -212,10 +212,41 @@ def give_back(pool:SessionPool,   # the pool
         pool._cond.notify()
     if not keep: _quiet_close(conn)
 
-# %% ../nbs/05_client.ipynb #10a2160a
+# %% ../nbs/05_client.ipynb #b5ccf4e4
+class WRDSSessions:
+    "At most `max_connections` sessions to WRDS, opened on first use and kept, and what the server is"
+    RETRY_ATTEMPTS, RETRY_INITIAL_WAIT, RETRY_MAX_WAIT = 3, 1.0, 20.0
+
+    def __init__(self, config:WRDSConfig):
+        self.config = config
+        self.pool: SessionPool | None = None
+        self.queries = 0            # server round trips that passed the rate limit
+        self.rows_streamed = 0
+        self.server_version_num = 0
+        self.role_limit: int | None = None
+
+    def __repr__(self) -> str: return f"{type(self).__name__}({self.config.describe()!r})"
+    def __enter__(self) -> Self: self.connect(); return self
+    def __exit__(self, et:type[BaseException]|None, ev:BaseException|None, tb:TracebackType|None) -> None: self.close()
+    def connect(self) -> Self:
+        "Resolve credentials, open the first session, read the server's version and the role's limit (fails fast, one line)"
+        return connect_client(self)
+    def close(self) -> None:
+        "Return every session to the server (borrowed ones as they come back)"
+        if self.pool is not None: self.pool.close(); self.pool = None
+    def connected_pool(self) -> SessionPool:
+        "The session pool, connecting first if needed"
+        pool = self.connect().pool
+        assert pool is not None
+        return pool
+    def session(self) -> Any:
+        "Borrow a session: `with client.session() as conn: ...`"
+        return self.connected_pool().session()
+
+# %% ../nbs/05_client.ipynb #6666e600
 T = TypeVar("T")
 
-def gated(client:WRDSClient,          # whose configuration and counters
+def gated(client:WRDSSessions,        # whose configuration and counters
           fn:Callable[[], T],         # one round trip
           what:str                    # what it is, for messages
          ) -> T:
@@ -284,11 +315,12 @@ def run_arrow(conn:Any,    # a borrowed session
         cur.execute(text)
         return arrow_plain(cur.fetch_arrow_table())
 
-# %% ../nbs/05_client.ipynb #d0edf953
+# %% ../nbs/05_client.ipynb #acc60ca0
+S = TypeVar("S", bound=WRDSSessions)
 _SERVER_SQL = ("select current_setting('server_version_num')::int as v, "
                "(select rolconnlimit from pg_roles where rolname = current_user) as lim")
 
-def connect_client(client:WRDSClient) -> WRDSClient:
+def connect_client(client:S) -> S:
     "Open the first session (fails fast, one line) and adapt the budget to the role's limit"
     if client.pool is not None: return client
     client.config = cfg = resolve_credentials(client.config)
@@ -308,12 +340,23 @@ def connect_client(client:WRDSClient) -> WRDSClient:
                 server_version_num=client.server_version_num, max_connections=pool.budget)
     return client
 
-def budget_lowered(client:WRDSClient,  # the client
+def budget_lowered(client:WRDSSessions,  # the client
                    budget:int          # its new budget
                   ) -> None:
     "Warn that fewer sessions than `WRDS_MAX_CONNECTIONS` will be used"
     events.emit(events.CONNECTIONS_LIMITED, level="warning", user=client.config.username, max_connections=budget,
                 configured=client.config.max_connections, role_limit=client.role_limit)
+
+# %% ../nbs/05_client.ipynb #be03c07f
+def fetch_frame(client:WRDSSessions,                          # the client
+                sql:str,                                      # SQL with `%(name)s` (or `%s`) placeholders
+                params:dict[str, Any]|tuple[Any, ...]|None=None  # their values
+               ) -> pl.DataFrame:
+    "Run `sql` through the gate and return the result as a polars DataFrame"
+    text = render_sql(sql, params)
+    def run() -> pl.DataFrame:
+        with client.session() as conn: return pl.from_arrow(run_arrow(conn, text))  # type: ignore[return-value]
+    return gated(client, run, "query")
 
 # %% ../nbs/05_client.ipynb #c9e1ee30
 def parse_last_updated(comment:str|None) -> str | None:
@@ -327,7 +370,7 @@ def parse_last_updated(comment:str|None) -> str | None:
         return f"{d}T{m[4] if len(m[4]) > 5 else m[4] + ':00'}" if m[4] else d
     return None
 
-# %% ../nbs/05_client.ipynb #c9972337
+# %% ../nbs/05_client.ipynb #1839f324
 _COLUMNS_SQL = """
 select a.attname as name, format_type(a.atttypid, a.atttypmod) as type, col_description(c.oid, a.attnum) as comment
 from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
@@ -340,25 +383,25 @@ select case when c.relkind in ('r', 'p', 'm') and c.reltuples >= 0 then c.reltup
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = %(schema)s and c.relname = %(table)s"""
 
-def table_info(client:WRDSClient,   # the client
+def table_info(client:WRDSSessions, # the client
                schema:str,          # the WRDS library (a PostgreSQL schema)
                table:str,           # table or view
                readable:bool=True   # raise PermissionDeniedError when the account may not read it
               ) -> dict[str, Any]:
     "Columns (name, type, comment), planner row estimate, comment, its 'last updated' marker, and readability"
     p = {"schema": schema, "table": table}
-    t = client.execute_query(_TABLE_SQL, p)
+    t = fetch_frame(client, _TABLE_SQL, p)
     if t.height == 0:
         raise QueryError(f"table {schema}.{table} does not exist on {client.config.host}, or this account cannot see it",
                          f"check the name: `wrds-sync tables {schema}` lists the tables of {schema}")
     row = t.row(0, named=True)
     if readable and not row["readable"]:
         raise PermissionDeniedError(f"this WRDS account may not read {schema}.{table}: its subscription does not include it")
-    cols = client.execute_query(_COLUMNS_SQL, p)
+    cols = fetch_frame(client, _COLUMNS_SQL, p)
     return {"schema": schema, "table": table, "kind": row["kind"], "columns": cols.to_dicts(), "readable": row["readable"],
             "approx_rows": row["approx_rows"], "comment": row["comment"], "last_updated": parse_last_updated(row["comment"])}
 
-# %% ../nbs/05_client.ipynb #fe3fccd5
+# %% ../nbs/05_client.ipynb #0f54b44f
 def start_stream(conn:Any,     # a borrowed session
                  text:str      # the query, parameters rendered
                 ) -> tuple[Any, Any, pa.RecordBatch | None]:
@@ -373,7 +416,7 @@ def start_stream(conn:Any,     # a borrowed session
     except BaseException:
         _quiet_close(cur); raise
 
-def next_batch(client:WRDSClient,  # for error translation
+def next_batch(client:WRDSSessions,  # for error translation
                reader:Any          # the stream
               ) -> pa.RecordBatch | None:
     "The stream's next batch, None at its end; a failure is transient for the caller"
@@ -384,8 +427,8 @@ def next_batch(client:WRDSClient,  # for error translation
         if isinstance(err, WRDSConnectionError): err = TransientQueryError(err.what)
         raise err from e
 
-# %% ../nbs/05_client.ipynb #f6ed5c88
-def stream_batches(client:WRDSClient,                # the client
+# %% ../nbs/05_client.ipynb #a9e1e939
+def stream_batches(client:WRDSSessions,              # the client
                    sql:str,                          # SQL with `%(name)s` parameters
                    params:dict[str, Any]|None=None,  # their values
                    batch_rows:int=250_000            # the largest batch handed out
@@ -411,7 +454,7 @@ def stream_batches(client:WRDSClient,                # the client
         _quiet_close(cur)
         give_back(pool, conn, ok)  # a stream left half-read cannot be reused: its session is closed
 
-def query_arrow_schema(client:WRDSClient,              # the client
+def query_arrow_schema(client:WRDSSessions,            # the client
                        sql:str,                        # a query
                        params:dict[str, Any]|None=None # its parameters
                       ) -> pa.Schema:
@@ -421,44 +464,10 @@ def query_arrow_schema(client:WRDSClient,              # the client
         with client.session() as conn: return run_arrow(conn, text).schema
     return gated(client, run, "schema query")
 
-# %% ../nbs/05_client.ipynb #1666355d
-class WRDSClient:
+# %% ../nbs/05_client.ipynb #3bb65f6c
+class WRDSClient(WRDSSessions):
     "A WRDS client: at most `max_connections` sessions, rate-limited, retrying, with a streaming Arrow read"
-    RETRY_ATTEMPTS, RETRY_INITIAL_WAIT, RETRY_MAX_WAIT = 3, 1.0, 20.0
-
-    def __init__(self, config:WRDSConfig):
-        self.config = config
-        self.pool: SessionPool | None = None
-        self.queries = 0            # server round trips that passed the rate limit
-        self.rows_streamed = 0
-        self.server_version_num = 0
-        self.role_limit: int | None = None
-
-    def __repr__(self) -> str: return f"{type(self).__name__}({self.config.describe()!r})"
-    def __enter__(self) -> Self: self.connect(); return self
-    def __exit__(self, et:type[BaseException]|None, ev:BaseException|None, tb:TracebackType|None) -> None: self.close()
-    connect = connect_client
+    execute_query = fetch_frame
     get_table_info = table_info
     iter_batches = stream_batches
     arrow_schema = query_arrow_schema
-    def close(self) -> None:
-        "Return every session to the server (borrowed ones as they come back)"
-        if self.pool is not None: self.pool.close(); self.pool = None
-
-    def connected_pool(self) -> SessionPool:
-        "The session pool, connecting first if needed"
-        pool = self.connect().pool
-        assert pool is not None
-        return pool
-    def session(self) -> Any:
-        "Borrow a session: `with client.session() as conn: ...`"
-        return self.connected_pool().session()
-
-    def execute_query(self, sql:str,                              # SQL with `%(name)s` (or `%s`) placeholders
-                      params:dict[str, Any]|tuple[Any, ...]|None=None  # their values
-                     ) -> pl.DataFrame:
-        "Run `sql` through the gate and return the result as a polars DataFrame"
-        text = render_sql(sql, params)
-        def run() -> pl.DataFrame:
-            with self.session() as conn: return pl.from_arrow(run_arrow(conn, text))  # type: ignore[return-value]
-        return gated(self, run, "query")

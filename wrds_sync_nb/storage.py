@@ -20,7 +20,7 @@ from .layout import DataLayout, atomic_write_bytes, check_no_links, fsync_dir, n
 
 # %% auto #0
 __all__ = ['QUARANTINE_DAYS', 'WARN_PCT', 'CRITICAL_PCT', 'BLOCKED_PCT', 'HashingFile', 'WrittenFile', 'prefetch',
-           'write_parquet_stream', 'check_same_filesystem', 'publish', 'quarantine_file', 'Quarantine', 'is_our_entry',
+           'write_parquet_stream', 'check_same_filesystem', 'publish', 'Quarantine', 'quarantine_file', 'is_our_entry',
            'clean_quarantine', 'DiskStatus', 'DiskMonitor', 'estimate_bytes']
 
 # %% ../nbs/07_storage.ipynb #2e9895f9
@@ -148,9 +148,46 @@ def publish(staged:Path,                # the fsynced staging file
     os.replace(staged, target)
     fsync_dir(target.parent)
 
-# %% ../nbs/07_storage.ipynb #b53c54a2
+# %% ../nbs/07_storage.ipynb #81ef7b99
 QUARANTINE_DAYS = 7
 
+class Quarantine:
+    "Where files we will not publish go, with a note of why"
+    def __init__(self, layout:DataLayout): self.layout = layout
+
+    def new_entry(self,
+                  dataset:str,    # the dataset's name
+                  operation:str,  # why: validation, checksum, replace...
+                  reason:str,     # why
+                  **details:Any   # more fields for the note
+                 ) -> Path:
+        "Create a quarantine folder with its note (nothing is left behind if the note cannot be written)"
+        entry = new_quarantine_path(self.layout, dataset, operation)
+        entry.mkdir(parents=True)
+        note = {"dataset": dataset, "operation": operation, "reason": reason,
+                "at": datetime.now(timezone.utc).isoformat(), **details}
+        try: atomic_write_bytes(entry / "note.json", json.dumps(note, indent=2, default=str).encode())
+        except BaseException:
+            shutil.rmtree(entry, ignore_errors=True); raise
+        return entry
+
+    def put(self, path:Path,       # the file set aside (moved, never copied)
+            dataset:str,           # the dataset's name
+            operation:str,         # the kind of entry: validation, checksum, replace...
+            reason:str,            # why, for the note
+            **details:Any          # more fields for the note
+           ) -> Path | None:
+        "Move `path` into a new quarantine entry; if even that fails (a full disk), remove it. Returns where it went"
+        return quarantine_file(self, path, dataset, operation, reason, **details)
+
+    def clean(self,
+              older_than:timedelta=timedelta(days=QUARANTINE_DAYS),  # the age past which an entry goes
+              now:datetime|None=None                                 # the time to judge at (default: now)
+             ) -> int:
+        "Remove entries older than `older_than` (by the timestamp in their name); returns how many"
+        return clean_quarantine(self.layout, older_than, now)
+
+# %% ../nbs/07_storage.ipynb #2c5867cc
 def quarantine_file(q:Quarantine,     # the data dir's quarantine
                     path:Path,        # the file set aside (moved, never copied)
                     dataset:str,      # the dataset's name
@@ -172,36 +209,6 @@ def quarantine_file(q:Quarantine,     # the data dir's quarantine
     events.emit(events.PARTITION_QUARANTINED, level="warning", dataset=dataset, file=path.name,
                 reason=reason, where=q.layout.relative(dest))
     return dest
-
-# %% ../nbs/07_storage.ipynb #019f4690
-class Quarantine:
-    "Where files we will not publish go, with a note of why"
-    def __init__(self, layout:DataLayout): self.layout = layout
-
-    def new_entry(self,
-                  dataset:str,    # the dataset's name
-                  operation:str,  # why: validation, checksum, replace...
-                  reason:str,     # why
-                  **details:Any   # more fields for the note
-                 ) -> Path:
-        "Create a quarantine folder with its note (nothing is left behind if the note cannot be written)"
-        entry = new_quarantine_path(self.layout, dataset, operation)
-        entry.mkdir(parents=True)
-        note = {"dataset": dataset, "operation": operation, "reason": reason,
-                "at": datetime.now(timezone.utc).isoformat(), **details}
-        try: atomic_write_bytes(entry / "note.json", json.dumps(note, indent=2, default=str).encode())
-        except BaseException:
-            shutil.rmtree(entry, ignore_errors=True); raise
-        return entry
-
-    put = quarantine_file
-
-    def clean(self,
-              older_than:timedelta=timedelta(days=QUARANTINE_DAYS),  # the age past which an entry goes
-              now:datetime|None=None                                 # the time to judge at (default: now)
-             ) -> int:
-        "Remove entries older than `older_than` (by the timestamp in their name); returns how many"
-        return clean_quarantine(self.layout, older_than, now)
 
 # %% ../nbs/07_storage.ipynb #de414ab6
 _ENTRY_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}_[a-z][a-z0-9_]*(\.\d+)?")

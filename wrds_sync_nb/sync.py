@@ -23,7 +23,7 @@ from .client import WRDSClient, quote_ident, qualified
 from .datasets import CAST_TYPES, DatasetRegistry, DatasetSpec, TableSpec
 from .pgtypes import MAX_DECIMAL_PRECISION, ColumnType, arrow_schema_of, column_type, conform
 from .config import resolve_credentials
-from .errors import (ChecksumMismatchError, CredentialsError, DiskSpaceError, ManifestError,
+from .errors import (ChecksumMismatchError, CredentialsError, DiskSpaceError, LockAcquisitionError, ManifestError,
                                  MassRemovalError,
                                  PartitionValidationError, PermissionDeniedError, QueryError, QueryTimeoutError, SchemaError,
                                  SyncIncompleteError, TransientQueryError, WRDSConnectionError, WrdsSyncError)
