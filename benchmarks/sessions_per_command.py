@@ -27,7 +27,7 @@ def measure(src, db, data, args, budget):
 
     cfg = src.config(db)
     env = {**os.environ, "WRDS_HOST": cfg.host, "WRDS_PORT": "5432", "WRDS_DATABASE": db, "WRDS_USERNAME": DEMO_ROLE,
-           "WRDS_PASSWORD": "demo", "WRDS_SSLMODE": "disable", "WRDS_MAX_CONNECTIONS": str(budget),
+           "WRDS_PASSWORD": "demo-password", "WRDS_SSLMODE": "disable", "WRDS_MAX_CONNECTIONS": str(budget),
            "WRDS_RATE_LIMIT_QUERIES_PER_MINUTE": "100000"}
     before = logins()
     t = threading.Thread(target=sample)

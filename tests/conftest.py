@@ -42,7 +42,7 @@ def env(demo, wrds_db, monkeypatch):
               "WRDS_PASSWORD_EXPIRES_ON"):
         monkeypatch.delenv(k, raising=False)
     values = {"WRDS_HOST": cfg.host, "WRDS_PORT": "5432", "WRDS_DATABASE": wrds_db, "WRDS_USERNAME": DEMO_ROLE,
-              "WRDS_PASSWORD": "demo", "WRDS_SSLMODE": "disable", "WRDS_RATE_LIMIT_QUERIES_PER_MINUTE": "100000"}
+              "WRDS_PASSWORD": "demo-password", "WRDS_SSLMODE": "disable", "WRDS_RATE_LIMIT_QUERIES_PER_MINUTE": "100000"}
     for k, v in values.items():
         monkeypatch.setenv(k, v)
     return values

@@ -291,9 +291,13 @@ def test_malformed_settings_and_manifest(env, tmp_path, monkeypatch):
     assert r.returncode == 1 and one_error(r.stderr) and "setting WRDS_PORT is invalid" in r.stderr
     manifest = data / "manifests" / "fama_french.json"
     manifest.write_text(manifest.read_text().replace('"rows": ', '"rows": 1', 1))
-    for args in (["verify", "--dataset", "fama_french"], ["status"], ["incremental", "--dataset", "fama_french"]):
+    for args in (["verify", "--dataset", "fama_french"], ["incremental", "--dataset", "fama_french"]):
         r = script(data, *args)
         assert r.returncode == 1 and one_error(r.stderr) and "fails its checksum" in r.stderr, (args, r.stderr)
+        assert "wrds-sync repair --dataset NAME" in r.stderr
+    r = script(data, "status", "--json")  # the damaged dataset is shown as such; status goes on
+    rows = {x["dataset"]: x for x in json.loads(r.stdout)["tables"]}
+    assert r.returncode == 0 and rows["fama_french"]["freshness"] == "damaged: run wrds-sync repair --dataset fama_french"
 
 
 def test_incremental_dry_run_names_the_restated_year_and_writes_nothing(env, demo, wrds_db, tmp_path):

@@ -1,19 +1,26 @@
 """Findings of the adversarial data-safety review, one test each (issue: never delete or overwrite what is not ours)."""
 import json
+import os
+import pwd
 import shutil
+import signal
+import subprocess
+import tempfile
 import threading
 from datetime import date
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import fill
 from synchelp import file_digests, manager
-from test_cli import script
+from test_cli import BIN, script
 from test_locking import start_holder
 
 from wrds_sync_nb import events
+from wrds_sync_nb.config import WRDSConfig, resolve_credentials
 from wrds_sync_nb.datasets import DatasetRegistry
-from wrds_sync_nb.errors import ConfigError, MassRemovalError
+from wrds_sync_nb.errors import ConfigError, DiskSpaceError, MassRemovalError
 from wrds_sync_nb.layout import DataLayout, sha256_file
 from wrds_sync_nb.manifest import ManifestManager
 from wrds_sync_nb.reader import connect
@@ -177,3 +184,94 @@ def test_10_verify_during_a_restating_sync_raises_no_false_alarm(demo, wrds_db, 
         stop.set()
         t.join()
     assert runs[0] >= 3 and alarms == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "swapped", "symlinked"])
+def test_8_incremental_notices_and_repairs_local_damage(demo, wrds_db, tmp_path, damage):
+    manager(demo, wrds_db, tmp_path).full_sync("fama_french", 2023, 2025)
+    d = tmp_path / "wrds/fama_french/daily"
+    good = {p.name: p.read_bytes() for p in d.glob("*.parquet")}
+    if damage == "truncated":
+        (d / "2024.parquet").write_bytes(good["2024.parquet"][:100])
+    elif damage == "swapped":
+        (d / "2024.parquet").write_bytes(good["2023.parquet"])
+    else:
+        elsewhere = tmp_path / "elsewhere.parquet"
+        elsewhere.write_bytes(good["2024.parquet"])
+        (d / "2024.parquet").unlink()
+        (d / "2024.parquet").symlink_to(elsewhere)
+    with events.capture_events() as got:
+        manager(demo, wrds_db, tmp_path).incremental_sync("fama_french")  # the source did not change at all
+    assert [(e["table"], e["partition"]) for e in got if e["event"] == events.PARTITION_COMPLETED] == [("daily", "2024")]
+    assert [e["partition"] for e in got if e["event"] == events.CHECKSUM_MISMATCH] == ["2024"]  # it says so
+    assert not (d / "2024.parquet").is_symlink() and (d / "2024.parquet").read_bytes() == good["2024.parquet"]
+    assert SyncManager(None, tmp_path).verify_integrity("fama_french") == []
+
+
+def test_12_a_full_disk_at_lock_creation_is_said_as_such(demo, wrds_db, tmpfs):
+    data = tmpfs / "data"
+    DataLayout(data).ensure()
+    fill(tmpfs)
+    with events.capture_events() as got, pytest.raises(DiskSpaceError, match="no space left on device to create the lock"):
+        manager(demo, wrds_db, data).full_sync("fama_french", 2025, 2025)
+    assert [e["event"] for e in got if e.get("alert")] == [events.DISK_BLOCKED]
+
+
+def test_12_sigterm_pauses_the_run_and_releases_the_lock(env, tmp_path):
+    data = tmp_path / "d"
+    p = subprocess.Popen([str(BIN), "--data-dir", str(data), "--log-format", "json", "full-sync", "--dataset", "crsp",
+                          "--start-year", "2021"], stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:  # wait for the first published partition: a condition, not a sleep
+        if '"sync.partition.completed"' in line:
+            break
+    p.send_signal(signal.SIGTERM)
+    rest = p.stderr.read()
+    assert p.wait(timeout=60) != 0
+    failed = [json.loads(x) for x in rest.splitlines() if '"sync.failed"' in x]
+    assert failed and "signal 15" in failed[0]["error"]
+    assert json.loads((data / "sync_progress/crsp.json").read_text())["status"] == "paused"
+    assert not (data / "locks/crsp.lock").exists()
+
+
+def test_12_drills_write_only_into_a_data_dir(env, tmp_path):
+    other = tmp_path / "etc"
+    other.mkdir()
+    r = script(tmp_path / "d", "drill", "verify", "-p", "data_dir", str(other))
+    assert r.returncode == 1 and f"{other} is not a wrds-sync data dir" in r.stderr
+    assert list(other.iterdir()) == [] and not (tmp_path / "drills").exists()
+
+
+def test_12_read_only_commands_work_for_another_user_who_can_read_the_data_dir(env, tmp_path):
+    shared = Path(tempfile.mkdtemp(prefix="wrds-shared-"))
+    os.chmod(shared, 0o755)
+    data = shared / "d"
+    assert script(data, "full-sync", "--dataset", "fama_french", "--start-year", "2025").returncode == 0
+    from typer.testing import CliRunner
+
+    import wrds_sync_nb.cli  # noqa: F401  (everything the child needs is imported before it drops privileges)
+    nobody = pwd.getpwnam("nobody")
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: another Unix user, in the same interpreter
+        try:
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            res = {a: CliRunner().invoke(wrds_sync_nb.cli.app, ["--data-dir", str(data), a, "--json"]).exit_code
+                   for a in ("status", "lock-status")}
+            os.write(wr, json.dumps(res).encode())
+        finally:
+            os._exit(0)
+    os.close(wr)
+    got = json.loads(os.read(rd, 10000) or b"{}")
+    os.waitpid(pid, 0)
+    shutil.rmtree(shared)
+    assert got == {"status": 0, "lock-status": 0}
+
+
+def test_12_a_short_password_is_not_masked_in_ordinary_words(monkeypatch):
+    monkeypatch.setenv("WRDS_PASSWORD", "daily")
+    with events.capture_events() as got:
+        cfg = resolve_credentials(WRDSConfig(username="ann"))
+        e = events.emit(events.TABLE_STARTED, dataset="crsp", table="daily", partitions=1)
+    assert cfg.password.get_secret_value() == "daily" and e["table"] == "daily"
+    assert [x["event"] for x in got][:1] == [events.CREDENTIALS_WEAK]

@@ -45,7 +45,7 @@ def test_backup_restore_round_trip_is_byte_identical(synced, tmp_path):
     b = backup(synced, str(tmp_path / "remote"))
     assert b.datasets == ["compustat", "fama_french"]
     remote_files = {p.relative_to(tmp_path / "remote").parts[0] for p in (tmp_path / "remote").rglob("*") if p.is_file()}
-    assert remote_files == {"wrds", "manifests", "schemas"}  # no locks, staging, quarantine or progress
+    assert remote_files == {"wrds", "manifests", "schemas", ".wrds-sync"}  # no locks, staging, quarantine or progress
     r = restore(str(tmp_path / "remote"), tmp_path / "restored")
     assert r.ok and r.problems == {"compustat": [], "fama_french": []}
     assert published(tmp_path / "restored") == published(synced)

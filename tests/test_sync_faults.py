@@ -121,18 +121,18 @@ READER = textwrap.dedent("""
 
 
 def test_a_concurrent_reader_never_errors(demo, wrds_db, tmp_path):
-    stop = tmp_path / "stop"
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(tmp_path), str(stop)], stdout=subprocess.PIPE, text=True)
+    stop, data = tmp_path / "stop", tmp_path / "data"  # the reader's stop files stay out of the data dir
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(data), str(stop)], stdout=subprocess.PIPE, text=True)
     versions = set()  # every (file, sha256) any manifest ever published
 
     def published():
-        m = ManifestManager(DataLayout(tmp_path)).load("crsp")
+        m = ManifestManager(DataLayout(data)).load("crsp")
         versions.update((e.path, e.sha256) for e in m.files().values())
 
     try:
         while not Path(str(stop) + ".ready").exists():  # the reader is looping
             assert reader.poll() is None
-        sm = SyncManager(WRDSClient(demo.config(wrds_db)), tmp_path, batch_rows=200)
+        sm = SyncManager(WRDSClient(demo.config(wrds_db)), data, batch_rows=200)
         sm.full_sync("crsp", start_year=2021, end_year=2025)
         published()
         for year, factor in ((2022, 1.1), (2025, 0.9)):  # incrementals that replace published years

@@ -116,7 +116,7 @@ def password_from_keyring(service:str,  # the keyring service
     try: return keyring.get_password(service, username)
     except Exception: return None
 
-# %% ../nbs/04_config.ipynb #dfdaa463
+# %% ../nbs/04_config.ipynb #3121a392
 def resolve_credentials(cfg:WRDSConfig) -> WRDSConfig:
     "A copy of `cfg` with username and password filled in; raises CredentialsError naming where it looked"
     user = cfg.username or os.environ.get("PGUSER")
@@ -132,7 +132,9 @@ def resolve_credentials(cfg:WRDSConfig) -> WRDSConfig:
             f"the password file {pgpass_path()} and the OS keyring (service {cfg.keyring_service!r})",
             f"add the line `{cfg.host}:{cfg.port}:{cfg.database}:{user}:YOUR_PASSWORD` to {pgpass_path()} "
             "and chmod 600 it, or export WRDS_PASSWORD")
-    events.register_secret(pw)
+    if not events.register_secret(pw):
+        events.emit(events.CREDENTIALS_WEAK, level="warning", user=user,
+                    fix="this password is too short to be scrubbed from logs by value; use a longer one")
     return cfg.model_copy(update={"username": user, "password": SecretStr(pw)})
 
 # %% ../nbs/04_config.ipynb #77e96059

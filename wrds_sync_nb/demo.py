@@ -20,16 +20,16 @@ from .config import WRDSConfig
 from .errors import ConfigError
 
 # %% auto #0
-__all__ = ['DEMO_UPDATED', 'SUPERUSER', 'DEMO_ROLE', 'DEMO_ROLE_LIMIT', 'DEMO_TABLES', 'DemoServer', 'DemoSpan', 'u', 'num',
-           'ret', 'DemoTable', 'wrds_comment', 'database_exists', 'clone_database', 'row_counts', 'demo_span',
-           'create_tables', 'grant_reader', 'demo_config', 'build_demo', 'append_days', 'bump_comment', 'restate_year',
-           'delete_year', 'add_column', 'drop_column', 'retype_column', 'DemoSource']
+__all__ = ['DEMO_UPDATED', 'SUPERUSER', 'DEMO_ROLE', 'DEMO_ROLE_LIMIT', 'DEMO_PASSWORD', 'DEMO_TABLES', 'DemoServer', 'DemoSpan',
+           'u', 'num', 'ret', 'DemoTable', 'wrds_comment', 'database_exists', 'clone_database', 'row_counts',
+           'demo_span', 'create_tables', 'grant_reader', 'demo_config', 'build_demo', 'append_days', 'bump_comment',
+           'restate_year', 'delete_year', 'add_column', 'drop_column', 'retype_column', 'DemoSource']
 
-# %% ../nbs/05a_demo.ipynb #37d14f8c
+# %% ../nbs/05a_demo.ipynb #a5bcf6d7
 DEMO_UPDATED = date(2026, 2, 6)
 SUPERUSER = "postgres"      # builds and changes the source
 DEMO_ROLE = "wrds_reader"   # what syncs log in as: USAGE and SELECT only, a connection limit as on WRDS
-DEMO_ROLE_LIMIT = 7
+DEMO_ROLE_LIMIT, DEMO_PASSWORD = 7, "demo-password"  # the socket is trusted; the password is long enough to scrub
 
 def _server_uri_host(uri:str) -> str: return parse_qs(urlparse(uri).query)["host"][0]
 
@@ -303,14 +303,14 @@ def create_tables(src:DemoServer,   # the server
                 cur.execute("comment on column crsp.dsf_v2.permno is 'PERMNO'")
     finally: conn.close()
 
-# %% ../nbs/05a_demo.ipynb #c74972c3
+# %% ../nbs/05a_demo.ipynb #eef51b36
 def grant_reader(src:DemoServer,    # the server
                  database:str,      # the demo database
                  tables:list[str]   # the tables created in it
                 ) -> None:
     "Create the demo account (once per server) and grant it USAGE and SELECT on the readable tables"
     src.execute(f"""do $$ begin if not exists (select from pg_roles where rolname = '{DEMO_ROLE}') then
-                    create role {DEMO_ROLE} login password 'demo' connection limit {DEMO_ROLE_LIMIT}; end if; end $$""",
+                    create role {DEMO_ROLE} login password '{DEMO_PASSWORD}' connection limit {DEMO_ROLE_LIMIT}; end if; end $$""",
                 database="postgres")
     for sch in sorted({t.split(".")[0] for t in tables}):
         src.execute(f"grant usage on schema {quote_ident(sch)} to {DEMO_ROLE}", database=database)
@@ -322,7 +322,7 @@ def demo_config(src:DemoServer,        # the server
                 **overrides:Any        # other WRDSConfig fields, which win
                ) -> WRDSConfig:
     "Settings for a client of `database`, logged in as the demo account (no TLS on a Unix socket, no rate limit to speak of)"
-    base = dict(username=DEMO_ROLE, password=SecretStr("demo"), host=src.socket_dir, port=5432, database=database,
+    base = dict(username=DEMO_ROLE, password=SecretStr(DEMO_PASSWORD), host=src.socket_dir, port=5432, database=database,
                 sslmode="disable", rate_limit_queries_per_minute=100_000, query_timeout_seconds=300)
     return WRDSConfig(**{**base, **overrides})
 

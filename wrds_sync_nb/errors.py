@@ -99,7 +99,7 @@ class TransientQueryError(QueryError):
     "A query failed for a reason that may pass (connection reset, admin shutdown, serialization failure)"
     default_fix = "rerun: the sync resumes from its checkpoint"
 
-# %% ../nbs/00_errors.ipynb #1ea2c544
+# %% ../nbs/00_errors.ipynb #1ed96c0c
 class DataError(WrdsSyncError):
     "A problem with the local copy of the data"
     default_fix = "run `wrds-sync verify --dataset NAME`, then see runbooks/data-storage"
@@ -127,7 +127,7 @@ class ValidationError(DataError):
 
 class ManifestError(DataError):
     "A manifest, progress or schema file is malformed or was modified outside wrds-sync"
-    default_fix = "restore it with `ManifestManager.rollback`, from backup, or rerun a full sync"
+    default_fix = "run `wrds-sync repair --dataset NAME` (it restores the newest intact version kept), or restore from backup"
 
 class SyncIncompleteError(DataError):
     "A sync finished what it could, but some partitions are still missing or stale"

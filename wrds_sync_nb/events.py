@@ -22,9 +22,10 @@ __all__ = ['DISK_WARNING', 'DISK_CRITICAL', 'DISK_BLOCKED', 'LOCK_STALE', 'CHECK
            'PARTITION_STARTED', 'PARTITION_COMPLETED', 'PARTITION_SKIPPED', 'PARTITION_FAILED', 'PARTITION_REMOVED',
            'PARTITION_QUARANTINED', 'SCHEMA_NEW_COLUMNS', 'SCHEMA_BREAKING', 'QUARANTINE_CLEANED', 'LOCK_ACQUIRED',
            'LOCK_RELEASED', 'LOCK_RECOVERED', 'LOCK_FORCED', 'QUERY_RETRY', 'QUERY_TIMEOUT', 'CONNECTED',
-           'CONNECTIONS_LIMITED', 'CREDENTIALS_FILE_MODE', 'VERIFY_COMPLETED', 'BACKUP_COMPLETED', 'RESTORE_COMPLETED',
-           'REDACTED', 'logger', 'Alert', 'alerts_markdown', 'register_secret', 'redact', 'emit', 'listening',
-           'capture_events', 'JsonEventFormatter', 'TextEventFormatter', 'EventStreamHandler', 'configure_logging']
+           'CONNECTIONS_LIMITED', 'CREDENTIALS_FILE_MODE', 'CREDENTIALS_WEAK', 'VERIFY_COMPLETED', 'BACKUP_COMPLETED',
+           'RESTORE_COMPLETED', 'REDACTED', 'MIN_SECRET_CHARS', 'logger', 'Alert', 'alerts_markdown', 'register_secret',
+           'redact', 'emit', 'listening', 'capture_events', 'JsonEventFormatter', 'TextEventFormatter',
+           'EventStreamHandler', 'configure_logging']
 
 # %% ../nbs/01_events.ipynb #01f2707e
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def alerts_markdown() -> str:
         lines.append(f"| `{a.event}` | {a.level} | {a.trigger} | [{a.runbook}]({a.runbook}) |")
     return "\n".join(lines) + "\n"
 
-# %% ../nbs/01_events.ipynb #27f85b3a
+# %% ../nbs/01_events.ipynb #e272f755
 SYNC_STARTED = "sync.started"
 SYNC_COMPLETED = "sync.completed"
 SYNC_FAILED = "sync.failed"
@@ -105,11 +106,12 @@ QUERY_TIMEOUT = "wrds.query.timeout"
 CONNECTED = "wrds.connected"
 CONNECTIONS_LIMITED = "wrds.connections.limited"
 CREDENTIALS_FILE_MODE = "wrds.credentials.file_mode"
+CREDENTIALS_WEAK = "wrds.credentials.weak"
 VERIFY_COMPLETED = "sync.verify.completed"
 BACKUP_COMPLETED = "sync.backup.completed"
 RESTORE_COMPLETED = "sync.restore.completed"
 
-# %% ../nbs/01_events.ipynb #7cd1bd3b
+# %% ../nbs/01_events.ipynb #dca6aa08
 REDACTED = "***"
 _SECRET_KEY = re.compile(r"pass(word|wd)?$|^pwd$|secret|api_?key|credential|private_key", re.I)
 _URL_PW = re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?=@)", re.I)
@@ -117,11 +119,16 @@ _KV_PW = re.compile(r"(?P<pre>\b(password|PGPASSWORD)\s*=\s*)(?P<pw>'(?:[^'\\]|\
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 
-def register_secret(value:str|None) -> None:
-    "Remember `value` as a secret: it will be cut out of every event from now on"
-    if not value or len(value) < 3: return  # too short to scrub without mangling ordinary text
+MIN_SECRET_CHARS = 8
+
+def register_secret(value:str|None) -> bool:
+    "Remember `value` as a secret, cut out of every event from now on; False (and no scrubbing) if it is too short"
+    if not value: return False
+    if len(value) < MIN_SECRET_CHARS:  # `daily` would be masked in `table=daily`: only the by-key and by-shape nets apply
+        return False
     with _secrets_lock:
         _secrets.update({value, quote(value, safe=""), quote(value, safe="@:/")})
+    return True
 
 def _scrub(s:str) -> str:
     with _secrets_lock: known = sorted(_secrets, key=len, reverse=True)

@@ -13,10 +13,10 @@ from typing import Literal
 from .errors import ConfigError, DatasetNameError, DiskSpaceError
 
 # %% auto #0
-__all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'DATA_DIR_MARKER', 'DataDirKind', 'validate_name', 'partition_key',
-           'is_temp_name', 'DataLayout', 'ensure_folders', 'resolve_stored', 'new_quarantine_path', 'fsync_dir',
-           'temp_path_for', 'publish_file', 'atomic_write_bytes', 'sha256_file', 'internal_dirs', 'check_no_links',
-           'data_dir_kind', 'claim_data_dir']
+__all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'DATA_DIR_MARKER', 'DataDirKind', 'OUR_NAMES', 'validate_name',
+           'partition_key', 'is_temp_name', 'DataLayout', 'ensure_folders', 'resolve_stored', 'new_quarantine_path',
+           'fsync_dir', 'temp_path_for', 'publish_file', 'atomic_write_bytes', 'sha256_file', 'internal_dirs',
+           'check_no_links', 'data_dir_kind', 'claim_data_dir']
 
 # %% ../nbs/01a_layout.ipynb #b3e4d54e
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -164,9 +164,11 @@ def sha256_file(path:Path,         # the file
         while chunk := f.read(block): h.update(chunk)
     return h.hexdigest()
 
-# %% ../nbs/01a_layout.ipynb #e018ee72
+# %% ../nbs/01a_layout.ipynb #f0f618fc
 DATA_DIR_MARKER = ".wrds-sync"
 DataDirKind = Literal["data", "demo"]
+OUR_NAMES = {"wrds", "manifests", "schemas", "locks", "sync_progress", "quarantine", "backups", "tmp", "drills",
+             "demo_source", DATA_DIR_MARKER}  # a folder holding only these is ours to claim
 
 def internal_dirs(layout:DataLayout) -> list[Path]:
     "The folders the tool creates inside a data dir"
@@ -184,7 +186,7 @@ def check_no_links(layout:DataLayout) -> None:
             raise ConfigError(f"refusing to use {d}: it is {what}, and wrds-sync never follows links it did not create",
                               f"remove {d} (wrds-sync recreates it), after checking what it points to")
 
-# %% ../nbs/01a_layout.ipynb #8f5e2fc4
+# %% ../nbs/01a_layout.ipynb #a9da5113
 def data_dir_kind(layout:DataLayout) -> DataDirKind | None:
     "What the marker says (`data` for a data dir of an earlier release), None for a folder that is not a data dir"
     try: kind = json.loads((layout.root / DATA_DIR_MARKER).read_text())["kind"]
@@ -200,7 +202,7 @@ def claim_data_dir(layout:DataLayout,        # the data dir
     "Make `layout.root` a data dir if it is new, empty or one already; refuse a folder holding other things"
     root = layout.root
     found = data_dir_kind(layout) if root.is_dir() else None
-    if found is None and root.is_dir() and any(root.iterdir()):
+    if found is None and root.is_dir() and any(p.name not in OUR_NAMES for p in root.iterdir()):
         raise ConfigError(f"{root} holds other files and is not a wrds-sync data dir",
                           "pass --data-dir (or WRDS_SYNC_DATA_DIR) pointing to a new or empty folder, or to a data dir")
     check_no_links(layout)
