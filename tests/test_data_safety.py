@@ -10,6 +10,7 @@ import threading
 from datetime import date
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 from conftest import fill
@@ -275,3 +276,68 @@ def test_12_a_short_password_is_not_masked_in_ordinary_words(monkeypatch):
         e = events.emit(events.TABLE_STARTED, dataset="crsp", table="daily", partitions=1)
     assert cfg.password.get_secret_value() == "daily" and e["table"] == "daily"
     assert [x["event"] for x in got][:1] == [events.CREDENTIALS_WEAK]
+
+
+def remote_digests(remote):
+    return {p.relative_to(remote).as_posix(): sha256_file(p) for p in sorted(remote.rglob("*")) if p.is_file()}
+
+
+def test_2_backup_never_sends_a_damaged_local_copy(env, tmp_path):
+    data, remote = tmp_path / "d", tmp_path / "remote"
+    assert script(data, "full-sync", "--dataset", "fama_french", "--start-year", "2024").returncode == 0
+    assert script(data, "backup", "--remote", str(remote)).returncode == 0
+    before = remote_digests(remote)
+    f = data / "wrds/fama_french/daily/2024.parquet"
+    f.write_bytes(f.read_bytes()[:200])
+    r = script(data, "--log-format", "json", "backup", "--remote", str(remote))
+    assert r.returncode == 1 and "the local copy does not verify" in r.stderr
+    assert "sync.backup.failed" in [json.loads(x)["event"] for x in r.stderr.splitlines() if x.startswith("{")]
+    assert remote_digests(remote) == before  # the last good backup is untouched
+
+
+RCLONE_WRAPPER = """#!/bin/sh
+# The first `copy` of a backup (the data files) runs; the second (the manifests) stands for a long transfer.
+if [ "$1" = copy ] && [ -e "$MARK.first" ]; then echo $$ > "$MARK.started.tmp"; mv "$MARK.started.tmp" "$MARK.started"; exec sleep 600; fi
+if [ "$1" = copy ]; then touch "$MARK.first"; fi
+exec rclone "$@"
+"""
+
+
+@pytest.mark.parametrize("kill", ["process group, SIGTERM", "python only, SIGKILL"])
+def test_2_a_backup_killed_mid_way_leaves_the_last_good_one_restorable(env, demo, wrds_db, tmp_path, kill):
+    data, remote = tmp_path / "d", tmp_path / "remote"
+    assert script(data, "full-sync", "--dataset", "fama_french", "--start-year", "2024").returncode == 0
+    assert script(data, "backup", "--remote", str(remote)).returncode == 0
+    good = {p.relative_to(data).as_posix(): sha256_file(p) for p in (data / "wrds").rglob("*.parquet")}
+    demo.restate_year("ff.factors_daily", "date", 2024, "mktrf", 3.0, database=wrds_db)
+    demo.bump_comment("ff.factors_daily", date(2026, 8, 1), database=wrds_db)
+    assert script(data, "incremental", "--dataset", "fama_french").returncode == 0
+    wrapper, mark = tmp_path / "rclone-wrapper", tmp_path / "mark"
+    wrapper.write_text(RCLONE_WRAPPER)
+    wrapper.chmod(0o755)
+    e = {**os.environ, "WRDS_SYNC_RCLONE": str(wrapper), "MARK": str(mark)}
+    p = subprocess.Popen([str(BIN), "--data-dir", str(data), "backup", "--remote", str(remote)], env=e,
+                         start_new_session=True, stderr=subprocess.PIPE)
+    started = Path(f"{mark}.started")
+    while not started.exists():  # the data files are sent; the manifests are on their way
+        assert p.poll() is None, p.stderr.read()
+    rclone_pid = int(started.read_text())
+    if kill.startswith("process group"):
+        os.killpg(p.pid, signal.SIGTERM)
+    else:
+        p.kill()
+    p.wait(timeout=60)
+    gone = psutil.wait_procs([psutil.Process(rclone_pid)], timeout=30)[0] if psutil.pid_exists(rclone_pid) else [1]
+    assert gone, "rclone outlived the backup that started it"
+    r = script(tmp_path / "restored", "restore", "--remote", str(remote), "--to", str(tmp_path / "restored"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    restored = tmp_path / "restored"
+    assert {p.relative_to(restored).as_posix(): sha256_file(p) for p in (restored / "wrds").rglob("*.parquet")} == good
+
+
+def test_12_a_one_year_sync_checks_the_disk_for_a_year_not_the_table(demo, wrds_db, tmp_path):
+    with events.capture_events() as got:
+        manager(demo, wrds_db, tmp_path).full_sync("compustat", 2025, 2025)
+    total = demo.execute("select reltuples::bigint from pg_class where oid = 'comp.funda'::regclass", database=wrds_db)[0][0]
+    hints = [e["rows"] for e in got if e["event"] == events.PARTITION_STARTED and e["table"] == "funda"]
+    assert hints and hints[0] < total / 2, (hints, total)

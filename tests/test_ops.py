@@ -44,7 +44,9 @@ def test_backup_restore_round_trip_is_byte_identical(synced, tmp_path):
     (synced / "quarantine" / "junk" / "x.parquet").write_bytes(b"x")
     b = backup(synced, str(tmp_path / "remote"))
     assert b.datasets == ["compustat", "fama_french"]
-    remote_files = {p.relative_to(tmp_path / "remote").parts[0] for p in (tmp_path / "remote").rglob("*") if p.is_file()}
+    gen = (tmp_path / "remote/CURRENT").read_text().strip()
+    top = tmp_path / "remote/generations" / gen
+    remote_files = {p.relative_to(top).parts[0] for p in top.rglob("*") if p.is_file()}
     assert remote_files == {"wrds", "manifests", "schemas", ".wrds-sync"}  # no locks, staging, quarantine or progress
     r = restore(str(tmp_path / "remote"), tmp_path / "restored")
     assert r.ok and r.problems == {"compustat": [], "fama_french": []}
@@ -114,7 +116,7 @@ def test_restore_drill_ok_then_fails_on_a_corrupted_backup(synced, tmp_path):
               scratch=str(tmp_path / "s1"), report=str(tmp_path / "r.json"))
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["ok"] and rep["files"] > 0 and rep["restore_seconds"] >= 0 and rep["row_count_mismatches"] == []
-    victim = remote / "wrds/fama_french/monthly/2023.parquet"
+    victim = remote / "generations" / (remote / "CURRENT").read_text().strip() / "wrds/fama_french/monthly/2023.parquet"
     victim.write_bytes(victim.read_bytes()[:-8] + b"garbage!")
     with pytest.raises(pm.PapermillExecutionError):
         run_drill("restore_drill", tmp_path / "out2.ipynb", data_dir=str(synced), remote=str(remote),
@@ -205,7 +207,7 @@ def test_backup_restore_drill_through_cli_runner(synced, tmp_path):
     r = run(app, ["restore", "--remote", str(tmp_path / "remote"), "--to", str(tmp_path / "restored")])
     assert r.exit_code == 0 and "compustat: ok" in r.stdout and "fama_french: ok" in r.stdout
     assert published(tmp_path / "restored") == published(synced)
-    victim = tmp_path / "remote/wrds/compustat/fundq/2024.parquet"
+    victim = tmp_path / "remote/generations" / (tmp_path / "remote/CURRENT").read_text().strip() / "wrds/compustat/fundq/2024.parquet"
     victim.write_bytes(b"not parquet")
     r = run(app, ["restore", "--remote", str(tmp_path / "remote"), "--to", str(tmp_path / "again")])
     assert r.exit_code == 1 and "checksum mismatch wrds/compustat/fundq/2024.parquet" in r.stdout

@@ -48,7 +48,7 @@ __all__ = ['FingerprintMethod', 'Action', 'MASS_REMOVAL_SHARE', 'SyncProgress', 
            'numeric_scales', 'source_columns', 'fingerprint_method', 'describe_table', 'fetch_fingerprints',
            'remove_vanished', 'quarantine_damaged', 'apply_plan', 'check_mass_removal', 'plan_inputs', 'with_source',
            'record_failure', 'fetch_with_retries', 'fetch_partitions', 'finish_table', 'sync_table', 'dry_run',
-           'in_flight_files', 'consistent_view', 'entry_problem', 'check_integrity', 'kept_manifests',
+           'in_flight_files', 'consistent_view', 'entry_problem', 'check_integrity', 'problems_in', 'kept_manifests',
            'repair_manifest']
 
 # %% ../nbs/08_sync.ipynb #a72645f7
@@ -891,7 +891,7 @@ def fetch_with_retries(ctx:RunContext,                                      # th
             record_failure(ctx, tr.table, key, err); return None
     return None
 
-# %% ../nbs/08_sync.ipynb #25c2fa00
+# %% ../nbs/08_sync.ipynb #33f8e6da
 def _fingerprint_of(future:Future[dict[str, SourceFingerprint]], key:str) -> SourceFingerprint | None:
     return future.result().get(key)
 
@@ -900,14 +900,16 @@ def fetch_partitions(ctx:RunContext,                              # the run
                      todo:list[str],                              # the partition keys to fetch
                      future:Future[dict[str, SourceFingerprint]]  # the fingerprints being computed
                     ) -> None:
-    "Fetch `todo` in order, sizing each disk check from the partition before"
+    "Fetch `todo` in order, sizing each disk check from the partition's own row count when known"
     entry = ctx.manifest.tables.get(tr.table.name)
     bpr = entry.bytes / entry.rows if entry and entry.rows else None
-    rows_hint = int((tr.info["approx_rows"] or 0) / max(len(tr.keys), 1))
+    span = max(1, date.today().year - ctx.spec.default_start_year + 1) if tr.table.partitioned else 1
+    rows_hint = int((tr.info["approx_rows"] or 0) / span)  # a year of the table, not the whole table
     ctx.progress.failed.setdefault(tr.table.name, {})
     for key in todo:
         if future.done() and (exc := future.exception()) is not None: raise exc
-        e = fetch_with_retries(ctx, tr, key, partial(_fingerprint_of, future, key), rows_hint, bpr)
+        known = future.result().get(key) if future.done() else None
+        e = fetch_with_retries(ctx, tr, key, partial(_fingerprint_of, future, key), known.rows if known else rows_hint, bpr)
         if e is not None and e.rows: bpr, rows_hint = e.bytes / e.rows, e.rows
 
 def finish_table(ctx:RunContext,  # the run
@@ -974,17 +976,22 @@ def dry_run(sm:SyncManager,   # the sync manager
         plans[table.name] = plan_table(i)
     return plans
 
-# %% ../nbs/08_sync.ipynb #29578be6
+# %% ../nbs/08_sync.ipynb #0628dce6
 def in_flight_files(sm:SyncManager,  # the sync manager
                     ds:str           # the dataset's name
                    ) -> dict[str, str]:
-    "Files a running sync journaled (path -> SHA-256): only while the lock of that run is held by a live holder"
+    "Journaled files (path -> SHA-256) that are no damage: the running sync's, or (none running) those a sync would adopt"
     prog = load_progress(sm.layout, ds)
+    journal = trusted_journal(prog)
     lock = AtomicFileLock(sm.layout.locks_dir, ds, sm.writer_id).status() if sm.layout.locks_dir.is_dir() else None
     running = lock is not None and lock.held and not lock.stale and lock.token is not None and prog is not None \
         and lock.token.nonce == prog.lock_nonce
-    return {e.path: e.sha256 for es in trusted_journal(prog).values() for e in es.values()} if running else {}
+    spec = sm.registry.get(ds) if ds in sm.registry.names() else None
+    return {e.path: e.sha256 for t, es in journal.items() for k, e in es.items()
+            if running or (spec is not None and t in {x.name for x in spec.tables} and is_intact(sm.layout, e)
+                           and holds_partition(sm.layout, spec.table(t), k, e))}
 
+# %% ../nbs/08_sync.ipynb #d2bbc63b
 def consistent_view(sm:SyncManager,  # the sync manager
                     ds:str           # the dataset's name
                    ) -> tuple[SyncManifest | None, dict[str, str]]:
@@ -1015,15 +1022,29 @@ def entry_problem(layout:DataLayout,         # the data dir
         return events.MANIFEST_MISMATCH, f"schema of {e.path} ({e.schema_fingerprint}) is not in the schema registry"
     return None
 
-# %% ../nbs/08_sync.ipynb #1bd8ae81
+# %% ../nbs/08_sync.ipynb #1eb05d80
 def check_integrity(sm:SyncManager,  # the sync manager
                     dataset:str      # the dataset's name
                    ) -> list[str]:
     "Every problem with the local copy of `dataset`, one line each; emits an event per problem"
     ds = validate_name(dataset)
     check_no_links(sm.layout)
-    manifest, in_flight = consistent_view(sm, ds)
-    if manifest is None: return [f"dataset {ds!r} has no manifest: it has never been synced into {sm.layout.root}"]
+    for _attempt in range(5):  # a sync that journals or commits while we check: check again from the new view
+        view = consistent_view(sm, ds)
+        found = problems_in(sm, ds, *view)
+        if not found or consistent_view(sm, ds) == view: break
+    for event, line in found: events.emit(event, dataset=ds, problem=line)
+    events.emit(events.VERIFY_COMPLETED, dataset=ds, files=len(view[0].files()) if view[0] else 0, problems=len(found))
+    return [line for _, line in found]
+
+def problems_in(sm:SyncManager,                   # the sync manager
+                ds:str,                           # the dataset's name
+                manifest:SyncManifest|None,       # its manifest, as read
+                in_flight:dict[str, str]          # the journaled files that are not damage
+               ) -> list[tuple[str, str]]:
+    "The (event, line) problems of the local copy against one view of manifest and journal"
+    if manifest is None:
+        return [(events.MANIFEST_MISMATCH, f"dataset {ds!r} has no manifest: it has never been synced into {sm.layout.root}")]
     found: list[tuple[str, str]] = []
     for tname, t in sorted(manifest.tables.items()):
         known = {v.fingerprint for v in sm.schemas.history(ds, tname)}
@@ -1033,9 +1054,7 @@ def check_integrity(sm:SyncManager,  # the sync manager
         rel = sm.layout.relative(f)
         if f.is_file() and rel not in listed and rel not in in_flight:
             found.append((events.MANIFEST_MISMATCH, f"unknown file {rel}: not in the manifest"))
-    for event, line in found: events.emit(event, dataset=ds, problem=line)
-    events.emit(events.VERIFY_COMPLETED, dataset=ds, files=len(listed), problems=len(found))
-    return [line for _, line in found]
+    return found
 
 # %% ../nbs/08_sync.ipynb #c82927f1
 def kept_manifests(sm:SyncManager,  # the manager
