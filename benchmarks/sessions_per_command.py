@@ -1,7 +1,8 @@
 """Server sessions each `wrds-sync` command opens, measured on the embedded WRDS-shaped PostgreSQL.
 
 For each command: the logins it made (`pg_stat_database.sessions`, each a potential Duo prompt on WRDS) and the
-most sessions of the account open at once (sampled from `pg_stat_activity`), with the default budget
+most sessions of the account open at once (client backends in `pg_stat_activity`: parallel query workers are
+not sessions), with the default budget
 (`WRDS_MAX_CONNECTIONS=3`) and with 1. Usage: python benchmarks/sessions_per_command.py
 """
 import os
@@ -22,7 +23,7 @@ def measure(src, db, data, args, budget):
 
     def sample():
         while not stop.is_set():
-            n = src.execute("select count(*) from pg_stat_activity where usename = %s", (DEMO_ROLE,), "postgres")[0][0]
+            n = src.execute("select count(*) from pg_stat_activity where usename = %s and backend_type = 'client backend'", (DEMO_ROLE,), "postgres")[0][0]
             peak[0] = max(peak[0], n)
 
     cfg = src.config(db)

@@ -43,7 +43,7 @@ def session_peak(demo):
 
     def sample():
         while not stop.is_set():
-            n = demo.execute("select count(*) from pg_stat_activity where usename = %s", (DEMO_ROLE,), "postgres")[0][0]
+            n = demo.execute("select count(*) from pg_stat_activity where usename = %s and backend_type = 'client backend'", (DEMO_ROLE,), "postgres")[0][0]
             peak[0] = max(peak[0], n)
 
     t = threading.Thread(target=sample)
