@@ -23,9 +23,9 @@ __all__ = ['DISK_WARNING', 'DISK_CRITICAL', 'DISK_BLOCKED', 'LOCK_STALE', 'CHECK
            'PARTITION_QUARANTINED', 'SCHEMA_NEW_COLUMNS', 'SCHEMA_BREAKING', 'QUARANTINE_CLEANED', 'LOCK_ACQUIRED',
            'LOCK_RELEASED', 'LOCK_RECOVERED', 'LOCK_FORCED', 'QUERY_RETRY', 'QUERY_TIMEOUT', 'CONNECTED',
            'CONNECTIONS_LIMITED', 'CREDENTIALS_FILE_MODE', 'CREDENTIALS_WEAK', 'VERIFY_COMPLETED', 'BACKUP_COMPLETED',
-           'RESTORE_COMPLETED', 'REDACTED', 'MIN_SECRET_CHARS', 'logger', 'Alert', 'alerts_markdown', 'register_secret',
-           'redact', 'emit', 'listening', 'capture_events', 'JsonEventFormatter', 'TextEventFormatter',
-           'EventStreamHandler', 'configure_logging']
+           'RESTORE_COMPLETED', 'DATA_DIR_MIGRATED', 'VERSION_COMMITTED', 'VACUUM_COMPLETED', 'REDACTED',
+           'MIN_SECRET_CHARS', 'logger', 'Alert', 'alerts_markdown', 'register_secret', 'redact', 'emit', 'listening',
+           'capture_events', 'JsonEventFormatter', 'TextEventFormatter', 'EventStreamHandler', 'configure_logging']
 
 # %% ../nbs/01_events.ipynb #01f2707e
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def alerts_markdown() -> str:
         lines.append(f"| `{a.event}` | {a.level} | {a.trigger} | [{a.runbook}]({a.runbook}) |")
     return "\n".join(lines) + "\n"
 
-# %% ../nbs/01_events.ipynb #e272f755
+# %% ../nbs/01_events.ipynb #a54449fb
 SYNC_STARTED = "sync.started"
 SYNC_COMPLETED = "sync.completed"
 SYNC_FAILED = "sync.failed"
@@ -110,6 +110,9 @@ CREDENTIALS_WEAK = "wrds.credentials.weak"
 VERIFY_COMPLETED = "sync.verify.completed"
 BACKUP_COMPLETED = "sync.backup.completed"
 RESTORE_COMPLETED = "sync.restore.completed"
+DATA_DIR_MIGRATED = "sync.data_dir.migrated"
+VERSION_COMMITTED = "sync.version.committed"
+VACUUM_COMPLETED = "sync.vacuum.completed"
 
 # %% ../nbs/01_events.ipynb #dca6aa08
 REDACTED = "***"

@@ -13,10 +13,11 @@ from typing import Literal
 from .errors import ConfigError, DatasetNameError, DiskSpaceError
 
 # %% auto #0
-__all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'DATA_DIR_MARKER', 'DataDirKind', 'OUR_NAMES', 'validate_name',
-           'partition_key', 'is_temp_name', 'DataLayout', 'ensure_folders', 'resolve_stored', 'new_quarantine_path',
-           'fsync_dir', 'temp_path_for', 'publish_file', 'atomic_write_bytes', 'sha256_file', 'internal_dirs',
-           'check_no_links', 'data_dir_kind', 'claim_data_dir']
+__all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'DATA_DIR_MARKER', 'LAYOUT_FORMAT', 'DataDirKind', 'OUR_NAMES',
+           'validate_name', 'partition_key', 'is_temp_name', 'DataLayout', 'ensure_folders', 'resolve_stored',
+           'new_quarantine_path', 'fsync_dir', 'temp_path_for', 'publish_file', 'atomic_write_bytes',
+           'create_exclusive', 'sha256_file', 'internal_dirs', 'check_no_links', 'data_dir_kind', 'claim_data_dir',
+           'write_marker', 'layout_format']
 
 # %% ../nbs/01a_layout.ipynb #b3e4d54e
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -42,7 +43,7 @@ def is_temp_name(name:str) -> bool:
     "Is `name` one of our in-flight temporary files?"
     return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
-# %% ../nbs/01a_layout.ipynb #27331cd4
+# %% ../nbs/01a_layout.ipynb #41e812a9
 class DataLayout:
     "Every path under one data dir"
     def __init__(self, root:Path|str):
@@ -51,6 +52,7 @@ class DataLayout:
             raise ConfigError(f"the data dir {self.root} is a file, not a folder", "pass --data-dir (or WRDS_SYNC_DATA_DIR) pointing to a folder")
         r = self.root
         self.wrds_dir, self.manifests_dir, self.schemas_dir = r / "wrds", r / "manifests", r / "schemas"
+        self.versions_dir = r / "versions"
         self.locks_dir, self.progress_dir, self.quarantine_dir = r / "locks", r / "sync_progress", r / "quarantine"
         self.backups_dir, self.tmp_dir = r / "backups", r / "tmp"
         self.staging_dir, self.duckdb_tmp_dir = self.tmp_dir / "staging", self.tmp_dir / "duckdb"
@@ -67,6 +69,13 @@ class DataLayout:
                       ) -> Path:
         return self.table_dir(dataset, table) / f"{partition_key(year)}.parquet"
     def manifest_path(self, dataset:str) -> Path: return self.manifests_dir / f"{validate_name(dataset)}.json"
+    def version_path(self, dataset:str,  # the dataset's name
+                     table:str,          # the table
+                     key:str,            # the partition key (a year or 'all')
+                     sha256:str          # the file's SHA-256
+                    ) -> Path:
+        "Where the immutable file of one partition version lives: named by its content"
+        return self.versions_dir / validate_name(dataset) / validate_name(table, "table") / f"{key}-{sha256[:16]}.parquet"
     def schema_path(self, dataset:str,  # the dataset's name
                     table:str           # the table
                    ) -> Path:
@@ -83,11 +92,11 @@ class DataLayout:
         return Path(path).absolute().relative_to(self.root).as_posix()
     def resolve(self, rel:str) -> Path: return resolve_stored(self, rel)  # a stored path, never outside the data dir
 
-# %% ../nbs/01a_layout.ipynb #b943810f
+# %% ../nbs/01a_layout.ipynb #fb6f008d
 def ensure_folders(layout:DataLayout) -> DataLayout:
     "Claim the data dir (see below), then create the folders of the layout (the lock folder private to the user)"
     claim_data_dir(layout)
-    for d in (layout.wrds_dir, layout.manifests_dir, layout.schemas_dir, layout.progress_dir,
+    for d in (layout.wrds_dir, layout.versions_dir, layout.manifests_dir, layout.schemas_dir, layout.progress_dir,
               layout.quarantine_dir, layout.backups_dir, layout.duckdb_tmp_dir, layout.staging_dir):
         d.mkdir(parents=True, exist_ok=True)
     layout.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -133,11 +142,12 @@ def publish_file(tmp:Path,    # the fsynced temporary file
     os.replace(tmp, target)
     fsync_dir(target.parent)
 
-# %% ../nbs/01a_layout.ipynb #69f085de
+# %% ../nbs/01a_layout.ipynb #d474b1c2
 def atomic_write_bytes(target:Path,    # the file to create or replace
                        data:bytes,     # its complete new content
-                       mode:int=0o644  # the new file's permissions
-                      ) -> None:
+                       mode:int=0o644, # the new file's permissions
+                       replace:bool=True  # False: only create, never replace (returns False if the name is taken)
+                      ) -> bool:
     "Write `data` to `target` so that readers and crashes see the old or the new content, never a mix"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(target)
@@ -148,11 +158,30 @@ def atomic_write_bytes(target:Path,    # the file to create or replace
             while view: view = view[os.write(fd, view):]
             os.fsync(fd)
         finally: os.close(fd)
+        if not replace: return create_exclusive(tmp, target)
         publish_file(tmp, target)
+        return True
     except OSError as e:
         tmp.unlink(missing_ok=True)
         if e.errno == errno.ENOSPC: raise DiskSpaceError(f"no space left on device while writing {target}") from e
         raise
+
+# %% ../nbs/01a_layout.ipynb #bd823e55
+def create_exclusive(tmp:Path,    # a complete, fsynced file
+                     target:Path  # the name it should get, unless taken
+                    ) -> bool:
+    "Give `tmp` the name `target` unless that name exists (then `tmp` is removed); True if it did"
+    try: os.link(tmp, target)
+    except FileExistsError:
+        tmp.unlink(); return False
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK): raise
+        if os.path.lexists(target):
+            tmp.unlink(); return False
+        os.rename(tmp, target)
+    else: tmp.unlink()
+    fsync_dir(target.parent)
+    return True
 
 # %% ../nbs/01a_layout.ipynb #b2893392
 def sha256_file(path:Path,         # the file
@@ -164,15 +193,16 @@ def sha256_file(path:Path,         # the file
         while chunk := f.read(block): h.update(chunk)
     return h.hexdigest()
 
-# %% ../nbs/01a_layout.ipynb #f0f618fc
+# %% ../nbs/01a_layout.ipynb #0552a1c1
 DATA_DIR_MARKER = ".wrds-sync"
+LAYOUT_FORMAT = 2  # 1: files published in place under wrds/ (releases before vintages); 2: immutable versions/
 DataDirKind = Literal["data", "demo"]
-OUR_NAMES = {"wrds", "manifests", "schemas", "locks", "sync_progress", "quarantine", "backups", "tmp", "drills",
+OUR_NAMES = {"wrds", "versions", "manifests", "schemas", "locks", "sync_progress", "quarantine", "backups", "tmp", "drills",
              "demo_source", DATA_DIR_MARKER}  # a folder holding only these is ours to claim
 
 def internal_dirs(layout:DataLayout) -> list[Path]:
     "The folders the tool creates inside a data dir"
-    return [layout.wrds_dir, layout.manifests_dir, layout.schemas_dir, layout.locks_dir, layout.progress_dir,
+    return [layout.wrds_dir, layout.versions_dir, layout.manifests_dir, layout.schemas_dir, layout.locks_dir, layout.progress_dir,
             layout.quarantine_dir, layout.backups_dir, layout.tmp_dir, layout.staging_dir, layout.duckdb_tmp_dir,
             layout.tmp_dir / "snapshots", layout.root / "drills"]
 
@@ -186,7 +216,7 @@ def check_no_links(layout:DataLayout) -> None:
             raise ConfigError(f"refusing to use {d}: it is {what}, and wrds-sync never follows links it did not create",
                               f"remove {d} (wrds-sync recreates it), after checking what it points to")
 
-# %% ../nbs/01a_layout.ipynb #a9da5113
+# %% ../nbs/01a_layout.ipynb #5be08d86
 def data_dir_kind(layout:DataLayout) -> DataDirKind | None:
     "What the marker says (`data` for a data dir of an earlier release), None for a folder that is not a data dir"
     try: kind = json.loads((layout.root / DATA_DIR_MARKER).read_text())["kind"]
@@ -206,6 +236,18 @@ def claim_data_dir(layout:DataLayout,        # the data dir
         raise ConfigError(f"{root} holds other files and is not a wrds-sync data dir",
                           "pass --data-dir (or WRDS_SYNC_DATA_DIR) pointing to a new or empty folder, or to a data dir")
     check_no_links(layout)
-    if not (root / DATA_DIR_MARKER).exists():
-        atomic_write_bytes(root / DATA_DIR_MARKER, json.dumps({"kind": found or kind, "format": 1}).encode())
+    if not (root / DATA_DIR_MARKER).exists():  # a data dir of an earlier release stays format 1 until migrated
+        write_marker(layout, found or kind, 1 if found else LAYOUT_FORMAT)
     return found or kind
+
+def write_marker(layout:DataLayout,  # the data dir
+                 kind:DataDirKind,   # what it is for
+                 fmt:int             # its layout format
+                ) -> None:
+    "Write the data dir's marker file"
+    atomic_write_bytes(layout.root / DATA_DIR_MARKER, json.dumps({"kind": kind, "format": fmt}).encode())
+
+def layout_format(layout:DataLayout) -> int:
+    "The layout format the marker records (1 for a data dir of a release before vintages)"
+    try: return int(json.loads((layout.root / DATA_DIR_MARKER).read_text()).get("format", 1))
+    except (OSError, ValueError, TypeError, AttributeError): return 1

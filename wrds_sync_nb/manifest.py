@@ -15,8 +15,9 @@ from .errors import ManifestError
 from .layout import DataLayout, atomic_write_bytes, validate_name
 
 # %% auto #0
-__all__ = ['MAX_MANIFEST_BYTES', 'HISTORY_KEEP', 'utcnow', 'LockToken', 'SourceFingerprint', 'PartitionEntry', 'TableEntry',
-           'SyncManifest', 'parse_manifest', 'read_manifest', 'ManifestManager', 'write_version', 'kept_versions']
+__all__ = ['MAX_MANIFEST_BYTES', 'utcnow', 'LockToken', 'SourceFingerprint', 'PartitionEntry', 'TableEntry', 'SyncManifest',
+           'parse_manifest', 'read_manifest', 'ManifestManager', 'current_manifest', 'save_manifest', 'write_version',
+           'kept_versions']
 
 # %% ../nbs/02_manifest.ipynb #2634b501
 def utcnow() -> datetime:
@@ -140,59 +141,85 @@ def read_manifest(dataset:str,  # the dataset's name
     except FileNotFoundError: return None
     return parse_manifest(dataset, data, str(path))
 
-# %% ../nbs/02_manifest.ipynb #a5428de3
-HISTORY_KEEP = 5
-
+# %% ../nbs/02_manifest.ipynb #493ed59d
 class ManifestManager:
-    "Load, save and roll back dataset manifests under the data dir's `manifests/`"
+    "Load and save dataset manifests: every version kept, immutable, under `manifests/history/<dataset>/`"
     def __init__(self, layout:DataLayout): self.layout = layout
 
-    def prev_path(self, dataset:str) -> Path: return self.layout.manifest_path(dataset).with_suffix(".json.prev")
+    def prev_path(self, dataset:str) -> Path: return self.layout.manifest_path(dataset).with_suffix(".json.prev")  # releases before vintages
     def history_dir(self, dataset:str) -> Path: return self.layout.manifests_dir / "history" / validate_name(dataset)
+    def version_path(self, dataset:str,  # the dataset's name
+                     n:int               # the version number
+                    ) -> Path:
+        return self.history_dir(dataset) / f"{int(n)}.json"
     def load(self, dataset:str) -> SyncManifest | None:
-        "The dataset's current manifest, or None if it was never synced"
-        return read_manifest(validate_name(dataset), self.layout.manifest_path(dataset))
+        "The dataset's current (newest) manifest version, or None if it was never synced"
+        return current_manifest(self, dataset)
+    def load_version(self, dataset:str,  # the dataset's name
+                     n:int               # the version number
+                    ) -> SyncManifest | None:
+        "Version `n` of the dataset's manifest, or None if the history has no such version"
+        return read_manifest(validate_name(dataset), self.version_path(dataset, n))
+    def versions(self, dataset:str) -> list[int]: return kept_versions(self, dataset)  # every version number, oldest first
     def load_or_new(self, dataset:str) -> SyncManifest:
         "The current manifest, or an empty version-0 one"
         return self.load(dataset) or SyncManifest(dataset=validate_name(dataset))
 
     def save(self, manifest:SyncManifest) -> SyncManifest:
-        "Atomically write `manifest` as the next version; returns what was written"
-        ds = validate_name(manifest.dataset)
-        path = self.layout.manifest_path(ds)
-        current = read_manifest(ds, path)
-        on_disk = current.version if current else 0
-        if on_disk != manifest.version:
-            raise ManifestError(f"manifest {path} changed from version {manifest.version} to {on_disk} while this "
-                                "run held it", "another writer bypassed the lock; rerun the sync")
-        new = manifest.model_copy(update={"version": on_disk + 1, "updated_at": utcnow(), "content_sha256": None})
-        new = new.model_copy(update={"content_sha256": new.content_digest()})
-        if current is not None: atomic_write_bytes(self.prev_path(ds), path.read_bytes())
-        return write_version(self, new)
+        "Commit `manifest` as the next version (put-if-absent); returns what was written"
+        return save_manifest(self, manifest)
 
     def rollback(self, dataset:str) -> SyncManifest:
-        "Restore the previous manifest version's content (as a new version number)"
-        ds = validate_name(dataset)
-        prev = read_manifest(ds, self.prev_path(ds))
-        if prev is None: raise ManifestError(f"dataset {ds!r} has no previous manifest to roll back to")
-        current = self.load(ds)
-        return self.save(prev.model_copy(update={"version": current.version if current else 0}))
+        "Commit the content of the version before the current one as a new version"
+        current = self.load(dataset)
+        prev = self.load_version(dataset, current.version - 1) if current and current.version > 1 else None
+        if current is None or prev is None: raise ManifestError(f"dataset {dataset!r} has no previous manifest to roll back to")
+        return self.save(prev.model_copy(update={"version": current.version}))
 
-# %% ../nbs/02_manifest.ipynb #567b6d2e
+# %% ../nbs/02_manifest.ipynb #2d6209ce
+def current_manifest(mm:ManifestManager,  # the manager
+                     dataset:str           # the dataset's name
+                    ) -> SyncManifest | None:
+    "The newest manifest version: from the pointer's version, forward through any version committed after it"
+    ds, pointer = validate_name(dataset), mm.layout.manifest_path(dataset)
+    try: hint = read_manifest(ds, pointer)
+    except ManifestError:
+        if not kept_versions(mm, ds): raise  # no history to fall back on (a data dir of an older release)
+        hint = None
+    n = max([hint.version if hint else 0, *kept_versions(mm, ds)])  # a repair may leave a gap in the numbers
+    legacy = hint is not None and not mm.version_path(ds, n).exists()  # a pointer older than the history
+    while mm.version_path(ds, n + 1).exists(): n += 1
+    if legacy and hint is not None and n == hint.version: return hint
+    return read_manifest(ds, mm.version_path(ds, n)) if n else None
+
+def save_manifest(mm:ManifestManager,  # the manager
+                  manifest:SyncManifest # the content, with the version it was read at
+                 ) -> SyncManifest:
+    "Commit `manifest` as the next version; refuses if the data dir moved on from the version it was read at"
+    ds = validate_name(manifest.dataset)
+    current = mm.load(ds)
+    on_disk = current.version if current else 0
+    if on_disk != manifest.version:
+        raise ManifestError(f"manifest of {ds} changed from version {manifest.version} to {on_disk} while this "
+                            "run held it", "another writer bypassed the lock; rerun the sync")
+    new = manifest.model_copy(update={"version": on_disk + 1, "updated_at": utcnow(), "content_sha256": None})
+    return write_version(mm, new.model_copy(update={"content_sha256": new.content_digest()}))
+
+# %% ../nbs/02_manifest.ipynb #22a54af4
 def write_version(mm:ManifestManager,   # the manager
                   m:SyncManifest         # a manifest with its version and checksum set
                  ) -> SyncManifest:
-    "Write `m` to the history and as the current manifest; prune the history to its last versions"
+    "Create version `m.version` in the history (never replacing one), then point the pointer at it"
     body = (m.model_dump_json(indent=2) + "\n").encode()
-    hist = mm.history_dir(m.dataset)
-    atomic_write_bytes(hist / f"{m.version}.json", body)
+    if not atomic_write_bytes(mm.version_path(m.dataset, m.version), body, replace=False):
+        raise ManifestError(f"manifest version {m.version} of {m.dataset} was committed by another writer",
+                            "another writer bypassed the lock; rerun the sync")
     atomic_write_bytes(mm.layout.manifest_path(m.dataset), body)
-    for v in kept_versions(mm, m.dataset)[:-HISTORY_KEEP]: (hist / f"{v}.json").unlink(missing_ok=True)
     return m
 
 def kept_versions(mm:ManifestManager,  # the manager
                   dataset:str           # whose history
                  ) -> list[int]:
-    "The version numbers kept in the history, oldest first"
+    "The version numbers in the history, oldest first"
     d = mm.history_dir(dataset)
     return sorted(int(p.stem) for p in d.glob("*.json") if p.stem.isdigit()) if d.is_dir() else []
