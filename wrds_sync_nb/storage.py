@@ -127,14 +127,14 @@ def write_parquet_stream(path:Path,                                           # 
         raise
     return WrittenFile(path, rows, sink.bytes, sink.sha.hexdigest(), schema)
 
-# %% ../nbs/07_storage.ipynb #48cd6566
+# %% ../nbs/07_storage.ipynb #f34a3e2e
 def check_same_filesystem(layout:DataLayout) -> None:
     "Refuse to sync if staging and the published folders are on different filesystems (rename would not be atomic)"
     layout.ensure()
     for d in (layout.versions_dir, layout.wrds_dir):
         if os.stat(layout.staging_dir).st_dev != os.stat(d).st_dev:
             raise ConfigError(f"{layout.staging_dir} and {d} are on different filesystems, so files cannot be "
-                              f"published atomically", f"keep tmp/, versions/ and wrds/ of the data dir on one filesystem")
+                              f"published atomically", "keep tmp/, versions/ and wrds/ of the data dir on one filesystem")
 
 def publish(staged:Path,  # the fsynced staging file
             target:Path   # its immutable version path

@@ -154,13 +154,16 @@ def vacuum(sm:SyncManager,                       # the manager (no client needed
     if not dry_run: events.emit(events.VACUUM_COMPLETED, dataset=ds, files=len(gone), bytes=size, kept_versions=kept)
     return res
 
-# %% ../nbs/09c_vintages.ipynb #1bad320c
+# %% ../nbs/09c_vintages.ipynb #db879921
 def storage_bytes(mm:ManifestManager,  # the data dir's manifests
                   dataset:str           # the dataset's name
-                 ) -> tuple[int, int]:
-    "(bytes of the current version's files, bytes of the other version files still on disk)"
+                 ) -> dict[str, tuple[int, int]]:
+    "Per table: (bytes of the current version's files, bytes of its older version files still on disk)"
     versions, _ = load_versions(mm, dataset)
-    if not versions: return 0, 0
-    cur = {entry_file(mm.layout, dataset, t, k, e): e.bytes for t, k, e in entries(versions[-1])}
-    older = {entry_file(mm.layout, dataset, t, k, e) for m in versions[:-1] for t, k, e in entries(m)} - set(cur)
-    return sum(cur.values()), sum(f.stat().st_size for f in older if f.is_file())
+    if not versions: return {}
+    cur = {entry_file(mm.layout, dataset, t, k, e): (t, e.bytes) for t, k, e in entries(versions[-1])}
+    older = {(t, entry_file(mm.layout, dataset, t, k, e)) for m in versions[:-1] for t, k, e in entries(m)}
+    out = {t: (sum(b for tt, b in cur.values() if tt == t), 0) for t in versions[-1].tables}
+    for t, f in older:
+        if f not in cur and f.is_file(): out[t] = (out.get(t, (0, 0))[0], out.get(t, (0, 0))[1] + f.stat().st_size)
+    return out
