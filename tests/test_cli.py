@@ -246,7 +246,7 @@ def test_json_logs_and_the_alert_events(env, demo, wrds_db, tmp_path):
     assert [e["days_left"] for e in evs if e["event"] == events.CREDENTIAL_EXPIRING] == [10]
     assert [e["dataset"] for e in evs if e["event"] == events.DATA_LATE] == ["fama_french"]
 
-    (data / "wrds/fama_french/daily/2022.parquet").unlink()
+    next((data / "versions/fama_french/daily").glob("2022-*.parquet")).unlink()  # the version, not only its view
     p = data / "wrds/fama_french/daily/2023.parquet"
     p.write_bytes(p.read_bytes()[:-20] + b"x" * 20)
     run("verify", "--dataset", "fama_french", code=1)
@@ -289,7 +289,7 @@ def test_malformed_settings_and_manifest(env, tmp_path, monkeypatch):
     assert script(data, "full-sync", *FF).returncode == 0
     r = script(data, "incremental", "--all", env_extra={"WRDS_PORT": "http"})
     assert r.returncode == 1 and one_error(r.stderr) and "setting WRDS_PORT is invalid" in r.stderr
-    manifest = data / "manifests" / "fama_french.json"
+    manifest = data / "manifests" / "history" / "fama_french" / "1.json"  # the newest version, not only its pointer
     manifest.write_text(manifest.read_text().replace('"rows": ', '"rows": 1', 1))
     for args in (["verify", "--dataset", "fama_french"], ["incremental", "--dataset", "fama_french"]):
         r = script(data, *args)

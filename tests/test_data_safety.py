@@ -116,30 +116,35 @@ def test_3_demo_refuses_a_data_dir_holding_real_data(env, tmp_path):
 
 def test_5_a_forged_checkpoint_is_not_adopted(demo, wrds_db, tmp_path):
     manager(demo, wrds_db, tmp_path).full_sync("fama_french", 2023, 2025)
-    d = tmp_path / "wrds/fama_french/daily"
-    shutil.copyfile(d / "2023.parquet", d / "2024.parquet")  # another year's rows under 2024's name
+    lay = DataLayout(tmp_path)
+    src = tmp_path / "wrds/fama_french/daily/2023.parquet"
+    forged = lay.version_path("fama_french", "daily", "2024", sha256_file(src))  # another year's rows under a 2024 name
+    shutil.copyfile(src, forged)
     p = tmp_path / "sync_progress/fama_french.json"
     prog = json.loads(p.read_text())
     e = dict(prog["completed"]["daily"]["2024"])
-    e.update(bytes=(d / "2024.parquet").stat().st_size, sha256=sha256_file(d / "2024.parquet"),
-             rows=pq.ParquetFile(d / "2024.parquet").metadata.num_rows)
+    e.update(path=lay.relative(forged), bytes=forged.stat().st_size, sha256=sha256_file(forged),
+             rows=pq.ParquetFile(forged).metadata.num_rows)
     prog["pending"] = {"daily": {"2024": e}}
     p.write_text(json.dumps(prog))
-    r = SyncManager(None, tmp_path).verify_integrity("fama_french")
-    assert any(x.startswith("checksum mismatch wrds/fama_french/daily/2024.parquet") for x in r)  # verify writes nothing
-    assert ManifestManager(DataLayout(tmp_path)).load("fama_french").tables["daily"].partitions["2024"].sha256 != e["sha256"]
+    before = file_digests(tmp_path)
+    assert SyncManager(None, tmp_path).verify_integrity("fama_french") == []  # not listed by any version: no damage
+    assert file_digests(tmp_path) == before  # and verify writes nothing
     prog["content_sha256"] = SyncProgress.model_validate_json(json.dumps(prog)).content_digest()  # even with a valid checksum...
     p.write_text(json.dumps(prog))
     recover_journal(manager(demo, wrds_db, tmp_path), DatasetRegistry.load().get("fama_french"))
     # ...the file does not hold 2024's dates: never adopted
-    assert ManifestManager(DataLayout(tmp_path)).load("fama_french").tables["daily"].partitions["2024"].sha256 != e["sha256"]
+    adopted = json.loads(p.read_text())["completed"]["daily"]["2024"]
+    assert adopted["sha256"] != e["sha256"]
+    assert ManifestManager(lay).load("fama_french").tables["daily"].partitions["2024"].sha256 != e["sha256"]
 
 
 def test_6_a_damaged_manifest_is_repaired_and_shown_as_damaged_meanwhile(env, tmp_path):
     data = tmp_path / "d"
     for ds in ("fama_french", "compustat"):
         assert script(data, "full-sync", "--dataset", ds, "--start-year", "2024").returncode == 0
-    (data / "manifests/fama_french.json").write_text("{")
+    newest = max((data / "manifests/history/fama_french").glob("*.json"), key=lambda f: int(f.stem))
+    newest.write_text("{")
     r = script(data, "status", "--json")
     rows = {x["dataset"]: x for x in json.loads(r.stdout)["tables"]}
     assert r.returncode == 0 and rows["fama_french"]["freshness"].startswith("damaged") and rows["compustat"]["partitions"] > 0
@@ -148,7 +153,7 @@ def test_6_a_damaged_manifest_is_repaired_and_shown_as_damaged_meanwhile(env, tm
     r = script(data, "repair", "--dataset", "fama_french")
     assert r.returncode == 0 and "fama_french: restored manifest version" in r.stdout
     assert script(data, "verify", "--all").returncode == 0
-    assert sorted(p.name for p in (data / "quarantine").glob("*_fama_french_manifest/*")) == ["fama_french.json", "note.json"]
+    assert sorted(p.name for p in (data / "quarantine").glob("*_fama_french_manifest/*")) == [newest.name, "note.json"]
 
 
 @pytest.mark.parametrize("case", ["empty", "half restored", "proc"])
@@ -162,7 +167,8 @@ def test_7_verify_all_with_nothing_verified_fails(env, tmp_path, case):
     r = script(folder, "verify", "--all", "--json")
     assert r.returncode == 1 and "ok" not in r.stdout.lower().split(), (case, r.stdout, r.stderr)
     if case == "half restored":
-        assert json.loads(r.stdout)["problems"]["crsp"] == [f"dataset 'crsp' has no manifest: it has never been synced into {folder}"]
+        assert json.loads(r.stdout)["problems"]["crsp"] == [f"dataset 'crsp' has no manifest: it has never been synced into {folder}",
+                                                            "unknown file wrds/crsp/daily/2024.parquet: not a version wrds-sync wrote"]
 
 
 def test_10_verify_during_a_restating_sync_raises_no_false_alarm(demo, wrds_db, tmp_path):
@@ -203,8 +209,13 @@ def test_8_incremental_notices_and_repairs_local_damage(demo, wrds_db, tmp_path,
         (d / "2024.parquet").symlink_to(elsewhere)
     with events.capture_events() as got:
         manager(demo, wrds_db, tmp_path).incremental_sync("fama_french")  # the source did not change at all
-    assert [(e["table"], e["partition"]) for e in got if e["event"] == events.PARTITION_COMPLETED] == [("daily", "2024")]
-    assert [e["partition"] for e in got if e["event"] == events.CHECKSUM_MISMATCH] == ["2024"]  # it says so
+    # the view is the version's file: writing into it damages the version, which is fetched again (and says so); a
+    # symlink planted at the view's name leaves the version intact: the view is put back, nothing is fetched
+    fetched = [] if damage == "symlinked" else [("daily", "2024")]
+    assert [(e["table"], e["partition"]) for e in got if e["event"] == events.PARTITION_COMPLETED] == fetched
+    assert [e["partition"] for e in got if e["event"] == events.CHECKSUM_MISMATCH] == [k for _, k in fetched]
+    if damage == "symlinked":
+        assert elsewhere.read_bytes() == good["2024.parquet"]  # the link's target is untouched
     assert not (d / "2024.parquet").is_symlink() and (d / "2024.parquet").read_bytes() == good["2024.parquet"]
     assert SyncManager(None, tmp_path).verify_integrity("fama_french") == []
 

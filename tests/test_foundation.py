@@ -56,7 +56,7 @@ def test_manifest_round_trip_and_versions(tmp_path):
     assert mm.load("crsp") == saved and saved.version == 1
     again = mm.save(saved)
     assert again.version == 2 and again.tables == saved.tables
-    assert mm.prev_path("crsp").exists()
+    assert mm.versions("crsp") == [1, 2] and mm.load_version("crsp", 1) == saved  # every version kept, unchanged
 
 
 @pytest.mark.parametrize("edit", [
@@ -71,7 +71,7 @@ def test_manifest_tampering_rejected(tmp_path, edit):
     lay = DataLayout(tmp_path).ensure()
     mm = ManifestManager(lay)
     mm.save(_manifest())
-    p = lay.manifest_path("crsp")
+    p = mm.version_path("crsp", 1)  # the version file is the truth (the pointer is only a hint)
     p.write_text(edit(p.read_text()))
     with pytest.raises(ManifestError) as e:
         mm.load("crsp")

@@ -985,19 +985,21 @@ def dry_run(sm:SyncManager,   # the sync manager
         plans[table.name] = plan_table(i)
     return plans
 
-# %% ../nbs/08_sync.ipynb #efa13677
+# %% ../nbs/08_sync.ipynb #1ea85e36
 def versions_to_check(sm:SyncManager,     # the sync manager
                       ds:str,             # the dataset's name
                       current_only:bool   # only the current version
                      ) -> tuple[list[SyncManifest], list[tuple[str, str]]]:
     "The versions verify checks (current, or every retained one), and a problem per unreadable version"
-    try: current = sm.manifests.load(ds)
-    except ManifestError as e: return [], [(events.MANIFEST_MISMATCH, e.what)]
+    current = sm.manifests.load(ds)  # an unreadable newest version raises: nothing can be checked against it
     if current is None:
         return [], [(events.MANIFEST_MISMATCH, f"dataset {ds!r} has no manifest: it has never been synced into {sm.layout.root}")]
-    if current_only: return [current], []
+    try: read_manifest(ds, sm.layout.manifest_path(ds))  # the pointer is a hint, but an edited one is reported
+    except ManifestError as e: pointer = [(events.MANIFEST_MISMATCH, f"{e.what} (run `wrds-sync repair --dataset {ds}`)")]
+    else: pointer = []
+    if current_only: return [current], pointer
     versions, bad = load_versions(sm.manifests, ds)
-    return retained_versions(versions, retention_of(sm, ds)), [(events.MANIFEST_MISMATCH, b) for b in bad]
+    return retained_versions(versions, retention_of(sm, ds)), pointer + [(events.MANIFEST_MISMATCH, b) for b in bad]
 
 def retention_of(sm:SyncManager,  # the sync manager
                  ds:str           # the dataset's name
@@ -1073,7 +1075,7 @@ def stray_files(layout:DataLayout,  # the data dir
                 out.append((events.MANIFEST_MISMATCH, f"unknown file {layout.relative(f)}: not a version wrds-sync wrote"))
     return out
 
-# %% ../nbs/08_sync.ipynb #ff4cdb1f
+# %% ../nbs/08_sync.ipynb #2eeaa68c
 def kept_manifests(sm:SyncManager,  # the manager
                    ds:str           # the dataset
                   ) -> list[SyncManifest]:
@@ -1086,6 +1088,10 @@ def kept_manifests(sm:SyncManager,  # the manager
         if m is not None: out.append(m)
     return out
 
+def _readable(sm:SyncManager, ds:str, n:int) -> bool:
+    try: return sm.manifests.load_version(ds, n) is not None
+    except ManifestError: return False
+
 def repair_pointer(sm:SyncManager,   # the manager (the lock held)
                    current:SyncManifest  # the newest intact version
                   ) -> str:
@@ -1097,7 +1103,7 @@ def repair_pointer(sm:SyncManager,   # the manager (the lock held)
     atomic_write_bytes(path, sm.manifests.version_path(ds, current.version).read_bytes())
     return f"{ds}: the manifest (version {current.version}) is intact; rewrote its pointer {sm.layout.relative(path)}"
 
-# %% ../nbs/08_sync.ipynb #3c7dd476
+# %% ../nbs/08_sync.ipynb #b429c51e
 def repair_manifest(sm:SyncManager,  # the manager (no client needed)
                     dataset:str      # the dataset whose manifest is damaged
                    ) -> str:
@@ -1113,7 +1119,7 @@ def repair_manifest(sm:SyncManager,  # the manager (no client needed)
         good, seen = kept[0], kept_versions(sm.manifests, ds)
         dropped = [f"{t}/{k}" for t, k, e in entries(good) if not is_intact(sm.layout, e)]
         for t, te in good.tables.items(): te.partitions = {k: e for k, e in te.partitions.items() if f"{t}/{k}" not in dropped}
-        for n in [v for v in seen if v > good.version]:
+        for n in [v for v in seen if v > good.version or not _readable(sm, ds, v)]:
             sm.quarantine.put(sm.manifests.version_path(ds, n), ds, "manifest", "damaged manifest version set aside by repair")
         version = max([*seen, good.version]) + 1
         new = good.model_copy(update={"version": version, "updated_at": utcnow(), "content_sha256": None})
