@@ -79,9 +79,9 @@ def assert_equal_to_source(demo, database, data_dir, dataset, years):
 
 
 def file_digests(data_dir: Path) -> dict[str, tuple[str, int]]:
-    """Every published file: sha256 and mtime_ns."""
+    """Every published file (the versions and their views): sha256 and mtime_ns."""
     out = {}
-    for f in sorted((Path(data_dir) / "wrds").rglob("*")):
+    for f in sorted([*(Path(data_dir) / "wrds").rglob("*"), *(Path(data_dir) / "versions").rglob("*")]):
         if f.is_file():
             out[f.relative_to(data_dir).as_posix()] = (hashlib.sha256(f.read_bytes()).hexdigest(), f.stat().st_mtime_ns)
     return out

@@ -35,7 +35,7 @@ def synced(demo, wrds_db, tmp_path):
 
 
 def published(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for d in ("wrds", "manifests", "schemas")
+    return {p.relative_to(root).as_posix(): p.read_bytes() for d in ("versions", "wrds", "manifests", "schemas")
             for p in (root / d).rglob("*") if p.is_file() and not p.name.startswith(".")}
 
 
@@ -47,7 +47,7 @@ def test_backup_restore_round_trip_is_byte_identical(synced, tmp_path):
     gen = (tmp_path / "remote/CURRENT").read_text().strip()
     top = tmp_path / "remote/generations" / gen
     remote_files = {p.relative_to(top).parts[0] for p in top.rglob("*") if p.is_file()}
-    assert remote_files == {"wrds", "manifests", "schemas", ".wrds-sync"}  # no locks, staging, quarantine or progress
+    assert remote_files == {"versions", "manifests", "schemas", ".wrds-sync"}  # no views, locks, staging, quarantine or progress
     r = restore(str(tmp_path / "remote"), tmp_path / "restored")
     assert r.ok and r.problems == {"compustat": [], "fama_french": []}
     assert published(tmp_path / "restored") == published(synced)
@@ -103,11 +103,11 @@ def test_verify_drill(synced, tmp_path):
     run_drill("verify_drill", tmp_path / "out.ipynb", data_dir=str(synced), report=str(tmp_path / "r.json"))
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["ok"] and rep["problems"] == {"compustat": [], "fama_french": []}
-    (synced / "wrds/compustat/funda/2022.parquet").unlink()
+    next((synced / "versions/compustat/funda").glob("2022-*.parquet")).unlink()
     with pytest.raises(pm.PapermillExecutionError):
         run_drill("verify_drill", tmp_path / "out2.ipynb", data_dir=str(synced), report=str(tmp_path / "r2.json"))
     rep = json.loads((tmp_path / "r2.json").read_text())
-    assert not rep["ok"] and rep["problems"]["compustat"][0].startswith("missing file wrds/compustat/funda/2022.parquet")
+    assert not rep["ok"] and rep["problems"]["compustat"][0].startswith("missing file versions/compustat/funda/2022-")
 
 
 def test_restore_drill_ok_then_fails_on_a_corrupted_backup(synced, tmp_path):
@@ -116,14 +116,14 @@ def test_restore_drill_ok_then_fails_on_a_corrupted_backup(synced, tmp_path):
               scratch=str(tmp_path / "s1"), report=str(tmp_path / "r.json"))
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["ok"] and rep["files"] > 0 and rep["restore_seconds"] >= 0 and rep["row_count_mismatches"] == []
-    victim = remote / "generations" / (remote / "CURRENT").read_text().strip() / "wrds/fama_french/monthly/2023.parquet"
+    victim = next((remote / "generations" / (remote / "CURRENT").read_text().strip() / "versions/fama_french/monthly").glob("2023-*.parquet"))
     victim.write_bytes(victim.read_bytes()[:-8] + b"garbage!")
     with pytest.raises(pm.PapermillExecutionError):
         run_drill("restore_drill", tmp_path / "out2.ipynb", data_dir=str(synced), remote=str(remote),
                   scratch=str(tmp_path / "s2"), backup_first=False, report=str(tmp_path / "r2.json"))
     rep = json.loads((tmp_path / "r2.json").read_text())
     assert not rep["ok"]
-    assert rep["problems"]["fama_french"][0].startswith("checksum mismatch wrds/fama_french/monthly/2023.parquet")
+    assert rep["problems"]["fama_french"][0].startswith("checksum mismatch versions/fama_french/monthly/2023-")
 
 
 def test_lock_recovery_drill(tmp_path):
@@ -207,10 +207,10 @@ def test_backup_restore_drill_through_cli_runner(synced, tmp_path):
     r = run(app, ["restore", "--remote", str(tmp_path / "remote"), "--to", str(tmp_path / "restored")])
     assert r.exit_code == 0 and "compustat: ok" in r.stdout and "fama_french: ok" in r.stdout
     assert published(tmp_path / "restored") == published(synced)
-    victim = tmp_path / "remote/generations" / (tmp_path / "remote/CURRENT").read_text().strip() / "wrds/compustat/fundq/2024.parquet"
+    victim = next((tmp_path / "remote/generations" / (tmp_path / "remote/CURRENT").read_text().strip() / "versions/compustat/fundq").glob("2024-*.parquet"))
     victim.write_bytes(b"not parquet")
     r = run(app, ["restore", "--remote", str(tmp_path / "remote"), "--to", str(tmp_path / "again")])
-    assert r.exit_code == 1 and "checksum mismatch wrds/compustat/fundq/2024.parquet" in r.stdout
+    assert r.exit_code == 1 and "checksum mismatch versions/compustat/fundq/2024-" in r.stdout
     assert "the backup at" in r.stderr and "is damaged" in r.stderr
     r = run(app, ["--data-dir", str(synced), "drill", "verify_drill", "-p", "report", str(tmp_path / "v.json"),
                   "--output", str(tmp_path / "v.ipynb")])

@@ -20,7 +20,7 @@ from wrds_sync_nb.datasets import DatasetRegistry, DatasetSpec, TableSpec
 from wrds_sync_nb.errors import DiskSpaceError, SyncIncompleteError
 from wrds_sync_nb.layout import DataLayout, sha256_file
 from wrds_sync_nb.manifest import ManifestManager
-from wrds_sync_nb.sync import SyncManager, load_progress, trusted_journal
+from wrds_sync_nb.sync import SyncManager, load_progress, uncommitted
 
 CHILD = textwrap.dedent("""
     import os, signal, sys
@@ -49,13 +49,15 @@ CHILD = textwrap.dedent("""
 """)
 PARTITIONS = 12  # crsp: daily 5 + monthly 5 + security_info + ccm_link
 PUBLISHED = re.compile(r"(\d{4}|all)\.parquet")
+VERSION = re.compile(r"(\d{4}|all)-[0-9a-f]{16}\.parquet")
 
 
 def published_files_are_complete(data: Path):
-    for f in (data / "wrds").rglob("*"):
-        if f.is_file():
-            assert PUBLISHED.fullmatch(f.name), f"unexpected file {f}"
-            assert pq.ParquetFile(f).metadata.num_rows > 0  # a complete Parquet file: footer readable
+    for folder, name in (("wrds", PUBLISHED), ("versions", VERSION)):
+        for f in (data / folder).rglob("*"):
+            if f.is_file():
+                assert name.fullmatch(f.name), f"unexpected file {f}"
+                assert pq.ParquetFile(f).metadata.num_rows > 0  # a complete Parquet file: footer readable
 
 
 @pytest.mark.slow
@@ -78,20 +80,20 @@ def test_kill_9_at_random_moments_then_resume(demo, wrds_db, tmp_path):
         p.wait()
         p.stdout.close()
         published_files_are_complete(data)
-        problems = SyncManager(None, data).verify_integrity("crsp")  # never writes: a journaled publish is no damage
+        problems = SyncManager(None, data).verify_integrity("crsp")  # never writes: an uncommitted publish is no damage
         m = ManifestManager(DataLayout(data)).load("crsp")
-        listed = set(m.files()) if m else set()
-        journal = trusted_journal(load_progress(DataLayout(data), "crsp"))
-        adoptable = {e.path for es in journal.values() for e in es.values()  # published, not yet committed
-                     if e.path not in listed and sha256_file(data / e.path) == e.sha256}
-        if m is not None:
-            assert problems == []
-        else:  # killed before the first commit: at most a journaled file the next sync adopts
+        prog = load_progress(DataLayout(data), "crsp")
+        carried = {(t, k): e.path for t, es in uncommitted(prog).items() for k, e in es.items()  # published, not committed
+                   if (data / e.path).exists() and sha256_file(data / e.path) == e.sha256}
+        versions = {f.relative_to(data).as_posix() for f in (data / "versions").rglob("*") if f.is_file()}
+        if m is not None:  # the run committed: one version holds every partition
+            assert problems == [] and len(m.files()) == PARTITIONS
+        else:  # killed before the commit: nothing visible, every published file is in the checkpoint for adoption
             assert problems == [f"dataset 'crsp' has no manifest: it has never been synced into {data}"]
-            assert {f.relative_to(data).as_posix() for f in (data / "wrds").rglob("*") if f.is_file()} == adoptable
-        prog = data / "sync_progress/crsp.json"
-        finished = prog.exists() and json.loads(prog.read_text())["status"] == "completed"
-        done = 0 if finished else len(listed) + len(adoptable)  # a finished run is followed by a new full sync
+            assert versions == set(carried.values())
+            assert not list((data / "wrds").rglob("*.parquet"))  # no view before a commit
+        finished = prog is not None and prog.status == "completed"
+        done = 0 if finished else len(carried)  # a finished run is followed by a new full sync
         with events.capture_events() as got:
             manager(demo, wrds_db, data).full_sync("crsp", start_year=2021, end_year=2025)
         fetched = sum(e["event"] == events.PARTITION_COMPLETED for e in got)
@@ -127,11 +129,11 @@ READER = textwrap.dedent("""
 def test_a_concurrent_reader_never_errors(demo, wrds_db, tmp_path):
     stop, data = tmp_path / "stop", tmp_path / "data"  # the reader's stop files stay out of the data dir
     reader = subprocess.Popen([sys.executable, "-c", READER, str(data), str(stop)], stdout=subprocess.PIPE, text=True)
-    versions = set()  # every (file, sha256) any manifest ever published
+    versions = set()  # every (table/partition, sha256) any manifest version ever listed
 
     def published():
         m = ManifestManager(DataLayout(data)).load("crsp")
-        versions.update((e.path, e.sha256) for e in m.files().values())
+        versions.update((f"{t}/{k}", e.sha256) for t, te in m.tables.items() for k, e in te.partitions.items())
 
     try:
         while not Path(str(stop) + ".ready").exists():  # the reader is looping
@@ -149,9 +151,9 @@ def test_a_concurrent_reader_never_errors(demo, wrds_db, tmp_path):
         out = json.loads(reader.communicate(timeout=60)[0])
     assert out["errors"] == 0, out["msgs"]
     assert out["reads"] > 0
-    seen = {tuple(x) for x in out["seen"]}
-    assert seen <= versions, seen - versions  # per partition, always a complete published version
-    assert {p for p, _ in seen if p == "wrds/crsp/daily/2022.parquet"}
+    seen = {(p.removeprefix("wrds/crsp/").removesuffix(".parquet"), h) for p, h in out["seen"]}
+    assert seen <= versions, seen - versions  # per partition view, always a complete committed version
+    assert len({h for p, h in seen if p == "daily/2022"}) == 2  # the reader saw 2022 before and after its restatement
 
 
 def test_enospc_mid_partition_aborts_cleanly_and_resumes(demo, wrds_db, tmpfs):
@@ -161,18 +163,17 @@ def test_enospc_mid_partition_aborts_cleanly_and_resumes(demo, wrds_db, tmpfs):
 
     def on_event(e):
         if e["event"] == events.PARTITION_STARTED and e["table"] == "daily" and e["partition"] == "2023" and not snapshot:
-            snapshot["manifest"] = (data / "manifests/crsp.json").read_bytes()
+            snapshot["manifests"] = sorted(p.name for p in (data / "manifests").rglob("*.json"))
             snapshot["files"] = file_digests(data)
             snapshot["filler"] = fill(tmpfs)
 
     with events.listening(on_event), pytest.raises(DiskSpaceError) as e:
         sm.full_sync("crsp", start_year=2021, end_year=2025)
     assert "no space left on device" in str(e.value) and "\n" not in str(e.value)
-    assert (data / "manifests/crsp.json").read_bytes() == snapshot["manifest"]
+    assert sorted(p.name for p in (data / "manifests").rglob("*.json")) == snapshot["manifests"] == []  # nothing committed
     assert file_digests(data) == snapshot["files"]
     assert [f for f in (data / "tmp/staging").rglob("*") if f.is_file()] == []
     published_files_are_complete(data)
-    assert SyncManager(None, data).verify_integrity("crsp") == []
     prog = json.loads((data / "sync_progress/crsp.json").read_text())
     assert prog["status"] in ("running", "paused") and sorted(prog["completed"]["daily"]) == ["2021", "2022"]
 
@@ -245,11 +246,11 @@ def test_27_damaged_checkpointed_file_is_quarantined_and_fetched_again(demo, wrd
             break
     p.wait()
     p.stdout.close()
-    victim = data / "wrds/crsp/daily/2022.parquet"
+    victim = next((data / "versions/crsp/daily").glob("2022-*.parquet"))
     victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
     with events.capture_events() as got:
         manager(demo, wrds_db, data).full_sync("crsp", start_year=2021, end_year=2025)
     assert [(x["partition"], x["stage"]) for x in got if x["event"] == events.CHECKSUM_MISMATCH] == [("2022", "resume")]
-    assert list((data / "quarantine").glob("*_crsp_checksum*/2022.parquet"))
+    assert list((data / "quarantine").glob(f"*_crsp_checksum*/{victim.name}"))
     assert ("daily", "2022") in [(x["table"], x["partition"]) for x in got if x["event"] == events.PARTITION_COMPLETED]
     assert_equal_to_source(demo, wrds_db, data, "crsp", range(2021, 2026))

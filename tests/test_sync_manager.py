@@ -100,7 +100,7 @@ def test_28_manifest_saved_only_after_data_is_fsynced_and_published(demo, wrds_d
                 first_listing.setdefault(rel, i)
     for rel, i in first_listing.items():
         fsynced = [j for j, (k, w) in enumerate(log[:i]) if k == "fsync" and "/tmp/staging/" in w
-                   and Path(w).name.split(".")[0] == Path(rel).stem]
+                   and Path(w).name.split(".")[0] == Path(rel).stem.split("-")[0]]
         dir_synced = [j for j, (k, w) in enumerate(log[:i]) if k == "fsync" and w == str((tmp_path / rel).parent)]
         assert fsynced and dir_synced, rel
 
@@ -141,7 +141,9 @@ def test_30_incremental_moves_only_what_changed(demo, wrds_db, tmp_path):
     fetched = [(e["table"], e["partition"]) for e in got if e["event"] == events.PARTITION_COMPLETED]
     assert fetched == [("daily", "2025")] and added > 0
     after = file_digests(tmp_path)
-    assert {k for k in after if after[k] != base[k]} == {"wrds/crsp/daily/2025.parquet"}
+    changed = {k.split("-")[0] if k.startswith("versions/") else k for k in after if base.get(k) != after[k]}
+    assert changed == {"wrds/crsp/daily/2025.parquet", "versions/crsp/daily/2025"}  # a new version, and its view
+    assert set(base) <= set(after)  # the version it replaced is kept
     assert m.tables["daily"].source_last_updated == "2026-03-02"
 
     demo.restate_year("crsp.dsf_v2", "dlycaldt", 2022, "dlyret", 1.1, database=wrds_db)  # (3) history restated
@@ -149,15 +151,14 @@ def test_30_incremental_moves_only_what_changed(demo, wrds_db, tmp_path):
     with events.capture_events() as got:
         sm.incremental_sync("crsp")
     assert [(e["table"], e["partition"]) for e in got if e["event"] == events.PARTITION_COMPLETED] == [("daily", "2022")]
-    replaced = [p for p in (tmp_path / "quarantine").glob("*_crsp_replace*/2022.parquet")]
-    assert len(replaced) == 1  # the old version is kept for 7 days
+    assert len(list((tmp_path / "versions/crsp/daily").glob("2022-*.parquet"))) == 2  # the old version is kept
 
     demo.delete_year("crsp.dsf_v2", "dlycaldt", 2021, database=wrds_db)  # (4) a year withdrawn
     demo.bump_comment("crsp.dsf_v2", date(2026, 3, 4), database=wrds_db)
     m = sm.incremental_sync("crsp")
     assert "2021" not in m.tables["daily"].partitions
-    assert not (tmp_path / "wrds/crsp/daily/2021.parquet").exists()
-    assert list((tmp_path / "quarantine").glob("*_crsp_vanished*/2021.parquet"))
+    assert not (tmp_path / "wrds/crsp/daily/2021.parquet").exists()  # gone from the current view...
+    assert list((tmp_path / "versions/crsp/daily").glob("2021-*.parquet"))  # ...kept for the versions that list it
     assert sm.verify_integrity("crsp") == []
     assert_equal_to_source(demo, wrds_db, tmp_path, "crsp", YEARS)  # daily 2021 is gone at the source too
 
@@ -189,19 +190,20 @@ def test_31_32_33_verify_needs_no_connection_and_finds_problems(demo, wrds_db, t
     full(manager(demo, wrds_db, tmp_path), "fama_french")
     offline = SyncManager(None, tmp_path)
     assert offline.verify_integrity("fama_french") == []
-    (tmp_path / "wrds/fama_french/daily/2022.parquet").unlink()
-    p = tmp_path / "wrds/fama_french/daily/2023.parquet"
+    next((tmp_path / "versions/fama_french/daily").glob("2022-*.parquet")).unlink()
+    p = tmp_path / "wrds/fama_french/daily/2023.parquet"  # the view is the version's file: this damages the version
     data = bytearray(p.read_bytes())
     data[100] ^= 0xFF
     p.write_bytes(bytes(data))
     (tmp_path / "wrds/fama_french/daily/stray.parquet").write_bytes(b"x")
     with events.capture_events() as got:
         problems = offline.verify_integrity("fama_french")
-    assert problems[0].startswith("missing file wrds/fama_french/daily/2022.parquet")
-    assert problems[1].startswith("checksum mismatch wrds/fama_french/daily/2023.parquet")
-    assert problems[2] == "unknown file wrds/fama_french/daily/stray.parquet: not in the manifest"
+    assert problems[0].startswith("missing file versions/fama_french/daily/2022-")
+    assert problems[1].startswith("checksum mismatch versions/fama_french/daily/2023-")
+    assert problems[2:] == ["unknown file wrds/fama_french/daily/2022.parquet: not a version wrds-sync wrote",  # no version left
+                            "unknown file wrds/fama_french/daily/stray.parquet: not a version wrds-sync wrote"]
     kinds = [e["event"] for e in got]
-    assert kinds.count(events.CHECKSUM_MISMATCH) == 1 and kinds.count(events.MANIFEST_MISMATCH) == 2
+    assert kinds.count(events.CHECKSUM_MISMATCH) == 1 and kinds.count(events.MANIFEST_MISMATCH) == 3
 
 
 def test_42_verify_checks_schemas_against_the_registry(demo, wrds_db, tmp_path):
