@@ -14,8 +14,8 @@ from .errors import ConfigError, DatasetNameError, DiskSpaceError
 
 # %% auto #0
 __all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'DATA_DIR_MARKER', 'LAYOUT_FORMAT', 'DataDirKind', 'OUR_NAMES',
-           'validate_name', 'partition_key', 'is_temp_name', 'DataLayout', 'ensure_folders', 'resolve_stored',
-           'new_quarantine_path', 'fsync_dir', 'temp_path_for', 'publish_file', 'atomic_write_bytes',
+           'validate_name', 'partition_key', 'is_temp_name', 'DataDirs', 'DataLayout', 'ensure_folders',
+           'resolve_stored', 'new_quarantine_path', 'fsync_dir', 'temp_path_for', 'publish_file', 'atomic_write_bytes',
            'create_exclusive', 'sha256_file', 'internal_dirs', 'check_no_links', 'data_dir_kind', 'claim_data_dir',
            'write_marker', 'layout_format']
 
@@ -43,21 +43,26 @@ def is_temp_name(name:str) -> bool:
     "Is `name` one of our in-flight temporary files?"
     return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
-# %% ../nbs/01a_layout.ipynb #41e812a9
-class DataLayout:
-    "Every path under one data dir"
+# %% ../nbs/01a_layout.ipynb #9d2f7be3
+class DataDirs:
+    "The folders of one data dir"
     def __init__(self, root:Path|str):
         self.root = Path(root).expanduser().absolute()
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"the data dir {self.root} is a file, not a folder", "pass --data-dir (or WRDS_SYNC_DATA_DIR) pointing to a folder")
         r = self.root
-        self.wrds_dir, self.manifests_dir, self.schemas_dir = r / "wrds", r / "manifests", r / "schemas"
-        self.versions_dir = r / "versions"
+        self.wrds_dir, self.manifests_dir, self.schemas_dir, self.versions_dir = r / "wrds", r / "manifests", r / "schemas", r / "versions"
         self.locks_dir, self.progress_dir, self.quarantine_dir = r / "locks", r / "sync_progress", r / "quarantine"
         self.backups_dir, self.tmp_dir = r / "backups", r / "tmp"
         self.staging_dir, self.duckdb_tmp_dir = self.tmp_dir / "staging", self.tmp_dir / "duckdb"
+    def __repr__(self) -> str: return f"{type(self).__name__}({str(self.root)!r})"
+    def relative(self, path:Path) -> str: return Path(path).absolute().relative_to(self.root).as_posix()  # as manifests store it
+    def resolve(self, rel:str) -> Path: return resolve_stored(self, rel)  # a stored path, never outside the data dir
 
-    def __repr__(self) -> str: return f"DataLayout({str(self.root)!r})"
+# %% ../nbs/01a_layout.ipynb #51138491
+class DataLayout(DataDirs):
+    "Every path under one data dir: its folders, and the files of each dataset and table"
+    def ensure(self) -> DataLayout: return ensure_folders(self)  # the folders created, locks/ private
     def dataset_dir(self, dataset:str) -> Path: return self.wrds_dir / validate_name(dataset)
     def table_dir(self, dataset:str,  # the dataset's name
                   table:str           # the table
@@ -73,8 +78,7 @@ class DataLayout:
                      table:str,          # the table
                      key:str,            # the partition key (a year or 'all')
                      sha256:str          # the file's SHA-256
-                    ) -> Path:
-        "Where the immutable file of one partition version lives: named by its content"
+                    ) -> Path:  # where the immutable file of one partition version lives: named by its content
         return self.versions_dir / validate_name(dataset) / validate_name(table, "table") / f"{key}-{sha256[:16]}.parquet"
     def schema_path(self, dataset:str,  # the dataset's name
                     table:str           # the table
@@ -86,13 +90,8 @@ class DataLayout:
                          ) -> Path:
         return self.staging_dir / validate_name(dataset) / validate_name(table, "table")
     def progress_path(self, dataset:str) -> Path: return self.progress_dir / f"{validate_name(dataset)}.json"
-    def ensure(self) -> DataLayout: return ensure_folders(self)  # the folders created, locks/ private
-    def relative(self, path:Path) -> str:
-        "The POSIX path of `path` relative to the data dir, as stored in manifests"
-        return Path(path).absolute().relative_to(self.root).as_posix()
-    def resolve(self, rel:str) -> Path: return resolve_stored(self, rel)  # a stored path, never outside the data dir
 
-# %% ../nbs/01a_layout.ipynb #fb6f008d
+# %% ../nbs/01a_layout.ipynb #559cedac
 def ensure_folders(layout:DataLayout) -> DataLayout:
     "Claim the data dir (see below), then create the folders of the layout (the lock folder private to the user)"
     claim_data_dir(layout)
@@ -102,7 +101,7 @@ def ensure_folders(layout:DataLayout) -> DataLayout:
     layout.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return layout
 
-def resolve_stored(layout:DataLayout,  # the data dir
+def resolve_stored(layout:DataDirs,    # the data dir
                    rel:str             # a path as stored in a manifest
                   ) -> Path:
     "The absolute path of a manifest-relative path; refuses anything that leaves the data dir"
