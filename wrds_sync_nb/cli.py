@@ -35,8 +35,9 @@ from .vintages import diff_versions, history_rows, storage_bytes, vacuum as vacu
 __all__ = ['app', 'out', 'F', 'NY', 'EXPIRY_WARNING_DAYS', 'DEMO_DATASETS', 'DEMO_YEARS', 'State', 'options', 'fail', 'handled',
            'progress', 'full_sync', 'incremental', 'plan_lines', 'print_plans', 'previous_8am_new_york', 'freshness',
            'dataset_rows', 'status_rows', 'check_credential_expiry', 'status', 'verify', 'verify_targets', 'verify_one',
-           'repair', 'synced_layout', 'history_lines', 'history', 'diff', 'cite', 'vacuum', 'migrate', 'lock_status',
-           'force_unlock', 'datasets_cmd', 'backup_cmd', 'restore_cmd', 'drill_cmd', 'claim_demo_dir', 'demo', 'main']
+           'repair', 'synced_layout', 'spans', 'history_lines', 'history', 'diff', 'cite', 'vacuum', 'migrate',
+           'lock_status', 'force_unlock', 'datasets_cmd', 'backup_cmd', 'restore_cmd', 'drill_cmd', 'claim_demo_dir',
+           'demo', 'main']
 
 # %% ../nbs/10_cli.ipynb #0df6baa5
 @dataclass
@@ -360,7 +361,7 @@ def repair(ctx:typer.Context, dataset:Annotated[str, typer.Option("--dataset", h
     st = _state(ctx)
     out.print(repair_manifest(_manager(st, with_client=False), validate_name(dataset)))
 
-# %% ../nbs/10_cli.ipynb #28618744
+# %% ../nbs/10_cli.ipynb #85011f72
 def synced_layout(st:State) -> DataLayout:
     "The data dir of a read command; one line if it holds nothing synced"
     layout = st.layout
@@ -369,11 +370,19 @@ def synced_layout(st:State) -> DataLayout:
                           "pass --data-dir (or set WRDS_SYNC_DATA_DIR) to the folder wrds-sync syncs into")
     return layout
 
+def spans(keys:list[str]) -> str:
+    "Partition keys with runs of consecutive years folded: `2016-2025, all`"
+    years, out = sorted(int(k) for k in keys if k.isdigit()), list[list[int]]()
+    for y in years:
+        if out and out[-1][1] == y - 1: out[-1][1] = y
+        else: out.append([y, y])
+    return ", ".join([f"{a}-{b}" if b > a else str(a) for a, b in out] + [k for k in keys if not k.isdigit()])
+
 def history_lines(r:dict[str, Any]) -> list[str]:
     "One version of `history`, as text"
     kept = f"kept until {r['kept_until']:%Y-%m-%d}" if r["kept"] and r["kept_until"] else "kept" if r["kept"] else "expired"
     head = f"version {r['version']}  {r['committed_at']:%Y-%m-%d %H:%M} UTC  {r['kind'] or ''}  {kept}  {r['stamp']}"
-    body = [f"  {c['table']}: " + "; ".join(f"{what} {', '.join(c[what])}" for what in ("added", "replaced", "removed") if c[what])
+    body = [f"  {c['table']}: " + "; ".join(f"{what} {spans(c[what])}" for what in ("added", "replaced", "removed") if c[what])
             + f"; rows {c['rows_before']:,} -> {c['rows_after']:,}; source marker {c['source_marker'] or 'none'}" for c in r["changes"]]
     return [head, *(body or ["  no data changed"])]
 
