@@ -99,6 +99,21 @@ def test_history_diff_and_cite_through_the_installed_script(env, demo, wrds_db, 
     forged = stamp[:-4] + "0000"
     with pytest.raises(Exception, match="does not match version 1"):
         reader.connect(data, version=forged)
+    r = script(data, "diff", "--dataset", "crsp", "--from", "1", "--to", "9")
+    assert r.returncode == 1 and "crsp has no version 9" in r.stderr
+    v = next((data / "versions/crsp/daily").glob("2024-*.parquet"))
+    old_2024 = [f for f in v.parent.glob("2024-*.parquet")]
+    assert len(old_2024) == 2  # the replaced 2024 is kept by version 1
+    r = script(data, "vacuum", "--dry-run")
+    assert r.returncode == 0 and "crsp: would remove 0 file(s)" in r.stdout  # 90 days of retention: nothing goes
+    victim = next(f for f in old_2024 if not os.path.samefile(f, data / "wrds/crsp/daily/2024.parquet"))
+    victim.write_bytes(b"damaged")  # the replaced version, which only version 1 lists
+    assert script(data, "verify", "--dataset", "crsp", "--current").returncode == 0
+    r = script(data, "verify", "--dataset", "crsp")
+    assert r.returncode == 1 and f"checksum mismatch {victim.relative_to(data)}" in r.stdout and "(version 1)" in r.stdout
+    (data / "manifests/history/crsp/1.json").write_text("{")
+    r = script(data, "vacuum", "--dataset", "crsp")
+    assert r.returncode == 1 and "vacuum removes nothing while a version cannot be read" in r.stderr
 
 
 READER = textwrap.dedent("""

@@ -43,7 +43,7 @@ def is_temp_name(name:str) -> bool:
     "Is `name` one of our in-flight temporary files?"
     return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
-# %% ../nbs/01a_layout.ipynb #9d2f7be3
+# %% ../nbs/01a_layout.ipynb #6288c057
 class DataDirs:
     "The folders of one data dir"
     def __init__(self, root:Path|str):
@@ -54,7 +54,7 @@ class DataDirs:
         self.wrds_dir, self.manifests_dir, self.schemas_dir, self.versions_dir = r / "wrds", r / "manifests", r / "schemas", r / "versions"
         self.locks_dir, self.progress_dir, self.quarantine_dir = r / "locks", r / "sync_progress", r / "quarantine"
         self.backups_dir, self.tmp_dir = r / "backups", r / "tmp"
-        self.staging_dir, self.duckdb_tmp_dir = self.tmp_dir / "staging", self.tmp_dir / "duckdb"
+        self.staging_dir = self.tmp_dir / "staging"
     def __repr__(self) -> str: return f"{type(self).__name__}({str(self.root)!r})"
     def relative(self, path:Path) -> str: return Path(path).absolute().relative_to(self.root).as_posix()  # as manifests store it
     def resolve(self, rel:str) -> Path: return resolve_stored(self, rel)  # a stored path, never outside the data dir
@@ -91,12 +91,12 @@ class DataLayout(DataDirs):
         return self.staging_dir / validate_name(dataset) / validate_name(table, "table")
     def progress_path(self, dataset:str) -> Path: return self.progress_dir / f"{validate_name(dataset)}.json"
 
-# %% ../nbs/01a_layout.ipynb #559cedac
+# %% ../nbs/01a_layout.ipynb #35a1c66b
 def ensure_folders(layout:DataLayout) -> DataLayout:
     "Claim the data dir (see below), then create the folders of the layout (the lock folder private to the user)"
     claim_data_dir(layout)
     for d in (layout.wrds_dir, layout.versions_dir, layout.manifests_dir, layout.schemas_dir, layout.progress_dir,
-              layout.quarantine_dir, layout.backups_dir, layout.duckdb_tmp_dir, layout.staging_dir):
+              layout.quarantine_dir, layout.backups_dir, layout.staging_dir):
         d.mkdir(parents=True, exist_ok=True)
     layout.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return layout
@@ -192,7 +192,7 @@ def sha256_file(path:Path,         # the file
         while chunk := f.read(block): h.update(chunk)
     return h.hexdigest()
 
-# %% ../nbs/01a_layout.ipynb #0552a1c1
+# %% ../nbs/01a_layout.ipynb #5f512591
 DATA_DIR_MARKER = ".wrds-sync"
 LAYOUT_FORMAT = 2  # 1: files published in place under wrds/ (releases before vintages); 2: immutable versions/
 DataDirKind = Literal["data", "demo"]
@@ -202,7 +202,7 @@ OUR_NAMES = {"wrds", "versions", "manifests", "schemas", "locks", "sync_progress
 def internal_dirs(layout:DataLayout) -> list[Path]:
     "The folders the tool creates inside a data dir"
     return [layout.wrds_dir, layout.versions_dir, layout.manifests_dir, layout.schemas_dir, layout.locks_dir, layout.progress_dir,
-            layout.quarantine_dir, layout.backups_dir, layout.tmp_dir, layout.staging_dir, layout.duckdb_tmp_dir,
+            layout.quarantine_dir, layout.backups_dir, layout.tmp_dir, layout.staging_dir,
             layout.tmp_dir / "snapshots", layout.root / "drills"]
 
 def check_no_links(layout:DataLayout) -> None:

@@ -466,7 +466,7 @@ def sync_tables(ctx:RunContext,   # the run
             ctx.fixes.append(e.fix)
             events.emit(events.PARTITION_FAILED, level="error", dataset=ctx.spec.name, table=table.name, error=e.what)
 
-# %% ../nbs/08_sync.ipynb #817b567a
+# %% ../nbs/08_sync.ipynb #7ea811be
 def run_sync(sm:SyncManager,                       # the sync manager
              spec:DatasetSpec,                     # the dataset
              kind:Literal["full", "incremental"],  # full or incremental
@@ -501,7 +501,7 @@ def remove_empty_layout(layout:DataLayout,  # a data dir this run created
     "Remove the lock guard, the marker and the layout's folders if they are empty (`rmdir`: never anything with content)"
     (layout.locks_dir / f".{dataset}.lock.guard").unlink(missing_ok=True)
     (layout.root / DATA_DIR_MARKER).unlink(missing_ok=True)
-    for d in (layout.locks_dir, layout.staging_dir, layout.duckdb_tmp_dir, layout.tmp_dir, layout.wrds_dir, layout.manifests_dir,
+    for d in (layout.locks_dir, layout.staging_dir, layout.tmp_dir, layout.wrds_dir, layout.manifests_dir,
               layout.schemas_dir, layout.progress_dir, layout.quarantine_dir, layout.backups_dir, layout.root):
         try: os.rmdir(d)
         except OSError: pass
