@@ -43,7 +43,7 @@ CHILD = textwrap.dedent("""
             return real(target, content, mode)
         M.atomic_write_bytes = dying
     events.configure_logging("json", verbose=True, stream=sys.stdout)
-    cfg = WRDSConfig(username="wrds_reader", password=SecretStr("x"), host=sock, port=5432, database=db, sslmode="disable",
+    cfg = WRDSConfig(username="wrds_reader", password=SecretStr("demo-password"), host=sock, port=5432, database=db, sslmode="disable",
                      rate_limit_queries_per_minute=100000)
     SyncManager(WRDSClient(cfg), data, batch_rows=300).full_sync("crsp", start_year=2021, end_year=2025)
 """)

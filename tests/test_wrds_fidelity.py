@@ -19,7 +19,7 @@ from test_cli import script
 from test_locking import start_holder
 
 from wrds_sync_nb.datasets import DatasetRegistry
-from wrds_sync_nb.demo import DEMO_ROLE, DEMO_ROLE_LIMIT
+from wrds_sync_nb.demo import DEMO_PASSWORD, DEMO_ROLE, DEMO_ROLE_LIMIT
 from wrds_sync_nb.errors import SchemaError
 from wrds_sync_nb.layout import DataLayout
 from wrds_sync_nb.manifest import ManifestManager
@@ -114,7 +114,7 @@ def test_sync_stays_within_the_role_limit_and_the_budget(env, demo, wrds_db, tmp
 def test_too_many_connections_is_its_own_error_not_a_credentials_one(env, demo, wrds_db, tmp_path):
     with role_limit(demo, 1):
         import psycopg2
-        other = psycopg2.connect(host=demo.socket_dir, port=5432, user=DEMO_ROLE, dbname=wrds_db)  # another process's session
+        other = psycopg2.connect(host=demo.socket_dir, port=5432, user=DEMO_ROLE, password=DEMO_PASSWORD, dbname=wrds_db)  # another session
         try:
             r = script(tmp_path / "d", "full-sync", "--dataset", "fama_french", "--start-year", "2025", timeout=120)
         finally:
@@ -137,7 +137,7 @@ def test_unreadable_product_is_named_before_any_download(env, demo, wrds_db, tmp
     assert not list((tmp_path / "d").rglob("*.parquet"))
     r = script(tmp_path / "d", "--datasets", str(toml), "datasets", "--check")
     assert r.returncode == 0
-    rows = {ln.split()[1] + "/" + ln.split()[3]: ln.split()[-2] for ln in r.stdout.splitlines() if ln.startswith("│ holdings")}
+    rows = {ln.split()[0] + "/" + ln.split()[1]: ln.split()[-1] for ln in r.stdout.splitlines() if ln.strip().startswith("holdings")}
     assert rows == {"holdings/s34": "no", "holdings/ff": "yes"}, r.stdout
 
 

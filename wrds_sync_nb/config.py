@@ -17,10 +17,10 @@ from . import events
 from .errors import ConfigError, CredentialsError
 
 # %% auto #0
-__all__ = ['WRDS_HOST', 'WRDS_PORT', 'WRDSConfig', 'load_config', 'pgpass_path', 'password_from_pgpass', 'password_from_keyring',
-           'resolve_credentials', 'libpq_params', 'libpq_uri']
+__all__ = ['WRDS_HOST', 'WRDS_PORT', 'WRDSConfig', 'load_config', 'pgpass_path', 'pgpass_entry', 'password_from_pgpass',
+           'password_from_keyring', 'resolve_credentials', 'libpq_params', 'libpq_uri']
 
-# %% ../nbs/04_config.ipynb #b805ef25
+# %% ../nbs/04_config.ipynb #616587bf
 WRDS_HOST = "wrds-pgdata.wharton.upenn.edu"
 WRDS_PORT = 9737
 
@@ -35,7 +35,7 @@ class WRDSConfig(BaseSettings):
     sslmode: str = "require"
     max_connections: int = Field(3, ge=1, le=50)           # server sessions this client opens, of every kind together
     query_timeout_seconds: float = Field(300, ge=0.1, le=7 * 86400, allow_inf_nan=False)
-    rate_limit_queries_per_minute: int = Field(10, ge=1)
+    rate_limit_queries_per_minute: int = Field(600, ge=1)   # a guard against runaway loops, not a brake (see above)
     rate_limit_window_seconds: float = Field(60, gt=0)  # the "minute"; shorter only in tests
     connect_timeout_seconds: int = Field(15, ge=1)
     password_expires_on: date | None = None
@@ -81,14 +81,14 @@ def pgpass_path() -> Path:
     "The libpq password file: $PGPASSFILE or ~/.pgpass"
     return Path(os.environ.get("PGPASSFILE") or Path.home() / ".pgpass").expanduser()
 
-# %% ../nbs/04_config.ipynb #a2460733
-def password_from_pgpass(host:str,            # the server's host (or socket folder)
-                         port:int,            # the server's port
-                         database:str,        # the demo database
-                         username:str,        # the WRDS username
-                         path:Path|None=None  # the file
-                        ) -> str | None:
-    "The password libpq would take from the password file for these coordinates, or None"
+# %% ../nbs/04_config.ipynb #d8c9f18d
+def pgpass_entry(host:str,             # the server's host (or socket folder)
+                 port:int,             # the server's port
+                 database:str,         # the database
+                 username:str|None,    # the WRDS username (None: any)
+                 path:Path|None=None   # the file
+                ) -> tuple[str, str] | None:
+    "The (user, password) libpq would take from the password file for these coordinates, or None"
     path = path or pgpass_path()
     try:
         st = path.stat()
@@ -98,13 +98,24 @@ def password_from_pgpass(host:str,            # the server's host (or socket fol
         events.emit(events.CREDENTIALS_FILE_MODE, level="warning", path=str(path), mode=oct(st.st_mode & 0o777),
                     fix=f"chmod 600 {path} (libpq ignores a password file others can read)")
     hosts = {host} | ({"localhost"} if host.startswith("/") else set())
-    want = [hosts, {str(port)}, {database}, {username}]
+    want = [hosts, {str(port)}, {database}]
     for raw in text.splitlines():
         if not raw.strip() or raw.lstrip().startswith("#"): continue
         f = _split_pgpass_line(raw)
-        if len(f) < 5: continue
-        if all(f[i] == "*" or f[i] in want[i] for i in range(4)): return ":".join(f[4:])
+        if len(f) < 5 or (username is None and f[3] == "*"): continue
+        if all(f[i] == "*" or f[i] in want[i] for i in range(3)) and f[3] in ("*", username or f[3]):
+            return (username or f[3], ":".join(f[4:]))
     return None
+
+def password_from_pgpass(host:str,            # the server's host (or socket folder)
+                         port:int,            # the server's port
+                         database:str,        # the database
+                         username:str,        # the WRDS username
+                         path:Path|None=None  # the file
+                        ) -> str | None:
+    "The password libpq would take from the password file for these coordinates, or None"
+    e = pgpass_entry(host, port, database, username, path)
+    return e[1] if e else None
 
 # %% ../nbs/04_config.ipynb #756ec222
 def password_from_keyring(service:str,  # the keyring service
@@ -116,13 +127,14 @@ def password_from_keyring(service:str,  # the keyring service
     try: return keyring.get_password(service, username)
     except Exception: return None
 
-# %% ../nbs/04_config.ipynb #3121a392
+# %% ../nbs/04_config.ipynb #2be5de31
 def resolve_credentials(cfg:WRDSConfig) -> WRDSConfig:
     "A copy of `cfg` with username and password filled in; raises CredentialsError naming where it looked"
-    user = cfg.username or os.environ.get("PGUSER")
+    found = pgpass_entry(cfg.host, cfg.port, cfg.database, None) if not (cfg.username or os.environ.get("PGUSER")) else None
+    user = cfg.username or os.environ.get("PGUSER") or (found[0] if found else None)
     if not user:
-        raise CredentialsError("no WRDS username: WRDS_USERNAME (or WRDS_USER, WRDS_ID, PGUSER) is not set",
-                               "export WRDS_USERNAME=your_wrds_id")
+        raise CredentialsError("no WRDS username: WRDS_USERNAME (or WRDS_USER, WRDS_ID, PGUSER) is not set and no "
+                               f"line of {pgpass_path()} names one", "run `wrds-sync login`, or export WRDS_USERNAME=your_wrds_id")
     pw = cfg.password.get_secret_value() if cfg.password is not None else None
     if pw is None: pw = password_from_pgpass(cfg.host, cfg.port, cfg.database, user)
     if pw is None: pw = password_from_keyring(cfg.keyring_service, user)
@@ -130,8 +142,7 @@ def resolve_credentials(cfg:WRDSConfig) -> WRDSConfig:
         raise CredentialsError(
             f"no password for {user}@{cfg.host}:{cfg.port}/{cfg.database}: looked in WRDS_PASSWORD, "
             f"the password file {pgpass_path()} and the OS keyring (service {cfg.keyring_service!r})",
-            f"add the line `{cfg.host}:{cfg.port}:{cfg.database}:{user}:YOUR_PASSWORD` to {pgpass_path()} "
-            "and chmod 600 it, or export WRDS_PASSWORD")
+            "run `wrds-sync login` (asks once and writes the password file's line), or export WRDS_PASSWORD")
     if not events.register_secret(pw):
         events.emit(events.CREDENTIALS_WEAK, level="warning", user=user,
                     fix="this password is too short to be scrubbed from logs by value; use a longer one")

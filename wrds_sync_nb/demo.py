@@ -22,14 +22,15 @@ from .errors import ConfigError
 # %% auto #0
 __all__ = ['DEMO_UPDATED', 'SUPERUSER', 'DEMO_ROLE', 'DEMO_ROLE_LIMIT', 'DEMO_PASSWORD', 'DEMO_TABLES', 'DemoServer', 'DemoSpan',
            'u', 'num', 'ret', 'DemoTable', 'wrds_comment', 'database_exists', 'clone_database', 'row_counts',
-           'demo_span', 'create_tables', 'grant_reader', 'demo_config', 'build_demo', 'append_days', 'bump_comment',
-           'restate_year', 'delete_year', 'add_column', 'drop_column', 'retype_column', 'DemoSource']
+           'demo_span', 'create_tables', 'require_password', 'grant_reader', 'demo_config', 'build_demo', 'append_days',
+           'bump_comment', 'restate_year', 'delete_year', 'add_column', 'drop_column', 'retype_column',
+           'demo_environment', 'DemoSource']
 
-# %% ../nbs/05a_demo.ipynb #a5bcf6d7
+# %% ../nbs/05a_demo.ipynb #a11351ae
 DEMO_UPDATED = date(2026, 2, 6)
 SUPERUSER = "postgres"      # builds and changes the source
 DEMO_ROLE = "wrds_reader"   # what syncs log in as: USAGE and SELECT only, a connection limit as on WRDS
-DEMO_ROLE_LIMIT, DEMO_PASSWORD = 7, "demo-password"  # the socket is trusted; the password is long enough to scrub
+DEMO_ROLE_LIMIT, DEMO_PASSWORD = 7, "demo-password"  # checked (scram) as on WRDS; long enough to scrub from logs
 
 def _server_uri_host(uri:str) -> str: return parse_qs(urlparse(uri).query)["host"][0]
 
@@ -121,7 +122,7 @@ def ret(g:DemoSpan, n:int,     # which draw
     r = f"(round((({u(g, n)} - 0.5) / {scale} - {shift}) * 1000000) / 1000000)::float8"
     return r if null_n is None else f"case when {u(g, null_n)} < 0.01 then null else {r} end"
 
-# %% ../nbs/05a_demo.ipynb #5cbb231e
+# %% ../nbs/05a_demo.ipynb #2272b50c
 def _dsf_v2(g:DemoSpan) -> str:
     price, cap = num(g, 5, 95, 1), num(g, 1000, 9000, 2, 0, key="f.permno")
     return f"""select f.permno::integer as permno, (f.permno + 40000)::integer as permco,
@@ -148,10 +149,18 @@ def _stksecurityinfohist(g:DemoSpan) -> str:
         'NS'::varchar(4) as sharetype, 'EQTY'::varchar(4) as securitytype, (1000 + f.i % 8000)::integer as siccd
         from {g.firms} f"""
 
+def _link(linkprim:str, liid:str, linktype:str, permno:str, linkdt:str, linkenddt:str, where:str="true") -> str:
+    return (f"select lpad((1000 + f.i)::text, 6, '0')::char(6) as gvkey, '{linkprim}'::char(1) as linkprim, '{liid}'::varchar(3) as liid, "
+            f"'{linktype}'::char(2) as linktype, ({permno})::float8 as lpermno, ({permno} + 40000)::float8 as lpermco, "
+            f"({linkdt})::date as linkdt, ({linkenddt})::date as linkenddt from firms f where {where}")
+
 def _ccmxpf_lnkhist(g:DemoSpan) -> str:
-    return f"""select lpad((1000 + f.i)::text, 6, '0')::char(6) as gvkey, 'P'::char(1) as linkprim, '01'::varchar(3) as liid,
-        'LC'::char(2) as linktype, f.permno::float8 as lpermno, (f.permno + 40000)::float8 as lpermco,
-        date '{g.start}' as linkdt, null::date as linkenddt from {g.firms} f"""
+    mid = f"date '{date(g.start.year + (g.end.year - g.start.year + 1) // 2, 1, 1)}'"
+    return f"""with firms as {g.firms}
+        {_link('P', '01', 'LC', 'f.permno', f"date '{g.start}'", f"case when f.i % 4 = 0 then {mid} - 1 end")}
+        union all {_link('C', '01', 'LU', 'f.permno', mid, 'null', 'f.i % 4 = 0')}
+        union all {_link('J', '02', 'LC', 'f.permno + 1', f"date '{g.start}'", 'null', 'f.i % 5 = 0')}
+        union all {_link('P', '01', 'NR', 'null', f"date '{g.start}' - interval '10 years'", f"date '{g.start}' - 1", 'f.i % 7 = 0')}"""
 
 # %% ../nbs/05a_demo.ipynb #ef56edfc
 def _dsf(g:DemoSpan) -> str:
@@ -175,7 +184,7 @@ def _dsenames(g:DemoSpan) -> str:
         substr(md5(f.permno::text), 1, 8)::varchar(8) as ncusip, ('T' || f.i)::varchar(8) as ticker,
         ('DEMO CORP ' || f.i)::varchar(35) as comnam, (f.permno + 40000)::float8 as permco from {g.firms} f"""
 
-# %% ../nbs/05a_demo.ipynb #6022388e
+# %% ../nbs/05a_demo.ipynb #a040fc24
 def _funda(g:DemoSpan) -> str:
     k = "f.i * 10000 + y"
     return f"""select lpad((1000 + f.i)::text, 6, '0')::varchar(6) as gvkey, make_date(y, 12, 31) as datadate,
@@ -187,6 +196,14 @@ def _funda(g:DemoSpan) -> str:
         {num(g, 1, 500, 47, 3, "f.i")} as csho, lpad((800000 + f.i)::text, 10, '0')::varchar(10) as cik
         from {g.firms} f cross join generate_series({g.start.year}, {g.end.year}) y
         cross join (values ('INDL'), ('FS')) fmt(indfmt) where fmt.indfmt = 'INDL' or f.i % 10 = 0"""
+
+def _secd(g:DemoSpan) -> str:
+    k = "f.i * 100000 + d.k"
+    return f"""select lpad((1000 + f.i)::text, 6, '0')::varchar(6) as gvkey, '01'::varchar(3) as iid, d.dt as datadate,
+        ('T' || f.i)::varchar(8) as tic, ('DEMO CORP ' || f.i)::varchar(60) as conm, 'USD'::varchar(3) as curcdd,
+        (11 + 3 * (f.i % 2))::smallint as exchg, {num(g, 5, 95, 61, 2, k)}::float8 as prccd,
+        {num(g, 1, 500, 47, 3, "f.i")}::float8 as cshoc, floor(100000 * {u(g, 62, k)})::float8 as cshtrd, 1::float8 as ajexdi
+        from {g.firms} f cross join {g.days} d where f.i % 10 = 1"""
 
 def _fundq(g:DemoSpan) -> str:
     k, qend = "f.i * 100000 + y * 10 + q", "(make_date(y, q * 3, 1) + interval '1 month' - interval '1 day')::date"
@@ -212,7 +229,7 @@ def _s34(g:DemoSpan) -> str:
         floor(1000000 * {u(g, 81, "f.i * 10000 + y")})::float8 as shares
         from {g.firms} f cross join generate_series({g.start.year}, {g.end.year}) y"""
 
-# %% ../nbs/05a_demo.ipynb #22cb24da
+# %% ../nbs/05a_demo.ipynb #84a6d703
 @dataclass(frozen=True)
 class DemoTable:
     "A demo table: its comment's description and style, and its generator"
@@ -232,6 +249,7 @@ DEMO_TABLES: dict[str, DemoTable] = {
     "crsp.dsenames": DemoTable("Daily Stock Event - Names (legacy SIZ)", "updated", _dsenames, "crsp_a_stock"),
     "comp.funda": DemoTable("Fundamentals Annual", "modified", _funda),
     "comp.fundq": DemoTable("Fundamentals Quarterly", "modified", _fundq),
+    "comp.secd": DemoTable("Security Daily", "modified", _secd),
     "ff.factors_daily": DemoTable("Fama-French Daily Factors", "updated", _factors_daily),
     "ff.factors_monthly": DemoTable("Fama-French Monthly Factors", "updated", _factors_monthly),
     "tfn.s34": DemoTable("13F Holdings - S34", "updated", _s34, readable=False),
@@ -303,7 +321,15 @@ def create_tables(src:DemoServer,   # the server
                 cur.execute("comment on column crsp.dsf_v2.permno is 'PERMNO'")
     finally: conn.close()
 
-# %% ../nbs/05a_demo.ipynb #eef51b36
+# %% ../nbs/05a_demo.ipynb #feadc967
+def require_password(src:DemoServer) -> None:
+    "Make the demo account log in with its password (scram), as on WRDS; the superuser stays trusted on the socket"
+    hba = src.root / "pg_hba.conf"
+    line = f"local all {DEMO_ROLE} scram-sha-256\n"
+    if hba.exists() and not hba.read_text().startswith(line):
+        hba.write_text(line + hba.read_text())
+        src.execute("select pg_reload_conf()", database="postgres")
+
 def grant_reader(src:DemoServer,    # the server
                  database:str,      # the demo database
                  tables:list[str]   # the tables created in it
@@ -312,6 +338,7 @@ def grant_reader(src:DemoServer,    # the server
     src.execute(f"""do $$ begin if not exists (select from pg_roles where rolname = '{DEMO_ROLE}') then
                     create role {DEMO_ROLE} login password '{DEMO_PASSWORD}' connection limit {DEMO_ROLE_LIMIT}; end if; end $$""",
                 database="postgres")
+    require_password(src)
     for sch in sorted({t.split(".")[0] for t in tables}):
         src.execute(f"grant usage on schema {quote_ident(sch)} to {DEMO_ROLE}", database=database)
     for t in tables:
@@ -439,11 +466,20 @@ def retype_column(src:DemoServer, table:str,  # schema.table
     src.execute(f"alter table {qualified(*table.split('.'))} alter column {c} type {sql_type} using {c}::{sql_type}",
                 database=database)
 
-# %% ../nbs/05a_demo.ipynb #bf1ecb96
+# %% ../nbs/05a_demo.ipynb #83e133c0
+def demo_environment(src:DemoServer,       # the server
+                     database:str="wrds"   # the database a client reads
+                    ) -> dict[str, str]:
+    "The WRDS_* settings pointing a process (the command, or `import wrds_sync_nb`) at `database`, as the demo account"
+    cfg = demo_config(src, database)
+    return {"WRDS_HOST": cfg.host, "WRDS_PORT": str(cfg.port), "WRDS_DATABASE": database, "WRDS_USERNAME": DEMO_ROLE,
+            "WRDS_PASSWORD": DEMO_PASSWORD, "WRDS_SSLMODE": "disable"}
+
 class DemoSource(DemoServer):
     "A pgserver PostgreSQL in `root` (started or reused), with WRDS-shaped databases and helpers to change them"
     build = build_demo
     config = demo_config
+    environment = demo_environment
     clone = clone_database
     row_counts = row_counts
     append_days = append_days

@@ -12,9 +12,9 @@ import sys
 __all__ = ['UNSUPPORTED_PLATFORM', 'WrdsSyncError', 'LockError', 'LockAcquisitionError', 'LockRecoveryError',
            'MalformedLockFileError', 'LockOwnershipError', 'ConfigError', 'DatasetNameError', 'UnknownDatasetError',
            'CredentialsError', 'WRDSConnectionError', 'ConnectionLimitError', 'QueryError', 'QueryTimeoutError',
-           'PermissionDeniedError', 'TransientQueryError', 'DataError', 'SchemaError', 'MassRemovalError',
-           'ChecksumMismatchError', 'DiskSpaceError', 'ValidationError', 'ManifestError', 'SyncIncompleteError',
-           'BackupError', 'PartitionValidationError']
+           'PermissionDeniedError', 'TransientQueryError', 'CancelledError', 'DataError', 'SchemaError',
+           'MassRemovalError', 'ChecksumMismatchError', 'DiskSpaceError', 'ValidationError', 'ManifestError',
+           'SyncIncompleteError', 'BackupError', 'PartitionValidationError']
 
 # %% ../nbs/00_errors.ipynb #2ea57717
 UNSUPPORTED_PLATFORM = ("wrds-sync-nb runs on Linux and macOS, not Windows: its crash-safe locks and publishing need "
@@ -69,7 +69,7 @@ class UnknownDatasetError(ConfigError):
     "A dataset name that no built-in or configured dataset has"
     default_fix = "check the spelling (`wrds-sync datasets` lists them) or define it in a --datasets TOML file"
 
-# %% ../nbs/00_errors.ipynb #fe2c0f06
+# %% ../nbs/00_errors.ipynb #b19398bf
 class CredentialsError(WrdsSyncError):
     "No usable WRDS credentials, or the server rejected them"
     default_fix = ("set WRDS_USERNAME and WRDS_PASSWORD, or add a ~/.pgpass line "
@@ -98,6 +98,9 @@ class PermissionDeniedError(QueryError):
 class TransientQueryError(QueryError):
     "A query failed for a reason that may pass (connection reset, admin shutdown, serialization failure)"
     default_fix = "rerun: the sync resumes from its checkpoint"
+class CancelledError(QueryError):
+    "The run was stopped (Ctrl-C, SIGTERM) while this query waited or ran"
+    default_fix = "rerun when ready: the sync resumes from its checkpoint"
 
 # %% ../nbs/00_errors.ipynb #1ed96c0c
 class DataError(WrdsSyncError):

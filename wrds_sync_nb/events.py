@@ -23,9 +23,10 @@ __all__ = ['DISK_WARNING', 'DISK_CRITICAL', 'DISK_BLOCKED', 'LOCK_STALE', 'CHECK
            'PARTITION_QUARANTINED', 'SCHEMA_NEW_COLUMNS', 'SCHEMA_BREAKING', 'QUARANTINE_CLEANED', 'LOCK_ACQUIRED',
            'LOCK_RELEASED', 'LOCK_RECOVERED', 'LOCK_FORCED', 'QUERY_RETRY', 'QUERY_TIMEOUT', 'CONNECTED',
            'CONNECTIONS_LIMITED', 'CREDENTIALS_FILE_MODE', 'CREDENTIALS_WEAK', 'VERIFY_COMPLETED', 'BACKUP_COMPLETED',
-           'RESTORE_COMPLETED', 'DATA_DIR_MIGRATED', 'VERSION_COMMITTED', 'VACUUM_COMPLETED', 'REDACTED',
-           'MIN_SECRET_CHARS', 'logger', 'Alert', 'alerts_markdown', 'register_secret', 'redact', 'emit', 'listening',
-           'capture_events', 'JsonEventFormatter', 'TextEventFormatter', 'EventStreamHandler', 'configure_logging']
+           'RESTORE_COMPLETED', 'DATA_DIR_MIGRATED', 'VERSION_COMMITTED', 'VACUUM_COMPLETED', 'RATE_LIMIT_WAIT',
+           'LOCK_WAIT', 'DATASET_ADDED', 'REDACTED', 'MIN_SECRET_CHARS', 'logger', 'SENTENCES', 'Alert',
+           'alerts_markdown', 'register_secret', 'redact', 'emit', 'listening', 'capture_events', 'JsonEventFormatter',
+           'TextEventFormatter', 'EventStreamHandler', 'configure_logging', 'sentence']
 
 # %% ../nbs/01_events.ipynb #01f2707e
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def alerts_markdown() -> str:
         lines.append(f"| `{a.event}` | {a.level} | {a.trigger} | [{a.runbook}]({a.runbook}) |")
     return "\n".join(lines) + "\n"
 
-# %% ../nbs/01_events.ipynb #a54449fb
+# %% ../nbs/01_events.ipynb #af96c281
 SYNC_STARTED = "sync.started"
 SYNC_COMPLETED = "sync.completed"
 SYNC_FAILED = "sync.failed"
@@ -113,6 +114,9 @@ RESTORE_COMPLETED = "sync.restore.completed"
 DATA_DIR_MIGRATED = "sync.data_dir.migrated"
 VERSION_COMMITTED = "sync.version.committed"
 VACUUM_COMPLETED = "sync.vacuum.completed"
+RATE_LIMIT_WAIT = "wrds.rate_limit.wait"
+LOCK_WAIT = "sync.lock.wait"
+DATASET_ADDED = "sync.dataset.added"
 
 # %% ../nbs/01_events.ipynb #dca6aa08
 REDACTED = "***"
@@ -152,8 +156,9 @@ def redact(value:Any,         # what to redact
     if isinstance(value, Path): return _scrub(str(value))
     return _scrub(value if isinstance(value, str) else str(value))
 
-# %% ../nbs/01_events.ipynb #eff22a33
+# %% ../nbs/01_events.ipynb #6a01bfa3
 logger = logging.getLogger("wrds_sync_nb.events")
+logger.addHandler(logging.NullHandler())  # a library prints nothing unless asked: no bare event names in a notebook
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR, "critical": logging.CRITICAL}
 _listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -191,7 +196,7 @@ def capture_events() -> Iterator[list[dict[str, Any]]]:
     got: list[dict[str, Any]] = []
     with listening(got.append): yield got
 
-# %% ../nbs/01_events.ipynb #2a8cce84
+# %% ../nbs/01_events.ipynb #da359e66
 class JsonEventFormatter(logging.Formatter):
     "One JSON object per line: the event record as emitted"
     def format(self, record:logging.LogRecord) -> str:
@@ -200,13 +205,11 @@ class JsonEventFormatter(logging.Formatter):
         return json.dumps(ev, default=str, sort_keys=False)
 
 class TextEventFormatter(logging.Formatter):
-    "A readable line: time, level, event, dataset and the other fields as key=value"
+    "A readable line: time, level and the event's sentence (or its name and fields as key=value)"
     def format(self, record:logging.LogRecord) -> str:
         ev = getattr(record, "wrds_event", None)
         if ev is None: return _scrub(record.getMessage())
-        rest = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("event", "level", "timestamp", "dataset", "alert"))
-        ds = f" [{ev['dataset']}]" if "dataset" in ev else ""
-        return f"{ev['timestamp'][11:19]} {ev['level'].upper():7} {ev['event']}{ds} {rest}".rstrip()
+        return f"{ev['timestamp'][11:19]} {ev['level'].upper():7} {sentence(ev)}"
 
 class EventStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     "The handler `configure_logging` installs (so that a second call replaces it)"
@@ -225,3 +228,26 @@ def configure_logging(fmt:str="text",      # "json" or "text"
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
     return h
+
+# %% ../nbs/01_events.ipynb #5b9cf272
+SENTENCES = {
+    RATE_LIMIT_WAIT: "waiting {seconds:g} s for the query rate limit ({limit} queries a minute, WRDS_RATE_LIMIT_QUERIES_PER_MINUTE)",
+    LOCK_WAIT: "waiting up to {timeout:g} s for the lock of {dataset} held by {holder}",
+    DATA_LATE: "{dataset} is late: no sync has succeeded since {expected_by} (last success: {last_success})",
+    QUERY_RETRY: "retrying {what} (attempt {attempt}) after: {error}",
+    PARTITION_FAILED: "{dataset}/{table}: {error}",
+    CONNECTIONS_LIMITED: "WRDS allows this account {budget} session(s) now: sharing them",
+    SCHEMA_NEW_COLUMNS: "{dataset}/{table} has new columns at the source: {columns} (kept from now on)",
+    LOCK_STALE: "the lock of {dataset} is stale ({reason}): recovering it",
+    DATASET_ADDED: "added {source} as dataset {dataset}: {notes}",
+}
+
+class _Blank(dict):  # type: ignore[type-arg]
+    def __missing__(self, key:str) -> str: return "?"
+
+def sentence(ev:dict[str, Any]) -> str:
+    "The event as a person reads it"
+    if ev["event"] in SENTENCES: return SENTENCES[ev["event"]].format_map(_Blank(ev))
+    rest = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("event", "level", "timestamp", "dataset", "alert"))
+    ds = f" [{ev['dataset']}]" if "dataset" in ev else ""
+    return f"{ev['event']}{ds} {rest}".rstrip()

@@ -13,8 +13,8 @@ from typing import Literal
 from .errors import ConfigError, DatasetNameError, DiskSpaceError
 
 # %% auto #0
-__all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'DATA_DIR_MARKER', 'LAYOUT_FORMAT', 'DataDirKind', 'OUR_NAMES',
-           'validate_name', 'partition_key', 'is_temp_name', 'DataDirs', 'DataLayout', 'ensure_folders',
+__all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'ADDED_DATASETS', 'DATA_DIR_MARKER', 'LAYOUT_FORMAT', 'DataDirKind',
+           'OUR_NAMES', 'validate_name', 'partition_key', 'is_temp_name', 'DataDirs', 'DataLayout', 'ensure_folders',
            'resolve_stored', 'new_quarantine_path', 'fsync_dir', 'temp_path_for', 'publish_file', 'atomic_write_bytes',
            'create_exclusive', 'sha256_file', 'internal_dirs', 'check_no_links', 'data_dir_kind', 'claim_data_dir',
            'write_marker', 'layout_format']
@@ -31,9 +31,10 @@ def validate_name(name:object,         # the candidate name
         raise DatasetNameError(f"invalid {kind} name {shown}")
     return name
 
-# %% ../nbs/01a_layout.ipynb #cfa587f3
+# %% ../nbs/01a_layout.ipynb #3197200c
 ALL_PARTITION = "all"
 TMP_SUFFIX = ".tmp"
+ADDED_DATASETS = "datasets.toml"  # at the data dir's root: the definitions `wrds-sync add` stored
 
 def partition_key(year:int|None) -> str:
     "The manifest key and file stem of a partition: the year, or 'all' for unpartitioned tables"
@@ -43,7 +44,7 @@ def is_temp_name(name:str) -> bool:
     "Is `name` one of our in-flight temporary files?"
     return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
-# %% ../nbs/01a_layout.ipynb #6288c057
+# %% ../nbs/01a_layout.ipynb #29427c9f
 class DataDirs:
     "The folders of one data dir"
     def __init__(self, root:Path|str):
@@ -55,6 +56,7 @@ class DataDirs:
         self.locks_dir, self.progress_dir, self.quarantine_dir = r / "locks", r / "sync_progress", r / "quarantine"
         self.backups_dir, self.tmp_dir = r / "backups", r / "tmp"
         self.staging_dir = self.tmp_dir / "staging"
+        self.datasets_file = r / ADDED_DATASETS  # tables added with `wrds-sync add`, read by every command
     def __repr__(self) -> str: return f"{type(self).__name__}({str(self.root)!r})"
     def relative(self, path:Path) -> str: return Path(path).absolute().relative_to(self.root).as_posix()  # as manifests store it
     def resolve(self, rel:str) -> Path: return resolve_stored(self, rel)  # a stored path, never outside the data dir
@@ -192,12 +194,12 @@ def sha256_file(path:Path,         # the file
         while chunk := f.read(block): h.update(chunk)
     return h.hexdigest()
 
-# %% ../nbs/01a_layout.ipynb #5f512591
+# %% ../nbs/01a_layout.ipynb #491c7590
 DATA_DIR_MARKER = ".wrds-sync"
 LAYOUT_FORMAT = 2  # 1: files published in place under wrds/ (releases before vintages); 2: immutable versions/
 DataDirKind = Literal["data", "demo"]
 OUR_NAMES = {"wrds", "versions", "manifests", "schemas", "locks", "sync_progress", "quarantine", "backups", "tmp", "drills",
-             "demo_source", DATA_DIR_MARKER}  # a folder holding only these is ours to claim
+             "demo_source", DATA_DIR_MARKER, ADDED_DATASETS}  # a folder holding only these is ours to claim
 
 def internal_dirs(layout:DataLayout) -> list[Path]:
     "The folders the tool creates inside a data dir"

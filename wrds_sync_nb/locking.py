@@ -24,7 +24,7 @@ from .manifest import LockToken, utcnow
 __all__ = ['LOCK_TIMEOUT_HOURS', 'REFRESH_INTERVAL_SECONDS', 'MALFORMED_GRACE_SECONDS', 'MAX_LOCK_FILE_BYTES', 'HOSTNAME',
            'process_start_ticks', 'boot_id', 'is_pid_alive', 'ForeignLockFileError', 'read_lock', 'AtomicFileLock',
            'lock_guard', 'create_lock_file', 'disk_full', 'judge_token', 'judge_lock_file', 'lock_identity',
-           'recover_stale_lock', 'clean_recovery_leftovers', 'held_message', 'acquire_lock', 'owned_token',
+           'recover_stale_lock', 'clean_recovery_leftovers', 'holder', 'held_message', 'acquire_lock', 'owned_token',
            'release_lock', 'refresh_lock', 'LockStatus', 'lock_status', 'force_remove', 'LockHeartbeat', 'atomic_lock']
 
 # %% ../nbs/03_locking.ipynb #881e1057
@@ -221,15 +221,22 @@ def clean_recovery_leftovers(lock:AtomicFileLock) -> None:
         except (IndexError, ValueError): continue
         if not is_pid_alive(pid): p.unlink(missing_ok=True)
 
-# %% ../nbs/03_locking.ipynb #31bbcb9d
+# %% ../nbs/03_locking.ipynb #b287be86
+def holder(lock:AtomicFileLock,  # the lock
+           reason:str            # why it is held, when the file cannot say who
+          ) -> str:
+    "Who holds `lock`: pid, host and writer, or the reason"
+    try: t, _ = read_lock(lock.path)
+    except (FileNotFoundError, MalformedLockFileError): return f"({reason})"
+    return f"pid {t.pid} on host {t.hostname} (writer {t.writer_id}) since {t.acquired_at.isoformat(timespec='seconds')}"
+
 def held_message(lock:AtomicFileLock,  # the lock
                  reason:str            # why
                 ) -> str:
     "Who holds `lock`, for the error a waiter gets"
     try: t, _ = read_lock(lock.path)
     except (FileNotFoundError, MalformedLockFileError): return f"dataset {lock.dataset!r} is locked ({reason})"
-    return (f"dataset {lock.dataset!r} is locked by pid {t.pid} on host {t.hostname} (writer {t.writer_id}) "
-            f"since {t.acquired_at.isoformat(timespec='seconds')}, expiring {t.expires_at.isoformat(timespec='seconds')}")
+    return f"dataset {lock.dataset!r} is locked by {holder(lock, reason)}, expiring {t.expires_at.isoformat(timespec='seconds')}"
 
 def acquire_lock(lock:AtomicFileLock,   # the lock
                  timeout_seconds:float  # how long to wait
@@ -252,6 +259,9 @@ def acquire_lock(lock:AtomicFileLock,   # the lock
             if recover_stale_lock(lock): continue
         remaining = deadline - time.monotonic()
         if remaining <= 0: raise LockAcquisitionError(held_message(lock, reason))
+        if warned is None and not stale:  # say once that we wait, and for whom
+            events.emit(events.LOCK_WAIT, dataset=lock.dataset, timeout=round(remaining), holder=holder(lock, reason))
+            warned = ""
         time.sleep(min(remaining, random.uniform(delay / 2, delay)))
         delay = min(delay * 2, lock.MAX_BACKOFF_SECONDS)
 

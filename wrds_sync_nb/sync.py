@@ -45,13 +45,14 @@ __all__ = ['FingerprintMethod', 'Action', 'MASS_REMOVAL_SHARE', 'VERSION_NAME_RE
            'data_sql', 'methods_for', 'fingerprint_sql', 'PlanItem', 'PlanInputs', 'marker_unchanged', 'reusable',
            'plan_table', 'mass_removal', 'SyncManager', 'RunContext', 'locked', 'readable_tables', 'check_readable',
            'is_intact', 'holds_partition', 'table_entry', 'recover_journal', 'start_run', 'sync_tables', 'run_sync',
-           'remove_empty_layout', 'pause_run', 'finish_run', 'commit_version', 'check_slo', 'report_run', 'TableRun',
-           'Staged', 'stage', 'validate', 'journal', 'publish_partition', 'include', 'checkpoint', 'sync_partition',
-           'check_schema', 'partition_keys', 'numeric_scales', 'source_columns', 'fingerprint_method', 'describe_table',
-           'fetch_fingerprints', 'remove_vanished', 'quarantine_damaged', 'apply_plan', 'check_mass_removal',
-           'plan_inputs', 'with_source', 'record_failure', 'fetch_with_retries', 'fetch_partitions', 'finish_table',
-           'sync_table', 'dry_run', 'versions_to_check', 'retention_of', 'entry_problem', 'check_integrity',
-           'problems_in', 'stray_files', 'kept_manifests', 'repair_pointer', 'repair_manifest']
+           'remove_empty_layout', 'pause_run', 'finish_run', 'commit_version', 'check_slo', 'report_run', 'with_tables',
+           'synced_tables', 'TableRun', 'Staged', 'stage', 'key_fix', 'validate', 'journal', 'publish_partition',
+           'include', 'checkpoint', 'sync_partition', 'check_schema', 'partition_keys', 'numeric_scales',
+           'source_columns', 'fingerprint_method', 'source_years', 'describe_table', 'fetch_fingerprints',
+           'remove_vanished', 'quarantine_damaged', 'apply_plan', 'check_mass_removal', 'plan_inputs', 'with_source',
+           'record_failure', 'fetch_with_retries', 'fetch_partitions', 'finish_table', 'sync_table', 'dry_run',
+           'versions_to_check', 'retention_of', 'entry_problem', 'check_integrity', 'problems_in', 'stray_files',
+           'kept_manifests', 'repair_pointer', 'repair_manifest']
 
 # %% ../nbs/08_sync.ipynb #a72645f7
 class SyncProgress(BaseModel):
@@ -149,7 +150,7 @@ def select_list(t:TableSpec,        # the table
     return ", ".join(f"cast({quote_ident(c)} as {CAST_TYPES[t.casts[c]]}) as {quote_ident(c)}" if c in t.casts
                      else quote_ident(c) for c in columns)
 
-# %% ../nbs/08_sync.ipynb #62d80181
+# %% ../nbs/08_sync.ipynb #2cbf5840
 def where_sql(t:TableSpec,        # the table
               years:range|None    # the partition years (None: the whole table)
              ) -> tuple[str, dict[str, Any]]:
@@ -164,6 +165,7 @@ def where_sql(t:TableSpec,        # the table
         if isinstance(v, list): conds.append(f"{quote_ident(c)} = any(%(f{i})s)")
         else: conds.append(f"{quote_ident(c)} = %(f{i})s")
         params[f"f{i}"] = v
+    if t.where: conds.append(f"({t.where.replace('%', '%%')})")  # the user's own SQL, run as written
     return (" where " + " and ".join(conds) if conds else ""), params
 
 def data_sql(t:TableSpec,               # the table
@@ -279,12 +281,10 @@ def mass_removal(plan:list[PlanItem],              # a table's plan
         return f"would remove {len(gone)} of {len(stored)} partitions ({', '.join(gone)}), more than {MASS_REMOVAL_SHARE:.0%}"
     return None
 
-# %% ../nbs/08_sync.ipynb #3d827695
+# %% ../nbs/08_sync.ipynb #218face0
 class SyncManager:
     "Orchestrates full and incremental syncs of WRDS datasets into the data dir, and verifies them"
-    FULL_SLO_SECONDS = 4 * 3600
-    INCREMENTAL_SLO_SECONDS = 3600
-    PARTITION_ATTEMPTS = 3
+    FULL_SLO_SECONDS, INCREMENTAL_SLO_SECONDS, PARTITION_ATTEMPTS = 4 * 3600, 3600, 3
 
     def __init__(self, client:WRDSClient|None,          # the WRDS connection (None: verify only)
                  data_dir:Path|str|DataLayout,           # the data dir
@@ -303,17 +303,20 @@ class SyncManager:
 
     def full_sync(self, dataset:str,             # dataset name
                   start_year:int|None=None,      # first year (default: the dataset's)
-                  end_year:int|None=None         # last year (default: this year, or the dataset's last)
+                  end_year:int|None=None,        # last year (default: this year, or the dataset's last)
+                  tables:list[str]|None=None     # only these tables (default: every table)
                  ) -> SyncManifest:
-        "Sync every table of `dataset` for the years given (resuming an interrupted full sync)"
+        "Sync the tables of `dataset` for the years given (resuming an interrupted full sync)"
         spec = self.registry.get(dataset)
-        return run_sync(self, spec, "full", spec.year_range(start_year, end_year))
+        return run_sync(self, with_tables(spec, tables), "full", spec.year_range(start_year, end_year))
 
-    def incremental_sync(self, dataset:str) -> SyncManifest:
-        "Fetch only what changed at the source since the last sync (a full sync if there was none)"
-        spec = self.registry.get(dataset)
-        if self.manifests.load(spec.name) is None: return self.full_sync(dataset)
-        return run_sync(self, spec, "incremental", None)
+    def incremental_sync(self, dataset:str,          # dataset name
+                         tables:list[str]|None=None   # only these of the tables synced so far (default: all of them)
+                        ) -> SyncManifest:
+        "Fetch only what changed at the source in the tables synced so far (a full sync if there was none)"
+        spec, m = self.registry.get(dataset), self.manifests.load(dataset)
+        if m is None: return self.full_sync(dataset, tables=tables)
+        return run_sync(self, synced_tables(spec, tables, m), "incremental", None)
 
     def plan_incremental(self, dataset:str) -> dict[str, list[PlanItem]]:
         "What `incremental_sync` would do, per table, from the source's metadata and fingerprints: downloads nothing"
@@ -466,7 +469,7 @@ def sync_tables(ctx:RunContext,   # the run
             ctx.fixes.append(e.fix)
             events.emit(events.PARTITION_FAILED, level="error", dataset=ctx.spec.name, table=table.name, error=e.what)
 
-# %% ../nbs/08_sync.ipynb #7ea811be
+# %% ../nbs/08_sync.ipynb #f009d9c1
 def run_sync(sm:SyncManager,                       # the sync manager
              spec:DatasetSpec,                     # the dataset
              kind:Literal["full", "incremental"],  # full or incremental
@@ -479,6 +482,7 @@ def run_sync(sm:SyncManager,                       # the sync manager
     claim_data_dir(sm.layout)  # a folder holding other things is refused before the lock file lands in it
     try:
         with locked(sm, spec.name) as hb:  # before the first connection: waiting on a lock costs no Duo push
+            sm.client.stopping.clear()  # a run stopped earlier (Ctrl-C in a notebook) does not stop this one
             sm.client.connect()
             check_same_filesystem(sm.layout)
             sm.quarantine.clean()
@@ -533,7 +537,7 @@ def commit_version(ctx:RunContext) -> None:
     events.emit(events.VERSION_COMMITTED, dataset=ctx.spec.name, version=ctx.manifest.version,
                 files=len(ctx.manifest.files()))
 
-# %% ../nbs/08_sync.ipynb #540b2ba6
+# %% ../nbs/08_sync.ipynb #4a4157c6
 def check_slo(ctx:RunContext) -> None:
     "Emit `sync.duration.slo_breach` when the run took longer than its kind's SLO"
     secs = time.monotonic() - ctx.started
@@ -545,15 +549,33 @@ def report_run(ctx:RunContext) -> SyncManifest:
     "The committed manifest, or the error that says what is left undone"
     ds, kind, problems = ctx.spec.name, ctx.kind, ctx.schema_errors + ctx.errors
     if problems: events.emit(events.SYNC_FAILED, level="error", dataset=ds, kind=kind, errors=problems)
-    fix = ctx.fixes[0] if len(set(ctx.fixes)) == 1 and not ctx.errors else None  # one cause: its own fix
-    if ctx.schema_errors: raise SchemaError(f"{ds} {kind} sync: " + "; ".join(problems), fix)
+    fixes = "; ".join(dict.fromkeys(ctx.fixes))  # each cause's own fix, once
+    if ctx.schema_errors: raise SchemaError(f"{ds} {kind} sync: " + "; ".join(problems), fixes or None)
     if ctx.errors:
-        raise SyncIncompleteError(f"{ds} {kind} sync incomplete, {len(ctx.errors)} problem(s): " + "; ".join(ctx.errors))
+        raise SyncIncompleteError(f"{ds} {kind} sync incomplete, {len(ctx.errors)} problem(s): " + "; ".join(ctx.errors),
+                                  f"{fixes}; then rerun: completed partitions are kept" if fixes else None)
     events.emit(events.SYNC_COMPLETED, dataset=ds, kind=kind, rows=ctx.progress.total_rows_synced,
                 partitions_fetched=ctx.progress.partitions_fetched, seconds=round(time.monotonic() - ctx.started, 3))
     return ctx.manifest
 
-# %% ../nbs/08_sync.ipynb #55b5842e
+# %% ../nbs/08_sync.ipynb #0f6ee02b
+def with_tables(spec:DatasetSpec,          # the dataset
+                tables:list[str]|None      # the tables wanted (None: all)
+               ) -> DatasetSpec:
+    "`spec` restricted to `tables`, in the dataset's order; an unknown name is a one-line error listing the tables"
+    if not tables: return spec
+    wanted = {spec.table(t).name for t in tables}
+    return spec.model_copy(update={"tables": [t for t in spec.tables if t.name in wanted]})
+
+def synced_tables(spec:DatasetSpec,      # the dataset
+                  tables:list[str]|None,  # the tables wanted (None: all)
+                  m:SyncManifest          # its current manifest
+                 ) -> DatasetSpec:
+    "`spec` restricted to the wanted tables that `m` has (all of them if it has none of them)"
+    wanted = {t.name for t in with_tables(spec, tables).tables}
+    return with_tables(spec, [t.name for t in spec.tables if t.name in m.tables and t.name in wanted] or None)
+
+# %% ../nbs/08_sync.ipynb #7d999044
 @dataclass
 class TableRun:
     "What the sync knows about one table during a run: its columns, partitions in range, stored entries"
@@ -563,6 +585,7 @@ class TableRun:
     keys: list[str]
     stored: dict[str, PartitionEntry]
     method: FingerprintMethod = "hash_record_extended"
+    span: int = 1       # years the source table covers (to size a year's share of its rows)
 
     @property
     def schema(self) -> pa.Schema: return arrow_schema_of(self.cols)
@@ -596,7 +619,16 @@ def stage(ctx:RunContext,           # the run
         raise
     return Staged(staged, wf, check)
 
-# %% ../nbs/08_sync.ipynb #bf4e5a2a
+# %% ../nbs/08_sync.ipynb #84641006
+def key_fix(t:TableSpec,          # the table
+            failures:list[str]    # what validation found
+           ) -> str | None:
+    "The fix for a key that the source's rows do not satisfy (None: another failure)"
+    if not any("duplicate rows on key" in f or "null in key" in f for f in failures): return None
+    return (f"the key ({', '.join(t.key_columns)}) of table {t.name} is not unique and non-null at {t.source}: set its "
+            f"key_columns to columns that are (`wrds-sync add {t.source} --key COL,COL` or the datasets file), or to [] to skip the check")
+
+# %% ../nbs/08_sync.ipynb #4108ac7f
 def validate(ctx:RunContext,       # the run
              tr:TableRun,          # the table being synced
              key:str,              # the partition key
@@ -609,7 +641,7 @@ def validate(ctx:RunContext,       # the run
     failures = s.check.failures()
     if failures:
         q.put(s.path, ds, "validation", "validation failed", table=t, partition=key, failures=failures)
-        raise PartitionValidationError(f"{ds}/{t}/{key} failed validation", failures)
+        raise PartitionValidationError(f"{ds}/{t}/{key} failed validation", failures, key_fix(tr.table, failures))
     if sha256_file(s.path) != s.written.sha256:
         q.put(s.path, ds, "checksum", "bytes on disk differ from bytes written", table=t, partition=key)
         events.emit(events.CHECKSUM_MISMATCH, dataset=ds, table=t, partition=key, stage="after write")
@@ -768,7 +800,22 @@ def fingerprint_method(client:WRDSClient,                  # the WRDS client
     if kind == "incremental" and len(used) == 1 and (m := used.pop()) in offered: return m
     return offered[0]
 
-# %% ../nbs/08_sync.ipynb #54ccac7e
+# %% ../nbs/08_sync.ipynb #d2c9301b
+def source_years(client:WRDSClient,               # the WRDS client
+                 table:TableSpec,                 # a partitioned table
+                 years:range,                     # the years asked for
+                 stored:dict[str, PartitionEntry] # the manifest's partitions of the table
+                ) -> tuple[range, int]:
+    "`years` narrowed to the span the source has rows in (widened to the years stored), and that span's length"
+    w, p = where_sql(table, None)
+    pc = quote_ident(table.partition_column or "")
+    lo, hi = client.execute_query(f"select extract(year from min({pc}))::int as lo, extract(year from max({pc}))::int as hi "
+                                  f"from {qualified(table.source_schema, table.source_table)}{w}", p).row(0)
+    have = [y for y in years if lo is not None and lo <= y <= hi] + [int(k) for k in stored if k.isdigit() and int(k) in years]
+    span = hi - lo + 1 if lo is not None else 1
+    return (range(min(have), max(have) + 1) if have else range(years.start, years.start)), span
+
+# %% ../nbs/08_sync.ipynb #e97ab149
 def describe_table(ctx:RunContext,      # the run
                    table:TableSpec,     # the table
                    years:range|None,    # the partition years (None: the whole table)
@@ -779,8 +826,12 @@ def describe_table(ctx:RunContext,      # the run
     cols = source_columns(ctx.client, table, info)
     check_schema(ctx.sm, ds, table, arrow_schema_of(cols))
     stored = dict(entry.partitions) if entry else {}
-    keys = partition_keys(ctx.spec, table, ctx.kind, years, stored)
-    return TableRun(table, info, cols, keys, stored, fingerprint_method(ctx.client, ctx.kind, stored))
+    kind = ctx.kind if stored else "full"  # a table never synced is covered as a full sync would cover it
+    years = ctx.spec.year_range() if kind == "full" and years is None and table.partitioned else years
+    span = len(years) if years is not None else 1
+    if kind == "full" and table.partitioned and years is not None: years, span = source_years(ctx.client, table, years, stored)
+    keys = partition_keys(ctx.spec, table, kind, years, stored)
+    return TableRun(table, info, cols, keys, stored, fingerprint_method(ctx.client, ctx.kind, stored), span)
 
 def fetch_fingerprints(client:WRDSClient,          # the WRDS client
                        table:TableSpec,            # the table
@@ -870,7 +921,7 @@ def with_source(layout:DataLayout,                   # the data dir
     i = replace(i, source=source)
     return replace(i, verified=frozenset(k for k, e in reusable(i).items() if is_intact(layout, e)))
 
-# %% ../nbs/08_sync.ipynb #898c09e3
+# %% ../nbs/08_sync.ipynb #228ad9f6
 def record_failure(ctx:RunContext,    # the run
                    table:TableSpec,   # the table
                    key:str,           # the partition key
@@ -879,6 +930,7 @@ def record_failure(ctx:RunContext,    # the run
     "Note a failed partition in the progress file and the run's errors"
     ctx.progress.failed.setdefault(table.name, {})[key] = err.what
     ctx.errors.append(f"{table.name}/{key}: {err.what}")
+    if not isinstance(err, TransientQueryError): ctx.fixes.append(err.fix)  # a transient failure's fix is the rerun
     save_progress(ctx.sm.layout, ctx.progress)
     events.emit(events.PARTITION_FAILED, level="error", dataset=ctx.spec.name, table=table.name, partition=key, error=err.what)
 
@@ -902,7 +954,7 @@ def fetch_with_retries(ctx:RunContext,                                      # th
             record_failure(ctx, tr.table, key, err); return None
     return None
 
-# %% ../nbs/08_sync.ipynb #b47c6f2e
+# %% ../nbs/08_sync.ipynb #fff112d1
 def _fingerprint_of(future:Future[dict[str, SourceFingerprint]], key:str) -> SourceFingerprint | None:
     return future.result().get(key)
 
@@ -914,8 +966,7 @@ def fetch_partitions(ctx:RunContext,                              # the run
     "Fetch `todo` in order, sizing each disk check from the partition's own row count when known"
     entry = ctx.manifest.tables.get(tr.table.name)
     bpr = entry.bytes / entry.rows if entry and entry.rows else None
-    span = max(1, date.today().year - ctx.spec.default_start_year + 1) if tr.table.partitioned else 1
-    rows_hint = int((tr.info["approx_rows"] or 0) / span)  # a year of the table, not the whole table
+    rows_hint = int((tr.info["approx_rows"] or 0) / max(1, tr.span, len(tr.keys)))  # a year of the table, not the whole table
     ctx.progress.failed.setdefault(tr.table.name, {})
     for key in todo:
         if future.done() and (exc := future.exception()) is not None: raise exc
@@ -935,7 +986,7 @@ def finish_table(ctx:RunContext,  # the run
         t.schema_fingerprint = DatasetSchema.from_arrow(tr.schema).fingerprint
     events.emit(events.TABLE_COMPLETED, dataset=ctx.spec.name, table=tr.table.name, fetched=fetched - nfailed, failed=nfailed)
 
-# %% ../nbs/08_sync.ipynb #44556745
+# %% ../nbs/08_sync.ipynb #33824c90
 def sync_table(ctx:RunContext,   # the run
                table:TableSpec,  # the table
                years:range|None  # the partition years (None: the whole table)
@@ -949,6 +1000,7 @@ def sync_table(ctx:RunContext,   # the run
         return
     tr = describe_table(ctx, table, years, info)
     events.emit(events.TABLE_STARTED, dataset=ds, table=table.name, partitions=len(tr.keys))
+    if not tr.keys: finish_table(ctx, tr, 0); return  # the source has no rows in the years asked for
     pool = ThreadPoolExecutor(1, thread_name_prefix="fingerprint")
     future = pool.submit(fetch_fingerprints, ctx.client, table, tr.cols, tr.keys, tr.method)
     try:
@@ -960,7 +1012,9 @@ def sync_table(ctx:RunContext,   # the run
         ctx.progress.remaining[table.name] = list(todo)
         save_progress(ctx.sm.layout, ctx.progress)
         fetch_partitions(ctx, tr, todo, future)
-    finally: pool.shutdown(wait=True)
+    except BaseException:  # Ctrl-C or a failure: cancel the fingerprint scan instead of waiting for it
+        ctx.client.cancel(); pool.shutdown(wait=False, cancel_futures=True); raise
+    pool.shutdown(wait=True)
     finish_table(ctx, tr, len(todo))
 
 # %% ../nbs/08_sync.ipynb #2d5272cf
