@@ -44,9 +44,9 @@ def tree(path: Path):
 def test_every_command_through_cli_runner(env, tmp_path):
     data = tmp_path / "data"
     r = cli(data, "full-sync", *FF)
-    assert r.exit_code == 0 and "fama_french: 2 tables, 10 partitions" in r.stdout, r.stderr
+    assert r.exit_code == 0 and "fama_french: version 1, 2 table(s), 10 partition(s)" in r.stdout, r.stderr
     r = cli(data, "incremental", "--dataset", "fama_french")
-    assert r.exit_code == 0 and "fama_french: 2 tables" in r.stdout
+    assert r.exit_code == 0 and "fama_french: version 2, 2 table(s)" in r.stdout
     r = cli(data, "incremental", "--all")
     assert r.exit_code == 0 and r.stdout.count("fama_french:") == 1
     r = cli(data, "status", "--json")
