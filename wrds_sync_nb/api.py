@@ -124,7 +124,7 @@ def run(sm:SyncManager,             # the manager
         return sm.full_sync(ds, years[0], years[1], tables)
     return sm.incremental_sync(ds, tables)
 
-# %% ../nbs/10b_api.ipynb #bb198618
+# %% ../nbs/10b_api.ipynb #f9f230cb
 def sync(name:str,                        # a dataset (`crsp`) or a WRDS table (`crsp.msf_v2`, `comp.secd`)
          tables:list[str]|None=None,      # only these tables of the dataset
          start_year:int|None=None,        # first year (default: where the data starts)
@@ -138,8 +138,7 @@ def sync(name:str,                        # a dataset (`crsp`) or a WRDS table (
     unknown = set(adding) - {"partition_column", "key", "columns", "filters", "where", "name"}
     if unknown: raise ConfigError(f"sync() got unexpected option(s) {sorted(unknown)}", "see help(sync) for the options")
     layout = DataLayout(target_dir(data_dir))
-    reg = DatasetRegistry.load(data_dir=layout.root if layout.root.is_dir() else None)
-    ds, tables = resolve(reg, name, tables, {k: adding.get(k) for k in ("partition_column", "key", "columns", "filters", "where", "name")}, data_dir)
+    ds, tables = resolve(DatasetRegistry.load(data_dir=layout.root), name, tables, {k: adding.get(k) for k in ("partition_column", "key", "columns", "filters", "where", "name")}, data_dir)
     sm = SyncManager(wrds_client(), layout, DatasetRegistry.load(data_dir=layout.root),
                      writer_id=f"wrds_sync_nb:{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}")
     t0 = time.monotonic()

@@ -221,22 +221,21 @@ def clean_recovery_leftovers(lock:AtomicFileLock) -> None:
         except (IndexError, ValueError): continue
         if not is_pid_alive(pid): p.unlink(missing_ok=True)
 
-# %% ../nbs/03_locking.ipynb #b287be86
+# %% ../nbs/03_locking.ipynb #2cf778f5
 def holder(lock:AtomicFileLock,  # the lock
            reason:str            # why it is held, when the file cannot say who
           ) -> str:
-    "Who holds `lock`: pid, host and writer, or the reason"
+    "Who holds `lock`: pid, host, writer and times, or the reason"
     try: t, _ = read_lock(lock.path)
-    except (FileNotFoundError, MalformedLockFileError): return f"({reason})"
-    return f"pid {t.pid} on host {t.hostname} (writer {t.writer_id}) since {t.acquired_at.isoformat(timespec='seconds')}"
+    except (FileNotFoundError, MalformedLockFileError): return f"an unreadable lock file ({reason})"
+    return (f"pid {t.pid} on host {t.hostname} (writer {t.writer_id}) since {t.acquired_at.isoformat(timespec='seconds')}, "
+            f"expiring {t.expires_at.isoformat(timespec='seconds')}")
 
 def held_message(lock:AtomicFileLock,  # the lock
                  reason:str            # why
                 ) -> str:
     "Who holds `lock`, for the error a waiter gets"
-    try: t, _ = read_lock(lock.path)
-    except (FileNotFoundError, MalformedLockFileError): return f"dataset {lock.dataset!r} is locked ({reason})"
-    return f"dataset {lock.dataset!r} is locked by {holder(lock, reason)}, expiring {t.expires_at.isoformat(timespec='seconds')}"
+    return f"dataset {lock.dataset!r} is locked by {holder(lock, reason)}"
 
 def acquire_lock(lock:AtomicFileLock,   # the lock
                  timeout_seconds:float  # how long to wait
