@@ -43,7 +43,7 @@ if mode == "full_sync":
 elif mode == "pandas":
     import pandas as pd, sqlalchemy as sa
     eng = sa.create_engine("postgresql+psycopg2://", connect_args={"host": cfg.host, "port": cfg.port, "user": cfg.username,
-                                                                   "dbname": cfg.database})
+                                                                   "password": cfg.password.get_secret_value(), "dbname": cfg.database})
     t0 = time.perf_counter()
     for y in range(years[0], years[1] + 1):
         df = pd.read_sql(sa.text(f"select * from crsp.dsf_v2 where dlycaldt >= '{y}-01-01' and dlycaldt < '{y + 1}-01-01'"), eng)
@@ -55,7 +55,7 @@ elif mode == "copy":
     class Sink:
         n = 0
         def write(self, b): self.n += len(b)
-    conn = psycopg2.connect(host=cfg.host, port=cfg.port, user=cfg.username, dbname=cfg.database)
+    conn = psycopg2.connect(host=cfg.host, port=cfg.port, user=cfg.username, password=cfg.password.get_secret_value(), dbname=cfg.database)
     t0 = time.perf_counter()
     for y in range(years[0], years[1] + 1):
         with conn.cursor() as cur:

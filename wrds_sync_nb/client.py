@@ -221,7 +221,7 @@ def give_back(pool:SessionPool,   # the pool
         pool._cond.notify()
     if not keep: _quiet_close(conn)
 
-# %% ../nbs/05_client.ipynb #9bdf0491
+# %% ../nbs/05_client.ipynb #bba2c514
 class WRDSSessions:
     "At most `max_connections` sessions to WRDS, opened on first use and kept, and what the server is"
     RETRY_ATTEMPTS, RETRY_INITIAL_WAIT, RETRY_MAX_WAIT = 3, 1.0, 20.0
@@ -257,9 +257,9 @@ class WRDSSessions:
             self.busy.add(conn)
             try: yield conn
             finally: self.busy.discard(conn)
-    def cancel(self) -> None:
-        "Stop now (Ctrl-C): end every wait and cancel the queries running; the next run clears `stopping`"
-        self.stopping.set()
+    def cancel(self, stop:bool=True) -> None:
+        "Cancel the queries running; `stop` (Ctrl-C) also ends every wait until the next run clears `stopping`"
+        if stop: self.stopping.set()
         for conn in list(self.busy):
             try: conn.adbc_cancel()
             except Exception: pass
