@@ -20,7 +20,7 @@ from .layout import (DataLayout, atomic_write_bytes, check_no_links, create_excl
                                  publish_file, temp_path_for)
 
 # %% auto #0
-__all__ = ['QUARANTINE_DAYS', 'WARN_PCT', 'CRITICAL_PCT', 'BLOCKED_PCT', 'HashingFile', 'WrittenFile', 'prefetch',
+__all__ = ['QUARANTINE_DAYS', 'WARN_PCT', 'CRITICAL_PCT', 'BLOCKED_PCT', 'HashingFile', 'WrittenFile', 'prefetch', 'rebatch',
            'write_parquet_stream', 'check_same_filesystem', 'publish', 'point_view', 'Quarantine', 'quarantine_file',
            'is_our_entry', 'clean_quarantine', 'DiskStatus', 'DiskMonitor', 'estimate_bytes']
 
@@ -98,7 +98,23 @@ def prefetch(batches:Iterable[pa.RecordBatch],  # the record batches
             except queue.Empty: pass
         t.join()
 
-# %% ../nbs/07_storage.ipynb #41fe5d31
+# %% ../nbs/07_storage.ipynb #e751fb0e
+def rebatch(batches:Iterable[pa.RecordBatch],  # record batches of any sizes
+            rows:int                           # the size of every batch but the last
+           ) -> Iterator[pa.RecordBatch]:
+    "The same rows in batches of exactly `rows` (the last may be shorter)"
+    buf: list[pa.RecordBatch] = []
+    held = 0
+    for b in batches:
+        buf.append(b); held += b.num_rows
+        while held >= rows:
+            t = pa.Table.from_batches(buf)
+            yield t.slice(0, rows).combine_chunks().to_batches()[0]
+            rest = t.slice(rows)
+            buf, held = rest.to_batches(), rest.num_rows
+    if held: yield pa.Table.from_batches(buf).combine_chunks().to_batches()[0]
+
+# %% ../nbs/07_storage.ipynb #9e7b53c1
 def write_parquet_stream(path:Path,                                           # staging file to create (must not exist)
                          batches:Iterable[pa.RecordBatch],                    # the record batches
                          schema:pa.Schema,                                    # the stream's schema (written even for 0 rows)
@@ -112,7 +128,7 @@ def write_parquet_stream(path:Path,                                           # 
     try:
         text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
         with pq.ParquetWriter(sink, schema, compression="zstd", use_dictionary=text, write_statistics=True) as w:
-            for b in prefetch(batches):
+            for b in rebatch(prefetch(batches), row_group_rows):
                 if b.schema != schema: b = pa.RecordBatch.from_arrays(b.columns, schema=schema)
                 if on_batch is not None: on_batch(b)
                 w.write_batch(b, row_group_size=row_group_rows)

@@ -46,13 +46,14 @@ __all__ = ['FingerprintMethod', 'Action', 'MASS_REMOVAL_SHARE', 'VERSION_NAME_RE
            'plan_table', 'mass_removal', 'SyncManager', 'RunContext', 'locked', 'readable_tables', 'check_readable',
            'is_intact', 'holds_partition', 'table_entry', 'recover_journal', 'start_run', 'sync_tables', 'run_sync',
            'remove_empty_layout', 'pause_run', 'finish_run', 'commit_version', 'check_slo', 'report_run', 'with_tables',
-           'synced_tables', 'TableRun', 'Staged', 'stage', 'key_fix', 'validate', 'journal', 'publish_partition',
-           'include', 'checkpoint', 'sync_partition', 'check_schema', 'partition_keys', 'numeric_scales',
-           'source_columns', 'fingerprint_method', 'source_years', 'describe_table', 'fetch_fingerprints',
-           'remove_vanished', 'quarantine_damaged', 'apply_plan', 'check_mass_removal', 'plan_inputs', 'with_source',
-           'record_failure', 'fetch_with_retries', 'fetch_partitions', 'partition_streams', 'run_streams',
-           'finish_table', 'sync_table', 'dry_run', 'versions_to_check', 'retention_of', 'entry_problem',
-           'check_integrity', 'problems_in', 'stray_files', 'kept_manifests', 'repair_pointer', 'repair_manifest']
+           'synced_tables', 'TableRun', 'Staged', 'stage', 'partition_batches', 'split_ranges', 'range_batches',
+           'key_fix', 'validate', 'journal', 'publish_partition', 'include', 'checkpoint', 'sync_partition',
+           'check_schema', 'partition_keys', 'numeric_scales', 'source_columns', 'fingerprint_method', 'source_years',
+           'describe_table', 'fetch_fingerprints', 'remove_vanished', 'quarantine_damaged', 'apply_plan',
+           'check_mass_removal', 'plan_inputs', 'with_source', 'record_failure', 'fetch_with_retries',
+           'fetch_partitions', 'partition_streams', 'run_streams', 'finish_table', 'sync_table', 'dry_run',
+           'versions_to_check', 'retention_of', 'entry_problem', 'check_integrity', 'problems_in', 'stray_files',
+           'kept_manifests', 'repair_pointer', 'repair_manifest']
 
 # %% ../nbs/08_sync.ipynb #a72645f7
 class SyncProgress(BaseModel):
@@ -150,7 +151,7 @@ def select_list(t:TableSpec,        # the table
     return ", ".join(f"cast({quote_ident(c)} as {CAST_TYPES[t.casts[c]]}) as {quote_ident(c)}" if c in t.casts
                      else quote_ident(c) for c in columns)
 
-# %% ../nbs/08_sync.ipynb #2cbf5840
+# %% ../nbs/08_sync.ipynb #64b626e3
 def where_sql(t:TableSpec,        # the table
               years:range|None    # the partition years (None: the whole table)
              ) -> tuple[str, dict[str, Any]]:
@@ -170,10 +171,14 @@ def where_sql(t:TableSpec,        # the table
 
 def data_sql(t:TableSpec,               # the table
              cols:list[ColumnType],     # the columns, as they travel
-             year:int|None              # the partition (None: the whole table)
+             year:int|None,             # the partition (None: the whole table)
+             within:tuple[int, int]|None=None  # only these values of the key's first column, [from, to)
             ) -> tuple[str, dict[str, Any]]:
-    "The query streaming one partition, ordered by the key so files are deterministic and well clustered"
+    "The query streaming one partition (or a range of it), ordered by the key so files are deterministic and well clustered"
     w, p = where_sql(t, range(year, year + 1) if year is not None else None)
+    if within is not None:
+        k0 = quote_ident(t.key_columns[0])
+        w, p = (w + " and " if w else " where ") + f"{k0} >= %(r0)s and {k0} < %(r1)s", {**p, "r0": within[0], "r1": within[1]}
     order = f" order by {', '.join(map(quote_ident, t.key_columns))}" if t.key_columns else ""
     return f"select {wire_list(cols)} from {qualified(t.source_schema, t.source_table)}{w}{order}", p
 
@@ -576,7 +581,7 @@ def synced_tables(spec:DatasetSpec,      # the dataset
     wanted = {t.name for t in with_tables(spec, tables).tables}
     return with_tables(spec, [t.name for t in spec.tables if t.name in m.tables and t.name in wanted] or None)
 
-# %% ../nbs/08_sync.ipynb #51dd4dbd
+# %% ../nbs/08_sync.ipynb #657e7e7a
 @dataclass
 class TableRun:
     "What the sync knows about one table during a run: its columns, partitions in range, stored entries"
@@ -586,7 +591,7 @@ class TableRun:
     keys: list[str]
     stored: dict[str, PartitionEntry]
     method: FingerprintMethod = "hash_record_extended"
-    span: int = 1       # years the source table covers (to size a year's share of its rows)
+    span: int = 1; split: int = 1  # years the source covers (a year's share of rows); streams per partition
 
     @property
     def schema(self) -> pa.Schema: return arrow_schema_of(self.cols)
@@ -610,9 +615,9 @@ def stage(ctx:RunContext,           # the run
     ctx.disk.check(estimate_bytes(rows_hint, bytes_per_row))
     events.emit(events.PARTITION_STARTED, level="debug", dataset=ds, table=table.name, partition=key, rows=rows_hint)
     staged = ctx.sm.layout.staging_table_dir(ds, table.name) / f"{key}.parquet.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    sql, params = data_sql(table, tr.cols, year)
     check, schema = StreamValidator(PartitionRules(table.key_columns, table.partition_column, year)), tr.schema
-    batches = (conform(b, schema) for b in ctx.client.iter_batches(sql, params, ctx.sm.batch_rows))
+    ranges = split_ranges(ctx.client, tr, year) if tr.split > 1 else None
+    batches = range_batches(ctx, tr, staged, year, ranges) if ranges else partition_batches(ctx, tr, year, None)
     try:
         wf = write_parquet_stream(staged, batches, schema, ctx.sm.batch_rows, on_batch=check.update)
     except DiskSpaceError:
@@ -620,6 +625,48 @@ def stage(ctx:RunContext,           # the run
             if staged.exists(): ctx.sm.quarantine.put(staged, ds, "enospc", "disk full while writing", table=table.name, partition=key)
         raise
     return Staged(staged, wf, check)
+
+# %% ../nbs/08_sync.ipynb #c49a8da6
+def partition_batches(ctx:RunContext,                 # the run
+                      tr:TableRun,                    # the table
+                      year:int|None,                  # the partition
+                      within:tuple[int, int]|None     # a range of the key's first column (None: all of it)
+                     ) -> Iterator[pa.RecordBatch]:
+    "The rows of one partition (or one range of it) as they stream, in the stored schema"
+    sql, params = data_sql(tr.table, tr.cols, year, within)
+    return (conform(b, tr.schema) for b in ctx.client.iter_batches(sql, params, ctx.sm.batch_rows))
+
+def split_ranges(client:WRDSClient,  # the WRDS client
+                 tr:TableRun,        # the table, with its split
+                 year:int|None       # the partition
+                ) -> list[tuple[int, int]] | None:
+    "`tr.split` ranges `[from, to)` of the key's first column covering the partition (None: cannot split)"
+    first = next((c for c in tr.cols if tr.table.key_columns and c.name == tr.table.key_columns[0]), None)
+    if year is None or first is None or not pa.types.is_integer(first.arrow): return None
+    w, p = where_sql(tr.table, range(year, year + 1))
+    k0 = quote_ident(first.name)
+    lo, hi = client.execute_query(f"select min({k0})::bigint, max({k0})::bigint from "
+                                  f"{qualified(tr.table.source_schema, tr.table.source_table)}{w}", p).row(0)
+    if lo is None or hi - lo + 1 < tr.split: return None
+    step = -(-(hi - lo + 1) // tr.split)
+    return [(a, min(a + step, hi + 1)) for a in range(lo, hi + 1, step)]
+
+# %% ../nbs/08_sync.ipynb #82a2bf9c
+def range_batches(ctx:RunContext,                  # the run
+                  tr:TableRun,                     # the table
+                  staged:Path,                     # the partition's staging file (the ranges' files go beside it)
+                  year:int|None,                   # the partition
+                  ranges:list[tuple[int, int]]     # ranges of the key's first column, in order
+                 ) -> Iterator[pa.RecordBatch]:
+    "Fetch `ranges` at once, each into its own file, then give their rows in order"
+    parts = [staged.with_name(f"{staged.stem}.{i}{staged.suffix}") for i in range(len(ranges))]  # temporary names too
+    try:
+        with ThreadPoolExecutor(len(ranges), thread_name_prefix="range") as pool:
+            for f in [pool.submit(write_parquet_stream, part, partition_batches(ctx, tr, year, r), tr.schema, ctx.sm.batch_rows)
+                      for part, r in zip(parts, ranges, strict=True)]: f.result()
+        for part in parts: yield from pq.ParquetFile(part).iter_batches(ctx.sm.batch_rows)
+    finally:
+        for part in parts: part.unlink(missing_ok=True)
 
 # %% ../nbs/08_sync.ipynb #84641006
 def key_fix(t:TableSpec,          # the table
@@ -959,7 +1006,7 @@ def fetch_with_retries(ctx:RunContext,                                      # th
             record_failure(ctx, tr.table, key, err); return None
     return None
 
-# %% ../nbs/08_sync.ipynb #b349f4e6
+# %% ../nbs/08_sync.ipynb #2e45b9e1
 def _fingerprint_of(future:Future[dict[str, SourceFingerprint]], key:str) -> SourceFingerprint | None:
     return future.result().get(key)
 
@@ -974,13 +1021,15 @@ def fetch_partitions(ctx:RunContext,                              # the run
     rows_hint = int((tr.info["approx_rows"] or 0) / max(1, tr.span, len(tr.keys)))  # a year of the table, not the whole table
     ctx.progress.failed.setdefault(tr.table.name, {})
     est: dict[str, Any] = {"bpr": bpr, "rows": rows_hint}  # the latest partition's size, for the next one's disk check
+    streams = partition_streams(ctx.client)
+    tr.split = max(1, streams // max(1, len(todo)))  # fewer partitions than streams: each on several
     def one(key:str) -> PartitionEntry | None:
         if future.done() and (exc := future.exception()) is not None: raise exc
         known = future.result().get(key) if future.done() else None
         e = fetch_with_retries(ctx, tr, key, partial(_fingerprint_of, future, key), known.rows if known else est["rows"], est["bpr"])
         if e is not None and e.rows: est.update(bpr=e.bytes / e.rows, rows=e.rows)
         return e
-    run_streams(ctx, [partial(one, key) for key in todo], partition_streams(ctx.client))
+    run_streams(ctx, [partial(one, key) for key in todo], streams)
 
 # %% ../nbs/08_sync.ipynb #9cf129f5
 def partition_streams(client:WRDSClient) -> int:

@@ -1,0 +1,47 @@
+"""Parallel streams: partitions (and ranges of a partition) fetched at once within the session budget, the
+files byte for byte what one stream writes."""
+import threading
+from functools import partial
+
+from synchelp import local_frame, manager
+
+from wrds_sync_nb.demo import DEMO_ROLE
+from wrds_sync_nb.layout import DataLayout
+from wrds_sync_nb.manifest import ManifestManager
+
+
+def most_sessions(demo, run):
+    """Run `run()` while polling the server; the most sessions of the demo account seen."""
+    seen, stop = [0], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            n = demo.execute("select count(*) from pg_stat_activity where usename = %s", (DEMO_ROLE,), database="postgres")[0][0]
+            seen[0] = max(seen[0], n)
+            stop.wait(0.02)
+
+    t = threading.Thread(target=poll)
+    t.start()
+    try:
+        run()
+    finally:
+        stop.set()
+        t.join()
+    return seen[0]
+
+
+def test_split_and_parallel_partitions_write_the_same_bytes_as_one_stream(demo, tmp_path):
+    demo.build("streams", daily_rows=60_000, start_year=2024, end_year=2025)  # 2 years of about 115 PERMNOs
+    digests, sessions = {}, {}
+    for n in (1, 7):
+        sm = manager(demo, "streams", tmp_path / f"c{n}", max_connections=n)
+        sm.batch_rows = 5_000  # several row groups per file, so their boundaries matter
+        sessions[n] = most_sessions(demo, partial(sm.full_sync, "crsp", 2024, 2025, tables=["daily", "monthly"]))
+        sm.client.close()
+        m = ManifestManager(DataLayout(tmp_path / f"c{n}")).load("crsp")
+        digests[n] = {(t, k): e.sha256 for t, te in m.tables.items() for k, e in te.partitions.items()}
+    assert digests[1] == digests[7] and len(digests[1]) == 4
+    # one stream (a closing backend can linger a moment beside the next), against ranges of PERMNOs of both years at once
+    assert sessions[1] <= 2 and sessions[7] >= 4, sessions
+    for table, source in (("daily", "crsp.dsf_v2"), ("monthly", "crsp.msf_v2")):
+        assert local_frame(tmp_path / "c7", "crsp", table).height == demo.row_counts("streams", [source])[source]
