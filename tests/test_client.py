@@ -168,7 +168,7 @@ def test_get_table_info_reads_comments_and_estimates(demo, wrds_db):
     assert funda["last_updated"] == "2026-02-06T10:30:00"
     cols = {col["name"]: col for col in dsf["columns"]}
     assert cols["permno"]["type"] == "integer" and cols["dlyret"]["comment"] == "Daily Total Return"
-    assert (dsf["kind"], dsf["approx_rows"]) == ("v", None)  # a view, as on WRDS: its reltuples is no row count
+    assert dsf["kind"] == "v" and dsf["approx_rows"] > 0  # a view, as on WRDS: the estimate of the table under it
     exact = demo.execute("select count(*) from comp.funda", database=wrds_db)[0][0]
     assert funda["kind"] == "r" and abs(funda["approx_rows"] - exact) <= exact * 0.1
 

@@ -15,7 +15,7 @@ from .datasets import DatasetSpec, TableSpec, dataset_name_for, parse_filters, t
 from .errors import ConfigError, PermissionDeniedError, QueryError
 
 # %% auto #0
-__all__ = ['PREFERRED_DATES', 'list_libraries', 'list_tables', 'approx_rows', 'propose_partition_column', 'TableDescription',
+__all__ = ['PREFERRED_DATES', 'list_libraries', 'list_tables', 'propose_partition_column', 'TableDescription',
            'description_lines', 'describe_table', 'checked_columns', 'choice_notes', 'table_definition']
 
 # %% ../nbs/05b_catalog.ipynb #26681f46
@@ -43,23 +43,10 @@ def list_tables(client:WRDSClient,  # the WRDS client
                          "check the name: `wrds-sync libraries` (or `list_libraries()`) lists them")
     return names
 
-# %% ../nbs/05b_catalog.ipynb #d51f7806
+# %% ../nbs/05b_catalog.ipynb #c273982e
 _NULLABLE_SQL = """
 select a.attname as name, not a.attnotnull as nullable from pg_attribute a
 where a.attrelid = to_regclass(%(rel)s) and a.attnum > 0 and not a.attisdropped order by a.attnum"""
-_ESTIMATE_SQL = """
-select coalesce(case when c.relkind in ('r', 'm', 'p') then greatest(c.reltuples, 0) end,
-                (select max(greatest(t.reltuples, 0)) from pg_rewrite r join pg_depend d on d.objid = r.oid
-                 join pg_class t on t.oid = d.refobjid where r.ev_class = c.oid and t.oid <> c.oid and t.relkind in ('r', 'm', 'p')),
-                0)::bigint as approx_rows
-from pg_class c where c.oid = to_regclass(%(rel)s)"""
-
-def approx_rows(client:WRDSClient,  # the WRDS client
-                library:str,        # the library
-                table:str           # the table or view
-               ) -> int:
-    "The planner's row estimate of `library.table` (for a view: of the largest table under it)"
-    return int(client.execute_query(_ESTIMATE_SQL, {"rel": qualified(library, table)}).row(0)[0])
 
 # %% ../nbs/05b_catalog.ipynb #2302020e
 PREFERRED_DATES = ("date", "datadate", "dlycaldt", "mthcaldt", "caldt", "statpers", "anndats", "rdate", "fdate")
@@ -97,7 +84,7 @@ def description_lines(d:TableDescription) -> list[str]:
             f"readable by this account: {'yes' if d.readable else 'no'}; a sync would partition it by: "
             + (d.partition_column or "nothing (one file)")]
 
-# %% ../nbs/05b_catalog.ipynb #128b3b02
+# %% ../nbs/05b_catalog.ipynb #542e7887
 def describe_table(client:WRDSClient,  # the WRDS client
                    library:str,        # the library
                    table:str           # the table or view
@@ -108,7 +95,7 @@ def describe_table(client:WRDSClient,  # the WRDS client
     cols = pl.DataFrame(info["columns"], schema={"name": pl.String, "type": pl.String, "comment": pl.String})
     cols = cols.join(nullable, on="name", how="left").select("name", "nullable", "type", "comment")
     return TableDescription(library, table, _KINDS.get(info["kind"], info["kind"]), info["comment"], info["last_updated"],
-                            approx_rows(client, library, table), info["readable"], cols,
+                            info["approx_rows"] or 0, info["readable"], cols,
                             propose_partition_column(info["columns"]))
 
 # %% ../nbs/05b_catalog.ipynb #15f06ea8

@@ -391,14 +391,16 @@ def parse_last_updated(comment:str|None) -> str | None:
         return f"{d}T{m[4] if len(m[4]) > 5 else m[4] + ':00'}" if m[4] else d
     return None
 
-# %% ../nbs/05_client.ipynb #1839f324
+# %% ../nbs/05_client.ipynb #a37179a3
 _COLUMNS_SQL = """
 select a.attname as name, format_type(a.atttypid, a.atttypmod) as type, col_description(c.oid, a.attnum) as comment
 from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = %(schema)s and c.relname = %(table)s and a.attnum > 0 and not a.attisdropped
 order by a.attnum"""
 _TABLE_SQL = """
-select case when c.relkind in ('r', 'p', 'm') and c.reltuples >= 0 then c.reltuples::bigint end as approx_rows,
+select coalesce(case when c.relkind in ('r', 'p', 'm') and c.reltuples >= 0 then c.reltuples end,
+                (select max(t.reltuples) from pg_rewrite r join pg_depend d on d.objid = r.oid join pg_class t on t.oid = d.refobjid
+                 where r.ev_class = c.oid and t.oid <> c.oid and t.relkind in ('r', 'p', 'm') and t.reltuples >= 0))::bigint as approx_rows,
        obj_description(c.oid, 'pg_class') as comment, c.relkind::text as kind,
        has_table_privilege(c.oid, 'SELECT') as readable
 from pg_class c join pg_namespace n on n.oid = c.relnamespace

@@ -40,20 +40,20 @@ from .storage import (DiskMonitor, Quarantine, WrittenFile, check_same_filesyste
 from .validation import PartitionRules, StreamValidator
 
 # %% auto #0
-__all__ = ['FingerprintMethod', 'Action', 'MASS_REMOVAL_SHARE', 'VERSION_NAME_RE', 'SyncProgress', 'load_progress',
-           'save_progress', 'trusted_journal', 'uncommitted', 'table_columns', 'wire_list', 'select_list', 'where_sql',
-           'data_sql', 'methods_for', 'fingerprint_sql', 'PlanItem', 'PlanInputs', 'marker_unchanged', 'reusable',
-           'plan_table', 'mass_removal', 'SyncManager', 'RunContext', 'locked', 'readable_tables', 'check_readable',
-           'is_intact', 'holds_partition', 'table_entry', 'recover_journal', 'start_run', 'sync_tables', 'run_sync',
-           'remove_empty_layout', 'pause_run', 'finish_run', 'commit_version', 'check_slo', 'report_run', 'with_tables',
-           'synced_tables', 'TableRun', 'Staged', 'stage', 'partition_batches', 'split_ranges', 'range_batches',
-           'key_fix', 'validate', 'journal', 'publish_partition', 'include', 'checkpoint', 'sync_partition',
-           'check_schema', 'partition_keys', 'numeric_scales', 'source_columns', 'fingerprint_method', 'source_years',
-           'describe_table', 'fetch_fingerprints', 'remove_vanished', 'quarantine_damaged', 'apply_plan',
-           'check_mass_removal', 'plan_inputs', 'with_source', 'record_failure', 'fetch_with_retries',
-           'fetch_partitions', 'partition_streams', 'run_streams', 'finish_table', 'sync_table', 'dry_run',
-           'versions_to_check', 'retention_of', 'entry_problem', 'check_integrity', 'problems_in', 'stray_files',
-           'kept_manifests', 'repair_pointer', 'repair_manifest']
+__all__ = ['FingerprintMethod', 'Action', 'MASS_REMOVAL_SHARE', 'SPLIT_MIN_ROWS', 'VERSION_NAME_RE', 'SyncProgress',
+           'load_progress', 'save_progress', 'trusted_journal', 'uncommitted', 'table_columns', 'wire_list',
+           'select_list', 'where_sql', 'data_sql', 'methods_for', 'fingerprint_sql', 'PlanItem', 'PlanInputs',
+           'marker_unchanged', 'reusable', 'plan_table', 'mass_removal', 'SyncManager', 'RunContext', 'locked',
+           'readable_tables', 'check_readable', 'is_intact', 'holds_partition', 'table_entry', 'recover_journal',
+           'start_run', 'sync_tables', 'run_sync', 'remove_empty_layout', 'pause_run', 'finish_run', 'commit_version',
+           'check_slo', 'report_run', 'with_tables', 'synced_tables', 'TableRun', 'Staged', 'stage',
+           'partition_batches', 'split_ranges', 'range_batches', 'key_fix', 'validate', 'journal', 'publish_partition',
+           'include', 'checkpoint', 'sync_partition', 'check_schema', 'partition_keys', 'numeric_scales',
+           'source_columns', 'fingerprint_method', 'source_years', 'describe_table', 'fetch_fingerprints',
+           'remove_vanished', 'quarantine_damaged', 'apply_plan', 'check_mass_removal', 'plan_inputs', 'with_source',
+           'record_failure', 'fetch_with_retries', 'fetch_partitions', 'partition_streams', 'run_streams',
+           'finish_table', 'sync_table', 'dry_run', 'versions_to_check', 'retention_of', 'entry_problem',
+           'check_integrity', 'problems_in', 'stray_files', 'kept_manifests', 'repair_pointer', 'repair_manifest']
 
 # %% ../nbs/08_sync.ipynb #a72645f7
 class SyncProgress(BaseModel):
@@ -581,7 +581,7 @@ def synced_tables(spec:DatasetSpec,      # the dataset
     wanted = {t.name for t in with_tables(spec, tables).tables}
     return with_tables(spec, [t.name for t in spec.tables if t.name in m.tables and t.name in wanted] or None)
 
-# %% ../nbs/08_sync.ipynb #657e7e7a
+# %% ../nbs/08_sync.ipynb #53ad5f48
 @dataclass
 class TableRun:
     "What the sync knows about one table during a run: its columns, partitions in range, stored entries"
@@ -616,7 +616,7 @@ def stage(ctx:RunContext,           # the run
     events.emit(events.PARTITION_STARTED, level="debug", dataset=ds, table=table.name, partition=key, rows=rows_hint)
     staged = ctx.sm.layout.staging_table_dir(ds, table.name) / f"{key}.parquet.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     check, schema = StreamValidator(PartitionRules(table.key_columns, table.partition_column, year)), tr.schema
-    ranges = split_ranges(ctx.client, tr, year) if tr.split > 1 else None
+    ranges = split_ranges(ctx.client, tr, year) if tr.split > 1 and rows_hint >= SPLIT_MIN_ROWS else None
     batches = range_batches(ctx, tr, staged, year, ranges) if ranges else partition_batches(ctx, tr, year, None)
     try:
         wf = write_parquet_stream(staged, batches, schema, ctx.sm.batch_rows, on_batch=check.update)
@@ -626,7 +626,9 @@ def stage(ctx:RunContext,           # the run
         raise
     return Staged(staged, wf, check)
 
-# %% ../nbs/08_sync.ipynb #c49a8da6
+# %% ../nbs/08_sync.ipynb #a9de7cb5
+SPLIT_MIN_ROWS = 100_000  # a smaller partition is one query: ranges would cost more round trips than they save
+
 def partition_batches(ctx:RunContext,                 # the run
                       tr:TableRun,                    # the table
                       year:int|None,                  # the partition
@@ -1006,7 +1008,7 @@ def fetch_with_retries(ctx:RunContext,                                      # th
             record_failure(ctx, tr.table, key, err); return None
     return None
 
-# %% ../nbs/08_sync.ipynb #2e45b9e1
+# %% ../nbs/08_sync.ipynb #bc4a4771
 def _fingerprint_of(future:Future[dict[str, SourceFingerprint]], key:str) -> SourceFingerprint | None:
     return future.result().get(key)
 
@@ -1022,7 +1024,7 @@ def fetch_partitions(ctx:RunContext,                              # the run
     ctx.progress.failed.setdefault(tr.table.name, {})
     est: dict[str, Any] = {"bpr": bpr, "rows": rows_hint}  # the latest partition's size, for the next one's disk check
     streams = partition_streams(ctx.client)
-    tr.split = max(1, streams // max(1, len(todo)))  # fewer partitions than streams: each on several
+    tr.split = streams  # a big partition is fetched as ranges on every stream free; the session pool shares them out
     def one(key:str) -> PartitionEntry | None:
         if future.done() and (exc := future.exception()) is not None: raise exc
         known = future.result().get(key) if future.done() else None
