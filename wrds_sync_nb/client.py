@@ -104,7 +104,7 @@ def _first_line(exc:BaseException) -> str:
     line = next((ln.strip() for ln in msg.splitlines() if ln.strip() and not ln.strip().startswith("[SQL")), "")
     return str(events.redact(line))[:300]
 
-# %% ../nbs/05_client.ipynb #8f49bb13
+# %% ../nbs/05_client.ipynb #653d6ea4
 def translate_error(exc:BaseException,  # the driver's exception
                     cfg:WRDSConfig,     # the connection settings
                     during:str          # what was running, for the message
@@ -113,6 +113,8 @@ def translate_error(exc:BaseException,  # the driver's exception
     if isinstance(exc, WrdsSyncError): return exc
     state, line = _sqlstate(exc), _first_line(exc)
     low, where = str(getattr(exc, "orig", None) or exc).lower(), f"{cfg.host}:{cfg.port}/{cfg.database}"
+    if state == "57014" and "user request" in low:  # our own cancel (Ctrl-C, or another stream failed): not a timeout
+        return CancelledError(f"{during} was cancelled because the run stopped")
     if state == "57014" or "canceling statement due to statement timeout" in low:
         return QueryTimeoutError(f"{during} ran past the {cfg.query_timeout_seconds:g}s statement timeout and was cancelled on the server")
     if state == "53300" or "too many connections" in low:
