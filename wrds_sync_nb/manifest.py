@@ -15,9 +15,9 @@ from .errors import ManifestError
 from .layout import DataLayout, atomic_write_bytes, validate_name
 
 # %% auto #0
-__all__ = ['MAX_MANIFEST_BYTES', 'utcnow', 'LockToken', 'SourceFingerprint', 'PartitionEntry', 'TableEntry', 'SyncManifest',
-           'parse_manifest', 'read_manifest', 'ManifestManager', 'current_manifest', 'save_manifest', 'write_version',
-           'kept_versions']
+__all__ = ['MAX_MANIFEST_BYTES', 'utcnow', 'LockToken', 'SourceFingerprint', 'PartitionEntry', 'SourceState', 'TableEntry',
+           'SyncManifest', 'parse_manifest', 'read_manifest', 'ManifestManager', 'current_manifest', 'save_manifest',
+           'write_version', 'kept_versions']
 
 # %% ../nbs/02_manifest.ipynb #2634b501
 def utcnow() -> datetime:
@@ -73,15 +73,24 @@ class PartitionEntry(BaseModel):
     synced_at: datetime
     source: SourceFingerprint | None = None
 
-# %% ../nbs/02_manifest.ipynb #7cd295c2
+# %% ../nbs/02_manifest.ipynb #fb4b401c
+class SourceState(BaseModel):
+    "What the catalogue said of one source table at a sync: its comment's marker, row estimate and storage identity"
+    model_config = _STRICT
+    marker: str | None = None        # the 'last updated' marker of its comment
+    approx_rows: int | None = None   # the planner's row estimate
+    ident: str | None = None         # oid/filenode of the table (or of the tables under a view): a reload changes it
+
+# %% ../nbs/02_manifest.ipynb #acc86d16
 class TableEntry(BaseModel):
-    "A table of a dataset and its published partitions, keyed by year ('all' when unpartitioned)"
+    "A table of a dataset and its published partitions, keyed by period (`2024`, `2024-06-12`; 'all' when unpartitioned)"
     model_config = _STRICT
     source_table: str
     partition_column: str | None = None
     source_last_updated: str | None = None
     schema_fingerprint: str | None = None
     partitions: dict[str, PartitionEntry] = Field(default_factory=dict)
+    sources: dict[str, SourceState] = Field(default_factory=dict)  # per WRDS table of a templated source
 
     @property
     def rows(self) -> int: return sum(p.rows for p in self.partitions.values())
@@ -103,8 +112,10 @@ class SyncManifest(BaseModel):
     content_sha256: str | None = None
 
     def content_digest(self) -> str:
-        "SHA-256 of the canonical JSON of everything but the digest itself"
+        "SHA-256 of the canonical JSON of everything but the digest itself (an empty `sources` left out, as before it existed)"
         body = self.model_dump(mode="json", exclude={"content_sha256"})
+        for t in body["tables"].values():
+            if not t["sources"]: del t["sources"]
         return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def files(self) -> dict[str, PartitionEntry]:

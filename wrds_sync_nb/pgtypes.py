@@ -16,7 +16,7 @@ from .errors import SchemaError
 # %% auto #0
 __all__ = ['NumericMode', 'MAX_DECIMAL_PRECISION', 'PLAIN_TYPES', 'ColumnType', 'column_type', 'arrow_schema_of', 'conform']
 
-# %% ../nbs/02d_pgtypes.ipynb #ed6e82da
+# %% ../nbs/02d_pgtypes.ipynb #985a0cbc
 NumericMode = Literal["float64", "decimal"]
 MAX_DECIMAL_PRECISION = 38
 PLAIN_TYPES: dict[str, pa.DataType] = {
@@ -35,6 +35,7 @@ class ColumnType:
     pg_type: str
     arrow: pa.DataType
     server_cast: str | None = None   # SQL type the server casts to before sending (None: as stored)
+    missing: bool = False            # not in this source table (an older year's): sent as a typed null
 
     @property
     def converted(self) -> bool: return self.server_cast == "text" and pa.types.is_decimal(self.arrow)
