@@ -137,10 +137,14 @@ def is_transient(exc:BaseException) -> bool:
     "Worth retrying? (A dropped connection, an unreachable server, a full connection slot)"
     return isinstance(exc, (TransientQueryError, WRDSConnectionError))
 
-# %% ../nbs/05_client.ipynb #24fbdb2e
+# %% ../nbs/05_client.ipynb #067818ca
 def sql_literal(v:Any) -> str:
-    "`v` as a SQL literal, by psycopg2's adapters"
+    "`v` as a SQL literal, by psycopg2's adapters (strings as quoted literals that mean the same under any server setting)"
     if isinstance(v, (list, tuple)): return "ARRAY[" + ",".join(sql_literal(x) for x in v) + "]"
+    if isinstance(v, str):
+        if "\x00" in v: raise QueryError("a query parameter holds a NUL character, which PostgreSQL text cannot")
+        body = v.replace("'", "''")
+        return f"E'{body.replace(chr(92), chr(92) * 2)}'" if "\\" in v else f"'{body}'"
     a = pgext.adapt(v)
     if hasattr(a, "encoding"): a.encoding = "utf8"
     return bytes(a.getquoted()).decode()
