@@ -38,7 +38,7 @@ def test_bad_dataset_names_rejected_before_any_file_is_touched(tmp_path, name):
 
 
 def test_unknown_dataset_lists_known_ones():
-    with pytest.raises(UnknownDatasetError, match="known datasets: compustat, crsp, crsp_legacy, fama_french"):
+    with pytest.raises(UnknownDatasetError, match="known datasets: compustat, crsp, crsp_legacy, fama_french, optionmetrics, taq"):
         DatasetRegistry.load().get("ibes")
 
 
