@@ -25,9 +25,10 @@ from .errors import (CancelledError, ConnectionLimitError, CredentialsError, Per
 
 # %% auto #0
 __all__ = ['T', 'S', 'quote_ident', 'qualified', 'RateLimiter', 'limiter_for', 'translate_error', 'is_transient', 'sql_literal',
-           'render_sql', 'SessionPool', 'borrow', 'give_back', 'WRDSSessions', 'gated', 'session_opener', 'prepared',
-           'arrow_plain', 'run_arrow', 'connect_client', 'budget_lowered', 'fetch_frame', 'parse_last_updated',
-           'table_info', 'start_stream', 'next_batch', 'stream_batches', 'query_arrow_schema', 'WRDSClient']
+           'render_sql', 'SessionPool', 'borrow', 'give_back', 'scoped', 'current_scope', 'WRDSSessions', 'gated',
+           'session_opener', 'prepared', 'arrow_plain', 'run_arrow', 'connect_client', 'budget_lowered', 'fetch_frame',
+           'parse_last_updated', 'table_info', 'start_stream', 'next_batch', 'stream_batches', 'query_arrow_schema',
+           'WRDSClient']
 
 # %% ../nbs/05_client.ipynb #230d18d1
 def quote_ident(name:str) -> str:
@@ -227,7 +228,18 @@ def give_back(pool:SessionPool,   # the pool
         pool._cond.notify()
     if not keep: _quiet_close(conn)
 
-# %% ../nbs/05_client.ipynb #bba2c514
+# %% ../nbs/05_client.ipynb #10883fc7
+_scope = threading.local()
+
+def scoped(scope:str|None) -> None:
+    "Name the calling thread's scope: the queries it runs are cancelled with that scope (a thread pool's initializer)"
+    _scope.name = scope
+
+def current_scope() -> str | None:
+    "The calling thread's scope (None: not named)"
+    return getattr(_scope, "name", None)
+
+# %% ../nbs/05_client.ipynb #2e472a7b
 class WRDSSessions:
     "At most `max_connections` sessions to WRDS, opened on first use and kept, and what the server is"
     RETRY_ATTEMPTS, RETRY_INITIAL_WAIT, RETRY_MAX_WAIT = 3, 1.0, 20.0
@@ -240,7 +252,7 @@ class WRDSSessions:
         self.server_version_num = 0
         self.role_limit: int | None = None
         self.stopping = threading.Event()   # set by `cancel`: waits end, running queries are cancelled
-        self.busy: set[Any] = set()          # sessions running a query now
+        self.busy: dict[Any, str | None] = {}  # sessions running a query now, and the scope of the thread running it
 
     def __repr__(self) -> str: return f"{type(self).__name__}({self.config.describe()!r})"
     def __enter__(self) -> Self: self.connect(); return self
@@ -260,15 +272,18 @@ class WRDSSessions:
     def session(self) -> Iterator[Any]:
         "Borrow a session: `with client.session() as conn: ...` (`cancel` can reach its query)"
         with self.connected_pool().session() as conn:
-            self.busy.add(conn)
+            self.busy[conn] = current_scope()
             try: yield conn
-            finally: self.busy.discard(conn)
-    def cancel(self, stop:bool=True) -> None:
-        "Cancel the queries running; `stop` (Ctrl-C) also ends every wait until the next run clears `stopping`"
+            finally: self.busy.pop(conn, None)
+    def cancel(self, stop:bool=True,            # Ctrl-C: also end every wait until the next run clears `stopping`
+               scope:str|None=None              # only the queries run in this scope (None: every query)
+              ) -> None:
+        "Cancel the queries running (of one scope)"
         if stop: self.stopping.set()
-        for conn in list(self.busy):
-            try: conn.adbc_cancel()
-            except Exception: pass
+        for conn, sc in list(self.busy.items()):
+            if scope is None or sc == scope:
+                try: conn.adbc_cancel()
+                except Exception: pass
 
 # %% ../nbs/05_client.ipynb #b5c49758
 T = TypeVar("T")
@@ -456,7 +471,7 @@ def next_batch(client:WRDSSessions,  # for error translation
         if isinstance(err, WRDSConnectionError): err = TransientQueryError(err.what)
         raise err from e
 
-# %% ../nbs/05_client.ipynb #b502308e
+# %% ../nbs/05_client.ipynb #c3ebece2
 def stream_batches(client:WRDSSessions,              # the client
                    sql:str,                          # SQL with `%(name)s` parameters
                    params:dict[str, Any]|None=None,  # their values
@@ -471,7 +486,7 @@ def stream_batches(client:WRDSSessions,              # the client
             give_back(pool, conn, False); raise
     conn, cur, reader, batch = gated(client, start, "streaming query")
     ok = False
-    client.busy.add(conn)
+    client.busy[conn] = current_scope()
     try:
         while batch is not None:
             for off in range(0, batch.num_rows, batch_rows):
@@ -481,7 +496,7 @@ def stream_batches(client:WRDSSessions,              # the client
             batch = next_batch(client, reader)
         ok = True
     finally:
-        client.busy.discard(conn)
+        client.busy.pop(conn, None)
         _quiet_close(cur)
         give_back(pool, conn, ok)  # a stream left half-read cannot be reused: its session is closed
 
