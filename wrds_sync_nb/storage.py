@@ -21,8 +21,8 @@ from .layout import (DataLayout, atomic_write_bytes, check_no_links, create_excl
 
 # %% auto #0
 __all__ = ['QUARANTINE_DAYS', 'WARN_PCT', 'CRITICAL_PCT', 'BLOCKED_PCT', 'HashingFile', 'WrittenFile', 'prefetch', 'rebatch',
-           'write_parquet_stream', 'check_same_filesystem', 'publish', 'point_view', 'Quarantine', 'quarantine_file',
-           'is_our_entry', 'clean_quarantine', 'DiskStatus', 'DiskMonitor', 'estimate_bytes']
+           'write_parquet_stream', 'spill', 'unspill', 'check_same_filesystem', 'publish', 'point_view', 'Quarantine',
+           'quarantine_file', 'is_our_entry', 'clean_quarantine', 'DiskStatus', 'DiskMonitor', 'estimate_bytes']
 
 # %% ../nbs/07_storage.ipynb #2e9895f9
 class HashingFile:
@@ -142,6 +142,29 @@ def write_parquet_stream(path:Path,                                           # 
         path.unlink(missing_ok=True)
         raise
     return WrittenFile(path, rows, sink.bytes, sink.sha.hexdigest(), schema)
+
+# %% ../nbs/07_storage.ipynb #e645a384
+def spill(path:Path,                           # the spill file to create (must not exist)
+          batches:Iterable[pa.RecordBatch],    # the record batches
+          schema:pa.Schema                     # their schema
+         ) -> int:
+    "Write `batches` to an LZ4 Arrow IPC file (a temporary, never published); returns the rows"
+    rows = 0
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f, pa.ipc.new_stream(f, schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w:
+            for b in batches: w.write_batch(b); rows += b.num_rows
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC: raise DiskSpaceError(f"no space left on device while writing {path.name}") from e
+        raise
+    except BaseException:
+        path.unlink(missing_ok=True); raise
+    return rows
+
+def unspill(path:Path) -> Iterator[pa.RecordBatch]:
+    "The batches of a spill file, in order"
+    with pa.OSFile(str(path), "rb") as f: yield from pa.ipc.open_stream(f)
 
 # %% ../nbs/07_storage.ipynb #f34a3e2e
 def check_same_filesystem(layout:DataLayout) -> None:
