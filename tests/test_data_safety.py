@@ -172,7 +172,8 @@ def test_7_verify_all_with_nothing_verified_fails(env, tmp_path, case):
 
 
 def test_10_verify_during_a_restating_sync_raises_no_false_alarm(demo, wrds_db, tmp_path):
-    manager(demo, wrds_db, tmp_path).full_sync("crsp", 2021, 2025)
+    sm = manager(demo, wrds_db, tmp_path)  # one client throughout: each holds up to 3 of the role's 7 sessions
+    sm.full_sync("crsp", 2021, 2025)
     stop, alarms, runs = threading.Event(), [], [0]
 
     def verify_loop():
@@ -186,10 +187,11 @@ def test_10_verify_during_a_restating_sync_raises_no_false_alarm(demo, wrds_db, 
         for i, year in enumerate((2022, 2024, 2021)):
             demo.restate_year("crsp.dsf_v2", "dlycaldt", year, "dlyret", 1.1 + i, database=wrds_db)
             demo.bump_comment("crsp.dsf_v2", date(2026, 7, 1 + i), database=wrds_db)
-            manager(demo, wrds_db, tmp_path).incremental_sync("crsp")
+            sm.incremental_sync("crsp")
     finally:
         stop.set()
         t.join()
+        sm.client.close()
     assert runs[0] >= 3 and alarms == []
 
 
