@@ -9,6 +9,7 @@ CRSP daily, indexed on (permno, dlycaldt) as on WRDS) in the embedded PostgreSQL
 
 Prints rows/s and peak RSS of each, and the ratios the SyncManager issue sets targets for
 (full_sync >= 5x pandas, >= 60% of COPY, peak RSS < 400 MB). Usage: python benchmarks/sync_throughput.py [ROWS]
+[--profile=FILE] (FILE: py-spy's raw stacks of full_sync; the top functions are printed).
 """
 import json
 import shutil
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 ROWS = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 5_000_000
+PROFILE = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--profile=")), None)
 YEARS = (2024, 2025)
 
 CHILD = r'''
@@ -81,8 +83,10 @@ def main():
     res = {}
     for mode in ("copy", "full_sync", "pandas", "copy"):
         out = Path(tempfile.mkdtemp(dir=root, prefix=mode))
-        r = subprocess.run([sys.executable, "-c", CHILD, mode, str(src.root), "bench", str(out)],
-                           capture_output=True, text=True, check=True)
+        cmd = [sys.executable, "-c", CHILD, mode, str(src.root), "bench", str(out)]
+        if PROFILE and mode == "full_sync":  # sampled by py-spy (pip install py-spy): where the client's time goes
+            cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "250", "--output", PROFILE, "--", *cmd]
+        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
         got = json.loads(r.stdout.strip().splitlines()[-1])
         if mode in res:  # COPY runs first and last: keep its best (warm cache both times)
             if got["seconds"] < res[mode]["seconds"]:
@@ -99,6 +103,25 @@ def main():
     print(f"full_sync peak RSS: {res['full_sync']['peak_rss_mb']:.0f} MB (target < 400 MB)")
     src.stop()
     shutil.rmtree(root, ignore_errors=True)
+    if PROFILE: print_profile(PROFILE)
+
+
+def print_profile(path: str, top: int = 15) -> None:
+    """The functions where full_sync's sampled stacks spend their time, own time and with what they call."""
+    own, total, n = {}, {}, 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [f.split(" (")[0] + " " + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] for f in stack.split(";")[1:]]
+        c = int(count)
+        n += c
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + c
+        for f in set(frames):
+            total[f] = total.get(f, 0) + c
+    print(f"\npy-spy: {n} samples of full_sync's threads (idle waits excluded)")
+    print(f"{'own %':>6} {'with callees %':>14}  function")
+    for f, c in sorted(own.items(), key=lambda x: -x[1])[:top]:
+        print(f"{100 * c / n:>6.1f} {100 * total[f] / n:>14.1f}  {f}")
 
 
 if __name__ == "__main__":

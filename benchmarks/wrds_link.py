@@ -11,7 +11,8 @@ own, and a thread polls `pg_stat_activity` for the largest number of the account
 - DuckDB's postgres extension, `COPY (SELECT ...) TO parquet`, with threads=1 and threads=3 (`db2pq`'s setting);
 - `full_sync` with WRDS_MAX_CONNECTIONS=1, the default (3) and 7 (a WRDS role's whole limit).
 
-Prints rows/s, seconds, peak RSS and sessions per path, and the ratios the throughput issue sets targets for.
+Prints rows/s, seconds, peak RSS and sessions per path, the CPU seconds the client, the server and the proxy used
+(and so how many of the machine's cores were busy), and the ratios the throughput issue sets targets for.
 Never asserted anywhere: these machines are noisy. Usage:
     python benchmarks/wrds_link.py [--rows N] [--mbit 64] [--latency-ms 15]
 """
@@ -70,6 +71,9 @@ async def serve(socket_path: str, rate: float, delay: float) -> None:
 CHILD = r'''
 import json, os, resource, sys, time
 from pathlib import Path
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 mode, out = sys.argv[1:3]
 host, port, db, user, pw = (os.environ[k] for k in ("WRDS_HOST", "WRDS_PORT", "WRDS_DATABASE", "WRDS_USERNAME", "WRDS_PASSWORD"))
 years, rows = (2023, 2025), 0
@@ -77,7 +81,7 @@ src = f"select * from crsp.dsf_v2 where dlycaldt >= '{years[0]}-01-01' and dlyca
 if mode == "pandas":
     import pandas as pd, sqlalchemy as sa
     eng = sa.create_engine("postgresql+psycopg2://", connect_args=dict(host=host, port=port, user=user, password=pw, dbname=db))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu()
     df = pd.read_sql(sa.text(src), eng)
     df.to_parquet(Path(out) / "all.parquet", compression="zstd")
     rows = len(df)
@@ -87,7 +91,7 @@ elif mode.startswith("duckdb"):
     con.load_extension(str(next(Path(ext.__file__).parent.glob("extensions/*/postgres_scanner.duckdb_extension"))))
     con.execute(f"set threads = {mode[-1]}")
     con.execute(f"attach 'host={host} port={port} dbname={db} user={user} password={pw}' as pg (type postgres, read_only)")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu()
     con.execute(f"copy (select * from pg.crsp.dsf_v2 where dlycaldt >= date '{years[0]}-01-01' and dlycaldt < date '{years[1] + 1}-01-01') "
                 f"to '{out}/all.parquet' (format parquet, compression zstd)")
     rows = con.execute(f"select count(*) from '{out}/all.parquet'").fetchone()[0]
@@ -97,17 +101,35 @@ else:
     from wrds_sync_nb.datasets import DatasetRegistry
     from wrds_sync_nb.sync import SyncManager
     client = WRDSClient(load_config(max_connections=int(mode.split("_")[-1])))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu()
     m = SyncManager(client, out, registry=DatasetRegistry.load()).full_sync("crsp", *years, tables=["daily"])
     rows = m.tables["daily"].rows
 secs = time.perf_counter() - t0
-print(json.dumps({"mode": mode, "rows": rows, "seconds": secs, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"mode": mode, "rows": rows, "seconds": secs, "client_cpu": cpu() - cpu0,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 '''
 
 
-def run_child(mode: str, env: dict, root: Path, src, user: str) -> dict:
-    """One path in its own process, with the most sessions of `user` seen while it ran."""
+def server_cpu(src) -> float:
+    """CPU seconds of the PostgreSQL server so far: the postmaster, its live backends and those that have exited."""
+    import psutil
+    post = next(p for p in psutil.process_iter(["name", "cmdline"])
+                if p.info["name"] == "postgres" and str(src.root) in " ".join(p.info["cmdline"] or []))
+    t = post.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system + sum(
+        c.cpu_times().user + c.cpu_times().system for c in post.children())
+
+
+def proxy_cpu(pid: int) -> float:
+    import psutil
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def run_child(mode: str, env: dict, root: Path, src, user: str, proxy_pid: int) -> dict:
+    """One path in its own process, with the most sessions of `user` seen while it ran, and the CPU each party used."""
     out = Path(tempfile.mkdtemp(dir=root, prefix=mode))
+    before = (server_cpu(src), proxy_cpu(proxy_pid))
     seen, stop = [0], threading.Event()
 
     def poll():
@@ -126,7 +148,10 @@ def run_child(mode: str, env: dict, root: Path, src, user: str) -> dict:
         t.join()
     if r.returncode != 0:
         raise SystemExit(f"{mode} failed: {r.stderr[-2000:]}")
-    return {**json.loads(r.stdout.strip().splitlines()[-1]), "sessions": seen[0]}
+    while src.execute("select count(*) from pg_stat_activity where usename = %s", (user,), database="postgres")[0][0]:
+        time.sleep(0.05)  # the child's backends end and are reaped: their CPU is then counted
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    return {**got, "sessions": seen[0], "server_cpu": server_cpu(src) - before[0], "proxy_cpu": proxy_cpu(proxy_pid) - before[1]}
 
 
 def main() -> None:
@@ -151,13 +176,16 @@ def main() -> None:
     print(f"source: {counts['crsp.dsf_v2']:,} rows x 19 columns in crsp.dsf_v2 ({YEARS[0]}-{YEARS[1]}); link: {a.mbit:g} Mbit/s "
           f"and {a.latency_ms:g} ms per connection; role connection limit {limit}")
     try:
-        res = {p: run_child(p, env, root, src, DEMO_ROLE) for p in a.paths.split(",")}
+        res = {p: run_child(p, env, root, src, DEMO_ROLE, proxy.pid) for p in a.paths.split(",")}
     finally:
         proxy.terminate()
         src.stop()
-    print(f"{'path':<14} {'rows':>9} {'seconds':>8} {'rows/s':>9} {'sessions':>8} {'peak RSS MB':>11}")
+    print(f"{'path':<14} {'rows':>9} {'seconds':>8} {'rows/s':>9} {'sessions':>8} {'peak RSS MB':>11} "
+          f"{'CPU s: client':>13} {'server':>7} {'proxy':>6} {'cores busy':>10}")
     for p, g in res.items():
-        print(f"{p:<14} {g['rows']:>9,} {g['seconds']:>8.2f} {g['rows'] / g['seconds']:>9,.0f} {g['sessions']:>8} {g['peak_rss_mb']:>11.0f}")
+        busy = (g["client_cpu"] + g["server_cpu"] + g["proxy_cpu"]) / g["seconds"]
+        print(f"{p:<14} {g['rows']:>9,} {g['seconds']:>8.2f} {g['rows'] / g['seconds']:>9,.0f} {g['sessions']:>8} {g['peak_rss_mb']:>11.0f} "
+              f"{g['client_cpu']:>13.1f} {g['server_cpu']:>7.1f} {g['proxy_cpu']:>6.1f} {busy:>10.2f}")
     rate = {p: g["rows"] / g["seconds"] for p, g in res.items()}
     if {"full_sync_7", "duckdb_3", "full_sync_1", "full_sync_3"} <= set(rate):
         print(f"full_sync (7 connections) / DuckDB threads=3: {rate['full_sync_7'] / rate['duckdb_3']:.2f}x (target >= 1.7x)")
