@@ -24,11 +24,11 @@ from .errors import (CancelledError, ConnectionLimitError, CredentialsError, Per
                                  WRDSConnectionError, WrdsSyncError)
 
 # %% auto #0
-__all__ = ['T', 'S', 'quote_ident', 'qualified', 'RateLimiter', 'limiter_for', 'translate_error', 'is_transient', 'sql_literal',
-           'render_sql', 'SessionPool', 'borrow', 'give_back', 'scoped', 'current_scope', 'WRDSSessions', 'gated',
-           'session_opener', 'prepared', 'arrow_plain', 'run_arrow', 'connect_client', 'budget_lowered', 'fetch_frame',
-           'parse_last_updated', 'table_info', 'start_stream', 'next_batch', 'stream_batches', 'query_arrow_schema',
-           'WRDSClient']
+__all__ = ['T', 'S', 'BATCH_HINT_BYTES', 'quote_ident', 'qualified', 'RateLimiter', 'limiter_for', 'translate_error',
+           'is_transient', 'sql_literal', 'render_sql', 'SessionPool', 'borrow', 'give_back', 'scoped', 'current_scope',
+           'WRDSSessions', 'gated', 'session_opener', 'prepared', 'arrow_plain', 'run_arrow', 'connect_client',
+           'budget_lowered', 'fetch_frame', 'parse_last_updated', 'table_info', 'start_stream', 'next_batch',
+           'stream_batches', 'query_arrow_schema', 'WRDSClient']
 
 # %% ../nbs/05_client.ipynb #230d18d1
 def quote_ident(name:str) -> str:
@@ -445,13 +445,16 @@ def table_info(client:WRDSSessions, # the client
     return {"schema": schema, "table": table, "kind": row["kind"], "columns": cols.to_dicts(), "readable": row["readable"],
             "approx_rows": row["approx_rows"], "comment": row["comment"], "last_updated": parse_last_updated(row["comment"])}
 
-# %% ../nbs/05_client.ipynb #0f54b44f
+# %% ../nbs/05_client.ipynb #b2e93453
+BATCH_HINT_BYTES = 4 << 20
+
 def start_stream(conn:Any,     # a borrowed session
                  text:str      # the query, parameters rendered
                 ) -> tuple[Any, Any, pa.RecordBatch | None]:
     "Execute `text` and read the first batch: (cursor, reader, first batch or None)"
     cur = conn.cursor()
     try:
+        cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_HINT_BYTES)})
         cur.execute(text)
         reader = cur.fetch_record_batch()
         try: first = reader.read_next_batch()

@@ -88,7 +88,7 @@ def outside(dates:pa.Array,                   # a date (or timestamp) column
     lo, hi = pa.scalar(bounds[0], d.type), pa.scalar(bounds[1], d.type)
     return count_true(pc.fill_null(pc.or_(pc.less(d, lo), pc.greater_equal(d, hi)), True))
 
-# %% ../nbs/02b_validation.ipynb #7f5aec6b
+# %% ../nbs/02b_validation.ipynb #5a977d9d
 class StreamValidator:
     "The partition rules, applied batch by batch to a stream sorted by the key columns"
     def __init__(self, rules:PartitionRules):
@@ -97,8 +97,8 @@ class StreamValidator:
         self.missing: list[str] = []
         self._last: list[object] | None = None
 
-    def update(self, batch:pa.RecordBatch) -> None:
-        "Account for one batch"
+    def update(self, batch:pa.RecordBatch|pa.Table) -> None:
+        "Account for one batch (or a table of batches)"
         r, n, names = self.rules, batch.num_rows, batch.schema.names
         if self.rows == 0 and not self.missing:
             self.missing = [f"missing key column {c!r}" for c in r.key_columns if c not in names]
