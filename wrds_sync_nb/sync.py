@@ -721,23 +721,21 @@ def split_ranges(client:WRDSClient,  # the WRDS client
     step = -(-(hi - lo + 1) // split)
     return [(a, min(a + step, hi + 1)) for a in range(lo, hi + 1, step)]
 
-# %% ../nbs/08_sync.ipynb #c012f972
+# %% ../nbs/08_sync.ipynb #e26e4d5a
 def range_batches(ctx:RunContext,                  # the run
                   tr:TableRun,                     # the table
                   staged:Path,                     # the partition's staging file (the ranges' files go beside it)
                   key:str,                         # the partition
                   ranges:list[tuple[int, int]]     # ranges of the key's first column, in order
                  ) -> Iterator[pa.RecordBatch]:
-    "Fetch `ranges` at once: the first straight into the partition's file, the others into spill files given after it, in order"
-    parts = [staged.with_name(f"{staged.stem}.{i}{staged.suffix}") for i in range(1, len(ranges))]  # temporary names too
-    pool = ThreadPoolExecutor(len(parts), thread_name_prefix="range", initializer=scoped, initargs=(current_scope(),))
+    "Fetch `ranges` at once, each into its own spill file, then give their rows in order"
+    parts = [staged.with_name(f"{staged.stem}.{i}{staged.suffix}") for i in range(len(ranges))]  # temporary names too
     try:
-        spills = [pool.submit(spill, part, partition_batches(ctx, tr, key, r), tr.schema) for part, r in zip(parts, ranges[1:], strict=True)]
-        yield from partition_batches(ctx, tr, key, ranges[0])  # encoded while the other ranges download
-        for f, part in zip(spills, parts, strict=True):
-            f.result(); yield from unspill(part)
+        with ThreadPoolExecutor(len(ranges), thread_name_prefix="range", initializer=scoped, initargs=(current_scope(),)) as pool:
+            for f in [pool.submit(spill, part, partition_batches(ctx, tr, key, r), tr.schema)
+                      for part, r in zip(parts, ranges, strict=True)]: f.result()
+        for part in parts: yield from unspill(part)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
         for part in parts: part.unlink(missing_ok=True)
 
 # %% ../nbs/08_sync.ipynb #84641006
