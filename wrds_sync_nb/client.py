@@ -26,9 +26,9 @@ from .errors import (CancelledError, ConnectionLimitError, CredentialsError, Per
 # %% auto #0
 __all__ = ['T', 'S', 'BATCH_HINT_BYTES', 'quote_ident', 'qualified', 'RateLimiter', 'limiter_for', 'translate_error',
            'is_transient', 'sql_literal', 'render_sql', 'SessionPool', 'borrow', 'give_back', 'scoped', 'current_scope',
-           'WRDSSessions', 'gated', 'session_opener', 'prepared', 'arrow_plain', 'run_arrow', 'connect_client',
-           'budget_lowered', 'fetch_frame', 'parse_last_updated', 'table_info', 'start_stream', 'next_batch',
-           'stream_batches', 'query_arrow_schema', 'WRDSClient']
+           'WRDSSessions', 'cancel_queries', 'gated', 'session_opener', 'prepared', 'arrow_plain', 'run_arrow',
+           'connect_client', 'budget_lowered', 'fetch_frame', 'parse_last_updated', 'table_info', 'start_stream',
+           'next_batch', 'stream_batches', 'query_arrow_schema', 'WRDSClient']
 
 # %% ../nbs/05_client.ipynb #230d18d1
 def quote_ident(name:str) -> str:
@@ -239,7 +239,7 @@ def current_scope() -> str | None:
     "The calling thread's scope (None: not named)"
     return getattr(_scope, "name", None)
 
-# %% ../nbs/05_client.ipynb #2e472a7b
+# %% ../nbs/05_client.ipynb #b9e52202
 class WRDSSessions:
     "At most `max_connections` sessions to WRDS, opened on first use and kept, and what the server is"
     RETRY_ATTEMPTS, RETRY_INITIAL_WAIT, RETRY_MAX_WAIT = 3, 1.0, 20.0
@@ -279,11 +279,19 @@ class WRDSSessions:
                scope:str|None=None              # only the queries run in this scope (None: every query)
               ) -> None:
         "Cancel the queries running (of one scope)"
-        if stop: self.stopping.set()
-        for conn, sc in list(self.busy.items()):
-            if scope is None or sc == scope:
-                try: conn.adbc_cancel()
-                except Exception: pass
+        cancel_queries(self, stop, scope)
+
+# %% ../nbs/05_client.ipynb #7ef33c72
+def cancel_queries(client:WRDSSessions,  # the client
+                   stop:bool,            # also end every wait (Ctrl-C)
+                   scope:str|None        # only the queries run in this scope (None: every query)
+                  ) -> None:
+    "Cancel the client's running queries (of one scope); with `stop`, end its waits too"
+    if stop: client.stopping.set()
+    for conn, sc in list(client.busy.items()):
+        if scope is None or sc == scope:
+            try: conn.adbc_cancel()
+            except Exception: pass
 
 # %% ../nbs/05_client.ipynb #b5c49758
 T = TypeVar("T")

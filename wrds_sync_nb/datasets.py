@@ -19,11 +19,11 @@ from .layout import DataDirs, atomic_write_bytes, validate_name
 from .periods import GRANULARITIES, Granularity, SourceTemplate, source_name
 
 # %% auto #0
-__all__ = ['IDENT_RE', 'CAST_TYPES', 'MIN_YEAR', 'Ident', 'FilterValue', 'PER_PERIOD_DATASETS', 'BUILTIN_DATASETS', 'DOCS_URL',
-           'TableSpec', 'checked_granularity', 'Retention', 'parse_retention', 'DatasetSpec', 'checked_years',
-           'datasets_markdown', 'partitioning', 'field_rows', 'load_datasets_toml', 'stored_datasets',
-           'DatasetRegistry', 'dataset_name_for', 'normal_source', 'local_name', 'parse_filters', 'typed_filters',
-           'datasets_toml', 'store_dataset']
+__all__ = ['IDENT_RE', 'CAST_TYPES', 'MIN_YEAR', 'Ident', 'FilterValue', 'TableName', 'Source', 'CastType', 'PER_PERIOD_DATASETS',
+           'BUILTIN_DATASETS', 'DOCS_URL', 'TableSpec', 'covered_keys', 'checked_granularity', 'Retention',
+           'parse_retention', 'DatasetSpec', 'checked_years', 'datasets_markdown', 'partitioning', 'field_rows',
+           'load_datasets_toml', 'stored_datasets', 'DatasetRegistry', 'dataset_name_for', 'normal_source',
+           'local_name', 'parse_filters', 'typed_filters', 'datasets_toml', 'store_dataset']
 
 # %% ../nbs/02c_datasets.ipynb #6780ff03
 IDENT_RE = re.compile(r"[a-z_][a-z0-9_$]{0,62}")
@@ -43,46 +43,38 @@ def _safe_name(v:str, kind:str) -> str:
 Ident = Annotated[str, AfterValidator(_ident)]   # a column name from configuration
 FilterValue = str | int | float | bool
 
-# %% ../nbs/02c_datasets.ipynb #b39b037a
+# %% ../nbs/02c_datasets.ipynb #fdf9aa3e
+def _source(v:str) -> str:
+    sample = source_name(SourceTemplate.parse(v), "2024-06-12")  # a template must name tables that are identifiers
+    for p in sample.split("."): _ident(p, "source part")
+    return v
+
+def _cast(t:str) -> str:
+    if t not in CAST_TYPES: raise ValueError(f"cast type {t!r} is not one of {', '.join(CAST_TYPES)}")
+    return t
+
+TableName = Annotated[str, AfterValidator(lambda v: _safe_name(v, "table"))]
+Source = Annotated[str, AfterValidator(_source)]
+CastType = Annotated[str, AfterValidator(_cast)]
+
+# %% ../nbs/02c_datasets.ipynb #623518c8
 class TableSpec(BaseModel):
     "One table of a dataset and where it comes from on WRDS"
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = Field(description="the table's local name (files, views)")
-    source: str = Field(description="`schema.table` on WRDS, or a template of one table per year or day: `optionm.opprcd{year}`, `taqm_{year}.ctm_{date:%Y%m%d}`")
+    name: TableName = Field(description="the table's local name (files, views)")
+    source: Source = Field(description="`schema.table` on WRDS, or a template of one table per year or day: `optionm.opprcd{year}`, `taqm_{year}.ctm_{date:%Y%m%d}`")
     partition_column: Ident | None = Field(None, description="a date column: one file per year (or `granularity`) of it (none: one file, or one per source table)")
     granularity: Granularity | None = Field(None, description="the partition period: `year`, `month` or `day` (default: year, or the period of a templated source's tables)")
     key_columns: list[Ident] = Field(default_factory=list, description="columns unique per row, checked before publishing (empty: no check)")
     columns: list[Ident] | None = Field(None, description="columns to take (none: every column)")
-    casts: dict[Ident, str] = Field(default_factory=dict, description=f"column -> type cast on the server ({', '.join(CAST_TYPES)})")
+    casts: dict[Ident, CastType] = Field(default_factory=dict, description=f"column -> type cast on the server ({', '.join(CAST_TYPES)})")
     filters: dict[Ident, FilterValue | list[FilterValue]] = Field(default_factory=dict, description="column -> value or list of values kept")
     where: str | None = Field(None, description="an SQL condition run on WRDS as written, for what `filters` cannot say")
     numeric: Literal["float64", "decimal"] = Field("float64", description="what a `numeric` without precision becomes")
     description: str = Field("", description="a note shown by `wrds-sync datasets`")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v:str) -> str: return _safe_name(v, "table")
-    @field_validator("source")
-    @classmethod
-    def _source(cls, v:str) -> str:
-        sample = source_name(SourceTemplate.parse(v), "2024-06-12")  # a template must name tables that are identifiers
-        for p in sample.split("."): _ident(p, "source part")
-        return v
-    @field_validator("casts")
-    @classmethod
-    def _casts(cls, v:dict[str, str]) -> dict[str, str]:
-        for c, t in v.items():
-            if t not in CAST_TYPES: raise ValueError(f"cast type {t!r} for {c!r} is not one of {', '.join(CAST_TYPES)}")
-        return v
     @model_validator(mode="after")
-    def _columns_cover_keys(self) -> TableSpec:
-        need = [*self.key_columns, *([self.partition_column] if self.partition_column else [])]
-        if self.columns is not None and (missing := [c for c in need if c not in self.columns]):
-            raise ValueError(f"columns must include key/partition columns {missing}")
-        return self
-    @model_validator(mode="after")
-    def _granularity(self) -> TableSpec:
-        return checked_granularity(self)
+    def _consistent(self) -> TableSpec: return checked_granularity(covered_keys(self))
 
     @property
     def template(self) -> SourceTemplate: return SourceTemplate.parse(self.source)
@@ -100,7 +92,14 @@ class TableSpec(BaseModel):
         "The WRDS table holding partition `key`"
         return source_name(self.template, key) if self.templated else self.source
 
-# %% ../nbs/02c_datasets.ipynb #677a93b8
+# %% ../nbs/02c_datasets.ipynb #68aefb76
+def covered_keys(t:TableSpec) -> TableSpec:
+    "`t` if its column list (if any) includes its key and partition columns"
+    need = [*t.key_columns, *([t.partition_column] if t.partition_column else [])]
+    if t.columns is not None and (missing := [c for c in need if c not in t.columns]):
+        raise ValueError(f"columns must include key/partition columns {missing}")
+    return t
+
 def checked_granularity(t:TableSpec) -> TableSpec:
     "`t` if its granularity fits its source and partition column; a ValueError saying which field to set"
     tp, g = t.template.period, t.granularity

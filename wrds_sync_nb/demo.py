@@ -376,7 +376,7 @@ def family_tables(g:DemoSpan) -> dict[str, DemoTable]:
     "Every period's table of every family the span has"
     return dict(family_table(t, k) for t, fam in DEMO_FAMILIES.items() for k in fam.keys(g))
 
-# %% ../nbs/05a_demo.ipynb #2768e74c
+# %% ../nbs/05a_demo.ipynb #72528ab6
 def database_exists(src:DemoServer, # the server
                     database:str    # the database looked for
                    ) -> bool:
@@ -396,7 +396,9 @@ def is_demo_name(name:str) -> bool:
     sch, _, tab = name.partition(".")
     return name in DEMO_TABLES or any(key_of(SourceTemplate.parse(t), sch, tab) for t in DEMO_FAMILIES)
 
-def demo_names(src:DemoServer, database:str="wrds") -> list[str]:
+def demo_names(src:DemoServer,       # the server
+               database:str="wrds"   # the demo database
+              ) -> list[str]:
     "The demo tables `database` holds now (families' periods included)"
     rows = src.execute("select n.nspname || '.' || c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
                        "where c.relkind in ('r', 'v')", database=database)
@@ -410,7 +412,7 @@ def row_counts(src:DemoServer,               # the server
     return {t: int(src.execute(f"select count(*) from {qualified(*t.split('.'))}", database=database)[0][0])
             for t in (tables or demo_names(src, database))}
 
-# %% ../nbs/05a_demo.ipynb #04f9edef
+# %% ../nbs/05a_demo.ipynb #6b4af53c
 def demo_span(daily_rows:int,  # about this many rows in crsp.dsf_v2
               start_year:int,  # first year
               end_year:int,    # last year
@@ -434,6 +436,7 @@ def selected_tables(span:DemoSpan,              # the firms and dates covered
         else: raise ConfigError(f"unknown demo table {t!r}", "name a table of DEMO_TABLES or a template of DEMO_FAMILIES")
     return out
 
+# %% ../nbs/05a_demo.ipynb #46fccbd8
 def create_table(cur:Any,            # a cursor of the demo database
                  name:str,           # schema.table
                  spec:DemoTable,     # what it is
@@ -621,8 +624,10 @@ def retype_column(src:DemoServer, table:str,  # schema.table
     src.execute(f"alter table {qualified(*table.split('.'))} alter column {c} type {sql_type} using {c}::{sql_type}",
                 database=database)
 
-# %% ../nbs/05a_demo.ipynb #7946eafc
-def stored_span(src:DemoServer, database:str="wrds") -> DemoSpan:
+# %% ../nbs/05a_demo.ipynb #f09c9f95
+def stored_span(src:DemoServer,       # the server
+                database:str="wrds"   # the demo database
+               ) -> DemoSpan:
     "The span `database` was built with"
     n, start, stop, seed = src.execute("select n_firms, start, stop, seed from demo_meta.span", database=database)[0]
     return DemoSpan(n, start, stop, seed)

@@ -622,7 +622,7 @@ def synced_tables(spec:DatasetSpec,      # the dataset
     wanted = {t.name for t in with_tables(spec, tables).tables}
     return with_tables(spec, [t.name for t in spec.tables if t.name in m.tables and t.name in wanted] or None)
 
-# %% ../nbs/08_sync.ipynb #e8bac0ed
+# %% ../nbs/08_sync.ipynb #f5f3a7f1
 @dataclass
 class TableRun:
     "What the sync knows about one table during a run: its columns, partitions in range, stored entries"
@@ -643,6 +643,7 @@ class TableRun:
     @property
     def schema(self) -> pa.Schema: return arrow_schema_of(self.cols)
 
+# %% ../nbs/08_sync.ipynb #f20f4d57
 def source_key(t:TableSpec,  # a templated table
                key:str        # one of its partitions
               ) -> str:
@@ -662,6 +663,7 @@ def cols_for(client:WRDSClient,  # the WRDS client
         tr.source_cols[src.name] = adapted_columns(tr.table, tr.cols, client.get_table_info(sch, tab)["columns"], src.name)
     return tr.source_cols[src.name]
 
+# %% ../nbs/08_sync.ipynb #1d916887
 @dataclass
 class Staged:
     "A partition written to staging, with the checks gathered while streaming"
@@ -805,7 +807,7 @@ def include(ctx:RunContext,            # the run
     if entry is None: t.partitions.pop(key, None)
     else: t.partitions[key] = entry
 
-# %% ../nbs/08_sync.ipynb #8ee832e6
+# %% ../nbs/08_sync.ipynb #61f15498
 def checkpoint(ctx:RunContext,       # the run
                table:TableSpec,      # the table
                key:str,              # the partition key
@@ -821,6 +823,7 @@ def checkpoint(ctx:RunContext,       # the run
     p.partitions_fetched += 1
     save_progress(ctx.sm.layout, p)
 
+# %% ../nbs/08_sync.ipynb #1b90e89a
 def sync_partition(ctx:RunContext,                                      # the run
                    tr:TableRun,                                         # the table being synced
                    key:str,                                             # the partition key

@@ -19,7 +19,7 @@ from .periods import key_bounds
 __all__ = ['PartitionRules', 'DataValidator', 'count_true', 'adjacent_duplicates', 'outside', 'StreamValidator',
            'stream_validate']
 
-# %% ../nbs/02b_validation.ipynb #693089c1
+# %% ../nbs/02b_validation.ipynb #83f9ac7e
 @dataclass
 class PartitionRules:
     "What a partition must satisfy"
@@ -34,6 +34,7 @@ class PartitionRules:
         "The dates `[first, next)` every row's date column must fall in (None: no date rule)"
         return None if self.date_column is None or self.period is None else key_bounds(str(self.period))
 
+# %% ../nbs/02b_validation.ipynb #1226e929
 class DataValidator:
     "Checks a partition against `PartitionRules`; returns the failures as readable lines"
     def validate(self,

@@ -145,7 +145,7 @@ def _none_before(mm:ManifestManager, ds:str, when:datetime) -> NoReturn:
     raise UnknownDatasetError(f"{ds} had no version at {when.isoformat(timespec='seconds')}"
                               + (f"; the first is from {first.updated_at.isoformat(timespec='seconds')}" if first else ""))
 
-# %% ../nbs/07a_versions.ipynb #17c90044
+# %% ../nbs/07a_versions.ipynb #d21c5e90
 VIEW_RE = re.compile(r"(\d{4}(?:-\d{2}(?:-\d{2})?)?|all)\.parquet")
 
 def view_files(layout:DataLayout,  # the data dir
@@ -170,6 +170,7 @@ def is_view(layout:DataLayout,  # the data dir
     if any(os.path.samefile(v, f) for v in same): return True
     return bool(same) and layout.version_path(dataset, table, f.stem, sha256_file(f)).exists()
 
+# %% ../nbs/07a_versions.ipynb #f77b9dd8
 def refresh_views(layout:DataLayout,  # the data dir
                   m:SyncManifest      # the current version
                  ) -> None:
