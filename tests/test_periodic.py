@@ -209,3 +209,19 @@ def test_months_of_a_year_table(demo, wrds_db, tmp_path):
     src = demo.execute("select count(*) from optionm.opprcd2024", database=wrds_db)[0][0]
     assert local_frame(tmp_path, "opm", "prices").filter(pl.col("date").dt.year() == 2024).height == src
 
+
+def test_a_filtered_copy_of_taq_through_the_script(env, demo, wrds_db, tmp_path):
+    data = tmp_path / "d"
+    r = script(data, "add", "taq", "--name", "taq_t1", "--filter", "sym_root=T1")
+    assert r.returncode == 0 and "a copy of taq: its 3 tables, each keeping sym_root=T1" in r.stdout, r.stderr
+    r = script(data, "full-sync", "--dataset", "taq_t1", "--start-year", "2025")
+    assert r.returncode == 0, r.stderr
+    for table, source in (("trades", "ctm"), ("quotes", "cqm"), ("nbbo", "complete_nbbo")):
+        got = local_frame(data, "taq_t1", table)
+        n = demo.execute(f"select count(*) from taqm_2025.{source}_20251222 where sym_root = 'T1'", database=wrds_db)[0][0]
+        assert set(got["sym_root"]) == {"T1"} and got.height == 7 * n, table  # 7 trading days of 2025, each alike
+    r = script(data, "add", "taq", "--filter", "sym_root=T1")
+    assert r.returncode == 1 and one_error(r.stderr) and "--name" in r.stderr
+    r = script(data, "add", "taq", "--name", "x", "--filter", "symbol=T1")
+    assert r.returncode == 1 and one_error(r.stderr) and "has no column symbol" in r.stderr
+

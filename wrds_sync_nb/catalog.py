@@ -19,7 +19,7 @@ from .sources import SourceTable, find_sources
 # %% auto #0
 __all__ = ['PREFERRED_DATES', 'list_libraries', 'list_tables', 'propose_partition_column', 'TableDescription',
            'description_lines', 'describe_table', 'checked_columns', 'choice_notes', 'source_description',
-           'table_definition']
+           'table_definition', 'dataset_copy']
 
 # %% ../nbs/05c_catalog.ipynb #26681f46
 _RELKINDS = "('r', 'v', 'm', 'f', 'p')"   # tables, views, materialized views, foreign and partitioned tables
@@ -177,3 +177,24 @@ def table_definition(client:WRDSClient,              # the WRDS client
         spec = DatasetSpec(name=name or dataset_name_for(t.source), tables=[t], description=d.comment or "")
     except PydanticValidationError as e: raise ConfigError(e.errors()[0]["msg"].removeprefix("Value error, "), "correct the option") from None
     return spec, choice_notes(d, partition_column, key, where, t, found)
+
+# %% ../nbs/05c_catalog.ipynb #5872e0c8
+def dataset_copy(client:WRDSClient,            # the WRDS client
+                 spec:DatasetSpec,             # the dataset copied (`taq`)
+                 name:str|None,                # the copy's name
+                 filters:list[str]|None=None,  # COL=VALUE conditions for every table
+                 columns:list[str]|None=None,  # columns every table keeps (default: its own)
+                 where:str|None=None           # an SQL condition run on WRDS as written, for every table
+                ) -> tuple[DatasetSpec, list[str]]:
+    "A dataset of its own: the tables of `spec` with `filters`, `columns` and `where` added, checked against the catalogue"
+    if not name: raise ConfigError(f"a copy of dataset {spec.name!r} needs a name of its own", f"pass --name, e.g. --name {spec.name}_mine")
+    raw, tables = parse_filters(filters or []), []
+    for t in spec.tables:
+        types = checked_columns(source_description(client, t.source)[0], [*raw, *(columns or [])], None)
+        body = {**t.model_dump(), "filters": {**t.filters, **typed_filters(raw, types)}, "columns": columns or t.columns, "where": where or t.where}
+        try: tables.append(TableSpec.model_validate(body))
+        except PydanticValidationError as e:
+            raise ConfigError(f"table {t.name}: {e.errors()[0]['msg'].removeprefix('Value error, ')}", "add the tables one by one instead") from None
+    copy = DatasetSpec.model_validate({**spec.model_dump(), "name": name, "tables": tables, "description": f"{spec.description}, filtered"})
+    kept = ", ".join(filter(None, [", ".join(filters or []), where])) or "every row"
+    return copy, [f"a copy of {spec.name}: its {len(tables)} tables, each keeping {kept}"]
