@@ -18,7 +18,7 @@ from . import events
 __all__ = ['WAITS', 'DONE', 'DisplayKind', 'Tally', 'table_key', 'Display', 'PlainDisplay', 'TerminalDisplay', 'NotebookDisplay',
            'in_notebook', 'display_kind', 'showing_progress']
 
-# %% ../nbs/08a_progress.ipynb #30df20de
+# %% ../nbs/08a_progress.ipynb #f96564d0
 @dataclass
 class Tally:
     "One table's progress: partitions done of total, rows and bytes written"
@@ -26,6 +26,7 @@ class Tally:
     done: int = 0
     rows: int = 0
     bytes: int = 0
+    unchanged: int = 0
 
     def add(self, e:dict[str, Any]) -> None:
         "Count a completed, skipped or failed partition"
@@ -60,18 +61,20 @@ class Display:
     def say(self, text:str) -> None: ...
     def close(self) -> None: ...
 
-# %% ../nbs/08a_progress.ipynb #4ca60e75
+# %% ../nbs/08a_progress.ipynb #697e0501
 class PlainDisplay(Display):
     "One plain line per table and per partition (cron, pipes, log files)"
     def __init__(self, stream:TextIO|None=None): super().__init__(); self.stream = stream or sys.stderr
     def say(self, text:str) -> None: print(text, file=self.stream, flush=True)
     def _start(self, key:str, t:Tally) -> None: self.say(f"{key}: {t.total} partition(s) to sync")
     def _advance(self, key:str, t:Tally, e:dict[str, Any]) -> None:
-        what = {events.PARTITION_SKIPPED: "unchanged", events.PARTITION_FAILED: f"failed: {e.get('error')}"}.get(e["event"])
+        if e["event"] == events.PARTITION_SKIPPED: t.unchanged += 1; return
+        what = f"failed: {e.get('error')}" if e["event"] == events.PARTITION_FAILED else None
         took = f" in {e['seconds']:.1f} s" if e.get("seconds") is not None else ""
         self.say(f"{key} {e['partition']}: " + (what or f"{int(e.get('rows') or 0):,} rows, {human_bytes(int(e.get('bytes') or 0))}{took}")
                  + f" ({t.done}/{t.total})")
-    def _finish(self, key:str, t:Tally) -> None: self.say(f"{key}: done, {t.rows:,} rows, {human_bytes(t.bytes)} written")
+    def _finish(self, key:str, t:Tally) -> None:
+        self.say(f"{key}: done, {t.rows:,} rows, {human_bytes(t.bytes)} written" + (f", {t.unchanged} unchanged" if t.unchanged else ""))
 
 # %% ../nbs/08a_progress.ipynb #83b1ed6a
 class TerminalDisplay(Display):
