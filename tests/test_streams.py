@@ -6,6 +6,7 @@ from functools import partial
 
 from synchelp import local_frame, manager
 
+from wrds_sync_nb import events
 from wrds_sync_nb.demo import DEMO_ROLE
 from wrds_sync_nb.layout import DataLayout
 from wrds_sync_nb.manifest import ManifestManager
@@ -48,3 +49,21 @@ def test_split_and_parallel_partitions_write_the_same_bytes_as_one_stream(demo, 
     assert sessions[1] <= 2 and sessions[7] >= 5, sessions
     for table, source in (("daily", "crsp.dsf_v2"), ("monthly", "crsp.msf_v2")):
         assert local_frame(tmp_path / "c7", "crsp", table).height == demo.row_counts("streams", [source])[source]
+
+
+def test_a_datasets_tables_run_at_once(demo, wrds_db, tmp_path):
+    """daily's first partition is held until monthly has started: in turn, monthly could never start, and it would time out."""
+    monthly_started, held = threading.Event(), []
+
+    def on_event(e):
+        if e["event"] == events.TABLE_STARTED and e["table"] == "monthly":
+            monthly_started.set()
+        if e["event"] == events.PARTITION_STARTED and e["table"] == "daily" and not held:
+            held.append(monthly_started.wait(timeout=30))
+
+    sm = manager(demo, wrds_db, tmp_path)  # default budget: two partition streams, so two tables at once
+    with events.listening(on_event):
+        m = sm.full_sync("crsp", 2024, 2025, tables=["daily", "monthly"])
+    sm.client.close()
+    assert held and all(held) and sorted(m.tables) == ["daily", "monthly"]  # every held partition saw monthly start
+
