@@ -15,7 +15,8 @@ from . import catalog
 from .catalog import TableDescription, dataset_copy, table_definition
 from .client import WRDSClient
 from .config import load_config
-from .datasets import BUILTIN_DATASETS, DatasetRegistry, DatasetSpec, dataset_name_for, normal_source, store_dataset
+from .datasets import (BUILTIN_DATASETS, DatasetRegistry, DatasetSpec, dataset_name_for,
+                                   normal_source, store_dataset)
 from .errors import ConfigError
 from .layout import DataLayout, claim_data_dir
 from .manifest import SyncManifest
@@ -67,24 +68,40 @@ def describe_table(library:str,  # the library, e.g. `crsp`
     return catalog.describe_table(wrds_client(), library.lower(), table.lower())
 
 # %% ../nbs/10b_api.ipynb #2110e906
-def add_table(source:str,                          # LIBRARY.TABLE on WRDS
-              name:str|None=None,                  # the dataset's name (default: library_table)
-              partition_column:str|None=None,      # a date column (default: the table's)
-              key:list[str]|None=None,             # columns unique per row (default: no check)
-              columns:list[str]|None=None,         # columns to take (default: all)
-              filters:dict[str, Any]|None=None,    # column -> value or list of values
-              where:str|None=None,                 # an SQL condition run on WRDS as written
-              data_dir:Path|str|None=None,         # the data dir
-              granularity:str|None=None            # year, month or day partitions (default: year, or a template's tables)
-             ) -> DatasetSpec:
-    "Define a dataset for any WRDS table (or a table per year or day: `optionm.opprcd{year}`; or a filtered copy of a dataset: `taq`), stored in the data dir"
+def add_table(
+    source: str,  # LIBRARY.TABLE on WRDS
+    name: str | None = None,  # the dataset's name (default: library_table)
+    partition_column: str | None = None,  # a date column (default: the table's)
+    key: list[str] | None = None,  # columns unique per row (default: no check)
+    columns: list[str] | None = None,  # columns to take (default: all)
+    filters: dict[str, Any] | None = None,  # column -> value or list of values
+    where: str | None = None,  # an SQL condition run on WRDS as written
+    data_dir: Path | str | None = None,  # the data dir
+    granularity: str | None = None,  # year, month or day partitions (default: year, or a template's tables)
+) -> DatasetSpec:
+    """Define a dataset for any WRDS table (or a table per year or day: `optionm.opprcd{year}`; or a
+    filtered copy of a dataset: `taq`), stored in the data dir"""
     items = [f"{c}={v}" for c, vs in (filters or {}).items() for v in (vs if isinstance(vs, list) else [vs])]
-    if "." in source: spec, notes = table_definition(wrds_client(), source, name, partition_column, key, columns, items, where, granularity)
-    else: spec, notes = dataset_copy(wrds_client(), DatasetRegistry.load(data_dir=target_dir(data_dir)).get(source), name, items, columns, where)
+    if "." in source:
+        spec, notes = table_definition(
+            wrds_client(), source, name, partition_column, key, columns, items, where, granularity
+        )
+    else:
+        spec, notes = dataset_copy(
+            wrds_client(),
+            DatasetRegistry.load(data_dir=target_dir(data_dir)).get(source),
+            name,
+            items,
+            columns,
+            where,
+        )
     layout = DataLayout(target_dir(data_dir))
     claim_data_dir(layout)
     store_dataset(layout, spec)
-    print(f"added {', '.join(t.source for t in spec.tables)} as dataset {spec.name}" + "".join(f"\n  {n}" for n in notes))
+    print(
+        f"added {', '.join(t.source for t in spec.tables)} as dataset {spec.name}"
+        + "".join(f"\n  {n}" for n in notes)
+    )
     return spec
 
 # %% ../nbs/10b_api.ipynb #450d0e11
@@ -96,18 +113,32 @@ def resolve(reg:DatasetRegistry,       # the datasets known
            ) -> tuple[str, list[str]|None]:
     "The dataset and tables `name` means, adding a WRDS table when no dataset has it"
     if "." not in name:
-        copying = adding.get("name") and not any(adding.get(k) is not None for k in ("partition_column", "key", "granularity"))
-        if copying: return (adding["name"] if adding["name"] in reg.names() else add_table(name, data_dir=data_dir, **adding).name), tables
+        copying = adding.get("name") and not any(
+            adding.get(k) is not None for k in ("partition_column", "key", "granularity")
+        )
+        if copying:
+            return (
+                adding["name"]
+                if adding["name"] in reg.names()
+                else add_table(name, data_dir=data_dir, **adding).name
+            ), tables
         if any(v is not None for v in adding.values()):
-            raise ConfigError(f"{', '.join(k for k, v in adding.items() if v is not None)} apply to a table given by its WRDS name",
-                              f"name the table as on WRDS (e.g. comp.secd), or use the settings of dataset {name!r}")
+            raise ConfigError(
+                f"{', '.join(k for k, v in adding.items() if v is not None)} apply to a table given by its "
+                "WRDS name",
+                f"name the table as on WRDS (e.g. comp.secd), or use the settings of dataset {name!r}",
+            )
         return reg.get(name).name, tables
     src, named, given = normal_source(name), adding.get("name"), any(v is not None for v in adding.values())
     if named and named in reg.names(): return named, tables  # added before (a notebook cell run again)
     if (found := None if named else reg.for_source(src)) is not None:
         if given and found[0].name in {d.name for d in BUILTIN_DATASETS}:
-            raise ConfigError(f"{src} is table {found[1].name} of the built-in dataset {found[0].name}, which these options would not change",
-                              f"pass name='...' to add it as a dataset of its own with them, or sync {found[0].name!r} without them")
+            raise ConfigError(
+                f"{src} is table {found[1].name} of the built-in dataset {found[0].name}, which these "
+                "options would not change",
+                f"pass name='...' to add it as a dataset of its own with them, or sync {found[0].name!r} "
+                "without them",
+            )
         return found[0].name, tables or [found[1].name]
     if not given and dataset_name_for(src) in reg.names(): return dataset_name_for(src), tables
     return add_table(name, data_dir=data_dir, **adding).name, tables
@@ -136,19 +167,29 @@ def run(sm:SyncManager,             # the manager
 # %% ../nbs/10b_api.ipynb #0638b377
 _ADDING = ("partition_column", "key", "columns", "filters", "where", "name", "granularity")
 
-def sync(source:str,                      # a dataset (`crsp`) or a WRDS table (`crsp.msf_v2`, `comp.secd`, `optionm.opprcd{year}`)
-         tables:list[str]|None=None,      # only these tables of the dataset
-         start_year:int|None=None,        # first year (default: where the data starts)
-         end_year:int|None=None,          # last year (default: this year)
-         full:bool=False,                 # a full sync even if synced before
-         data_dir:Path|str|None=None,     # the data dir
-         progress:DisplayKind="auto",     # the progress display (auto: a bar in Jupyter, bars on a terminal, lines elsewhere)
-         **adding:Any                     # for a WRDS table not yet defined: partition_column, key, columns, filters, where, name, granularity
-        ) -> Synced:
+def sync(
+    source: str,  # a dataset (`crsp`) or a WRDS table (`crsp.msf_v2`, `comp.secd`, `optionm.opprcd{year}`)
+    tables: list[str] | None = None,  # only these tables of the dataset
+    start_year: int | None = None,  # first year (default: where the data starts)
+    end_year: int | None = None,  # last year (default: this year)
+    full: bool = False,  # a full sync even if synced before
+    data_dir: Path | str | None = None,  # the data dir
+    progress: DisplayKind = "auto",  # the display: a bar in Jupyter, bars on a terminal, lines elsewhere
+    **adding: Any,  # for an undefined WRDS table: partition_column, key, columns, filters, where, name...
+) -> Synced:
     "Sync a dataset or any WRDS table into the data dir: all of it the first time, then only what changed"
-    if unknown := set(adding) - set(_ADDING): raise ConfigError(f"sync() got unexpected option(s) {sorted(unknown)}", "see help(sync) for the options")
+    if unknown := set(adding) - set(_ADDING):
+        raise ConfigError(
+            f"sync() got unexpected option(s) {sorted(unknown)}", "see help(sync) for the options"
+        )
     layout = DataLayout(target_dir(data_dir))
-    ds, tables = resolve(DatasetRegistry.load(data_dir=layout.root), source, tables, {k: adding.get(k) for k in _ADDING}, data_dir)
+    ds, tables = resolve(
+        DatasetRegistry.load(data_dir=layout.root),
+        source,
+        tables,
+        {k: adding.get(k) for k in _ADDING},
+        data_dir,
+    )
     sm = SyncManager(wrds_client(), layout, DatasetRegistry.load(data_dir=layout.root),
                      writer_id=f"wrds_sync_nb:{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}")
     t0 = time.monotonic()
@@ -157,9 +198,12 @@ def sync(source:str,                      # a dataset (`crsp`) or a WRDS table (
 
 # %% ../nbs/10b_api.ipynb #5cbf4558
 def status(data_dir:Path|str|None=None) -> pl.DataFrame:
-    "One row per dataset table: partitions, rows, bytes, version, last sync (UTC), source marker, lock, freshness"
+    """One row per dataset table: partitions, rows, bytes, version, last sync (UTC), source marker, lock,
+    freshness"""
     layout = data_dir_of(data_dir)
-    return pl.DataFrame(status_rows(layout, DatasetRegistry.load(data_dir=layout.root)), infer_schema_length=None)
+    return pl.DataFrame(
+        status_rows(layout, DatasetRegistry.load(data_dir=layout.root)), infer_schema_length=None
+    )
 
 def verify(dataset:str|None=None,         # one dataset (default: every synced one)
            data_dir:Path|str|None=None,   # the data dir
@@ -168,4 +212,7 @@ def verify(dataset:str|None=None,         # one dataset (default: every synced o
     "Every problem with the local copy, per dataset (an empty list: all good); reads only, no WRDS connection"
     layout = data_dir_of(data_dir)
     sm = SyncManager(None, layout, DatasetRegistry.load(data_dir=layout.root))
-    return {ds: sm.verify_integrity(ds, current_only) for ds in ([dataset] if dataset else synced_datasets(layout))}
+    return {
+        ds: sm.verify_integrity(ds, current_only)
+        for ds in ([dataset] if dataset else synced_datasets(layout))
+    }

@@ -25,11 +25,29 @@ __all__ = ['FILTERS', 'DATA_FILTERS', 'RESTORE_FILTERS', 'rclone_binary', 'rclon
            'check_local', 'current_generation', 'send_generation', 'promote', 'backup', 'restore', 'rebuild_views']
 
 # %% ../nbs/09a_backup.ipynb #2c4faad2
-FILTERS = ["--filter", "+ /versions/**", "--filter", "+ /manifests/*.json", "--filter", "+ /manifests/*.json.prev",
-           "--filter", "+ /manifests/history/**", "--filter", "+ /.wrds-sync",
-           "--filter", "+ /schemas/**", "--filter", "- *"]
+FILTERS = [
+    "--filter",
+    "+ /versions/**",
+    "--filter",
+    "+ /manifests/*.json",
+    "--filter",
+    "+ /manifests/*.json.prev",
+    "--filter",
+    "+ /manifests/history/**",
+    "--filter",
+    "+ /.wrds-sync",
+    "--filter",
+    "+ /schemas/**",
+    "--filter",
+    "- *",
+]
 DATA_FILTERS = ["--filter", "+ /versions/**", "--filter", "+ /schemas/**", "--filter", "- *"]
-RESTORE_FILTERS = ["--filter", "+ /wrds/**", *FILTERS]  # a backup of a release before versions holds its data in wrds/
+RESTORE_FILTERS = [
+    "--filter",
+    "+ /wrds/**",
+    *FILTERS,
+]  # a backup of a release before versions holds its data in wrds/
+
 
 def rclone_binary() -> str:
     "The rclone to run: $WRDS_SYNC_RCLONE or `rclone` on the PATH"
@@ -50,11 +68,16 @@ def rclone(*args:str,              # rclone's command and arguments
     except FileNotFoundError:
         msg = f"rclone is not installed (looked for {cmd[0]!r})"
         events.emit(events.BACKUP_FAILED, step=what, error=msg)
-        raise BackupError(msg, "install rclone (apt-get install rclone) or set WRDS_SYNC_RCLONE to its path") from None
+        raise BackupError(
+            msg, "install rclone (apt-get install rclone) or set WRDS_SYNC_RCLONE to its path"
+        ) from None
     if r.returncode != 0:
         lines = [ln.strip() for ln in (r.stderr or r.stdout).splitlines() if ln.strip()]
-        msg = f"rclone {args[0]} failed during {what} (exit {r.returncode}): {lines[-1] if lines else 'no message'}"
-        events.emit(events.BACKUP_FAILED, step=what, exit_code=r.returncode, error=msg, rclone_output=lines[-5:])
+        msg = (f"rclone {args[0]} failed during {what} (exit {r.returncode}): "
+               f"{lines[-1] if lines else 'no message'}")
+        events.emit(
+            events.BACKUP_FAILED, step=what, exit_code=r.returncode, error=msg, rclone_output=lines[-5:]
+        )
         raise BackupError(msg)
     return r
 
@@ -86,8 +109,12 @@ class BackupResult:
     def ok(self) -> bool: return not any(self.problems.values())
 
 def _published(layout:DataLayout) -> tuple[int, int]:
-    files = [p for d in ("versions", "schemas", "manifests") for p in (layout.root / d).rglob("*") if p.is_file()
-             and not p.name.startswith(".")]
+    files = [
+        p
+        for d in ("versions", "schemas", "manifests")
+        for p in (layout.root / d).rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    ]
     return len(files), sum(p.stat().st_size for p in files)
 
 # %% ../nbs/09a_backup.ipynb #bb9fded9
@@ -99,9 +126,12 @@ def check_local(layout:DataLayout,  # the data dir
     bad = {ds: p for ds in names if (p := sm.verify_integrity(ds))}
     if bad:
         first = next(iter(bad.items()))
-        msg = f"the local copy does not verify ({first[0]}: {first[1][0]}), so nothing was sent; the last good backup is untouched"
+        msg = (f"the local copy does not verify ({first[0]}: {first[1][0]}), so nothing was sent; the last "
+               "good backup is untouched")
         events.emit(events.BACKUP_FAILED, step="verify local copy", error=msg, problems=bad)
-        raise BackupError(msg, "run `wrds-sync verify --all`, repair or resync the damaged dataset, then back up again")
+        raise BackupError(
+            msg, "run `wrds-sync verify --all`, repair or resync the damaged dataset, then back up again"
+        )
 
 def current_generation(remote:str) -> str | None:
     "The generation `<remote>/CURRENT` names (the last one that passed its check), or None"
@@ -143,17 +173,29 @@ def backup(data_dir:Path|str,              # the data dir
           ) -> BackupResult:
     "Verify the local copy, send it as a new generation, check it, promote it; all under the datasets' locks"
     layout = DataLayout(data_dir)
-    if not layout.manifests_dir.is_dir(): raise ConfigError(f"{layout.root} has no manifests: nothing to back up",
-                                                            "run a sync first, or pass the right --data-dir")
+    if not layout.manifests_dir.is_dir():
+        raise ConfigError(
+            f"{layout.root} has no manifests: nothing to back up",
+            "run a sync first, or pass the right --data-dir",
+        )
     dest, names, t0 = remote or str(layout.backups_dir / "latest"), synced_datasets(layout), time.monotonic()
     with dataset_locks(layout, names, lock_timeout_seconds, writer_id):
-        rebuild_views(SyncManager(None, layout), names)  # a data dir of an earlier release: its files get version names first
+        rebuild_views(
+            SyncManager(None, layout), names
+        )  # a data dir of an earlier release: its files get version names first
         check_local(layout, names)
         gen = send_generation(layout, dest)
         promote(dest, gen)
         files, size = _published(layout)
     res = BackupResult(f"{dest}/generations/{gen}", names, files, size, time.monotonic() - t0)
-    events.emit(events.BACKUP_COMPLETED, remote=res.remote, datasets=names, files=files, bytes=size, seconds=round(res.seconds, 3))
+    events.emit(
+        events.BACKUP_COMPLETED,
+        remote=res.remote,
+        datasets=names,
+        files=files,
+        bytes=size,
+        seconds=round(res.seconds, 3),
+    )
     return res
 
 # %% ../nbs/09a_backup.ipynb #fcbab882
@@ -163,9 +205,13 @@ def restore(remote:str,  # the rclone remote
     "Copy a backup into an empty folder and verify every file against the restored manifests"
     target = Path(to).expanduser().absolute()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ConfigError(f"restore target {target} is not an empty folder", "restore into a new or empty folder")
+        raise ConfigError(
+            f"restore target {target} is not an empty folder", "restore into a new or empty folder"
+        )
     t0, gen = time.monotonic(), current_generation(remote)
-    source = f"{remote}/generations/{gen}" if gen else remote  # a backup of an earlier release: the files at its root
+    source = (
+        f"{remote}/generations/{gen}" if gen else remote
+    )  # a backup of an earlier release: the files at its root
     rclone("copy", source, str(target), *RESTORE_FILTERS, what="restore")
     layout = DataLayout(target)
     names = synced_datasets(layout)
@@ -175,8 +221,16 @@ def restore(remote:str,  # the rclone remote
     problems = {ds: sm.verify_integrity(ds) for ds in names}
     files, size = _published(layout)
     res = BackupResult(remote, names, files, size, time.monotonic() - t0, problems)
-    events.emit(events.RESTORE_COMPLETED, remote=remote, to=str(target), datasets=names, files=files, bytes=size,
-                seconds=round(res.seconds, 3), ok=res.ok)
+    events.emit(
+        events.RESTORE_COMPLETED,
+        remote=remote,
+        to=str(target),
+        datasets=names,
+        files=files,
+        bytes=size,
+        seconds=round(res.seconds, 3),
+        ok=res.ok,
+    )
     return res
 
 # %% ../nbs/09a_backup.ipynb #49587670

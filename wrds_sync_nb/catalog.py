@@ -11,7 +11,8 @@ from typing import Any
 import polars as pl
 from pydantic import ValidationError as PydanticValidationError
 from .client import WRDSClient, qualified
-from .datasets import DatasetSpec, TableSpec, dataset_name_for, local_name, normal_source, parse_filters, typed_filters
+from .datasets import (DatasetSpec, TableSpec, dataset_name_for, local_name, normal_source,
+                                   parse_filters, typed_filters)
 from .errors import ConfigError, PermissionDeniedError, QueryError
 from .periods import TEMPLATE_FORMS, SourceTemplate
 from .sources import SourceTable, find_sources
@@ -25,7 +26,8 @@ __all__ = ['PREFERRED_DATES', 'list_libraries', 'list_tables', 'propose_partitio
 _RELKINDS = "('r', 'v', 'm', 'f', 'p')"   # tables, views, materialized views, foreign and partitioned tables
 _LIBRARIES_SQL = f"""
 select n.nspname as library from pg_namespace n
-where n.nspname <> 'information_schema' and n.nspname not like 'pg\\_%%' and has_schema_privilege(n.oid, 'USAGE')
+where n.nspname <> 'information_schema' and n.nspname not like 'pg\\_%%' and has_schema_privilege(n.oid,
+'USAGE')
   and exists (select 1 from pg_class c where c.relnamespace = n.oid and c.relkind in {_RELKINDS})
 order by 1"""
 _TABLES_SQL = f"""
@@ -52,7 +54,17 @@ select a.attname as name, not a.attnotnull as nullable from pg_attribute a
 where a.attrelid = to_regclass(%(rel)s) and a.attnum > 0 and not a.attisdropped order by a.attnum"""
 
 # %% ../nbs/05c_catalog.ipynb #2302020e
-PREFERRED_DATES = ("date", "datadate", "dlycaldt", "mthcaldt", "caldt", "statpers", "anndats", "rdate", "fdate")
+PREFERRED_DATES = (
+    "date",
+    "datadate",
+    "dlycaldt",
+    "mthcaldt",
+    "caldt",
+    "statpers",
+    "anndats",
+    "rdate",
+    "fdate",
+)
 
 def propose_partition_column(columns:list[dict[str, Any]]) -> str | None:
     "The date column a sync would partition by (None: keep the table as one file)"
@@ -76,7 +88,10 @@ class TableDescription:
     def __repr__(self) -> str: return "\n".join(description_lines(self)) + "\n" + str(self.columns)
     def to_dict(self) -> dict[str, Any]:
         "A JSON-ready dict"
-        return {**{k: v for k, v in self.__dict__.items() if k != "columns"}, "columns": self.columns.to_dicts()}
+        return {
+            **{k: v for k, v in self.__dict__.items() if k != "columns"},
+            "columns": self.columns.to_dicts(),
+        }
 
 _KINDS = {"r": "table", "p": "table", "v": "view", "m": "materialized view", "f": "foreign table"}
 
@@ -97,9 +112,17 @@ def describe_table(client:WRDSClient,  # the WRDS client
     nullable = client.execute_query(_NULLABLE_SQL, {"rel": qualified(library, table)})
     cols = pl.DataFrame(info["columns"], schema={"name": pl.String, "type": pl.String, "comment": pl.String})
     cols = cols.join(nullable, on="name", how="left").select("name", "nullable", "type", "comment")
-    return TableDescription(library, table, _KINDS.get(info["kind"], info["kind"]), info["comment"], info["last_updated"],
-                            info["approx_rows"] or 0, info["readable"], cols,
-                            propose_partition_column(info["columns"]))
+    return TableDescription(
+        library,
+        table,
+        _KINDS.get(info["kind"], info["kind"]),
+        info["comment"],
+        info["last_updated"],
+        info["approx_rows"] or 0,
+        info["readable"],
+        cols,
+        propose_partition_column(info["columns"]),
+    )
 
 # %% ../nbs/05c_catalog.ipynb #15f06ea8
 def checked_columns(d:TableDescription,            # the table
@@ -111,9 +134,14 @@ def checked_columns(d:TableDescription,            # the table
     if unknown := [c for c in names if c not in types]:
         raise ConfigError(f"{d.library}.{d.table} has no column {', '.join(unknown)}",
                           f"check the names: `wrds-sync describe {d.library}.{d.table}` lists its columns")
-    if partition_column and not (types[partition_column] == "date" or types[partition_column].startswith("timestamp")):
-        raise ConfigError(f"partition column {partition_column} of {d.library}.{d.table} is {types[partition_column]}, not a date",
-                          "pass a date column (`wrds-sync describe` shows the types), or none for one file")
+    if partition_column and not (
+        types[partition_column] == "date" or types[partition_column].startswith("timestamp")
+    ):
+        raise ConfigError(
+            f"partition column {partition_column} of {d.library}.{d.table} is {types[partition_column]}, not "
+            "a date",
+            "pass a date column (`wrds-sync describe` shows the types), or none for one file",
+        )
     return types
 
 # %% ../nbs/05c_catalog.ipynb #a0f07f5f
@@ -125,15 +153,33 @@ def choice_notes(d:TableDescription,          # the table (a template's newest)
                  found:dict[str, SourceTable]|None=None  # a template's tables
                 ) -> list[str]:
     "What was chosen for the user, and how to choose otherwise"
-    notes = [f"one WRDS table a {t.template.period}: {len(found)} found, {found[min(found)].name} to {found[max(found)].name}"
-             + ("; a day without a table (a market holiday) is no partition" if t.template.period == "day" else "")] \
-        if t is not None and t.templated and found else []
+    notes = (
+        [
+            f"one WRDS table a {t.template.period}: {len(found)} found, {found[min(found)].name} to "
+            f"{found[max(found)].name}"
+            + (
+                "; a day without a table (a market holiday) is no partition"
+                if t.template.period == "day"
+                else ""
+            )
+        ]
+        if t is not None and t.templated and found
+        else []
+    )
     if partition_column is None and t is not None and t.templated:
-        notes.append(f"each WRDS table is a partition, its rows checked against {d.partition_column} (--partition-column chooses another)"
-                     if d.partition_column else "each WRDS table is a partition")
+        notes.append(
+            f"each WRDS table is a partition, its rows checked against {d.partition_column} "
+            "(--partition-column chooses another)"
+            if d.partition_column
+            else "each WRDS table is a partition"
+        )
     elif partition_column is None:
-        notes.append(f"partitioned by the year of {d.partition_column} (its date column; --partition-column chooses another)"
-                     if d.partition_column else "kept as one file: it has no date column")
+        notes.append(
+            f"partitioned by the year of {d.partition_column} (its date column; --partition-column chooses "
+            "another)"
+            if d.partition_column
+            else "kept as one file: it has no date column"
+        )
     if not key: notes.append("no key given: rows are not checked for duplicates (--key COL,COL checks them)")
     if where: notes.append(f"the condition runs on WRDS as written: {where}")
     return notes
@@ -145,37 +191,63 @@ def source_description(client:WRDSClient,  # the WRDS client
     "The catalogue's description of `source` (of its newest table, for a template) and a template's tables"
     try: tpl = SourceTemplate.parse(normal_source(source))
     except ValueError as e:
-        raise ConfigError(f"{source!r} is not LIBRARY.TABLE: {e}", f"name the table as on WRDS, e.g. comp.secd, or a template with {TEMPLATE_FORMS}") from None
+        raise ConfigError(
+            f"{source!r} is not LIBRARY.TABLE: {e}",
+            f"name the table as on WRDS, e.g. comp.secd, or a template with {TEMPLATE_FORMS}",
+        ) from None
     if tpl.period is None: return describe_table(client, *normal_source(source).split(".", 1)), {}
     found = find_sources(client, tpl)
-    if not found: raise QueryError(f"no table of {source} exists on WRDS (or is visible to this account)",
-                                   "check the template against `wrds-sync libraries` and `wrds-sync tables LIBRARY`")
+    if not found:
+        raise QueryError(
+            f"no table of {source} exists on WRDS (or is visible to this account)",
+            "check the template against `wrds-sync libraries` and `wrds-sync tables LIBRARY`",
+        )
     if no := [s.name for s in found.values() if not s.readable]:
-        raise PermissionDeniedError(f"this WRDS account may not read {len(no)} of the {len(found)} tables of {source} (first: {no[0]})")
+        raise PermissionDeniedError(
+            f"this WRDS account may not read {len(no)} of the {len(found)} tables of {source} (first: "
+            f"{no[0]})"
+        )
     return describe_table(client, *found[max(found)].name.split(".", 1)), found
 
 # %% ../nbs/05c_catalog.ipynb #b428f048
-def table_definition(client:WRDSClient,              # the WRDS client
-                     source:str,                     # LIBRARY.TABLE on WRDS, or a template (`optionm.opprcd{year}`)
-                     name:str|None=None,             # the dataset's name (default: `library_table`)
-                     partition_column:str|None=None, # a date column (default: the table's)
-                     key:list[str]|None=None,        # columns unique per row (default: no check)
-                     columns:list[str]|None=None,    # columns to take (default: all)
-                     filters:list[str]|None=None,    # COL=VALUE conditions, several values of a column: any of them
-                     where:str|None=None,            # an SQL condition run on WRDS as written
-                     granularity:str|None=None       # year, month or day partitions (default: year, or the template's tables)
-                    ) -> tuple[DatasetSpec, list[str]]:
+def table_definition(
+    client: WRDSClient,  # the WRDS client
+    source: str,  # LIBRARY.TABLE on WRDS, or a template (`optionm.opprcd{year}`)
+    name: str | None = None,  # the dataset's name (default: `library_table`)
+    partition_column: str | None = None,  # a date column (default: the table's)
+    key: list[str] | None = None,  # columns unique per row (default: no check)
+    columns: list[str] | None = None,  # columns to take (default: all)
+    filters: list[str] | None = None,  # COL=VALUE conditions, several values of a column: any of them
+    where: str | None = None,  # an SQL condition run on WRDS as written
+    granularity: str | None = None,  # year, month or day partitions (default: year, or the template's tables)
+) -> tuple[DatasetSpec, list[str]]:
     "A one-table dataset for `source`, checked against the catalogue, and notes on what was chosen"
     source = normal_source(source)
     d, found = source_description(client, source)
-    if not d.readable: raise PermissionDeniedError(f"this WRDS account may not read {source}: its subscription does not include it")
+    if not d.readable:
+        raise PermissionDeniedError(
+            f"this WRDS account may not read {source}: its subscription does not include it"
+        )
     raw = parse_filters(filters or [])
-    types = checked_columns(d, [*(key or []), *(columns or []), *raw, *([partition_column] if partition_column else [])], partition_column)
+    types = checked_columns(
+        d,
+        [*(key or []), *(columns or []), *raw, *([partition_column] if partition_column else [])],
+        partition_column,
+    )
     try:
-        t = TableSpec(name=local_name(source), source=source, partition_column=partition_column or d.partition_column,
-                      key_columns=key or [], columns=columns, filters=typed_filters(raw, types), where=where, granularity=granularity)
+        t = TableSpec(
+            name=local_name(source),
+            source=source,
+            partition_column=partition_column or d.partition_column,
+            key_columns=key or [],
+            columns=columns,
+            filters=typed_filters(raw, types),
+            where=where,
+            granularity=granularity,
+        )
         spec = DatasetSpec(name=name or dataset_name_for(t.source), tables=[t], description=d.comment or "")
-    except PydanticValidationError as e: raise ConfigError(e.errors()[0]["msg"].removeprefix("Value error, "), "correct the option") from None
+    except PydanticValidationError as e:
+        raise ConfigError(e.errors()[0]["msg"].removeprefix("Value error, "), "correct the option") from None
     return spec, choice_notes(d, partition_column, key, where, t, found)
 
 # %% ../nbs/05c_catalog.ipynb #5872e0c8
@@ -186,15 +258,30 @@ def dataset_copy(client:WRDSClient,            # the WRDS client
                  columns:list[str]|None=None,  # columns every table keeps (default: its own)
                  where:str|None=None           # an SQL condition run on WRDS as written, for every table
                 ) -> tuple[DatasetSpec, list[str]]:
-    "A dataset of its own: the tables of `spec` with `filters`, `columns` and `where` added, checked against the catalogue"
-    if not name: raise ConfigError(f"a copy of dataset {spec.name!r} needs a name of its own", f"pass --name, e.g. --name {spec.name}_mine")
+    """A dataset of its own: the tables of `spec` with `filters`, `columns` and `where` added, checked
+    against the catalogue"""
+    if not name:
+        raise ConfigError(
+            f"a copy of dataset {spec.name!r} needs a name of its own",
+            f"pass --name, e.g. --name {spec.name}_mine",
+        )
     raw, tables = parse_filters(filters or []), []
     for t in spec.tables:
         types = checked_columns(source_description(client, t.source)[0], [*raw, *(columns or [])], None)
-        body = {**t.model_dump(), "filters": {**t.filters, **typed_filters(raw, types)}, "columns": columns or t.columns, "where": where or t.where}
+        body = {
+            **t.model_dump(),
+            "filters": {**t.filters, **typed_filters(raw, types)},
+            "columns": columns or t.columns,
+            "where": where or t.where,
+        }
         try: tables.append(TableSpec.model_validate(body))
         except PydanticValidationError as e:
-            raise ConfigError(f"table {t.name}: {e.errors()[0]['msg'].removeprefix('Value error, ')}", "add the tables one by one instead") from None
-    copy = DatasetSpec.model_validate({**spec.model_dump(), "name": name, "tables": tables, "description": f"{spec.description}, filtered"})
+            raise ConfigError(
+                f"table {t.name}: {e.errors()[0]['msg'].removeprefix('Value error, ')}",
+                "add the tables one by one instead",
+            ) from None
+    copy = DatasetSpec.model_validate(
+        {**spec.model_dump(), "name": name, "tables": tables, "description": f"{spec.description}, filtered"}
+    )
     kept = ", ".join(filter(None, [", ".join(filters or []), where])) or "every row"
     return copy, [f"a copy of {spec.name}: its {len(tables)} tables, each keeping {kept}"]

@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.filesize import decimal as human_bytes
 from rich.table import Table
 from . import __version__, events
-from .catalog import dataset_copy, description_lines, list_libraries, list_tables, source_description, table_definition
+from .catalog import (dataset_copy, description_lines, list_libraries, list_tables,
+                                  source_description, table_definition)
 from .client import WRDSClient
 from .config import load_config
 from .datasets import DatasetRegistry, field_rows, partitioning, store_dataset, stored_datasets
@@ -58,8 +59,14 @@ class State:
     def layout(self) -> DataLayout: return DataLayout(self.data_dir)
     def registry(self) -> DatasetRegistry: return DatasetRegistry.load(self.datasets_file, self.data_dir)
 
-app = typer.Typer(name="wrds-sync", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  rich_markup_mode=None, help="Keep a faithful, verifiable local Parquet copy of WRDS data.")
+app = typer.Typer(
+    name="wrds-sync",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Keep a faithful, verifiable local Parquet copy of WRDS data.",
+)
 class _Out:
     "stdout through rich, wide enough for tables when stdout is not a terminal (pipes, cron mail, tests)"
     def print(self, *objs:Any) -> None:
@@ -67,21 +74,39 @@ class _Out:
 out = _Out()
 
 def _version(value:bool) -> None:
-    if value: typer.echo(f"wrds-sync {__version__}"); raise typer.Exit()
+    if value:
+        typer.echo(f"wrds-sync {__version__}")
+        raise typer.Exit()
 
 @app.callback()
-def options(ctx:typer.Context,
-            data_dir:Annotated[Path, typer.Option("--data-dir", envvar="WRDS_SYNC_DATA_DIR", help="the data dir")] = Path("data"),
-            datasets:Annotated[Path|None, typer.Option("--datasets", envvar="WRDS_SYNC_DATASETS",
-                                                       help="TOML file with extra dataset definitions")] = None,
-            log_format:Annotated[str, typer.Option("--log-format", help="text or json (one JSON event per line on stderr)")] = "text",
-            verbose:Annotated[bool, typer.Option("-v", "--verbose", help="debug events and tracebacks")] = False,
-            lock_timeout:Annotated[float, typer.Option("--lock-timeout", min=0,
-                                                       help="seconds to wait for a dataset lock held by another sync")] = 30.0,
-            version:Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")] = False) -> None:
+def options(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", envvar="WRDS_SYNC_DATA_DIR", help="the data dir")
+    ] = Path("data"),
+    datasets: Annotated[
+        Path | None,
+        typer.Option(
+            "--datasets", envvar="WRDS_SYNC_DATASETS", help="TOML file with extra dataset definitions"
+        ),
+    ] = None,
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="text or json (one JSON event per line on stderr)")
+    ] = "text",
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="debug events and tracebacks")] = False,
+    lock_timeout: Annotated[
+        float,
+        typer.Option("--lock-timeout", min=0, help="seconds to wait for a dataset lock held by another sync"),
+    ] = 30.0,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
     "Keep a faithful, verifiable local Parquet copy of WRDS data."
     if log_format not in ("text", "json"):
-        raise typer.BadParameter(f"unknown log format {log_format!r}; use text or json", param_hint="--log-format")
+        raise typer.BadParameter(
+            f"unknown log format {log_format!r}; use text or json", param_hint="--log-format"
+        )
     events.configure_logging(log_format, verbose, stream=sys.stderr)
     if log_format == "text" and not verbose: events.logger.setLevel("WARNING")  # quiet cron mail; -v for more
     ctx.obj = State(data_dir, datasets, log_format, verbose, lock_timeout)
@@ -124,7 +149,12 @@ def _client() -> WRDSClient:
     "A client for the configured WRDS (environment, pgpass, keyring)"
     return WRDSClient(load_config())
 
-def _manager(st:State, with_client:bool=True, registry:DatasetRegistry|None=None, client:WRDSClient|None=None) -> SyncManager:
+def _manager(
+    st: State,
+    with_client: bool = True,
+    registry: DatasetRegistry | None = None,
+    client: WRDSClient | None = None,
+) -> SyncManager:
     "A SyncManager for the command; SLOs can be tightened with WRDS_SYNC_FULL_SLO_SECONDS / _INCREMENTAL_"
     sm = SyncManager(client or (_client() if with_client else None), st.layout, registry or st.registry(),
                      writer_id=f"wrds-sync:{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}",
@@ -132,8 +162,10 @@ def _manager(st:State, with_client:bool=True, registry:DatasetRegistry|None=None
     for kind in ("FULL", "INCREMENTAL"):
         v = os.environ.get(f"WRDS_SYNC_{kind}_SLO_SECONDS")
         if v:
-            try: setattr(sm, f"{kind}_SLO_SECONDS", float(v))
-            except ValueError: raise ConfigError(f"WRDS_SYNC_{kind}_SLO_SECONDS={v!r} is not a number of seconds") from None
+            try:
+                setattr(sm, f"{kind}_SLO_SECONDS", float(v))
+            except ValueError:
+                raise ConfigError(f"WRDS_SYNC_{kind}_SLO_SECONDS={v!r} is not a number of seconds") from None
     return sm
 
 # %% ../nbs/10_cli.ipynb #81fdbbff
@@ -145,10 +177,17 @@ def progress(st:State) -> Iterator[None]:
 # %% ../nbs/10_cli.ipynb #4b7063e9
 @app.command("full-sync")
 @handled
-def full_sync(ctx:typer.Context, dataset:Annotated[str, typer.Option("--dataset", help="dataset name")],
-              start_year:Annotated[int|None, typer.Option("--start-year", help="first year (default: where the data starts)")] = None,
-              end_year:Annotated[int|None, typer.Option("--end-year", help="last year (default: this year)")] = None,
-              table:Annotated[list[str]|None, typer.Option("--table", help="only this table (repeatable; default: every table)")] = None) -> None:
+def full_sync(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Option("--dataset", help="dataset name")],
+    start_year: Annotated[
+        int | None, typer.Option("--start-year", help="first year (default: where the data starts)")
+    ] = None,
+    end_year: Annotated[int | None, typer.Option("--end-year", help="last year (default: this year)")] = None,
+    table: Annotated[
+        list[str] | None, typer.Option("--table", help="only this table (repeatable; default: every table)")
+    ] = None,
+) -> None:
     "Download the tables of a dataset for a range of years (resumes an interrupted run)."
     st = _state(ctx)
     reg = st.registry()
@@ -162,23 +201,33 @@ def full_sync(ctx:typer.Context, dataset:Annotated[str, typer.Option("--dataset"
 # %% ../nbs/10_cli.ipynb #3924196b
 @app.command()
 @handled
-def incremental(ctx:typer.Context, dataset:Annotated[str|None, typer.Option("--dataset", help="dataset name")] = None,
-                all_:Annotated[bool, typer.Option("--all", help="every synced dataset")] = False,
-                dry_run:Annotated[bool, typer.Option("--dry-run", help="print what would be fetched and why; download nothing")] = False,
-                as_json:Annotated[bool, typer.Option("--json", help="with --dry-run: the plans as JSON")] = False,
-                allow_mass_delete:Annotated[bool, typer.Option("--allow-mass-delete",
-                                            help="let a table lose all, or more than 20%, of its partitions")] = False) -> None:
+def incremental(
+    ctx: typer.Context,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="dataset name")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every synced dataset")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print what would be fetched and why; download nothing")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="with --dry-run: the plans as JSON")] = False,
+    allow_mass_delete: Annotated[
+        bool,
+        typer.Option("--allow-mass-delete", help="let a table lose all, or more than 20%, of its partitions"),
+    ] = False,
+) -> None:
     "Fetch only what changed at the source since the last sync (`--all`: every synced or added dataset)."
     st = _state(ctx)
-    if all_ == (dataset is not None): raise ConfigError("give --dataset NAME or --all", "pass exactly one of --dataset NAME or --all")
+    if all_ == (dataset is not None):
+        raise ConfigError("give --dataset NAME or --all", "pass exactly one of --dataset NAME or --all")
     reg = st.registry()
     added = [d.name for d in stored_datasets(st.layout)] if st.layout.root.is_dir() else []
     names = sorted(set(synced_datasets(st.layout)) | set(added)) if all_ else [reg.get(dataset or "").name]
-    if all_ and not names: raise ConfigError(f"no dataset has been synced into {st.layout.root} yet", "run full-sync first")
+    if all_ and not names:
+        raise ConfigError(f"no dataset has been synced into {st.layout.root} yet", "run full-sync first")
     sm = _manager(st, registry=reg)
     sm.allow_mass_delete = allow_mass_delete
     if dry_run:
-        print_plans({n: sm.plan_incremental(n) for n in names}, as_json); return
+        print_plans({n: sm.plan_incremental(n) for n in names}, as_json)
+        return
     code = 0
     for name in names:
         try:
@@ -200,8 +249,16 @@ def plan_lines(dataset:str,                          # the dataset planned
         counts = Counter(it.action.replace("_", " ") for it in plan)
         reasons = {it.reason for it in plan}
         why = f" ({reasons.pop()})" if len(reasons) == 1 else ""
-        lines.append(f"  {table}: " + (", ".join(f"{a} {n}" for a, n in counts.items()) + why if plan else "nothing in range"))
-        if not why: lines += [f"    {it.action.replace('_', ' ')} {it.key}: {it.reason}" for it in plan if it.action != "keep"]
+        lines.append(
+            f"  {table}: "
+            + (", ".join(f"{a} {n}" for a, n in counts.items()) + why if plan else "nothing in range")
+        )
+        if not why:
+            lines += [
+                f"    {it.action.replace('_', ' ')} {it.key}: {it.reason}"
+                for it in plan
+                if it.action != "keep"
+            ]
     return lines
 
 def print_plans(plans:dict[str, dict[str, list[PlanItem]]],  # per dataset, per table
@@ -209,8 +266,18 @@ def print_plans(plans:dict[str, dict[str, list[PlanItem]]],  # per dataset, per 
                ) -> None:
     "Print dry-run plans"
     if as_json:
-        typer.echo(json.dumps({ds: {t: [{"partition": it.key, "action": it.action, "reason": it.reason} for it in plan]
-                                    for t, plan in p.items()} for ds, p in plans.items()}, indent=1))
+        typer.echo(
+            json.dumps(
+                {
+                    ds: {
+                        t: [{"partition": it.key, "action": it.action, "reason": it.reason} for it in plan]
+                        for t, plan in p.items()
+                    }
+                    for ds, p in plans.items()
+                },
+                indent=1,
+            )
+        )
         return
     for ds, p in plans.items():
         for line in plan_lines(ds, p): out.print(line)
@@ -226,8 +293,15 @@ def status_lines(r:dict[str, Any]) -> list[str]:
     if r["table"] is None: return [f"{r['dataset']}: {state}"]
     head = (f"{r['dataset']}/{r['table']} v{r['version']}: synced {local_time(r['last_sync'])}, "
             f"source {r['source_updated'] or '?'}, {state}")
-    older = f" (older versions kept: {human_bytes(r['older_versions_bytes'])})" if r["older_versions_bytes"] else ""
-    return [head, f"    {r['partitions']:,} partition(s), {r['rows']:,} rows, {human_bytes(r['bytes'])}{older}"]
+    older = (
+        f" (older versions kept: {human_bytes(r['older_versions_bytes'])})"
+        if r["older_versions_bytes"]
+        else ""
+    )
+    return [
+        head,
+        f"    {r['partitions']:,} partition(s), {r['rows']:,} rows, {human_bytes(r['bytes'])}{older}",
+    ]
 
 def known_layout(st:State) -> DataLayout:
     "The data dir of `status`: a folder wrds-sync made (a mistyped --data-dir is one line, exit 1)"
@@ -246,7 +320,9 @@ def check_credential_expiry(today:date|None=None) -> int | None:
     if cfg.password_expires_on is None: return None
     days = (cfg.password_expires_on - (today or date.today())).days
     if days < EXPIRY_WARNING_DAYS:
-        events.emit(events.CREDENTIAL_EXPIRING, days_left=days, expires_on=cfg.password_expires_on, user=cfg.username)
+        events.emit(
+            events.CREDENTIAL_EXPIRING, days_left=days, expires_on=cfg.password_expires_on, user=cfg.username
+        )
     return days
 
 def cell(v:Any) -> str:
@@ -256,20 +332,32 @@ def cell(v:Any) -> str:
 
 def _table(title:str, rows:list[dict[str, Any]], cols:list[str]) -> Table:
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for c in cols: t.add_column(c.replace("_", " "), overflow="fold", justify="right" if c in ("partitions", "rows", "bytes", "version") else "left")
+    for c in cols:
+        t.add_column(
+            c.replace("_", " "),
+            overflow="fold",
+            justify="right" if c in ("partitions", "rows", "bytes", "version") else "left",
+        )
     for r in rows: t.add_row(*[cell(r.get(c)) for c in cols])
     return t
 
 # %% ../nbs/10_cli.ipynb #6e743dfe
 @app.command()
 @handled
-def status(ctx:typer.Context, as_json:Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
     "What is synced: partitions, rows, sizes, version, last sync, source marker, lateness and lock per table."
     st = _state(ctx)
     rows = table_status(known_layout(st), st.registry())
     days = check_credential_expiry()
     if as_json:
-        typer.echo(json.dumps({"data_dir": str(st.layout.root), "password_days_left": days, "tables": rows}, indent=1))
+        typer.echo(
+            json.dumps(
+                {"data_dir": str(st.layout.root), "password_days_left": days, "tables": rows}, indent=1
+            )
+        )
         return
     out.print(f"wrds-sync status: {st.layout.root}")
     for r in rows: out.print("\n".join(status_lines(r)))
@@ -277,22 +365,44 @@ def status(ctx:typer.Context, as_json:Annotated[bool, typer.Option("--json", hel
 
 @app.command()
 @handled
-def verify(ctx:typer.Context, dataset:Annotated[str|None, typer.Option("--dataset", help="dataset name")] = None,
-           all_:Annotated[bool, typer.Option("--all", help="every synced dataset")] = False,
-           current:Annotated[bool, typer.Option("--current", help="only the current version (default: every version the retention keeps)")] = False,
-           as_json:Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
-    "Check every file of every kept version against its manifest (size, SHA-256, rows, schema); no WRDS connection needed."
+def verify(
+    ctx: typer.Context,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="dataset name")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every synced dataset")] = False,
+    current: Annotated[
+        bool,
+        typer.Option(
+            "--current", help="only the current version (default: every version the retention keeps)"
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Check every file of every kept version against its manifest (size, SHA-256, rows, schema); no WRDS
+    connection needed."""
     st = _state(ctx)
-    if all_ == (dataset is not None): raise ConfigError("give --dataset NAME or --all", "pass exactly one of --dataset NAME or --all")
+    if all_ == (dataset is not None):
+        raise ConfigError("give --dataset NAME or --all", "pass exactly one of --dataset NAME or --all")
     reg, layout = st.registry(), st.layout
     one = None if all_ else reg.get(dataset or "").name  # a bad name first: it is the user's input
-    if not layout.root.is_dir(): raise ConfigError(f"data dir {layout.root} does not exist", "pass --data-dir pointing to a synced data dir")
+    if not layout.root.is_dir():
+        raise ConfigError(
+            f"data dir {layout.root} does not exist", "pass --data-dir pointing to a synced data dir"
+        )
     if data_dir_kind(layout) is None:
-        raise ConfigError(f"{layout.root} is not a wrds-sync data dir", "pass --data-dir pointing to a synced data dir")
+        raise ConfigError(
+            f"{layout.root} is not a wrds-sync data dir", "pass --data-dir pointing to a synced data dir"
+        )
     names = verify_targets(layout) if one is None else [one]
-    if not names: raise ConfigError(f"nothing to verify in {layout.root}: no manifest and no published file", "sync a dataset first, or pass the right --data-dir")
+    if not names:
+        raise ConfigError(
+            f"nothing to verify in {layout.root}: no manifest and no published file",
+            "sync a dataset first, or pass the right --data-dir",
+        )
     sm = _manager(st, with_client=False, registry=reg)
-    report = {name: verify_one(sm, name, current) if one is None else sm.verify_integrity(name, current) for name in names}
+    report = {
+        name: verify_one(sm, name, current) if one is None else sm.verify_integrity(name, current)
+        for name in names
+    }
     if as_json: typer.echo(json.dumps({"ok": not any(report.values()), "problems": report}, indent=1))
     else:
         for name, problems in report.items():
@@ -318,7 +428,8 @@ def verify_one(sm:SyncManager,           # the manager (no client needed)
 @app.command()
 @handled
 def repair(ctx:typer.Context, dataset:Annotated[str, typer.Option("--dataset", help="dataset name")]) -> None:
-    "Restore a damaged manifest from the newest intact version kept; says what it did. No WRDS connection needed."
+    """Restore a damaged manifest from the newest intact version kept; says what it did. No WRDS connection
+    needed."""
     st = _state(ctx)
     out.print(repair_manifest(_manager(st, with_client=False), validate_name(dataset)))
 
@@ -337,22 +448,41 @@ def spans(keys:list[str]) -> str:
 
 def history_lines(r:dict[str, Any]) -> list[str]:
     "One version of `history`, as text"
-    kept = f"kept until {r['kept_until']:%Y-%m-%d}" if r["kept"] and r["kept_until"] else "kept" if r["kept"] else "expired"
-    head = f"version {r['version']}  {r['committed_at']:%Y-%m-%d %H:%M} UTC  {r['kind'] or ''}  {kept}  {r['stamp']}"
-    body = [f"  {c['table']}: " + "; ".join(f"{what} {spans(c[what])}" for what in ("added", "replaced", "removed") if c[what])
-            + f"; rows {c['rows_before']:,} -> {c['rows_after']:,}; source marker {c['source_marker'] or 'none'}" for c in r["changes"]]
+    kept = (
+        f"kept until {r['kept_until']:%Y-%m-%d}"
+        if r["kept"] and r["kept_until"]
+        else "kept"
+        if r["kept"]
+        else "expired"
+    )
+    head = (f"version {r['version']}  {r['committed_at']:%Y-%m-%d %H:%M} UTC  {r['kind'] or ''}  {kept}  "
+            f"{r['stamp']}")
+    body = [
+        f"  {c['table']}: "
+        + "; ".join(f"{what} {spans(c[what])}" for what in ("added", "replaced", "removed") if c[what])
+        + f"; rows {c['rows_before']:,} -> {c['rows_after']:,}; source marker {c['source_marker'] or 'none'}"
+        for c in r["changes"]
+    ]
     return [head, *(body or ["  no data changed"])]
 
 # %% ../nbs/10_cli.ipynb #1c7ee124
 @app.command()
 @handled
-def history(ctx:typer.Context, dataset:Annotated[str, typer.Option("--dataset", help="dataset name")],
-            table:Annotated[str|None, typer.Option("--table", help="only versions that changed this table")] = None,
-            all_:Annotated[bool, typer.Option("--all", help="also versions that changed no data")] = False,
-            as_json:Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
-    "List a dataset's versions: when, what changed (partitions added, replaced, removed; rows; source marker)."
+def history(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Option("--dataset", help="dataset name")],
+    table: Annotated[
+        str | None, typer.Option("--table", help="only versions that changed this table")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="also versions that changed no data")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List a dataset's versions: when, what changed (partitions added, replaced, removed; rows; source
+    marker)."""
     rows = history_rows(ManifestManager(synced_layout(_state(ctx))), validate_name(dataset), table, all_)
-    if as_json: typer.echo(json.dumps(rows, indent=1, default=str)); return
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1, default=str))
+        return
     for r in rows: out.print("\n".join(history_lines(r)))
 
 @app.command()
@@ -362,37 +492,72 @@ def diff(ctx:typer.Context, dataset:Annotated[str, typer.Option("--dataset", hel
          to:Annotated[int, typer.Option("--to", help="the newer version")],
          table:Annotated[str|None, typer.Option("--table", help="only this table")] = None,
          as_json:Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
-    "Which partitions changed between two versions and, per partition, how many keys were added, removed, changed."
+    """Which partitions changed between two versions and, per partition, how many keys were added, removed,
+    changed."""
     st = _state(ctx)
-    rows = diff_versions(SyncManager(None, synced_layout(st), st.registry()), validate_name(dataset), from_, to, table)
-    if as_json: typer.echo(json.dumps(rows, indent=1)); return
+    rows = diff_versions(
+        SyncManager(None, synced_layout(st), st.registry()), validate_name(dataset), from_, to, table
+    )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
     for r in rows:
-        keys = f"; keys +{r['keys_added']:,} -{r['keys_removed']:,} ~{r['keys_changed']:,}" if "keys_added" in r else ""
-        out.print(f"{r['table']}/{r['partition']} {r['status']}: rows {r['rows_from']:,} -> {r['rows_to']:,}{keys}")
+        keys = (
+            f"; keys +{r['keys_added']:,} -{r['keys_removed']:,} ~{r['keys_changed']:,}"
+            if "keys_added" in r
+            else ""
+        )
+        out.print(
+            f"{r['table']}/{r['partition']} {r['status']}: rows {r['rows_from']:,} -> {r['rows_to']:,}{keys}"
+        )
     if not rows: out.print(f"versions {from_} and {to} of {dataset} hold the same data")
 
 # %% ../nbs/10_cli.ipynb #31594665
 @app.command()
 @handled
-def cite(ctx:typer.Context, dataset:Annotated[list[str], typer.Option("--dataset", help="dataset name (repeatable)")],
-         as_of:Annotated[str|None, typer.Option("--as-of", help="the versions current at this date or ISO time")] = None,
-         version:Annotated[int|None, typer.Option("--version", help="this version number (one dataset)")] = None) -> None:
+def cite(
+    ctx: typer.Context,
+    dataset: Annotated[list[str], typer.Option("--dataset", help="dataset name (repeatable)")],
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="the versions current at this date or ISO time")
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option("--version", help="this version number (one dataset)")
+    ] = None,
+) -> None:
     "Print a stable stamp of exactly the data read, for a paper's replication package."
     from wrds_sync_nb.reader import cite as cite_text
-    typer.echo(cite_text([validate_name(d) for d in dataset], synced_layout(_state(ctx)).root, as_of, version))
+
+    typer.echo(
+        cite_text([validate_name(d) for d in dataset], synced_layout(_state(ctx)).root, as_of, version)
+    )
 
 @app.command()
 @handled
-def vacuum(ctx:typer.Context, dataset:Annotated[list[str]|None, typer.Option("--dataset", help="dataset name (repeatable; default: all)")] = None,
-           grace_hours:Annotated[float, typer.Option("--grace-hours", help="keep expired files this long, for readers that opened them", min=0)] = 24.0,
-           dry_run:Annotated[bool, typer.Option("--dry-run", help="only say what would be removed")] = False) -> None:
-    "Remove the files of versions the retention no longer keeps (never current or retained ones), under each dataset's lock."
+def vacuum(
+    ctx: typer.Context,
+    dataset: Annotated[
+        list[str] | None, typer.Option("--dataset", help="dataset name (repeatable; default: all)")
+    ] = None,
+    grace_hours: Annotated[
+        float,
+        typer.Option(
+            "--grace-hours", help="keep expired files this long, for readers that opened them", min=0
+        ),
+    ] = 24.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only say what would be removed")] = False,
+) -> None:
+    """Remove the files of versions the retention no longer keeps (never current or retained ones), under
+    each dataset's lock."""
     st = _state(ctx)
     sm = _manager(st, with_client=False)
     for ds in dataset or synced_datasets(synced_layout(st)):
         r = vacuum_dataset(sm, validate_name(ds), timedelta(hours=grace_hours), dry_run)
         verb = "would remove" if dry_run else "removed"
-        out.print(f"{ds}: {verb} {len(r.files)} file(s), {r.bytes:,} bytes; versions kept: {', '.join(map(str, r.kept_versions))}")
+        out.print(
+            f"{ds}: {verb} {len(r.files)} file(s), {r.bytes:,} bytes; versions kept: "
+            f"{', '.join(map(str, r.kept_versions))}"
+        )
 
 @app.command()
 @handled
@@ -408,56 +573,117 @@ def migrate(ctx:typer.Context) -> None:
 # %% ../nbs/10_cli.ipynb #a13a081a
 @app.command("lock-status")
 @handled
-def lock_status(ctx:typer.Context, as_json:Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+def lock_status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
     "Who holds each dataset's lock, since when, until when, and whether it is stale."
     st = _state(ctx)
-    names = sorted(set(st.registry().names()) | {p.stem for p in st.layout.locks_dir.glob("*.lock")} if st.layout.locks_dir.exists()
-                   else st.registry().names())
+    names = sorted(
+        set(st.registry().names()) | {p.stem for p in st.layout.locks_dir.glob("*.lock")}
+        if st.layout.locks_dir.exists()
+        else st.registry().names()
+    )
     rows = []
     for ds in names:
         s = AtomicFileLock(st.layout.locks_dir, ds).status() if st.layout.locks_dir.exists() else None
         t = s.token if s else None
-        rows.append({"dataset": ds, "held": bool(s and s.held), "stale": bool(s and s.stale),
-                     "pid": t.pid if t else None, "host": t.hostname if t else None, "writer": t.writer_id if t else None,
-                     "acquired": t.acquired_at.isoformat(timespec="seconds") if t else None,
-                     "expires": t.expires_at.isoformat(timespec="seconds") if t else None,
-                     "reason": s.reason if s and s.held else None})
-    if as_json: typer.echo(json.dumps(rows, indent=1)); return
-    out.print(_table("locks", rows, ["dataset", "held", "stale", "pid", "host", "writer", "acquired", "expires", "reason"]))
+        rows.append(
+            {
+                "dataset": ds,
+                "held": bool(s and s.held),
+                "stale": bool(s and s.stale),
+                "pid": t.pid if t else None,
+                "host": t.hostname if t else None,
+                "writer": t.writer_id if t else None,
+                "acquired": t.acquired_at.isoformat(timespec="seconds") if t else None,
+                "expires": t.expires_at.isoformat(timespec="seconds") if t else None,
+                "reason": s.reason if s and s.held else None,
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    out.print(
+        _table(
+            "locks",
+            rows,
+            ["dataset", "held", "stale", "pid", "host", "writer", "acquired", "expires", "reason"],
+        )
+    )
 
 # %% ../nbs/10_cli.ipynb #baa27bed
 @app.command("force-unlock")
 @handled
-def force_unlock(ctx:typer.Context, dataset:Annotated[str, typer.Option("--dataset", help="dataset name")],
-                 yes:Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False) -> None:
+def force_unlock(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Option("--dataset", help="dataset name")],
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+) -> None:
     "Remove a dataset's lock whoever holds it (asks you to type the dataset name unless --yes)."
     st = _state(ctx)
-    name = st.registry().get(dataset).name if dataset in st.registry().names() else DataLayout(st.data_dir).lock_path(dataset).stem
+    name = (
+        st.registry().get(dataset).name
+        if dataset in st.registry().names()
+        else DataLayout(st.data_dir).lock_path(dataset).stem
+    )
     lock = AtomicFileLock(st.layout.locks_dir, name)
     s = lock.status()
-    if not s.held: out.print(f"{name}: not locked"); return
+    if not s.held:
+        out.print(f"{name}: not locked")
+        return
     if not yes:
-        if not sys.stdin.isatty(): raise ConfigError("refusing to force-unlock without a terminal to confirm on", "pass --yes")
+        if not sys.stdin.isatty():
+            raise ConfigError("refusing to force-unlock without a terminal to confirm on", "pass --yes")
         t = s.token
-        who = f"pid {t.pid} on {t.hostname} (writer {t.writer_id}), since {t.acquired_at:%Y-%m-%d %H:%M}" if t else s.reason
+        who = (
+            f"pid {t.pid} on {t.hostname} (writer {t.writer_id}), since {t.acquired_at:%Y-%m-%d %H:%M}"
+            if t
+            else s.reason
+        )
         typer.echo(f"{name} is locked by {who}; stale: {s.stale}.", err=True)
         if typer.prompt("Type the dataset name to remove the lock") != name:
-            raise ConfigError("confirmation did not match; the lock was left in place", "type the dataset name exactly")
+            raise ConfigError(
+                "confirmation did not match; the lock was left in place", "type the dataset name exactly"
+            )
     by = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
     lock.force_unlock(by=by)
     out.print(f"{name}: lock removed (by {by})")
 
 @app.command("datasets")
 @handled
-def datasets_cmd(ctx:typer.Context,
-                 check:Annotated[bool, typer.Option("--check", help="ask WRDS (one connection) whether this account can read each table")] = False,
-                 fields:Annotated[bool, typer.Option("--fields", help="list the fields a definition in a datasets TOML file may have")] = False) -> None:
+def datasets_cmd(
+    ctx: typer.Context,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="ask WRDS (one connection) whether this account can read each table"),
+    ] = False,
+    fields: Annotated[
+        bool, typer.Option("--fields", help="list the fields a definition in a datasets TOML file may have")
+    ] = False,
+) -> None:
     "The built-in, added and configured datasets, their tables and WRDS sources."
     if fields:
-        out.print(_table("fields of [datasets.NAME] and [[datasets.NAME.tables]]", field_rows(), ["in", "field", "default", "meaning"])); return
-    rows = [{"dataset": d.name, "table": t.name, "source": t.source, "partition_by": partitioning(t).replace("`", ""),
-             "key": ", ".join(t.key_columns), "years": f"{d.default_start_year}-{d.max_year or ''}"}
-            for d in _state(ctx).registry() for t in d.tables]
+        out.print(
+            _table(
+                "fields of [datasets.NAME] and [[datasets.NAME.tables]]",
+                field_rows(),
+                ["in", "field", "default", "meaning"],
+            )
+        )
+        return
+    rows = [
+        {
+            "dataset": d.name,
+            "table": t.name,
+            "source": t.source,
+            "partition_by": partitioning(t).replace("`", ""),
+            "key": ", ".join(t.key_columns),
+            "years": f"{d.default_start_year}-{d.max_year or ''}",
+        }
+        for d in _state(ctx).registry()
+        for t in d.tables
+    ]
     cols = ["dataset", "table", "source", "partition_by", "key", "years"]
     if check:
         with _client() as client: state = readable_tables(client, sorted({r["source"] for r in rows}))
@@ -468,7 +694,10 @@ def datasets_cmd(ctx:typer.Context,
 # %% ../nbs/10_cli.ipynb #5d750e67
 @app.command()
 @handled
-def libraries(ctx:typer.Context, as_json:Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+def libraries(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
     "The WRDS libraries (schemas) this account can use."
     with _client() as client: names = list_libraries(client)
     typer.echo(json.dumps(names) if as_json else "\n".join(names))
@@ -483,12 +712,27 @@ def tables(ctx:typer.Context, library:Annotated[str, typer.Argument(help="a WRDS
 
 @app.command()
 @handled
-def describe(ctx:typer.Context, source:Annotated[str, typer.Argument(metavar="LIBRARY.TABLE", help="a WRDS table, e.g. crsp.msf_v2, or a template, e.g. 'optionm.opprcd{year}'")],
-             as_json:Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+def describe(
+    ctx: typer.Context,
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="LIBRARY.TABLE",
+            help="a WRDS table, e.g. crsp.msf_v2, or a template, e.g. 'optionm.opprcd{year}'",
+        ),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
     "A WRDS table's columns (name, nullable, type, comment), approximate rows, comment and update marker."
     with _client() as client: d, found = source_description(client, source)
-    if as_json: typer.echo(json.dumps({**d.to_dict(), "tables": [s.name for s in found.values()]}, indent=1)); return
-    if found: out.print(f"{source}: {len(found)} WRDS tables, {found[min(found)].name} to {found[max(found)].name}; the newest:")
+    if as_json:
+        typer.echo(json.dumps({**d.to_dict(), "tables": [s.name for s in found.values()]}, indent=1))
+        return
+    if found:
+        out.print(
+            f"{source}: {len(found)} WRDS tables, {found[min(found)].name} to {found[max(found)].name}; the "
+            "newest:"
+        )
     for line in description_lines(d): out.print(line)
     out.print(_table("columns", d.columns.to_dicts(), ["name", "nullable", "type", "comment"]))
 
@@ -499,56 +743,135 @@ def comma_list(v:str|None) -> list[str]|None:
 
 @app.command()
 @handled
-def add(ctx:typer.Context, source:Annotated[str, typer.Argument(metavar="LIBRARY.TABLE", help="the WRDS table, e.g. comp.secd, or a table per year or day, e.g. 'optionm.opprcd{year}', or a dataset to copy with a filter, e.g. taq")],
-        name:Annotated[str|None, typer.Option("--name", help="the dataset's name (default: library_table)")] = None,
-        partition_column:Annotated[str|None, typer.Option("--partition-column", help="a date column (default: the table's)")] = None,
-        key:Annotated[str|None, typer.Option("--key", help="COL,COL unique per row, checked before publishing")] = None,
-        columns:Annotated[str|None, typer.Option("--columns", help="COL,COL to take (default: every column)")] = None,
-        filter_:Annotated[list[str]|None, typer.Option("--filter", help="COL=VALUE (repeatable; values of one column: any of them)")] = None,
-        where:Annotated[str|None, typer.Option("--where", help="an SQL condition run on WRDS as written, e.g. \"prccd > 1\"")] = None,
-        granularity:Annotated[str|None, typer.Option("--granularity", help="year, month or day partitions (default: year, or the template's tables)")] = None) -> None:
-    "Add any WRDS table (or a filtered copy of a dataset) as a dataset stored with the data; sync it with full-sync, keep it with incremental --all."
+def add(
+    ctx: typer.Context,
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="LIBRARY.TABLE",
+            help="the WRDS table, e.g. comp.secd, or a table per year or day, e.g. 'optionm.opprcd{year}', "
+                 "or a dataset to copy with a filter, e.g. taq",
+        ),
+    ],
+    name: Annotated[
+        str | None, typer.Option("--name", help="the dataset's name (default: library_table)")
+    ] = None,
+    partition_column: Annotated[
+        str | None, typer.Option("--partition-column", help="a date column (default: the table's)")
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="COL,COL unique per row, checked before publishing")
+    ] = None,
+    columns: Annotated[
+        str | None, typer.Option("--columns", help="COL,COL to take (default: every column)")
+    ] = None,
+    filter_: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help="COL=VALUE (repeatable; values of one column: any of them)"),
+    ] = None,
+    where: Annotated[
+        str | None, typer.Option("--where", help='an SQL condition run on WRDS as written, e.g. "prccd > 1"')
+    ] = None,
+    granularity: Annotated[
+        str | None,
+        typer.Option(
+            "--granularity", help="year, month or day partitions (default: year, or the template's tables)"
+        ),
+    ] = None,
+) -> None:
+    """Add any WRDS table (or a filtered copy of a dataset) as a dataset stored with the data; sync it with
+    full-sync, keep it with incremental --all."""
     st = _state(ctx)
     with _client() as client:
         if "." in source:
-            spec, notes = table_definition(client, source, name, partition_column, comma_list(key), comma_list(columns), filter_, where, granularity)
+            spec, notes = table_definition(
+                client,
+                source,
+                name,
+                partition_column,
+                comma_list(key),
+                comma_list(columns),
+                filter_,
+                where,
+                granularity,
+            )
         else:
             if partition_column or key or granularity:
-                raise ConfigError(f"--partition-column, --key and --granularity apply to one WRDS table, not to a copy of {source}",
-                                  "give --filter, --columns or --where for the copy, or add its tables one by one")
-            spec, notes = dataset_copy(client, st.registry().get(source), name, filter_, comma_list(columns), where)
+                raise ConfigError(
+                    "--partition-column, --key and --granularity apply to one WRDS table, not to a copy of "
+                    f"{source}",
+                    "give --filter, --columns or --where for the copy, or add its tables one by one",
+                )
+            spec, notes = dataset_copy(
+                client, st.registry().get(source), name, filter_, comma_list(columns), where
+            )
     claim_data_dir(st.layout)
     path = store_dataset(st.layout, spec)
-    events.emit(events.DATASET_ADDED, dataset=spec.name, source=", ".join(t.source for t in spec.tables), notes="; ".join(notes) or "as given")
-    out.print(f"added {', '.join(t.source for t in spec.tables)} as dataset {spec.name} (table{'s' if len(spec.tables) > 1 else ''} "
-              f"{', '.join(t.name for t in spec.tables)}) in {path}")
+    events.emit(
+        events.DATASET_ADDED,
+        dataset=spec.name,
+        source=", ".join(t.source for t in spec.tables),
+        notes="; ".join(notes) or "as given",
+    )
+    out.print(
+        f"added {', '.join(t.source for t in spec.tables)} as dataset {spec.name} "
+        f"(table{'s' if len(spec.tables) > 1 else ''} "
+        f"{', '.join(t.name for t in spec.tables)}) in {path}"
+    )
     for n in notes: out.print(f"  {n}")
     out.print(f"sync it with: wrds-sync full-sync --dataset {spec.name}")
 
 # %% ../nbs/10_cli.ipynb #2e1e5f48
 @app.command()
 @handled
-def login(ctx:typer.Context, username:Annotated[str|None, typer.Option("--username", help="your WRDS username (asked if not given)")] = None,
-          keyring:Annotated[bool, typer.Option("--keyring", help="store the password in the OS keyring instead of the password file")] = False) -> None:
+def login(
+    ctx: typer.Context,
+    username: Annotated[
+        str | None, typer.Option("--username", help="your WRDS username (asked if not given)")
+    ] = None,
+    keyring: Annotated[
+        bool,
+        typer.Option("--keyring", help="store the password in the OS keyring instead of the password file"),
+    ] = False,
+) -> None:
     "Ask for the WRDS username and password once, check them with one connection, and store them."
     cfg = load_config()
     user = username or typer.prompt("WRDS username", default=cfg.username or getpass.getuser())
-    password = typer.prompt("WRDS password", hide_input=True) if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    password = (
+        typer.prompt("WRDS password", hide_input=True)
+        if sys.stdin.isatty()
+        else sys.stdin.readline().rstrip("\n")
+    )
     where = store_login(cfg.model_copy(update={"username": user, "password": None}), password, keyring)
     out.print(f"logged in to {cfg.host} as {user}; the password is stored in {where}")
 
 # %% ../nbs/10_cli.ipynb #90e05a8c
 @app.command("backup")
 @handled
-def backup_cmd(ctx:typer.Context,
-               remote:Annotated[str|None, typer.Option("--remote", envvar="WRDS_SYNC_BACKUP_REMOTE",
-                                                       help="rclone destination (default: <data dir>/backups/latest)")] = None) -> None:
+def backup_cmd(
+    ctx: typer.Context,
+    remote: Annotated[
+        str | None,
+        typer.Option(
+            "--remote",
+            envvar="WRDS_SYNC_BACKUP_REMOTE",
+            help="rclone destination (default: <data dir>/backups/latest)",
+        ),
+    ] = None,
+) -> None:
     "Copy published files, manifests and schemas to an rclone remote (under the locks), then rclone-check it."
     from wrds_sync_nb.backup import backup
     st = _state(ctx)
-    res = backup(st.layout.root, remote, st.lock_timeout, writer_id=f"wrds-sync backup:{getpass.getuser()}@{socket.gethostname()}")
-    out.print(f"backed up {res.files} files ({res.bytes:,} bytes) of {', '.join(res.datasets)} to {res.remote} "
-              f"in {res.seconds:.1f}s; rclone check passed")
+    res = backup(
+        st.layout.root,
+        remote,
+        st.lock_timeout,
+        writer_id=f"wrds-sync backup:{getpass.getuser()}@{socket.gethostname()}",
+    )
+    out.print(
+        f"backed up {res.files} files ({res.bytes:,} bytes) of {', '.join(res.datasets)} to {res.remote} "
+        f"in {res.seconds:.1f}s; rclone check passed"
+    )
 
 # %% ../nbs/10_cli.ipynb #a4347af5
 @app.command("restore")
@@ -562,15 +885,19 @@ def restore_cmd(ctx:typer.Context,
     for ds, problems in res.problems.items():
         out.print(f"{ds}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
         for line in problems: out.print(f"  {line}")
-    out.print(f"restored {res.files} files ({res.bytes:,} bytes) to {Path(to).absolute()} in {res.seconds:.1f}s")
+    out.print(
+        f"restored {res.files} files ({res.bytes:,} bytes) to {Path(to).absolute()} in {res.seconds:.1f}s"
+    )
     if not res.ok: fail(f"the restored copy has problems (listed above); the backup at {remote} is damaged")
 
 # %% ../nbs/10_cli.ipynb #801bd0a0
 @app.command("drill", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @handled
-def drill_cmd(ctx:typer.Context,
-              name:Annotated[str, typer.Argument(help="verify_drill, restore_drill or lock_recovery_drill")],
-              output:Annotated[Path|None, typer.Option("--output", help="executed notebook path")] = None) -> None:
+def drill_cmd(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="verify_drill, restore_drill or lock_recovery_drill")],
+    output: Annotated[Path | None, typer.Option("--output", help="executed notebook path")] = None,
+) -> None:
     "Run a papermill drill notebook; parameters as -p KEY VALUE (data_dir defaults to --data-dir)."
     from wrds_sync_nb.drills import drill_name, parse_value, run_drill
     st, name = _state(ctx), drill_name(name)
@@ -590,22 +917,43 @@ def claim_demo_dir(layout:DataLayout) -> None:
     "Make `layout.root` a demo data dir, refusing one that holds real data or other files"
     kind = data_dir_kind(layout) if layout.root.is_dir() else None
     if kind == "data" or (kind is None and layout.root.is_dir() and any(layout.root.iterdir())):
-        raise ConfigError(f"{layout.root} holds real data or other files, not a demo: the demo would overwrite them",
-                          "pass --data-dir pointing to a new folder for the demo (for example --data-dir demo-data)")
+        raise ConfigError(
+            f"{layout.root} holds real data or other files, not a demo: the demo would overwrite them",
+            "pass --data-dir pointing to a new folder for the demo (for example --data-dir demo-data)",
+        )
     claim_data_dir(layout, "demo")
 
 # %% ../nbs/10_cli.ipynb #5b85744b
 def ccm_book_equity(data_dir:Path) -> Any:
-    "Compustat book equity per firm-year with its CRSP PERMNO, merged through the CCM link table (a polars LazyFrame)"
+    """Compustat book equity per firm-year with its CRSP PERMNO, merged through the CCM link table (a polars
+    LazyFrame)"""
     import polars as pl
     from wrds_sync_nb.reader import scan
-    link = (scan("crsp", "ccm_link", data_dir).filter(pl.col("linktype").is_in(["LC", "LU"]) & pl.col("linkprim").is_in(["P", "C"]))
-            .select("gvkey", pl.col("lpermno").alias("permno"), "linkdt", "linkenddt"))
-    std = (pl.col("indfmt") == "INDL") & (pl.col("datafmt") == "STD") & (pl.col("popsrc") == "D") & (pl.col("consol") == "C")
-    funda = scan("compustat", "funda", data_dir).filter(std).select("gvkey", "datadate", pl.col("fyear").cast(pl.Int32), "ceq")
-    return (funda.join(link, on="gvkey").filter(pl.col("datadate") >= pl.col("linkdt"),
-                                               pl.col("datadate") <= pl.col("linkenddt").fill_null(date.today()))
-            .drop("linkdt", "linkenddt"))
+
+    link = (
+        scan("crsp", "ccm_link", data_dir)
+        .filter(pl.col("linktype").is_in(["LC", "LU"]) & pl.col("linkprim").is_in(["P", "C"]))
+        .select("gvkey", pl.col("lpermno").alias("permno"), "linkdt", "linkenddt")
+    )
+    std = (
+        (pl.col("indfmt") == "INDL")
+        & (pl.col("datafmt") == "STD")
+        & (pl.col("popsrc") == "D")
+        & (pl.col("consol") == "C")
+    )
+    funda = (
+        scan("compustat", "funda", data_dir)
+        .filter(std)
+        .select("gvkey", "datadate", pl.col("fyear").cast(pl.Int32), "ceq")
+    )
+    return (
+        funda.join(link, on="gvkey")
+        .filter(
+            pl.col("datadate") >= pl.col("linkdt"),
+            pl.col("datadate") <= pl.col("linkenddt").fill_null(date.today()),
+        )
+        .drop("linkdt", "linkenddt")
+    )
 
 # %% ../nbs/10_cli.ipynb #fc985430
 DEMO_DATASETS = ("crsp", "compustat", "fama_french")
@@ -613,7 +961,12 @@ DEMO_YEARS = (2016, 2025)
 
 @app.command()
 @handled
-def demo(ctx:typer.Context, rows:Annotated[int, typer.Option("--rows", help="approximate rows of CRSP daily in the demo source", min=1000)] = 500_000) -> None:
+def demo(
+    ctx: typer.Context,
+    rows: Annotated[
+        int, typer.Option("--rows", help="approximate rows of CRSP daily in the demo source", min=1000)
+    ] = 500_000,
+) -> None:
     "Sync CRSP, Compustat and Fama-French from an embedded WRDS-shaped PostgreSQL: no account, no network."
     import time
     from wrds_sync_nb.demo import DemoSource
@@ -638,13 +991,32 @@ def demo(ctx:typer.Context, rows:Annotated[int, typer.Option("--rows", help="app
     out.print(f"verified {len(DEMO_DATASETS)} datasets: every file matches its manifest")
     for r in table_status(st.layout, st.registry()):
         if r["table"]: out.print("\n".join(status_lines(r)))
-    q1 = ("select year(dlycaldt) as year, count(distinct permno) as stocks, round(avg(dlyret), 6) as mean_ret "
-          "from crsp.dsf_v2 group by 1 order by 1")
-    out.print(f"\n[bold]1. DuckDB[/bold]: import wrds_sync_nb as w; w.connect({str(st.data_dir)!r}).sql(...)\n   {q1}")
+    q1 = (
+        "select year(dlycaldt) as year, count(distinct permno) as stocks, round(avg(dlyret), 6) as mean_ret "
+        "from crsp.dsf_v2 group by 1 order by 1"
+    )
+    out.print(
+        f"\n[bold]1. DuckDB[/bold]: import wrds_sync_nb as w; w.connect({str(st.data_dir)!r}).sql(...)\n   "
+        f"{q1}"
+    )
     out.print(str(connect(st.layout.root, list(DEMO_DATASETS)).sql(q1).pl()))
-    out.print("\n[bold]2. polars[/bold]: book equity per firm-year, linked to CRSP the way CCM says (LC/LU, P/C, dated links)")
-    out.print(str(ccm_book_equity(st.layout.root).group_by("fyear").agg(pl.len().alias("firm_years"), pl.col("permno").n_unique().alias("permnos"),
-                  pl.col("ceq").median().alias("median_ceq")).sort("fyear").collect()))
+    out.print(
+        "\n[bold]2. polars[/bold]: book equity per firm-year, linked to CRSP the way CCM says (LC/LU, P/C, "
+        "dated links)"
+    )
+    out.print(
+        str(
+            ccm_book_equity(st.layout.root)
+            .group_by("fyear")
+            .agg(
+                pl.len().alias("firm_years"),
+                pl.col("permno").n_unique().alias("permnos"),
+                pl.col("ceq").median().alias("median_ceq"),
+            )
+            .sort("fyear")
+            .collect()
+        )
+    )
     out.print(f"\ndone in {time.monotonic() - t0:.1f}s; data in {st.layout.root}")
 
 # %% ../nbs/10_cli.ipynb #503ee0ef

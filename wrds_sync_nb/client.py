@@ -19,8 +19,8 @@ import psycopg2.extensions as pgext
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 from . import events
 from .config import WRDSConfig, libpq_uri, resolve_credentials
-from .errors import (CancelledError, ConnectionLimitError, CredentialsError, PermissionDeniedError, QueryError,
-                                 QueryTimeoutError, TransientQueryError,
+from .errors import (CancelledError, ConnectionLimitError, CredentialsError,
+                                 PermissionDeniedError, QueryError, QueryTimeoutError, TransientQueryError,
                                  WRDSConnectionError, WrdsSyncError)
 
 # %% auto #0
@@ -62,7 +62,8 @@ class RateLimiter:
                     return waited
                 pause = self.window - (now - self._starts[0])
             if pause >= 1: events.emit(events.RATE_LIMIT_WAIT, seconds=round(pause, 1), limit=self.max_calls)
-            if (stop or threading.Event()).wait(pause): raise CancelledError("stopped while waiting for the query rate limit")
+            if (stop or threading.Event()).wait(pause):
+                raise CancelledError("stopped while waiting for the query rate limit")
             waited += pause
 
 _limiters: dict[tuple[str, int, str, int, float], RateLimiter] = {}
@@ -70,20 +71,51 @@ _limiters_lock = threading.Lock()
 
 def limiter_for(cfg:WRDSConfig) -> RateLimiter:
     "The process-wide limiter for this server and user"
-    key = (cfg.host, cfg.port, cfg.username or "", cfg.rate_limit_queries_per_minute, cfg.rate_limit_window_seconds)
+    key = (
+        cfg.host,
+        cfg.port,
+        cfg.username or "",
+        cfg.rate_limit_queries_per_minute,
+        cfg.rate_limit_window_seconds,
+    )
     with _limiters_lock:
-        if key not in _limiters: _limiters[key] = RateLimiter(cfg.rate_limit_queries_per_minute, cfg.rate_limit_window_seconds)
+        if key not in _limiters:
+            _limiters[key] = RateLimiter(cfg.rate_limit_queries_per_minute, cfg.rate_limit_window_seconds)
         return _limiters[key]
 
 # %% ../nbs/05_client.ipynb #aac1cac2
 _TRANSIENT_STATES = {"57P01", "57P02", "57P03", "40001", "40P01"}
-_CONNECT_WORDS = ("could not connect", "connection refused", "timeout expired", "could not translate host name",
-                  "no route to host", "network is unreachable", "connection timed out", "name or service not known")
-_DROP_WORDS = ("server closed the connection", "terminating connection", "connection reset", "ssl syscall",
-               "eof detected", "could not receive data", "could not send data", "connection not open",
-               "connection already closed", "lost synchronization", "broken pipe", "connection has been closed")
-_AUTH_WORDS = ("password authentication failed", "no password supplied", "authentication failed", "pg_hba.conf",
-               'role "')
+_CONNECT_WORDS = (
+    "could not connect",
+    "connection refused",
+    "timeout expired",
+    "could not translate host name",
+    "no route to host",
+    "network is unreachable",
+    "connection timed out",
+    "name or service not known",
+)
+_DROP_WORDS = (
+    "server closed the connection",
+    "terminating connection",
+    "connection reset",
+    "ssl syscall",
+    "eof detected",
+    "could not receive data",
+    "could not send data",
+    "connection not open",
+    "connection already closed",
+    "lost synchronization",
+    "broken pipe",
+    "connection has been closed",
+)
+_AUTH_WORDS = (
+    "password authentication failed",
+    "no password supplied",
+    "authentication failed",
+    "pg_hba.conf",
+    'role "',
+)
 
 _NAME_FIXES = {  # a mistake in a definition: the fix is to look the name up, not to rerun
     "42P01": "check the table's name: `wrds-sync tables LIBRARY` lists the tables of a library",
@@ -102,7 +134,9 @@ def _first_line(exc:BaseException) -> str:
     msg = str(getattr(exc, "orig", None) or exc).strip()
     msg = re.sub(r"^(\[\w+\]\s*)+", "", msg)  # ADBC's [libpq] prefix
     msg = re.sub(r"^(ProgrammingError|OperationalError|InternalError|IOError|DatabaseError):\s*", "", msg)
-    line = next((ln.strip() for ln in msg.splitlines() if ln.strip() and not ln.strip().startswith("[SQL")), "")
+    line = next(
+        (ln.strip() for ln in msg.splitlines() if ln.strip() and not ln.strip().startswith("[SQL")), ""
+    )
     return str(events.redact(line))[:300]
 
 # %% ../nbs/05_client.ipynb #653d6ea4
@@ -114,14 +148,21 @@ def translate_error(exc:BaseException,  # the driver's exception
     if isinstance(exc, WrdsSyncError): return exc
     state, line = _sqlstate(exc), _first_line(exc)
     low, where = str(getattr(exc, "orig", None) or exc).lower(), f"{cfg.host}:{cfg.port}/{cfg.database}"
-    if state == "57014" and "user request" in low:  # our own cancel (Ctrl-C, or another stream failed): not a timeout
+    if (
+        state == "57014" and "user request" in low
+    ):  # our own cancel (Ctrl-C, or another stream failed): not a timeout
         return CancelledError(f"{during} was cancelled because the run stopped")
     if state == "57014" or "canceling statement due to statement timeout" in low:
-        return QueryTimeoutError(f"{during} ran past the {cfg.query_timeout_seconds:g}s statement timeout and was cancelled on the server")
+        return QueryTimeoutError(
+            f"{during} ran past the {cfg.query_timeout_seconds:g}s statement timeout and was cancelled on "
+            "the server"
+        )
     if state == "53300" or "too many connections" in low:
-        return ConnectionLimitError(f"WRDS at {where} refused a new session for user {cfg.username!r}: {line}",
-                                    "close other sessions of this account (notebooks, other syncs), or lower "
-                                    f"WRDS_MAX_CONNECTIONS (now {cfg.max_connections})")
+        return ConnectionLimitError(
+            f"WRDS at {where} refused a new session for user {cfg.username!r}: {line}",
+            "close other sessions of this account (notebooks, other syncs), or lower "
+            f"WRDS_MAX_CONNECTIONS (now {cfg.max_connections})",
+        )
     if (state or "").startswith("28") or (state is None and any(w in low for w in _AUTH_WORDS)):
         return CredentialsError(f"WRDS at {where} rejected the credentials of user {cfg.username!r}: {line}",
                                 "check the username and password (pgpass, WRDS_PASSWORD or keyring); "
@@ -129,7 +170,8 @@ def translate_error(exc:BaseException,  # the driver's exception
     if state == "42501" or "permission denied" in low:
         return PermissionDeniedError(f"{during} on {where} was refused: {line}")
     if state in _NAME_FIXES: return QueryError(f"{during} failed on {where}: {line}", _NAME_FIXES[state])
-    if any(w in low for w in _CONNECT_WORDS): return WRDSConnectionError(f"cannot reach WRDS at {where}: {line}")
+    if any(w in low for w in _CONNECT_WORDS):
+        return WRDSConnectionError(f"cannot reach WRDS at {where}: {line}")
     if state in _TRANSIENT_STATES or (state or "").startswith("08") or any(w in low for w in _DROP_WORDS):
         return TransientQueryError(f"{during} failed transiently on {where}: {line}")
     return QueryError(f"{during} failed on {where}: {line}")
@@ -140,10 +182,12 @@ def is_transient(exc:BaseException) -> bool:
 
 # %% ../nbs/05_client.ipynb #067818ca
 def sql_literal(v:Any) -> str:
-    "`v` as a SQL literal, by psycopg2's adapters (strings as quoted literals that mean the same under any server setting)"
+    """`v` as a SQL literal, by psycopg2's adapters (strings as quoted literals that mean the same under any
+    server setting)"""
     if isinstance(v, (list, tuple)): return "ARRAY[" + ",".join(sql_literal(x) for x in v) + "]"
     if isinstance(v, str):
-        if "\x00" in v: raise QueryError("a query parameter holds a NUL character, which PostgreSQL text cannot")
+        if "\x00" in v:
+            raise QueryError("a query parameter holds a NUL character, which PostgreSQL text cannot")
         body = v.replace("'", "''")
         return f"E'{body.replace(chr(92), chr(92) * 2)}'" if "\\" in v else f"'{body}'"
     a = pgext.adapt(v)
@@ -161,10 +205,14 @@ def render_sql(sql:str,                                      # SQL with `%(name)
 # %% ../nbs/05_client.ipynb #7bb27fae
 class SessionPool:
     "At most `budget` ADBC sessions, reused; thread-safe"
-    def __init__(self, open_session:Callable[[], Any],  # opens one session
-                 budget:int,                           # the most open at once
-                 on_limit:Callable[[int], None]|None=None,   # told the new budget when the server's limit lowers it
-                 broken:Callable[[BaseException], bool]=lambda e: True):  # does this error leave the session unusable?
+    def __init__(
+        self,
+        open_session: Callable[[], Any],  # opens one session
+        budget: int,  # the most open at once
+        on_limit: Callable[[int], None]
+        | None = None,  # told the new budget when the server's limit lowers it
+        broken: Callable[[BaseException], bool] = lambda e: True,
+    ):  # does this error leave the session unusable?
         self.open_session, self.budget, self.on_limit, self.broken = open_session, budget, on_limit, broken
         self.idle: list[Any] = []
         self.opened = 0      # sessions open now (idle or borrowed)
@@ -178,7 +226,8 @@ class SessionPool:
         conn = borrow(self)
         try: yield conn
         except BaseException as e:
-            give_back(self, conn, not self.broken(e)); raise
+            give_back(self, conn, not self.broken(e))
+            raise
         give_back(self, conn, True)
 
     def close(self) -> None:
@@ -211,7 +260,9 @@ def borrow(pool:SessionPool) -> Any:
         if pool.on_limit: pool.on_limit(pool.budget)
         return borrow(pool)
     except BaseException:
-        with pool._cond: pool.opened -= 1; pool._cond.notify()
+        with pool._cond:
+            pool.opened -= 1
+            pool._cond.notify()
         raise
     with pool._cond: pool.peak = max(pool.peak, pool.opened)
     return conn
@@ -232,7 +283,8 @@ def give_back(pool:SessionPool,   # the pool
 _scope = threading.local()
 
 def scoped(scope:str|None) -> None:
-    "Name the calling thread's scope: the queries it runs are cancelled with that scope (a thread pool's initializer)"
+    """Name the calling thread's scope: the queries it runs are cancelled with that scope (a thread pool's
+    initializer)"""
     _scope.name = scope
 
 def current_scope() -> str | None:
@@ -251,18 +303,30 @@ class WRDSSessions:
         self.rows_streamed = 0
         self.server_version_num = 0
         self.role_limit: int | None = None
-        self.stopping = threading.Event()   # set by `cancel`: waits end, running queries are cancelled
-        self.busy: dict[Any, str | None] = {}  # sessions running a query now, and the scope of the thread running it
+        self.stopping = threading.Event()  # set by `cancel`: waits end, running queries are cancelled
+        self.busy: dict[
+            Any, str | None
+        ] = {}  # sessions running a query now, and the scope of the thread running it
 
     def __repr__(self) -> str: return f"{type(self).__name__}({self.config.describe()!r})"
-    def __enter__(self) -> Self: self.connect(); return self
-    def __exit__(self, et:type[BaseException]|None, ev:BaseException|None, tb:TracebackType|None) -> None: self.close()
+
+    def __enter__(self) -> Self:
+        self.connect()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
     def connect(self) -> Self:
-        "Resolve credentials, open the first session, read the server's version and the role's limit (fails fast, one line)"
+        """Resolve credentials, open the first session, read the server's version and the role's limit
+        (fails fast, one line)"""
         return connect_client(self)
     def close(self) -> None:
         "Return every session to the server (borrowed ones as they come back)"
-        if self.pool is not None: self.pool.close(); self.pool = None
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
     def connected_pool(self) -> SessionPool:
         "The session pool, connecting first if needed"
         pool = self.connect().pool
@@ -275,9 +339,12 @@ class WRDSSessions:
             self.busy[conn] = current_scope()
             try: yield conn
             finally: self.busy.pop(conn, None)
-    def cancel(self, stop:bool=True,            # Ctrl-C: also end every wait until the next run clears `stopping`
-               scope:str|None=None              # only the queries run in this scope (None: every query)
-              ) -> None:
+
+    def cancel(
+        self,
+        stop: bool = True,  # Ctrl-C: also end every wait until the next run clears `stopping`
+        scope: str | None = None,  # only the queries run in this scope (None: every query)
+    ) -> None:
         "Cancel the queries running (of one scope)"
         cancel_queries(self, stop, scope)
 
@@ -310,9 +377,13 @@ def gated(client:WRDSSessions,        # whose configuration and counters
     def before_sleep(rs:Any) -> None:
         events.emit(events.QUERY_RETRY, level="warning", what=what, attempt=rs.attempt_number,
                     error=str(rs.outcome.exception()) if rs.outcome else None)
-    r = Retrying(stop=stop_after_attempt(client.RETRY_ATTEMPTS), reraise=True, before_sleep=before_sleep,
-                 wait=wait_exponential_jitter(multiplier=client.RETRY_INITIAL_WAIT, max=client.RETRY_MAX_WAIT),
-                 retry=retry_if_exception(is_transient))
+    r = Retrying(
+        stop=stop_after_attempt(client.RETRY_ATTEMPTS),
+        reraise=True,
+        before_sleep=before_sleep,
+        wait=wait_exponential_jitter(multiplier=client.RETRY_INITIAL_WAIT, max=client.RETRY_MAX_WAIT),
+        retry=retry_if_exception(is_transient),
+    )
     return r(attempt)
 
 # %% ../nbs/05_client.ipynb #2410ea27
@@ -340,12 +411,15 @@ def session_opener(cfg:WRDSConfig) -> Callable[[], Any]:
 def prepared(conn:Any,        # a new ADBC connection
              cfg:WRDSConfig    # its statement timeout
             ) -> Any:
-    "`conn` in autocommit mode with the statement timeout set (closed, and the error translated, if that fails)"
+    """`conn` in autocommit mode with the statement timeout set (closed, and the error translated, if that
+    fails)"""
     try:
         conn.adbc_connection.set_autocommit(True)
-        with conn.cursor() as cur: cur.execute(f"set statement_timeout = {int(cfg.query_timeout_seconds * 1000)}")
+        with conn.cursor() as cur:
+            cur.execute(f"set statement_timeout = {int(cfg.query_timeout_seconds * 1000)}")
     except Exception as e:
-        _quiet_close(conn); raise translate_error(e, cfg, "connecting") from e
+        _quiet_close(conn)
+        raise translate_error(e, cfg, "connecting") from e
     return conn
 
 # %% ../nbs/05_client.ipynb #23e2b1f1
@@ -374,13 +448,18 @@ def connect_client(client:S) -> S:
     "Open the first session (fails fast, one line) and adapt the budget to the role's limit"
     if client.pool is not None: return client
     client.config = cfg = resolve_credentials(client.config)
-    pool = SessionPool(session_opener(cfg), cfg.max_connections, partial(budget_lowered, client),
-                       broken=lambda e: not isinstance(e, Exception) or is_transient(translate_error(e, cfg, "")))
+    pool = SessionPool(
+        session_opener(cfg),
+        cfg.max_connections,
+        partial(budget_lowered, client),
+        broken=lambda e: not isinstance(e, Exception) or is_transient(translate_error(e, cfg, "")),
+    )
     def first() -> pa.Table:
         with pool.session() as conn: return run_arrow(conn, _SERVER_SQL)
     try: row = gated(client, first, "connecting").to_pylist()[0]
     except BaseException:
-        pool.close(); raise
+        pool.close()
+        raise
     client.pool, client.server_version_num, lim = pool, int(row["v"]), row["lim"]
     client.role_limit = int(lim) if lim is not None and lim >= 0 else None
     if client.role_limit is not None and 0 < client.role_limit < pool.budget:
@@ -394,8 +473,14 @@ def budget_lowered(client:WRDSSessions,  # the client
                    budget:int          # its new budget
                   ) -> None:
     "Warn that fewer sessions than `WRDS_MAX_CONNECTIONS` will be used"
-    events.emit(events.CONNECTIONS_LIMITED, level="warning", user=client.config.username, max_connections=budget,
-                configured=client.config.max_connections, role_limit=client.role_limit)
+    events.emit(
+        events.CONNECTIONS_LIMITED,
+        level="warning",
+        user=client.config.username,
+        max_connections=budget,
+        configured=client.config.max_connections,
+        role_limit=client.role_limit,
+    )
 
 # %% ../nbs/05_client.ipynb #be03c07f
 def fetch_frame(client:WRDSSessions,                          # the client
@@ -405,7 +490,9 @@ def fetch_frame(client:WRDSSessions,                          # the client
     "Run `sql` through the gate and return the result as a polars DataFrame"
     text = render_sql(sql, params)
     def run() -> pl.DataFrame:
-        with client.session() as conn: return pl.from_arrow(run_arrow(conn, text))  # type: ignore[return-value]
+        with client.session() as conn:
+            return pl.from_arrow(run_arrow(conn, text))  # type: ignore[return-value]
+
     return gated(client, run, "query")
 
 # %% ../nbs/05_client.ipynb #c9e1ee30
@@ -422,14 +509,17 @@ def parse_last_updated(comment:str|None) -> str | None:
 
 # %% ../nbs/05_client.ipynb #a37179a3
 _COLUMNS_SQL = """
-select a.attname as name, format_type(a.atttypid, a.atttypmod) as type, col_description(c.oid, a.attnum) as comment
+select a.attname as name, format_type(a.atttypid, a.atttypmod) as type, col_description(c.oid, a.attnum) as
+comment
 from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = %(schema)s and c.relname = %(table)s and a.attnum > 0 and not a.attisdropped
 order by a.attnum"""
 _TABLE_SQL = """
 select coalesce(case when c.relkind in ('r', 'p', 'm') and c.reltuples >= 0 then c.reltuples end,
-                (select max(t.reltuples) from pg_rewrite r join pg_depend d on d.objid = r.oid join pg_class t on t.oid = d.refobjid
-                 where r.ev_class = c.oid and t.oid <> c.oid and t.relkind in ('r', 'p', 'm') and t.reltuples >= 0))::bigint as approx_rows,
+                (select max(t.reltuples) from pg_rewrite r join pg_depend d on d.objid = r.oid join
+                pg_class t on t.oid = d.refobjid
+                 where r.ev_class = c.oid and t.oid <> c.oid and t.relkind in ('r', 'p', 'm') and
+                 t.reltuples >= 0))::bigint as approx_rows,
        obj_description(c.oid, 'pg_class') as comment, c.relkind::text as kind,
        has_table_privilege(c.oid, 'SELECT') as readable
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -444,14 +534,26 @@ def table_info(client:WRDSSessions, # the client
     p = {"schema": schema, "table": table}
     t = fetch_frame(client, _TABLE_SQL, p)
     if t.height == 0:
-        raise QueryError(f"table {schema}.{table} does not exist on {client.config.host}, or this account cannot see it",
-                         f"check the name: `wrds-sync tables {schema}` lists the tables of {schema}")
+        raise QueryError(
+            f"table {schema}.{table} does not exist on {client.config.host}, or this account cannot see it",
+            f"check the name: `wrds-sync tables {schema}` lists the tables of {schema}",
+        )
     row = t.row(0, named=True)
     if readable and not row["readable"]:
-        raise PermissionDeniedError(f"this WRDS account may not read {schema}.{table}: its subscription does not include it")
+        raise PermissionDeniedError(
+            f"this WRDS account may not read {schema}.{table}: its subscription does not include it"
+        )
     cols = fetch_frame(client, _COLUMNS_SQL, p)
-    return {"schema": schema, "table": table, "kind": row["kind"], "columns": cols.to_dicts(), "readable": row["readable"],
-            "approx_rows": row["approx_rows"], "comment": row["comment"], "last_updated": parse_last_updated(row["comment"])}
+    return {
+        "schema": schema,
+        "table": table,
+        "kind": row["kind"],
+        "columns": cols.to_dicts(),
+        "readable": row["readable"],
+        "approx_rows": row["approx_rows"],
+        "comment": row["comment"],
+        "last_updated": parse_last_updated(row["comment"]),
+    }
 
 # %% ../nbs/05_client.ipynb #b2e93453
 BATCH_HINT_BYTES = 4 << 20
@@ -469,7 +571,8 @@ def start_stream(conn:Any,     # a borrowed session
         except StopIteration: first = None
         return cur, reader, first
     except BaseException:
-        _quiet_close(cur); raise
+        _quiet_close(cur)
+        raise
 
 def next_batch(client:WRDSSessions,  # for error translation
                reader:Any          # the stream
@@ -494,7 +597,8 @@ def stream_batches(client:WRDSSessions,              # the client
         conn = borrow(pool)
         try: return (conn, *start_stream(conn, text))
         except BaseException:
-            give_back(pool, conn, False); raise
+            give_back(pool, conn, False)
+            raise
     conn, cur, reader, batch = gated(client, start, "streaming query")
     ok = False
     client.busy[conn] = current_scope()

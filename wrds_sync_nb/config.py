@@ -11,7 +11,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
-from pydantic import AliasChoices, Field, SecretStr, ValidationError as PydanticValidationError, field_validator
+from pydantic import (AliasChoices, Field, SecretStr, ValidationError as PydanticValidationError,
+                      field_validator)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from . import events
 from .errors import ConfigError, CredentialsError
@@ -27,15 +28,19 @@ WRDS_PORT = 9737
 class WRDSConfig(BaseSettings):
     "How to reach WRDS (or any PostgreSQL shaped like it)"
     model_config = SettingsConfigDict(env_prefix="WRDS_", extra="forbid", populate_by_name=True)
-    username: str | None = Field(None, validation_alias=AliasChoices("username", "WRDS_USERNAME", "WRDS_USER", "WRDS_ID"))
+    username: str | None = Field(
+        None, validation_alias=AliasChoices("username", "WRDS_USERNAME", "WRDS_USER", "WRDS_ID")
+    )
     password: SecretStr | None = None
     host: str = WRDS_HOST
     port: int = Field(WRDS_PORT, ge=1, le=65535)
     database: str = "wrds"
     sslmode: str = "require"
-    max_connections: int = Field(3, ge=1, le=50)           # server sessions this client opens, of every kind together
+    max_connections: int = Field(3, ge=1, le=50)  # server sessions this client opens, of every kind together
     query_timeout_seconds: float = Field(300, ge=0.1, le=7 * 86400, allow_inf_nan=False)
-    rate_limit_queries_per_minute: int = Field(600, ge=1)   # a guard against runaway loops, not a brake (see above)
+    rate_limit_queries_per_minute: int = Field(
+        600, ge=1
+    )  # a guard against runaway loops, not a brake (see above)
     rate_limit_window_seconds: float = Field(60, gt=0)  # the "minute"; shorter only in tests
     connect_timeout_seconds: int = Field(15, ge=1)
     password_expires_on: date | None = None
@@ -46,7 +51,8 @@ class WRDSConfig(BaseSettings):
     @field_validator("host")
     @classmethod
     def _host(cls, v:str) -> str:
-        if not v.strip(): raise ValueError("is empty; set it to the WRDS host (wrds-pgdata.wharton.upenn.edu) or unset it")
+        if not v.strip():
+            raise ValueError("is empty; set it to the WRDS host (wrds-pgdata.wharton.upenn.edu) or unset it")
         return v
 
     @property
@@ -62,7 +68,9 @@ def load_config(**overrides:Any) -> WRDSConfig:
         err = e.errors()[0]
         key = "WRDS_" + "_".join(str(x) for x in err["loc"]).upper()
         msg = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"setting {key} is invalid: {msg}", f"fix {key} in the environment or the command line") from None
+        raise ConfigError(
+            f"setting {key} is invalid: {msg}", f"fix {key} in the environment or the command line"
+        ) from None
 
 # %% ../nbs/04_config.ipynb #945142a4
 def _split_pgpass_line(line:str) -> list[str]:
@@ -70,8 +78,13 @@ def _split_pgpass_line(line:str) -> list[str]:
     fields, cur, i = [], "", 0
     while i < len(line):
         ch = line[i]
-        if ch == "\\" and i + 1 < len(line): cur += line[i + 1]; i += 2; continue
-        if ch == ":": fields.append(cur); cur = ""
+        if ch == "\\" and i + 1 < len(line):
+            cur += line[i + 1]
+            i += 2
+            continue
+        if ch == ":":
+            fields.append(cur)
+            cur = ""
         else: cur += ch
         i += 1
     fields.append(cur)
@@ -95,8 +108,13 @@ def pgpass_entry(host:str,             # the server's host (or socket folder)
         text = path.read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError): return None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        events.emit(events.CREDENTIALS_FILE_MODE, level="warning", path=str(path), mode=oct(st.st_mode & 0o777),
-                    fix=f"chmod 600 {path} (libpq ignores a password file others can read)")
+        events.emit(
+            events.CREDENTIALS_FILE_MODE,
+            level="warning",
+            path=str(path),
+            mode=oct(st.st_mode & 0o777),
+            fix=f"chmod 600 {path} (libpq ignores a password file others can read)",
+        )
     hosts = {host} | ({"localhost"} if host.startswith("/") else set())
     want = [hosts, {str(port)}, {database}]
     for raw in text.splitlines():
@@ -130,11 +148,18 @@ def password_from_keyring(service:str,  # the keyring service
 # %% ../nbs/04_config.ipynb #2be5de31
 def resolve_credentials(cfg:WRDSConfig) -> WRDSConfig:
     "A copy of `cfg` with username and password filled in; raises CredentialsError naming where it looked"
-    found = pgpass_entry(cfg.host, cfg.port, cfg.database, None) if not (cfg.username or os.environ.get("PGUSER")) else None
+    found = (
+        pgpass_entry(cfg.host, cfg.port, cfg.database, None)
+        if not (cfg.username or os.environ.get("PGUSER"))
+        else None
+    )
     user = cfg.username or os.environ.get("PGUSER") or (found[0] if found else None)
     if not user:
-        raise CredentialsError("no WRDS username: WRDS_USERNAME (or WRDS_USER, WRDS_ID, PGUSER) is not set and no "
-                               f"line of {pgpass_path()} names one", "run `wrds-sync login`, or export WRDS_USERNAME=your_wrds_id")
+        raise CredentialsError(
+            "no WRDS username: WRDS_USERNAME (or WRDS_USER, WRDS_ID, PGUSER) is not set and no "
+            f"line of {pgpass_path()} names one",
+            "run `wrds-sync login`, or export WRDS_USERNAME=your_wrds_id",
+        )
     pw = cfg.password.get_secret_value() if cfg.password is not None else None
     if pw is None: pw = password_from_pgpass(cfg.host, cfg.port, cfg.database, user)
     if pw is None: pw = password_from_keyring(cfg.keyring_service, user)
@@ -162,4 +187,6 @@ def libpq_uri(cfg:WRDSConfig) -> str:
     user = quote(cfg.username or "", safe="")
     pw = quote(cfg.password.get_secret_value(), safe="") if cfg.password else ""
     q = {k: v for k, v in libpq_params(cfg).items() if k != "dbname"}
-    return f"postgresql://{user}:{pw}@/{quote(cfg.database, safe='')}?{urlencode(q, safe='', quote_via=quote)}"
+    return (
+        f"postgresql://{user}:{pw}@/{quote(cfg.database, safe='')}?{urlencode(q, safe='', quote_via=quote)}"
+    )

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError as PydanticValidationError,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field,
+                      ValidationError as PydanticValidationError, field_validator, model_validator)
 import tomli_w
 from .errors import ConfigError, DatasetNameError, UnknownDatasetError
 from .layout import DataDirs, atomic_write_bytes, validate_name
@@ -45,7 +45,9 @@ FilterValue = str | int | float | bool
 
 # %% ../nbs/02c_datasets.ipynb #fdf9aa3e
 def _source(v:str) -> str:
-    sample = source_name(SourceTemplate.parse(v), "2024-06-12")  # a template must name tables that are identifiers
+    sample = source_name(
+        SourceTemplate.parse(v), "2024-06-12"
+    )  # a template must name tables that are identifiers
     for p in sample.split("."): _ident(p, "source part")
     return v
 
@@ -62,15 +64,37 @@ class TableSpec(BaseModel):
     "One table of a dataset and where it comes from on WRDS"
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: TableName = Field(description="the table's local name (files, views)")
-    source: Source = Field(description="`schema.table` on WRDS, or a template of one table per year or day: `optionm.opprcd{year}`, `taqm_{year}.ctm_{date:%Y%m%d}`")
-    partition_column: Ident | None = Field(None, description="a date column: one file per year (or `granularity`) of it (none: one file, or one per source table)")
-    granularity: Granularity | None = Field(None, description="the partition period: `year`, `month` or `day` (default: year, or the period of a templated source's tables)")
-    key_columns: list[Ident] = Field(default_factory=list, description="columns unique per row, checked before publishing (empty: no check)")
+    source: Source = Field(
+        description="`schema.table` on WRDS, or a template of one table per year or day: "
+                    "`optionm.opprcd{year}`, `taqm_{year}.ctm_{date:%Y%m%d}`"
+    )
+    partition_column: Ident | None = Field(
+        None,
+        description="a date column: one file per year (or `granularity`) of it (none: one file, or one per "
+                    "source table)",
+    )
+    granularity: Granularity | None = Field(
+        None,
+        description="the partition period: `year`, `month` or `day` (default: year, or the period of a "
+                    "templated source's tables)",
+    )
+    key_columns: list[Ident] = Field(
+        default_factory=list,
+        description="columns unique per row, checked before publishing (empty: no check)",
+    )
     columns: list[Ident] | None = Field(None, description="columns to take (none: every column)")
-    casts: dict[Ident, CastType] = Field(default_factory=dict, description=f"column -> type cast on the server ({', '.join(CAST_TYPES)})")
-    filters: dict[Ident, FilterValue | list[FilterValue]] = Field(default_factory=dict, description="column -> value or list of values kept")
-    where: str | None = Field(None, description="an SQL condition run on WRDS as written, for what `filters` cannot say")
-    numeric: Literal["float64", "decimal"] = Field("float64", description="what a `numeric` without precision becomes")
+    casts: dict[Ident, CastType] = Field(
+        default_factory=dict, description=f"column -> type cast on the server ({', '.join(CAST_TYPES)})"
+    )
+    filters: dict[Ident, FilterValue | list[FilterValue]] = Field(
+        default_factory=dict, description="column -> value or list of values kept"
+    )
+    where: str | None = Field(
+        None, description="an SQL condition run on WRDS as written, for what `filters` cannot say"
+    )
+    numeric: Literal["float64", "decimal"] = Field(
+        "float64", description="what a `numeric` without precision becomes"
+    )
     description: str = Field("", description="a note shown by `wrds-sync datasets`")
 
     @model_validator(mode="after")
@@ -109,7 +133,9 @@ def checked_granularity(t:TableSpec) -> TableSpec:
     if g != (tp or "year") and t.partition_column is None:
         raise ValueError(f"granularity {g!r} cuts along a date column: set partition_column")
     if tp is None and t.partition_column is None:
-        raise ValueError(f"granularity {g!r} needs a partition_column (a table without one is kept as one file)")
+        raise ValueError(
+            f"granularity {g!r} needs a partition_column (a table without one is kept as one file)"
+        )
     return t
 
 # %% ../nbs/02c_datasets.ipynb #b622650d
@@ -118,14 +144,23 @@ class Retention:
     "A parsed retention policy"
     kind: Literal["all", "days", "versions"]
     n: int = 0
-    def __str__(self) -> str: return "keep all versions" if self.kind == "all" else f"keep replaced versions {self.n} {self.kind}" \
-        if self.kind == "days" else f"keep the last {self.n} versions"
+
+    def __str__(self) -> str:
+        return (
+            "keep all versions"
+            if self.kind == "all"
+            else f"keep replaced versions {self.n} {self.kind}"
+            if self.kind == "days"
+            else f"keep the last {self.n} versions"
+        )
 
 def parse_retention(text:str) -> Retention:
     "`all`, `N days` or `N versions`; ValueError naming the accepted forms otherwise"
     m = re.fullmatch(r"\s*(?:(all)|(\d+)\s*(days?|d|versions?|v))\s*", str(text).lower())
     if m is None or (m.group(2) is not None and int(m.group(2)) < 1):
-        raise ValueError(f"retention {text!r} is not one of 'all', '<N> days' or '<N> versions' (N at least 1)")
+        raise ValueError(
+            f"retention {text!r} is not one of 'all', '<N> days' or '<N> versions' (N at least 1)"
+        )
     if m.group(1): return Retention("all")
     return Retention("days" if m.group(3).startswith("d") else "versions", int(m.group(2)))
 
@@ -136,10 +171,15 @@ class DatasetSpec(BaseModel):
     name: str = Field(description="the dataset's name (lowercase letters, digits, `_`)")
     description: str = Field("", description="a note shown by `wrds-sync datasets`")
     tables: list[TableSpec] = Field(description="its tables (`[[datasets.NAME.tables]]`)")
-    default_start_year: int = Field(MIN_YEAR, description="the first year synced by default (a sync starts at the data's first year when later)")
+    default_start_year: int = Field(
+        MIN_YEAR,
+        description="the first year synced by default (a sync starts at the data's first year when later)",
+    )
     max_year: int | None = Field(None, description="the source stops here (legacy CRSP: 2024)")
     successor: str | None = Field(None, description="the dataset to use instead for later years")
-    schedule: Literal["daily", "none"] = Field("none", description="`daily`: `status` says late when no sync succeeded since 8 AM New York")
+    schedule: Literal["daily", "none"] = Field(
+        "none", description="`daily`: `status` says late when no sync succeeded since 8 AM New York"
+    )
     retention: Annotated[str, AfterValidator(lambda v: str(parse_retention(v)) and v)] = Field(
         "90 days", description="how long replaced versions are kept: `all`, `N days` or `N versions`")
 
@@ -159,7 +199,9 @@ class DatasetSpec(BaseModel):
         "The table called `name`"
         for t in self.tables:
             if t.name == name: return t
-        raise UnknownDatasetError(f"dataset {self.name!r} has no table {name!r} (tables: {', '.join(t.name for t in self.tables)})")
+        raise UnknownDatasetError(
+            f"dataset {self.name!r} has no table {name!r} (tables: {', '.join(t.name for t in self.tables)})"
+        )
 
     def year_range(self,
                    start_year:int|None=None,  # first year (default: the dataset's)
@@ -179,65 +221,184 @@ def checked_years(d:DatasetSpec,        # the dataset
     start = d.default_start_year if start_year is None else start_year
     end = min(this_year, d.max_year) if end_year is None and d.max_year else (end_year or this_year)
     if start < MIN_YEAR or start > this_year:
-        raise ConfigError(f"start year {start} is outside {MIN_YEAR}..{this_year}", "pass a year in that range")
-    if end > this_year: raise ConfigError(f"end year {end} is in the future", f"pass --end-year {this_year} or earlier")
-    if end < start: raise ConfigError(f"end year {end} is before start year {start}", "swap them or widen the range")
+        raise ConfigError(
+            f"start year {start} is outside {MIN_YEAR}..{this_year}", "pass a year in that range"
+        )
+    if end > this_year:
+        raise ConfigError(f"end year {end} is in the future", f"pass --end-year {this_year} or earlier")
+    if end < start:
+        raise ConfigError(f"end year {end} is before start year {start}", "swap them or widen the range")
     if d.max_year is not None and end > d.max_year:
         to = f"; use dataset {d.successor!r} for later years" if d.successor else ""
-        raise ConfigError(f"dataset {d.name!r} stops at {d.max_year}, so {end} cannot be synced{to}",
-                          f"pass --end-year {d.max_year}" + (f" or sync {d.successor!r}" if d.successor else ""))
+        raise ConfigError(
+            f"dataset {d.name!r} stops at {d.max_year}, so {end} cannot be synced{to}",
+            f"pass --end-year {d.max_year}" + (f" or sync {d.successor!r}" if d.successor else ""),
+        )
     return range(start, end + 1)
 
 # %% ../nbs/02c_datasets.ipynb #c5092b0e
 _OPTIONM_IDS = {"secid": "Int32"}
 PER_PERIOD_DATASETS: list[DatasetSpec] = [
-    DatasetSpec(name="optionmetrics", description="OptionMetrics Ivy DB US", default_start_year=1996, tables=[
-        TableSpec(name="option_prices", source="optionm.opprcd{year}", partition_column="date",
-                  key_columns=["secid", "date", "optionid"], casts={**_OPTIONM_IDS, "optionid": "Int32"},
-                  description="option prices and Greeks, a WRDS table a year"),
-        TableSpec(name="security_prices", source="optionm.secprd{year}", partition_column="date", key_columns=["secid", "date"],
-                  casts=_OPTIONM_IDS, description="underlying security prices, a WRDS table a year"),
-        TableSpec(name="securities", source="optionm.securd", key_columns=["secid"], casts=_OPTIONM_IDS, description="security master"),
-        TableSpec(name="distributions", source="optionm.distrd", key_columns=["secid", "record_date", "seq_num"],
-                  casts=_OPTIONM_IDS, description="dividends and other distributions"),
-    ]),
-    DatasetSpec(name="taq", description="Millisecond TAQ, a WRDS table a trading day", default_start_year=2003, tables=[
-        TableSpec(name="trades", source="taqm_{year}.ctm_{date:%Y%m%d}", partition_column="date", description="consolidated trades"),
-        TableSpec(name="quotes", source="taqm_{year}.cqm_{date:%Y%m%d}", partition_column="date", description="consolidated quotes"),
-        TableSpec(name="nbbo", source="taqm_{year}.complete_nbbo_{date:%Y%m%d}", partition_column="date",
-                  description="national best bid and offer"),
-    ]),
+    DatasetSpec(
+        name="optionmetrics",
+        description="OptionMetrics Ivy DB US",
+        default_start_year=1996,
+        tables=[
+            TableSpec(
+                name="option_prices",
+                source="optionm.opprcd{year}",
+                partition_column="date",
+                key_columns=["secid", "date", "optionid"],
+                casts={**_OPTIONM_IDS, "optionid": "Int32"},
+                description="option prices and Greeks, a WRDS table a year",
+            ),
+            TableSpec(
+                name="security_prices",
+                source="optionm.secprd{year}",
+                partition_column="date",
+                key_columns=["secid", "date"],
+                casts=_OPTIONM_IDS,
+                description="underlying security prices, a WRDS table a year",
+            ),
+            TableSpec(
+                name="securities",
+                source="optionm.securd",
+                key_columns=["secid"],
+                casts=_OPTIONM_IDS,
+                description="security master",
+            ),
+            TableSpec(
+                name="distributions",
+                source="optionm.distrd",
+                key_columns=["secid", "record_date", "seq_num"],
+                casts=_OPTIONM_IDS,
+                description="dividends and other distributions",
+            ),
+        ],
+    ),
+    DatasetSpec(
+        name="taq",
+        description="Millisecond TAQ, a WRDS table a trading day",
+        default_start_year=2003,
+        tables=[
+            TableSpec(
+                name="trades",
+                source="taqm_{year}.ctm_{date:%Y%m%d}",
+                partition_column="date",
+                description="consolidated trades",
+            ),
+            TableSpec(
+                name="quotes",
+                source="taqm_{year}.cqm_{date:%Y%m%d}",
+                partition_column="date",
+                description="consolidated quotes",
+            ),
+            TableSpec(
+                name="nbbo",
+                source="taqm_{year}.complete_nbbo_{date:%Y%m%d}",
+                partition_column="date",
+                description="national best bid and offer",
+            ),
+        ],
+    ),
 ]
 
 # %% ../nbs/02c_datasets.ipynb #df494e51
 _INT_IDS = {"permno": "Int32", "permco": "Int32"}
 BUILTIN_DATASETS: list[DatasetSpec] = [
-    DatasetSpec(name="crsp", description="CRSP stock files, CIZ format (v2)", default_start_year=1925, schedule="daily", tables=[
-        TableSpec(name="daily", source="crsp.dsf_v2", partition_column="dlycaldt", key_columns=["permno", "dlycaldt"],
-                  description="daily stock file"),
-        TableSpec(name="monthly", source="crsp.msf_v2", partition_column="mthcaldt", key_columns=["permno", "mthcaldt"],
-                  description="monthly stock file"),
-        TableSpec(name="security_info", source="crsp.stksecurityinfohist", key_columns=["permno", "secinfostartdt"],
-                  description="security information history"),
-        TableSpec(name="ccm_link", source="crsp.ccmxpf_lnkhist", key_columns=["gvkey", "liid", "linkdt"],
-                  casts={"lpermno": "Int32", "lpermco": "Int32"}, description="CRSP/Compustat merged link history"),
-    ]),
-    DatasetSpec(name="crsp_legacy", description="CRSP stock files, legacy SIZ format (ends 2024)",
-                default_start_year=1925, max_year=2024, successor="crsp", tables=[
-        TableSpec(name="daily", source="crsp.dsf", partition_column="date", key_columns=["permno", "date"], casts=_INT_IDS),
-        TableSpec(name="monthly", source="crsp.msf", partition_column="date", key_columns=["permno", "date"], casts=_INT_IDS),
-        TableSpec(name="names", source="crsp.dsenames", key_columns=["permno", "namedt"], casts=_INT_IDS),
-    ]),
-    DatasetSpec(name="compustat", description="Compustat North America fundamentals", default_start_year=1950, schedule="daily", tables=[
-        TableSpec(name="funda", source="comp.funda", partition_column="datadate",
-                  key_columns=["gvkey", "datadate", "indfmt", "datafmt", "popsrc", "consol"], description="annual"),
-        TableSpec(name="fundq", source="comp.fundq", partition_column="datadate",
-                  key_columns=["gvkey", "datadate", "indfmt", "datafmt", "popsrc", "consol"], description="quarterly"),
-    ]),
-    DatasetSpec(name="fama_french", description="Fama-French factors", default_start_year=1926, schedule="daily", tables=[
-        TableSpec(name="daily", source="ff.factors_daily", partition_column="date", key_columns=["date"]),
-        TableSpec(name="monthly", source="ff.factors_monthly", partition_column="date", key_columns=["date"]),
-    ]),
+    DatasetSpec(
+        name="crsp",
+        description="CRSP stock files, CIZ format (v2)",
+        default_start_year=1925,
+        schedule="daily",
+        tables=[
+            TableSpec(
+                name="daily",
+                source="crsp.dsf_v2",
+                partition_column="dlycaldt",
+                key_columns=["permno", "dlycaldt"],
+                description="daily stock file",
+            ),
+            TableSpec(
+                name="monthly",
+                source="crsp.msf_v2",
+                partition_column="mthcaldt",
+                key_columns=["permno", "mthcaldt"],
+                description="monthly stock file",
+            ),
+            TableSpec(
+                name="security_info",
+                source="crsp.stksecurityinfohist",
+                key_columns=["permno", "secinfostartdt"],
+                description="security information history",
+            ),
+            TableSpec(
+                name="ccm_link",
+                source="crsp.ccmxpf_lnkhist",
+                key_columns=["gvkey", "liid", "linkdt"],
+                casts={"lpermno": "Int32", "lpermco": "Int32"},
+                description="CRSP/Compustat merged link history",
+            ),
+        ],
+    ),
+    DatasetSpec(
+        name="crsp_legacy",
+        description="CRSP stock files, legacy SIZ format (ends 2024)",
+        default_start_year=1925,
+        max_year=2024,
+        successor="crsp",
+        tables=[
+            TableSpec(
+                name="daily",
+                source="crsp.dsf",
+                partition_column="date",
+                key_columns=["permno", "date"],
+                casts=_INT_IDS,
+            ),
+            TableSpec(
+                name="monthly",
+                source="crsp.msf",
+                partition_column="date",
+                key_columns=["permno", "date"],
+                casts=_INT_IDS,
+            ),
+            TableSpec(name="names", source="crsp.dsenames", key_columns=["permno", "namedt"], casts=_INT_IDS),
+        ],
+    ),
+    DatasetSpec(
+        name="compustat",
+        description="Compustat North America fundamentals",
+        default_start_year=1950,
+        schedule="daily",
+        tables=[
+            TableSpec(
+                name="funda",
+                source="comp.funda",
+                partition_column="datadate",
+                key_columns=["gvkey", "datadate", "indfmt", "datafmt", "popsrc", "consol"],
+                description="annual",
+            ),
+            TableSpec(
+                name="fundq",
+                source="comp.fundq",
+                partition_column="datadate",
+                key_columns=["gvkey", "datadate", "indfmt", "datafmt", "popsrc", "consol"],
+                description="quarterly",
+            ),
+        ],
+    ),
+    DatasetSpec(
+        name="fama_french",
+        description="Fama-French factors",
+        default_start_year=1926,
+        schedule="daily",
+        tables=[
+            TableSpec(name="daily", source="ff.factors_daily", partition_column="date", key_columns=["date"]),
+            TableSpec(
+                name="monthly", source="ff.factors_monthly", partition_column="date", key_columns=["date"]
+            ),
+        ],
+    ),
     *PER_PERIOD_DATASETS,
 ]
 
@@ -247,7 +408,11 @@ def datasets_markdown(datasets:list[DatasetSpec]) -> str:
     rows = ["| dataset | table | WRDS source | partitioned by | key | years |", "|---|---|---|---|---|---|"]
     for d in datasets:
         years = f"{d.default_start_year}-{d.max_year or ''}"
-        for t in d.tables: rows.append(f"| `{d.name}` | `{t.name}` | `{t.source}` | {partitioning(t)} | {', '.join(t.key_columns)} | {years} |")
+        for t in d.tables:
+            rows.append(
+                f"| `{d.name}` | `{t.name}` | `{t.source}` | {partitioning(t)} | {', '.join(t.key_columns)} "
+                f"| {years} |"
+            )
     return "\n".join(rows) + "\n"
 
 def partitioning(t:TableSpec) -> str:
@@ -282,11 +447,16 @@ def load_datasets_toml(path:Path) -> list[DatasetSpec]:
     "Parse a user datasets file; any problem is a `ConfigError` naming the file and the key"
     path = Path(path)
     fix = f"correct the file: `wrds-sync datasets --fields` lists the fields (or see {DOCS_URL})"
-    try: raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError: raise ConfigError(f"datasets file {path} does not exist", "check the path") from None
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"datasets file {path} does not exist", "check the path") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"datasets file {path} cannot be read: {e.__class__.__name__}", "check its permissions") from None
-    except tomllib.TOMLDecodeError as e: raise ConfigError(f"datasets file {path} is not valid TOML: {e}", fix) from None
+        raise ConfigError(
+            f"datasets file {path} cannot be read: {e.__class__.__name__}", "check its permissions"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"datasets file {path} is not valid TOML: {e}", fix) from None
     try: doc = _DatasetsFile.model_validate(raw)
     except PydanticValidationError as e:
         err = e.errors()[0]
@@ -297,7 +467,9 @@ def load_datasets_toml(path:Path) -> list[DatasetSpec]:
         except PydanticValidationError as e:
             err = e.errors()[0]
             where = _loc(("datasets", name, *err["loc"])) if err["loc"] else f"datasets.{name}"
-            raise ConfigError(f"datasets file {path}: key {where}: {err['msg'].removeprefix('Value error, ')}", fix) from None
+            raise ConfigError(
+                f"datasets file {path}: key {where}: {err['msg'].removeprefix('Value error, ')}", fix
+            ) from None
     return out
 
 # %% ../nbs/02c_datasets.ipynb #ebad1c0a
@@ -341,15 +513,18 @@ class DatasetRegistry:
 def _bare(text:str) -> str: return re.sub(r"_+", "_", re.sub(r"\{[^}]*\}", "", text)).strip("_")
 
 def dataset_name_for(source:str) -> str:
-    "The dataset name of an added WRDS table: `comp.secd` -> `comp_secd`, `optionm.opprcd{year}` -> `optionm_opprcd`"
+    """The dataset name of an added WRDS table: `comp.secd` -> `comp_secd`, `optionm.opprcd{year}` ->
+    `optionm_opprcd`"""
     return _safe_name(_bare(source.replace(".", "_")), "dataset")
 
 def normal_source(source:str) -> str:
-    "A source as typed, in lowercase outside its placeholders (`OPTIONM.OPPRCD{year}` -> `optionm.opprcd{year}`)"
+    """A source as typed, in lowercase outside its placeholders (`OPTIONM.OPPRCD{year}` ->
+    `optionm.opprcd{year}`)"""
     return re.sub(r"[^{}]+(?=\{|$)|(?<=\})[^{}]+", lambda m: m[0].lower(), source.strip())
 
 def local_name(source:str) -> str:
-    "The local table name of an added WRDS table: its name on WRDS, less any placeholder (`ctm_{date:%Y%m%d}` -> `ctm`)"
+    """The local table name of an added WRDS table: its name on WRDS, less any placeholder
+    (`ctm_{date:%Y%m%d}` -> `ctm`)"""
     return _safe_name(_bare(source.split(".")[-1]), "table")
 
 def parse_filters(items:list[str]) -> dict[str, list[str]]:
@@ -358,12 +533,20 @@ def parse_filters(items:list[str]) -> dict[str, list[str]]:
     for it in items:
         col, eq, value = it.partition("=")
         if not eq or not col.strip():
-            raise ConfigError(f"filter {it!r} is not COL=VALUE", "write each filter as COL=VALUE, e.g. --filter exchg=11")
+            raise ConfigError(
+                f"filter {it!r} is not COL=VALUE", "write each filter as COL=VALUE, e.g. --filter exchg=11"
+            )
         out.setdefault(col.strip().lower(), []).append(value.strip())
     return out
 
 # %% ../nbs/02c_datasets.ipynb #c71894f0
-_PG_NUMBERS: dict[str, Any] = {"smallint": int, "integer": int, "bigint": int, "real": float, "double precision": float}
+_PG_NUMBERS: dict[str, Any] = {
+    "smallint": int,
+    "integer": int,
+    "bigint": int,
+    "real": float,
+    "double precision": float,
+}
 
 def _converter(pg_type:str) -> Any:
     if pg_type in _PG_NUMBERS: return _PG_NUMBERS[pg_type]
@@ -377,10 +560,16 @@ def typed_filters(raw:dict[str, list[str]],  # column -> values as typed
     "Each value converted to its column's type; one value stays a scalar"
     out: dict[str, FilterValue | list[FilterValue]] = {}
     for col, values in raw.items():
-        if col not in types: raise ConfigError(f"filter column {col!r} is not a column of the table", "check it with `wrds-sync describe`")
+        if col not in types:
+            raise ConfigError(
+                f"filter column {col!r} is not a column of the table", "check it with `wrds-sync describe`"
+            )
         try: vals = [_converter(types[col])(v) for v in values]
         except ValueError:
-            raise ConfigError(f"filter {col}={','.join(values)} does not fit the column's type {types[col]}", "pass values of that type") from None
+            raise ConfigError(
+                f"filter {col}={','.join(values)} does not fit the column's type {types[col]}",
+                "pass values of that type",
+            ) from None
         out[col] = vals[0] if len(vals) == 1 else vals
     return out
 
@@ -395,10 +584,17 @@ def store_dataset(dirs:DataDirs,     # the data dir
                  ) -> Path:
     "Add (or replace) `spec` in the data dir's `datasets.toml`; refuses the name of a built-in"
     if spec.name in {d.name for d in BUILTIN_DATASETS}:
-        raise ConfigError(f"{spec.name!r} is a built-in dataset", "pass --name with another name for the added table")
+        raise ConfigError(
+            f"{spec.name!r} is a built-in dataset", "pass --name with another name for the added table"
+        )
     specs = [d for d in stored_datasets(dirs) if d.name != spec.name] + [spec]
     text = datasets_toml(specs)
-    if [DatasetSpec.model_validate({"name": n, **b}) for n, b in tomllib.loads(text)["datasets"].items()] != specs:
-        raise ConfigError(f"the definition of {spec.name!r} does not survive a round trip through TOML", "report this as a bug")
+    if [
+        DatasetSpec.model_validate({"name": n, **b}) for n, b in tomllib.loads(text)["datasets"].items()
+    ] != specs:
+        raise ConfigError(
+            f"the definition of {spec.name!r} does not survive a round trip through TOML",
+            "report this as a bug",
+        )
     atomic_write_bytes(dirs.datasets_file, text.encode())
     return dirs.datasets_file

@@ -33,7 +33,11 @@ __all__ = ['DEMO_UPDATED', 'SUPERUSER', 'DEMO_ROLE', 'DEMO_ROLE_LIMIT', 'DEMO_PA
 DEMO_UPDATED = date(2026, 2, 6)
 SUPERUSER = "postgres"      # builds and changes the source
 DEMO_ROLE = "wrds_reader"   # what syncs log in as: USAGE and SELECT only, a connection limit as on WRDS
-DEMO_ROLE_LIMIT, DEMO_PASSWORD = 7, "demo-password"  # checked (scram) as on WRDS; long enough to scrub from logs
+DEMO_ROLE_LIMIT, DEMO_PASSWORD = (
+    7,
+    "demo-password",
+)  # checked (scram) as on WRDS; long enough to scrub from logs
+
 
 def _server_uri_host(uri:str) -> str: return parse_qs(urlparse(uri).query)["host"][0]
 
@@ -54,7 +58,9 @@ class DemoServer:
         return self
     def stop(self) -> None:
         "Stop the server if this process started it"
-        if self._server is not None: self._server.cleanup(); self._server = None
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
     @property
     def socket_dir(self) -> str: return _server_uri_host(self.start()._server.get_uri())
     def connect(self, database:str="postgres") -> Any:
@@ -87,17 +93,26 @@ class DemoSpan:
     @property
     def legacy_end(self) -> date: return min(self.end, date(2024, 12, 31))
     @property
-    def firms(self) -> str: return f"(select g as permno, g - 10000 as i from generate_series(10001, {10000 + self.n_firms}) g)"
+    def firms(self) -> str:
+        return f"(select g as permno, g - 10000 as i from generate_series(10001, {10000 + self.n_firms}) g)"
     @property
     def days(self) -> str:
-        return (f"(select d::date as dt, (d::date - date '1900-01-01') as k from generate_series(date '{self.start}', "
-                f"date '{self.end}', interval '1 day') d where extract(isodow from d) < 6)")
+        return (
+            "(select d::date as dt, (d::date - date '1900-01-01') as k from generate_series(date "
+            f"'{self.start}', "
+            f"date '{self.end}', interval '1 day') d where extract(isodow from d) < 6)"
+        )
     @property
     def month_ends(self) -> str:
         last = "date_trunc('month', mm) + interval '1 month' - interval '1 day'"
-        return (f"(select m.me as dt, (m.me - date '1900-01-01') as k, m.cal as cal from (select (select max(x)::date from "
-                f"generate_series(date_trunc('month', mm), {last}, interval '1 day') x where extract(isodow from x) < 6) as me, "
-                f"({last})::date as cal from generate_series(date '{self.start}', date '{self.end}', interval '1 month') mm) m)")
+        return (
+            "(select m.me as dt, (m.me - date '1900-01-01') as k, m.cal as cal from (select (select "
+            "max(x)::date from "
+            f"generate_series(date_trunc('month', mm), {last}, interval '1 day') x where extract(isodow from "
+            "x) < 6) as me, "
+            f"({last})::date as cal from generate_series(date '{self.start}', date '{self.end}', interval '1 "
+            "month') mm) m)"
+        )
 
 # %% ../nbs/05a_demo.ipynb #4b601c37
 def u(g:DemoSpan,            # the span (its seed and row key)
@@ -105,7 +120,8 @@ def u(g:DemoSpan,            # the span (its seed and row key)
       key:str|None=None      # the SQL expression hashed (default: the span's row key)
      ) -> str:
     "SQL for a uniform number in [0, 1), the same for the same row, seed and `n`"
-    return f"((hashint8extended(({key or g.key})::bigint, {g.seed * 1000 + n}::bigint) & 2147483647)::float8 / 2147483648.0)"
+    return (f"((hashint8extended(({key or g.key})::bigint, {g.seed * 1000 + n}::bigint) & "
+            "2147483647)::float8 / 2147483648.0)")
 
 def num(g:DemoSpan, lo:float,  # the smallest value
         width:float,           # the spread above `lo`
@@ -129,8 +145,10 @@ def ret(g:DemoSpan, n:int,     # which draw
 def _dsf_v2(g:DemoSpan) -> str:
     price, cap = num(g, 5, 95, 1), num(g, 1000, 9000, 2, 0, key="f.permno")
     return f"""select f.permno::integer as permno, (f.permno + 40000)::integer as permco,
-        substr(md5(f.permno::text), 1, 8)::varchar(8) as hdrcusip, d.dt as dlycaldt, 'N'::varchar(1) as dlydelflg,
-        {price}::numeric as dlyprc, 'TR'::varchar(2) as dlyprcflg, (round({price} * {cap} * 100) / 100)::numeric(20,4) as dlycap,
+        substr(md5(f.permno::text), 1, 8)::varchar(8) as hdrcusip, d.dt as dlycaldt, 'N'::varchar(1) as
+        dlydelflg,
+        {price}::numeric as dlyprc, 'TR'::varchar(2) as dlyprcflg, (round({price} * {cap} * 100) /
+        100)::numeric(20,4) as dlycap,
         {num(g, 5, 95, 3)} as dlyprevprc, (d.dt - 1) as dlyprevdt, {ret(g, 5, 10, null_n=4)} as dlyret,
         {ret(g, 5, 10, 0.0001, null_n=4)} as dlyretx, {ret(g, 6, 10)} as dlyreti,
         case when {u(g, 4)} < 0.01 then 'NS' else null end::varchar(2) as dlyretmissflg,
@@ -142,48 +160,65 @@ def _msf_v2(g:DemoSpan) -> str:
     price, shrout = num(g, 5, 95, 11), num(g, 1000, 9000, 2, 0, key="f.permno")
     return f"""select f.permno::integer as permno, (f.permno + 40000)::integer as permco, d.dt as mthcaldt,
         {price}::numeric as mthprc, {ret(g, 13, 3, null_n=12)} as mthret, {ret(g, 13, 3, 0.001)} as mthretx,
-        floor(2000000 * {u(g, 14)})::float8 as mthvol, (round({price} * {shrout} * 100) / 100)::numeric(20,4) as mthcap,
+        floor(2000000 * {u(g, 14)})::float8 as mthvol, (round({price} * {shrout} * 100) /
+        100)::numeric(20,4) as mthcap,
         {shrout} as shrout from {g.firms} f cross join {g.month_ends} d"""
 
 def _stksecurityinfohist(g:DemoSpan) -> str:
-    return f"""select f.permno::integer as permno, date '{g.start}' as secinfostartdt, date '9999-12-31' as secinfoenddt,
+    return f"""select f.permno::integer as permno, date '{g.start}' as secinfostartdt, date '9999-12-31' as
+        secinfoenddt,
         (f.permno + 40000)::integer as permco, ('DEMO CORP ' || f.i)::varchar(50) as issuernm,
         ('T' || f.i)::varchar(10) as ticker, (array['N','Q','A'])[1 + f.i % 3]::varchar(1) as primaryexch,
-        'NS'::varchar(4) as sharetype, 'EQTY'::varchar(4) as securitytype, (1000 + f.i % 8000)::integer as siccd
+        'NS'::varchar(4) as sharetype, 'EQTY'::varchar(4) as securitytype, (1000 + f.i % 8000)::integer as
+        siccd
         from {g.firms} f"""
 
-def _link(linkprim:str, liid:str, linktype:str, permno:str, linkdt:str, linkenddt:str, where:str="true") -> str:
-    return (f"select lpad((1000 + f.i)::text, 6, '0')::char(6) as gvkey, '{linkprim}'::char(1) as linkprim, '{liid}'::varchar(3) as liid, "
-            f"'{linktype}'::char(2) as linktype, ({permno})::float8 as lpermno, ({permno} + 40000)::float8 as lpermco, "
-            f"({linkdt})::date as linkdt, ({linkenddt})::date as linkenddt from firms f where {where}")
+def _link(
+    linkprim: str, liid: str, linktype: str, permno: str, linkdt: str, linkenddt: str, where: str = "true"
+) -> str:
+    return (
+        f"select lpad((1000 + f.i)::text, 6, '0')::char(6) as gvkey, '{linkprim}'::char(1) as linkprim, "
+        f"'{liid}'::varchar(3) as liid, "
+        f"'{linktype}'::char(2) as linktype, ({permno})::float8 as lpermno, ({permno} + 40000)::float8 as "
+        "lpermco, "
+        f"({linkdt})::date as linkdt, ({linkenddt})::date as linkenddt from firms f where {where}"
+    )
 
 def _ccmxpf_lnkhist(g:DemoSpan) -> str:
     mid = f"date '{date(g.start.year + (g.end.year - g.start.year + 1) // 2, 1, 1)}'"
+    old = _link("P", "01", "NR", "null", f"date '{g.start}' - interval '10 years'", f"date '{g.start}' - 1",
+                "f.i % 7 = 0")
     return f"""with firms as {g.firms}
-        {_link('P', '01', 'LC', 'f.permno', f"date '{g.start}'", f"case when f.i % 4 = 0 then {mid} - 1 end")}
-        union all {_link('C', '01', 'LU', 'f.permno', mid, 'null', 'f.i % 4 = 0')}
-        union all {_link('J', '02', 'LC', 'f.permno + 1', f"date '{g.start}'", 'null', 'f.i % 5 = 0')}
-        union all {_link('P', '01', 'NR', 'null', f"date '{g.start}' - interval '10 years'", f"date '{g.start}' - 1", 'f.i % 7 = 0')}"""
+        {_link("P", "01", "LC", "f.permno", f"date '{g.start}'", f"case when f.i % 4 = 0 then {mid} - 1 end")}
+        union all {_link("C", "01", "LU", "f.permno", mid, "null", "f.i % 4 = 0")}
+        union all {_link("J", "02", "LC", "f.permno + 1", f"date '{g.start}'", "null", "f.i % 5 = 0")}
+        union all {old}"""
 
 # %% ../nbs/05a_demo.ipynb #ef56edfc
 def _dsf(g:DemoSpan) -> str:
     return f"""select substr(md5(f.permno::text), 1, 8)::varchar(8) as cusip, f.permno::float8 as permno,
         (f.permno + 40000)::float8 as permco, 0::float8 as issuno, (1 + f.i % 3)::float8 as hexcd,
-        (1000 + f.i % 8000)::float8 as hsiccd, d.dt as date, {num(g, 4, 95, 21)} as bidlo, {num(g, 6, 95, 21)} as askhi,
-        {num(g, 5, 95, 21)} as prc, floor(100000 * {u(g, 22)})::float8 as vol, {ret(g, 24, 10, null_n=23)} as ret,
+        (1000 + f.i % 8000)::float8 as hsiccd, d.dt as date, {num(g, 4, 95, 21)} as bidlo,
+        {num(g, 6, 95, 21)} as askhi,
+        {num(g, 5, 95, 21)} as prc, floor(100000 * {u(g, 22)})::float8 as vol, {ret(g, 24, 10, null_n=23)}
+        as ret,
         {num(g, 1000, 9000, 2, 0, key="f.permno")} as shrout, 1::float8 as cfacpr, 1::float8 as cfacshr,
         {num(g, 5, 95, 25)} as openprc, {ret(g, 24, 10, 0.0001)} as retx
         from {g.firms} f cross join {g.days} d where d.dt <= date '{g.legacy_end}'"""
 
 def _msf(g:DemoSpan) -> str:
     return f"""select substr(md5(f.permno::text), 1, 8)::varchar(8) as cusip, f.permno::float8 as permno,
-        (f.permno + 40000)::float8 as permco, d.dt as date, {num(g, 5, 95, 31)} as prc, floor(2000000 * {u(g, 32)})::float8 as vol,
-        {ret(g, 34, 3, null_n=33)} as ret, {num(g, 1000, 9000, 2, 0, key="f.permno")} as shrout, {ret(g, 34, 3, 0.001)} as retx
+        (f.permno + 40000)::float8 as permco, d.dt as date, {num(g, 5, 95, 31)} as prc, floor(2000000 *
+        {u(g, 32)})::float8 as vol,
+        {ret(g, 34, 3, null_n=33)} as ret, {num(g, 1000, 9000, 2, 0, key="f.permno")} as shrout,
+        {ret(g, 34, 3, 0.001)} as retx
         from {g.firms} f cross join {g.month_ends} d where d.dt <= date '{g.legacy_end}'"""
 
 def _dsenames(g:DemoSpan) -> str:
-    return f"""select f.permno::float8 as permno, date '{g.start}' as namedt, date '{g.legacy_end}' as nameendt,
-        (10 + f.i % 2)::float8 as shrcd, (1 + f.i % 3)::float8 as exchcd, (1000 + f.i % 8000)::float8 as siccd,
+    return f"""select f.permno::float8 as permno, date '{g.start}' as namedt, date '{g.legacy_end}' as
+        nameendt,
+        (10 + f.i % 2)::float8 as shrcd, (1 + f.i % 3)::float8 as exchcd, (1000 + f.i % 8000)::float8 as
+        siccd,
         substr(md5(f.permno::text), 1, 8)::varchar(8) as ncusip, ('T' || f.i)::varchar(8) as ticker,
         ('DEMO CORP ' || f.i)::varchar(35) as comnam, (f.permno + 40000)::float8 as permco from {g.firms} f"""
 
@@ -191,9 +226,12 @@ def _dsenames(g:DemoSpan) -> str:
 def _funda(g:DemoSpan) -> str:
     k = "f.i * 10000 + y"
     return f"""select lpad((1000 + f.i)::text, 6, '0')::varchar(6) as gvkey, make_date(y, 12, 31) as datadate,
-        y::float8 as fyear, fmt.indfmt::varchar(12) as indfmt, 'C'::varchar(2) as consol, 'D'::varchar(2) as popsrc,
-        'STD'::varchar(12) as datafmt, ('T' || f.i)::varchar(8) as tic, ('DEMO CORP ' || f.i)::varchar(60) as conm,
-        'USD'::varchar(3) as curcd, 12::float8 as fyr, {num(g, 100, 10000, 41, 3, k)}::numeric(18,3) as at, {num(g, 50, 5000, 42, 3, k)}::numeric(18,3) as lt,
+        y::float8 as fyear, fmt.indfmt::varchar(12) as indfmt, 'C'::varchar(2) as consol, 'D'::varchar(2)
+        as popsrc,
+        'STD'::varchar(12) as datafmt, ('T' || f.i)::varchar(8) as tic, ('DEMO CORP ' || f.i)::varchar(60)
+        as conm,
+        'USD'::varchar(3) as curcd, 12::float8 as fyr, {num(g, 100, 10000, 41, 3, k)}::numeric(18,3) as at,
+        {num(g, 50, 5000, 42, 3, k)}::numeric(18,3) as lt,
         {num(g, 10, 2000, 43, 3, k)} as ceq, {num(g, 10, 8000, 44, 3, k)} as sale,
         case when {u(g, 45, k)} < 0.05 then null else {num(g, -50, 500, 46, 3, k)} end as ni,
         {num(g, 1, 500, 47, 3, "f.i")} as csho, lpad((800000 + f.i)::text, 10, '0')::varchar(10) as cik
@@ -202,48 +240,70 @@ def _funda(g:DemoSpan) -> str:
 
 def _secd(g:DemoSpan) -> str:
     k = "f.i * 100000 + d.k"
-    return f"""select lpad((1000 + f.i)::text, 6, '0')::varchar(6) as gvkey, '01'::varchar(3) as iid, d.dt as datadate,
-        ('T' || f.i)::varchar(8) as tic, ('DEMO CORP ' || f.i)::varchar(60) as conm, 'USD'::varchar(3) as curcdd,
+    return f"""select lpad((1000 + f.i)::text, 6, '0')::varchar(6) as gvkey, '01'::varchar(3) as iid, d.dt
+        as datadate,
+        ('T' || f.i)::varchar(8) as tic, ('DEMO CORP ' || f.i)::varchar(60) as conm, 'USD'::varchar(3) as
+        curcdd,
         (11 + 3 * (f.i % 2))::smallint as exchg, {num(g, 5, 95, 61, 2, k)}::float8 as prccd,
-        {num(g, 1, 500, 47, 3, "f.i")}::float8 as cshoc, floor(100000 * {u(g, 62, k)})::float8 as cshtrd, 1::float8 as ajexdi
+        {num(g, 1, 500, 47, 3, "f.i")}::float8 as cshoc, floor(100000 * {u(g, 62, k)})::float8 as cshtrd,
+        1::float8 as ajexdi
         from {g.firms} f cross join {g.days} d where f.i % 10 = 1"""
 
 def _fundq(g:DemoSpan) -> str:
-    k, qend = "f.i * 100000 + y * 10 + q", "(make_date(y, q * 3, 1) + interval '1 month' - interval '1 day')::date"
-    return f"""select lpad((1000 + f.i)::text, 6, '0')::varchar(6) as gvkey, {qend} as datadate, y::float8 as fyearq,
-        q::float8 as fqtr, 'INDL'::varchar(12) as indfmt, 'C'::varchar(2) as consol, 'D'::varchar(2) as popsrc,
+    k, qend = (
+        "f.i * 100000 + y * 10 + q",
+        "(make_date(y, q * 3, 1) + interval '1 month' - interval '1 day')::date",
+    )
+    return f"""select lpad((1000 + f.i)::text, 6, '0')::varchar(6) as gvkey, {qend} as datadate, y::float8
+        as fyearq,
+        q::float8 as fqtr, 'INDL'::varchar(12) as indfmt, 'C'::varchar(2) as consol, 'D'::varchar(2) as
+        popsrc,
         'STD'::varchar(12) as datafmt, ('T' || f.i)::varchar(8) as tic, {num(g, 100, 10000, 51, 3, k)} as atq,
         {num(g, 5, 2000, 52, 3, k)} as saleq, {num(g, -10, 100, 53, 3, k)} as niq,
         (make_date(y, q * 3, 1) + interval '2 month')::date as rdq
-        from {g.firms} f cross join generate_series({g.start.year}, {g.end.year}) y cross join generate_series(1, 4) q"""
+        from {g.firms} f cross join generate_series({g.start.year}, {g.end.year}) y cross join
+        generate_series(1, 4) q"""
 
 # %% ../nbs/05a_demo.ipynb #e190b91d
 def _factors(g:DemoSpan, dates:str, salt:int, mkt:int, size:int, rf:float, extra:str="") -> str:
-    def f(n:int, scale:int) -> str: return f"(round((({u(g, salt + n, 'd.k')} - 0.5) / {scale}) * 10000) / 10000)::float8"
-    return (f"select d.dt as date, {f(1, mkt)} as mktrf, {f(2, size)} as smb, {f(3, size)} as hml, {rf}::float8 as rf, "
-            f"{f(4, size)} as umd{extra} from {dates} d")
+    def f(n: int, scale: int) -> str:
+        return f"(round((({u(g, salt + n, 'd.k')} - 0.5) / {scale}) * 10000) / 10000)::float8"
+
+    return (
+        f"select d.dt as date, {f(1, mkt)} as mktrf, {f(2, size)} as smb, {f(3, size)} as hml, {rf}::float8 "
+        "as rf, "
+        f"{f(4, size)} as umd{extra} from {dates} d"
+    )
 
 def _factors_daily(g:DemoSpan) -> str: return _factors(g, g.days, 60, 50, 100, 0.0001)
-def _factors_monthly(g:DemoSpan) -> str: return _factors(g, g.month_ends, 70, 10, 20, 0.003, ", d.cal as dateff")
+def _factors_monthly(g: DemoSpan) -> str:
+    return _factors(g, g.month_ends, 70, 10, 20, 0.003, ", d.cal as dateff")
 
 # %% ../nbs/05a_demo.ipynb #333979ea
 def _s34(g:DemoSpan) -> str:
-    return f"""select (100 + f.i % 7)::integer as mgrno, make_date(y, 12, 31) as rdate, substr(md5(f.permno::text), 1, 8)::varchar(8) as cusip,
+    return f"""select (100 + f.i % 7)::integer as mgrno, make_date(y, 12, 31) as rdate,
+        substr(md5(f.permno::text), 1, 8)::varchar(8) as cusip,
         floor(1000000 * {u(g, 81, "f.i * 10000 + y")})::float8 as shares
         from {g.firms} f cross join generate_series({g.start.year}, {g.end.year}) y"""
 
 # %% ../nbs/05a_demo.ipynb #c0868b23
 def _weekdays(lo:str, hi:str) -> str:
     "SQL for the weekdays `lo..hi` (two SQL date expressions) with their row key `k`"
-    return (f"(select d::date as dt, (d::date - date '1900-01-01') as k from generate_series({lo}, {hi}, interval '1 day') d "
-            f"where extract(isodow from d) < 6)")
+    return (
+        f"(select d::date as dt, (d::date - date '1900-01-01') as k from generate_series({lo}, {hi}, "
+        "interval '1 day') d "
+        f"where extract(isodow from d) < 6)"
+    )
 
 def _opprcd(g:DemoSpan, key:str) -> str:
     y, k = int(key[:4]), "(f.i * 1000000 + d.k * 10 + o.k)"
     fwd = "" if y == g.start.year else f", {num(g, 5, 95, 95, 2, k)} as forward_price"
-    return f"""select (100000 + f.i)::float8 as secid, d.dt as date, ('T' || f.i || ' ' || o.k)::varchar(21) as symbol,
-        make_date({y}, 12, 31) + 30 as exdate, (case when o.k % 2 = 1 then 'C' else 'P' end)::char(1) as cp_flag,
-        ((40 + 10 * o.k) * 1000)::float8 as strike_price, {num(g, 1, 10, 91, 2, k)} as best_bid, {num(g, 11, 10, 92, 2, k)} as best_offer,
+    return f"""select (100000 + f.i)::float8 as secid, d.dt as date, ('T' || f.i || ' ' ||
+        o.k)::varchar(21) as symbol,
+        make_date({y}, 12, 31) + 30 as exdate, (case when o.k % 2 = 1 then 'C' else 'P' end)::char(1) as
+        cp_flag,
+        ((40 + 10 * o.k) * 1000)::float8 as strike_price, {num(g, 1, 10, 91, 2, k)} as best_bid,
+        {num(g, 11, 10, 92, 2, k)} as best_offer,
         floor(500 * {u(g, 93, k)})::float8 as volume, floor(5000 * {u(g, 94, k)})::float8 as open_interest,
         case when {u(g, 96, k)} < 0.05 then null else {num(g, 0.1, 0.9, 97, 6, k)} end as impl_volatility,
         {num(g, -1, 2, 98, 6, k)} as delta, (f.i * 100000 + {y % 100} * 100 + o.k)::float8 as optionid,
@@ -253,61 +313,85 @@ def _opprcd(g:DemoSpan, key:str) -> str:
 
 def _secprd(g:DemoSpan, key:str) -> str:
     y, k = int(key[:4]), "(f.i * 100000 + d.k)"
-    return f"""select (100000 + f.i)::float8 as secid, d.dt as date, {num(g, 4, 95, 101, 2, k)} as low, {num(g, 6, 95, 102, 2, k)} as high,
-        {num(g, 5, 95, 103, 2, k)} as open, {num(g, 5, 95, 104, 2, k)} as close, floor(100000 * {u(g, 105, k)})::float8 as volume,
-        {ret(g, 106, 10)} as return, 1::float8 as cfadj, {num(g, 1000, 9000, 107, 0, "f.i")} as shrout, 1::float8 as cfret
+    return f"""select (100000 + f.i)::float8 as secid, d.dt as date, {num(g, 4, 95, 101, 2, k)} as low,
+        {num(g, 6, 95, 102, 2, k)} as high,
+        {num(g, 5, 95, 103, 2, k)} as open, {num(g, 5, 95, 104, 2, k)} as close, floor(100000 *
+        {u(g, 105, k)})::float8 as volume,
+        {ret(g, 106, 10)} as return, 1::float8 as cfadj, {num(g, 1000, 9000, 107, 0, "f.i")} as shrout,
+        1::float8 as cfret
         from {g.firms} f cross join {_weekdays(f"make_date({y}, 1, 1)", f"make_date({y}, 12, 31)")} d
         where f.i % 4 = 1"""
 
 def _securd(g:DemoSpan) -> str:
     return f"""select (100000 + f.i)::float8 as secid, substr(md5(f.permno::text), 1, 8)::varchar(8) as cusip,
-        ('T' || f.i)::varchar(6) as ticker, (1000 + f.i % 8000)::varchar(4) as sic, '0'::varchar(1) as index_flag,
+        ('T' || f.i)::varchar(6) as ticker, (1000 + f.i % 8000)::varchar(4) as sic, '0'::varchar(1) as
+        index_flag,
         (1 + f.i % 3)::float8 as exchange_d, ''::varchar(1) as class, '0'::varchar(1) as issue_type,
         ('DEMO CORP ' || f.i)::varchar(28) as issuer from {g.firms} f where f.i % 4 = 1"""
 
 def _distrd(g:DemoSpan) -> str:
     k = "(f.i * 10000 + y * 10 + q)"
-    return f"""select (100000 + f.i)::float8 as secid, make_date(y, q * 3, 15) as record_date, 1::float8 as seq_num,
+    return f"""select (100000 + f.i)::float8 as secid, make_date(y, q * 3, 15) as record_date, 1::float8 as
+        seq_num,
         make_date(y, q * 3, 13) as ex_date, {num(g, 0.1, 1, 111, 4, k)} as amount, 1::float8 as adj_factor,
-        make_date(y, q * 3, 1) as declare_date, make_date(y, q * 3, 28) as payment_date, 0::float8 as link_secid,
+        make_date(y, q * 3, 1) as declare_date, make_date(y, q * 3, 28) as payment_date, 0::float8 as
+        link_secid,
         '1'::varchar(1) as distr_type, 'USD'::varchar(3) as currency
-        from {g.firms} f cross join generate_series({g.start.year}, {g.end.year}) y cross join generate_series(1, 4) q
+        from {g.firms} f cross join generate_series({g.start.year}, {g.end.year}) y cross join
+        generate_series(1, 4) q
         where f.i % 4 = 1"""
 
 # %% ../nbs/05a_demo.ipynb #2e9b2cdd
 def _taq_days(g:DemoSpan) -> list[str]:
     "The trading days the demo's TAQ has: the 20th-31st of December of its last two years, less Christmas"
-    days = [date(y, 12, d) for y in range(max(g.start.year, g.end.year - 1), g.end.year + 1) for d in range(20, 32)]
+    days = [
+        date(y, 12, d)
+        for y in range(max(g.start.year, g.end.year - 1), g.end.year + 1)
+        for d in range(20, 32)
+    ]
     return [d.isoformat() for d in days if d.weekday() < 5 and d.day != 25]
 
 def _taq_rows(g:DemoSpan, key:str, n:int) -> str:
     "The (symbol, event) grid of one TAQ day: the first 50 firms, `n` events each"
-    return (f"(select f.i, ('T' || f.i)::varchar(6) as sym_root, case when f.i % 10 = 0 then 'PR' end::varchar(6) as sym_suffix, "
-            f"e.j, (f.i * 100000 + e.j + (date '{key}' - date '1900-01-01') * 1000) as k, date '{key}' as dt "
-            f"from {g.firms} f cross join generate_series(1, {n}) e(j) where f.i <= 50)")
+    return (
+        "(select f.i, ('T' || f.i)::varchar(6) as sym_root, case when f.i % 10 = 0 then 'PR' "
+        "end::varchar(6) as sym_suffix, "
+        f"e.j, (f.i * 100000 + e.j + (date '{key}' - date '1900-01-01') * 1000) as k, date '{key}' as dt "
+        f"from {g.firms} f cross join generate_series(1, {n}) e(j) where f.i <= 50)"
+    )
 
 def _taq_time(g:DemoSpan, n:int) -> str:
     return f"(time '09:30' + floor(23400000000 * {u(g, n, 'r.k')}) * interval '1 microsecond')::time"
 
 def _ctm(g:DemoSpan, key:str) -> str:
     return f"""select r.dt as date, {_taq_time(g, 121)} as time_m, 0::smallint as time_m_nano,
-        (array['N','P','Q','T','Z'])[1 + r.j % 5]::char(1) as ex, r.sym_root, r.sym_suffix, '@'::varchar(4) as tr_scond,
-        (100 * (1 + floor(10 * {u(g, 122, 'r.k')})))::integer as size, {num(g, 5, 95, 123, 4, 'r.k')} as price,
+        (array['N','P','Q','T','Z'])[1 + r.j % 5]::char(1) as ex, r.sym_root, r.sym_suffix, '@'::varchar(4)
+        as tr_scond,
+        (100 * (1 + floor(10 * {u(g, 122, "r.k")})))::integer as size, {num(g, 5, 95, 123, 4, "r.k")} as
+        price,
         'N'::char(1) as tr_stopind, '00'::char(2) as tr_corr, (r.i * 1000 + r.j)::bigint as tr_seqnum,
-        r.j::varchar(10) as tr_id, 'C'::char(1) as tr_source from {_taq_rows(g, key, 25)} r order by r.sym_root, time_m, tr_seqnum"""
+        r.j::varchar(10) as tr_id, 'C'::char(1) as tr_source from {_taq_rows(g, key, 25)} r order by
+        r.sym_root, time_m, tr_seqnum"""
 
 def _cqm(g:DemoSpan, key:str) -> str:
     return f"""select r.dt as date, {_taq_time(g, 131)} as time_m, 0::smallint as time_m_nano,
-        (array['N','P','Q','T','Z'])[1 + r.j % 5]::char(1) as ex, r.sym_root, r.sym_suffix, {num(g, 5, 90, 132, 2, 'r.k')} as bid,
-        (1 + floor(20 * {u(g, 133, 'r.k')}))::integer as bidsiz, {num(g, 95, 5, 134, 2, 'r.k')} as ask,
-        (1 + floor(20 * {u(g, 135, 'r.k')}))::integer as asksiz, 'R'::varchar(2) as qu_cond, (r.i * 1000 + r.j)::bigint as qu_seqnum,
-        '2'::char(1) as natbbo_ind, 'C'::char(1) as qu_source from {_taq_rows(g, key, 40)} r order by r.sym_root, time_m, qu_seqnum"""
+        (array['N','P','Q','T','Z'])[1 + r.j % 5]::char(1) as ex, r.sym_root, r.sym_suffix,
+        {num(g, 5, 90, 132, 2, "r.k")} as bid,
+        (1 + floor(20 * {u(g, 133, "r.k")}))::integer as bidsiz, {num(g, 95, 5, 134, 2, "r.k")} as ask,
+        (1 + floor(20 * {u(g, 135, "r.k")}))::integer as asksiz, 'R'::varchar(2) as qu_cond, (r.i * 1000 +
+        r.j)::bigint as qu_seqnum,
+        '2'::char(1) as natbbo_ind, 'C'::char(1) as qu_source from {_taq_rows(g, key, 40)} r order by
+        r.sym_root, time_m, qu_seqnum"""
 
 def _nbbo(g:DemoSpan, key:str) -> str:
-    return f"""select r.dt as date, {_taq_time(g, 141)} as time_m, 0::smallint as time_m_nano, r.sym_root, r.sym_suffix,
-        {num(g, 5, 90, 142, 2, 'r.k')} as best_bid, (1 + floor(20 * {u(g, 143, 'r.k')}))::integer as best_bidsiz,
-        {num(g, 95, 5, 144, 2, 'r.k')} as best_ask, (1 + floor(20 * {u(g, 145, 'r.k')}))::integer as best_asksiz,
-        (r.i * 1000 + r.j)::bigint as qu_seqnum from {_taq_rows(g, key, 10)} r order by r.sym_root, time_m, qu_seqnum"""
+    return f"""select r.dt as date, {_taq_time(g, 141)} as time_m, 0::smallint as time_m_nano, r.sym_root,
+        r.sym_suffix,
+        {num(g, 5, 90, 142, 2, "r.k")} as best_bid, (1 + floor(20 * {u(g, 143, "r.k")}))::integer as
+        best_bidsiz,
+        {num(g, 95, 5, 144, 2, "r.k")} as best_ask, (1 + floor(20 * {u(g, 145, "r.k")}))::integer as
+        best_asksiz,
+        (r.i * 1000 + r.j)::bigint as qu_seqnum from {_taq_rows(g, key, 10)} r order by r.sym_root, time_m,
+        qu_seqnum"""
 
 # %% ../nbs/05a_demo.ipynb #61d6bcb4
 @dataclass(frozen=True)
@@ -322,11 +406,17 @@ class DemoTable:
 DEMO_TABLES: dict[str, DemoTable] = {
     "crsp.dsf_v2": DemoTable("Daily Stock File", "updated", _dsf_v2, "crsp_a_stock"),
     "crsp.msf_v2": DemoTable("Monthly Stock File", "updated", _msf_v2, "crsp_a_stock"),
-    "crsp.stksecurityinfohist": DemoTable("Security Information History", "updated", _stksecurityinfohist, "crsp_a_stock"),
-    "crsp.ccmxpf_lnkhist": DemoTable("CRSP/Compustat Merged Link History", "updated", _ccmxpf_lnkhist, "crsp_a_ccm"),
+    "crsp.stksecurityinfohist": DemoTable(
+        "Security Information History", "updated", _stksecurityinfohist, "crsp_a_stock"
+    ),
+    "crsp.ccmxpf_lnkhist": DemoTable(
+        "CRSP/Compustat Merged Link History", "updated", _ccmxpf_lnkhist, "crsp_a_ccm"
+    ),
     "crsp.dsf": DemoTable("Daily Stock File (legacy SIZ)", "updated", _dsf, "crsp_a_stock"),
     "crsp.msf": DemoTable("Monthly Stock File (legacy SIZ)", "updated", _msf, "crsp_a_stock"),
-    "crsp.dsenames": DemoTable("Daily Stock Event - Names (legacy SIZ)", "updated", _dsenames, "crsp_a_stock"),
+    "crsp.dsenames": DemoTable(
+        "Daily Stock Event - Names (legacy SIZ)", "updated", _dsenames, "crsp_a_stock"
+    ),
     "comp.funda": DemoTable("Fundamentals Annual", "modified", _funda),
     "comp.fundq": DemoTable("Fundamentals Quarterly", "modified", _fundq),
     "comp.secd": DemoTable("Security Daily", "modified", _secd),
@@ -370,7 +460,10 @@ def family_table(template:str,  # one of DEMO_FAMILIES
     "The name and demo table of one period of a family"
     fam = DEMO_FAMILIES[template]
     def generate(g:DemoSpan) -> str: return fam.generate(g, key)
-    return source_name(SourceTemplate.parse(template), key), DemoTable(f"{fam.description} {key}", "updated", generate, fam.base)
+
+    return source_name(SourceTemplate.parse(template), key), DemoTable(
+        f"{fam.description} {key}", "updated", generate, fam.base
+    )
 
 def family_tables(g:DemoSpan) -> dict[str, DemoTable]:
     "Every period's table of every family the span has"
@@ -400,8 +493,11 @@ def demo_names(src:DemoServer,       # the server
                database:str="wrds"   # the demo database
               ) -> list[str]:
     "The demo tables `database` holds now (families' periods included)"
-    rows = src.execute("select n.nspname || '.' || c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
-                       "where c.relkind in ('r', 'v')", database=database)
+    rows = src.execute(
+        "select n.nspname || '.' || c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+        "where c.relkind in ('r', 'v')",
+        database=database,
+    )
     return sorted(r[0] for r in rows if is_demo_name(r[0]))
 
 def row_counts(src:DemoServer,               # the server
@@ -421,19 +517,25 @@ def demo_span(daily_rows:int,  # about this many rows in crsp.dsf_v2
     "The span whose firms give about `daily_rows` rows of crsp.dsf_v2"
     if end_year < start_year: raise ConfigError(f"demo end year {end_year} is before start year {start_year}")
     start, end = date(start_year, 1, 1), date(end_year, 12, 31)
-    n_days = sum(1 for o in range((end - start).days + 1) if date.fromordinal(start.toordinal() + o).weekday() < 5)
+    n_days = sum(
+        1 for o in range((end - start).days + 1) if date.fromordinal(start.toordinal() + o).weekday() < 5
+    )
     return DemoSpan(max(3, round(daily_rows / n_days)), start, end, seed)
 
-def selected_tables(span:DemoSpan,              # the firms and dates covered
-                    tables:list[str]|None=None   # names, or family templates for all their periods (default: all)
-                   ) -> dict[str, DemoTable]:
+def selected_tables(
+    span: DemoSpan,  # the firms and dates covered
+    tables: list[str] | None = None,  # names, or family templates for all their periods (default: all)
+) -> dict[str, DemoTable]:
     "The demo tables asked for, by name; an unknown name is a ConfigError"
     every = {**DEMO_TABLES, **family_tables(span)}
     out: dict[str, DemoTable] = {}
     for t in tables or list(every):
         if t in DEMO_FAMILIES: out.update(family_table(t, k) for k in DEMO_FAMILIES[t].keys(span))
         elif t in every: out[t] = every[t]
-        else: raise ConfigError(f"unknown demo table {t!r}", "name a table of DEMO_TABLES or a template of DEMO_FAMILIES")
+        else:
+            raise ConfigError(
+                f"unknown demo table {t!r}", "name a table of DEMO_TABLES or a template of DEMO_FAMILIES"
+            )
     return out
 
 # %% ../nbs/05a_demo.ipynb #46fccbd8
@@ -458,13 +560,19 @@ def create_tables(src:DemoServer,                # the server
                   span:DemoSpan,                 # the firms and dates covered
                   tables:dict[str, DemoTable]    # the demo tables to create, by name
                  ) -> None:
-    "Create `tables` in `database` from their generators (views over base tables where WRDS has views), commented"
+    """Create `tables` in `database` from their generators (views over base tables where WRDS has views),
+    commented"""
     conn = src.connect(database)
     try:
         with conn.cursor() as cur:
-            cur.execute("create schema demo_meta")  # the span, for tables added later (never granted: not a library)
-            cur.execute("create table demo_meta.span as select %s::int as n_firms, %s::date as start, %s::date as stop, %s::int as seed",
-                        (span.n_firms, span.start, span.end, span.seed))
+            cur.execute(
+                "create schema demo_meta"
+            )  # the span, for tables added later (never granted: not a library)
+            cur.execute(
+                "create table demo_meta.span as select %s::int as n_firms, %s::date as start, %s::date as "
+                "stop, %s::int as seed",
+                (span.n_firms, span.start, span.end, span.seed),
+            )
             for t, spec in tables.items(): create_table(cur, t, spec, span, DEMO_UPDATED)
             if "crsp.dsf_v2" in tables:
                 cur.execute("comment on column crsp.dsf_v2.dlyret is 'Daily Total Return'")
@@ -473,7 +581,8 @@ def create_tables(src:DemoServer,                # the server
 
 # %% ../nbs/05a_demo.ipynb #fff1b76c
 def require_password(src:DemoServer) -> None:
-    "Make the demo account log in with its password (scram), as on WRDS; the superuser stays trusted on the socket"
+    """Make the demo account log in with its password (scram), as on WRDS; the superuser stays trusted on
+    the socket"""
     hba = src.root / "pg_hba.conf"
     line = f"local all {DEMO_ROLE} scram-sha-256\n"
     if hba.exists() and not hba.read_text().startswith(line):
@@ -485,22 +594,35 @@ def grant_reader(src:DemoServer,               # the server
                  tables:dict[str, DemoTable]   # the tables created in it
                 ) -> None:
     "Create the demo account (once per server) and grant it USAGE and SELECT on the readable tables"
-    src.execute(f"""do $$ begin if not exists (select from pg_roles where rolname = '{DEMO_ROLE}') then
-                    create role {DEMO_ROLE} login password '{DEMO_PASSWORD}' connection limit {DEMO_ROLE_LIMIT}; end if; end $$""",
-                database="postgres")
+    src.execute(
+        f"""do $$ begin if not exists (select from pg_roles where rolname = '{DEMO_ROLE}') then
+                    create role {DEMO_ROLE} login password '{DEMO_PASSWORD}' connection limit
+                    {DEMO_ROLE_LIMIT}; end if; end $$""",
+        database="postgres",
+    )
     require_password(src)
     for sch in sorted({t.split(".")[0] for t in tables}):
         src.execute(f"grant usage on schema {quote_ident(sch)} to {DEMO_ROLE}", database=database)
     for t, spec in tables.items():
-        if spec.readable: src.execute(f"grant select on {qualified(*t.split('.'))} to {DEMO_ROLE}", database=database)
+        if spec.readable:
+            src.execute(f"grant select on {qualified(*t.split('.'))} to {DEMO_ROLE}", database=database)
 
 def demo_config(src:DemoServer,        # the server
                 database:str="wrds",   # the database a client reads
                 **overrides:Any        # other WRDSConfig fields, which win
                ) -> WRDSConfig:
-    "Settings for a client of `database`, logged in as the demo account (no TLS on a Unix socket, no rate limit to speak of)"
-    base = dict(username=DEMO_ROLE, password=SecretStr(DEMO_PASSWORD), host=src.socket_dir, port=5432, database=database,
-                sslmode="disable", rate_limit_queries_per_minute=100_000, query_timeout_seconds=300)
+    """Settings for a client of `database`, logged in as the demo account (no TLS on a Unix socket, no rate
+    limit to speak of)"""
+    base = dict(
+        username=DEMO_ROLE,
+        password=SecretStr(DEMO_PASSWORD),
+        host=src.socket_dir,
+        port=5432,
+        database=database,
+        sslmode="disable",
+        rate_limit_queries_per_minute=100_000,
+        query_timeout_seconds=300,
+    )
     return WRDSConfig(**{**base, **overrides})
 
 # %% ../nbs/05a_demo.ipynb #e399854c
@@ -513,8 +635,10 @@ def build_demo(src:DemoServer,             # the server
                replace:bool=False,         # drop and rebuild an existing database
                tables:list[str]|None=None  # only these tables (default: every demo table)
               ) -> dict[str, int]:
-    "Create `database` with WRDS-shaped tables; an existing one is kept unless `replace`. Returns rows per table"
-    if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", database): raise ConfigError(f"invalid demo database name {database!r}")
+    """Create `database` with WRDS-shaped tables; an existing one is kept unless `replace`. Returns rows per
+    table"""
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", database):
+        raise ConfigError(f"invalid demo database name {database!r}")
     span = demo_span(daily_rows, start_year, end_year, seed)
     only = selected_tables(span, tables)
     src.start()
@@ -544,15 +668,26 @@ def append_days(src:DemoServer,      # the server
                ) -> int:
     "Append `days` business days after the last date, copying the last day's rows; returns rows added"
     t, dc = qualified(*table.split(".")), quote_ident(date_column)
-    cols = [r[0] for r in src.execute("select attname from pg_attribute where attrelid = %s::regclass and attnum > 0 "
-                                      "and not attisdropped order by attnum", (table,), database)]
+    cols = [
+        r[0]
+        for r in src.execute(
+            "select attname from pg_attribute where attrelid = %s::regclass and attnum > 0 "
+            "and not attisdropped order by attnum",
+            (table,),
+            database,
+        )
+    ]
     added = 0
     for _ in range(days):
         last = src.execute(f"select max({dc}) from {t}", database=database)[0][0]
         nxt = date.fromordinal(last.toordinal() + (3 if last.weekday() == 4 else 1))
         sel = ", ".join("%(d)s::date" if c == date_column else quote_ident(c) for c in cols)
-        src.execute(f"insert into {t} ({', '.join(map(quote_ident, cols))}) select {sel} from {t} where {dc} = %(last)s",
-                    {"d": nxt, "last": last}, database)
+        src.execute(
+            f"insert into {t} ({', '.join(map(quote_ident, cols))}) select {sel} from {t} where {dc} = "
+            "%(last)s",
+            {"d": nxt, "last": last},
+            database,
+        )
         added += int(src.execute(f"select count(*) from {t} where {dc} = %s", (nxt,), database)[0][0])
     return added
 
@@ -564,7 +699,11 @@ def bump_comment(src:DemoServer,      # the server
     "Move the table's 'last updated' marker, keeping its comment style"
     t = demo_table(table)
     kind = "view" if t.base else "table"
-    src.execute(f"comment on {kind} {qualified(*table.split('.'))} is %s", (wrds_comment(t.description, t.style, updated),), database)
+    src.execute(
+        f"comment on {kind} {qualified(*table.split('.'))} is %s",
+        (wrds_comment(t.description, t.style, updated),),
+        database,
+    )
 
 # %% ../nbs/05a_demo.ipynb #c56def3e
 def restate_year(src:DemoServer,      # the server
@@ -601,7 +740,8 @@ def add_column(src:DemoServer, table:str,      # schema.table
                database:str="wrds"             # the demo database
               ) -> None:
     "Add a column as WRDS does when it extends a table"
-    if sql_type not in ("double precision", "integer", "text", "date"): raise ConfigError(f"unsupported type {sql_type}")
+    if sql_type not in ("double precision", "integer", "text", "date"):
+        raise ConfigError(f"unsupported type {sql_type}")
     t, c = qualified(*table.split(".")), quote_ident(column)
     src.execute(f"alter table {t} add column {c} {sql_type}", database=database)
     if sql_type in ("double precision", "integer"): src.execute(f"update {t} set {c} = 1", database=database)
@@ -611,7 +751,9 @@ def drop_column(src:DemoServer, table:str,  # schema.table
                 database:str="wrds"         # the demo database
                ) -> None:
     "Drop a column, as WRDS occasionally does"
-    src.execute(f"alter table {qualified(*table.split('.'))} drop column {quote_ident(column)}", database=database)
+    src.execute(
+        f"alter table {qualified(*table.split('.'))} drop column {quote_ident(column)}", database=database
+    )
 
 def retype_column(src:DemoServer, table:str,  # schema.table
                   column:str,                 # the column retyped
@@ -619,17 +761,22 @@ def retype_column(src:DemoServer, table:str,  # schema.table
                   database:str="wrds"         # the demo database
                  ) -> None:
     "Change a column's type, as WRDS occasionally does"
-    if sql_type not in ("double precision", "integer", "bigint", "text", "numeric"): raise ConfigError(f"unsupported type {sql_type}")
+    if sql_type not in ("double precision", "integer", "bigint", "text", "numeric"):
+        raise ConfigError(f"unsupported type {sql_type}")
     c = quote_ident(column)
-    src.execute(f"alter table {qualified(*table.split('.'))} alter column {c} type {sql_type} using {c}::{sql_type}",
-                database=database)
+    src.execute(
+        f"alter table {qualified(*table.split('.'))} alter column {c} type {sql_type} using {c}::{sql_type}",
+        database=database,
+    )
 
 # %% ../nbs/05a_demo.ipynb #f09c9f95
 def stored_span(src:DemoServer,       # the server
                 database:str="wrds"   # the demo database
                ) -> DemoSpan:
     "The span `database` was built with"
-    n, start, stop, seed = src.execute("select n_firms, start, stop, seed from demo_meta.span", database=database)[0]
+    n, start, stop, seed = src.execute(
+        "select n_firms, start, stop, seed from demo_meta.span", database=database
+    )[0]
     return DemoSpan(n, start, stop, seed)
 
 def add_period_table(src:DemoServer,            # the server
@@ -659,12 +806,26 @@ def reload_table(src:DemoServer,       # the server
     spec, (sch, tab) = demo_table(table), table.split(".")
     home, old = qualified(spec.base or sch, tab), quote_ident(f"{tab}_old")
     c = quote_ident(column)
-    cols = [r[0] for r in src.execute("select attname from pg_attribute where attrelid = %s::regclass and attnum > 0 "
-                                      "and not attisdropped order by attnum", (f"{spec.base or sch}.{tab}",), database)]
+    cols = [
+        r[0]
+        for r in src.execute(
+            "select attname from pg_attribute where attrelid = %s::regclass and attnum > 0 "
+            "and not attisdropped order by attnum",
+            (f"{spec.base or sch}.{tab}",),
+            database,
+        )
+    ]
     body = ", ".join(f"{c} * %s as {c}" if x == column else quote_ident(x) for x in cols)
     src.execute(f"alter table {home} rename to {old}", database=database)
-    src.execute(f"create table {home} as select {body} from {qualified(spec.base or sch, tab + '_old')}", (factor,), database)
-    if spec.base: src.execute(f"create or replace view {qualified(sch, tab)} as select * from {home}", database=database)
+    src.execute(
+        f"create table {home} as select {body} from {qualified(spec.base or sch, tab + '_old')}",
+        (factor,),
+        database,
+    )
+    if spec.base:
+        src.execute(
+            f"create or replace view {qualified(sch, tab)} as select * from {home}", database=database
+        )
     src.execute(f"drop table {qualified(spec.base or sch, tab + '_old')}", database=database)
     src.execute(f"analyze {home}", database=database)
     grant_reader(src, database, {table: spec})
@@ -675,13 +836,21 @@ def reload_table(src:DemoServer,       # the server
 def demo_environment(src:DemoServer,       # the server
                      database:str="wrds"   # the database a client reads
                     ) -> dict[str, str]:
-    "The WRDS_* settings pointing a process (the command, or `import wrds_sync_nb`) at `database`, as the demo account"
+    """The WRDS_* settings pointing a process (the command, or `import wrds_sync_nb`) at `database`, as the
+    demo account"""
     cfg = demo_config(src, database)
-    return {"WRDS_HOST": cfg.host, "WRDS_PORT": str(cfg.port), "WRDS_DATABASE": database, "WRDS_USERNAME": DEMO_ROLE,
-            "WRDS_PASSWORD": DEMO_PASSWORD, "WRDS_SSLMODE": "disable"}
+    return {
+        "WRDS_HOST": cfg.host,
+        "WRDS_PORT": str(cfg.port),
+        "WRDS_DATABASE": database,
+        "WRDS_USERNAME": DEMO_ROLE,
+        "WRDS_PASSWORD": DEMO_PASSWORD,
+        "WRDS_SSLMODE": "disable",
+    }
 
 class DemoSource(DemoServer):
-    "A pgserver PostgreSQL in `root` (started or reused), with WRDS-shaped databases and helpers to change them"
+    """A pgserver PostgreSQL in `root` (started or reused), with WRDS-shaped databases and helpers to change
+    them"""
     build = build_demo
     config = demo_config
     environment = demo_environment

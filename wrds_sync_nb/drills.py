@@ -22,7 +22,8 @@ class DrillFailedError(WrdsSyncError):
     default_fix = "read the drill's report and executed notebook, then follow the runbook it names"
 
 def drills_dir() -> Path:
-    "Where the drill notebooks are: $WRDS_SYNC_DRILLS_DIR, else those installed in the package, else the checkout's"
+    """Where the drill notebooks are: $WRDS_SYNC_DRILLS_DIR, else those installed in the package, else the
+    checkout's"""
     if env := os.environ.get("WRDS_SYNC_DRILLS_DIR"): return Path(env)
     import wrds_sync_nb
     here = Path(wrds_sync_nb.__file__).resolve().parent
@@ -52,25 +53,39 @@ def parse_value(v:str) -> Any:
     except ValueError: return v
 
 # %% ../nbs/09b_drills.ipynb #a9b8301b
-def run_drill(name:str,               # the drill's name (with or without `_drill`)
-              params:dict[str, Any],  # the parameters' values
-              output:Path|None=None,  # where the executed notebook goes (default: <home>/drills/)
-              folder:Path|None=None,  # where the drill notebooks are
-              home:Path|None=None     # the data dir the drill reports into (default: the `data_dir` parameter)
-             ) -> Path:
-    "Execute drill `name` with papermill; returns the executed notebook's path; raises DrillFailedError if it fails"
+def run_drill(
+    name: str,  # the drill's name (with or without `_drill`)
+    params: dict[str, Any],  # the parameters' values
+    output: Path | None = None,  # where the executed notebook goes (default: <home>/drills/)
+    folder: Path | None = None,  # where the drill notebooks are
+    home: Path | None = None,  # the data dir the drill reports into (default: the `data_dir` parameter)
+) -> Path:
+    """Execute drill `name` with papermill; returns the executed notebook's path; raises DrillFailedError if
+    it fails"""
     import papermill as pm
     folder, name = folder or drills_dir(), drill_name(name, folder)
     if output is None:
         root = Path(home or params.get("data_dir") or "")
         if not str(root) or data_dir_kind(DataLayout(root)) is None:
-            raise ConfigError(f"{root or 'no folder'} is not a wrds-sync data dir: drills write their reports only into one",
-                              "pass --data-dir (or -p data_dir) pointing to a synced data dir")
+            raise ConfigError(
+                f"{root or 'no folder'} is not a wrds-sync data dir: drills write their reports only into "
+                "one",
+                "pass --data-dir (or -p data_dir) pointing to a synced data dir",
+            )
         output = root / "drills" / f"{datetime.now(timezone.utc):%Y-%m-%dT%H-%M-%S}_{name}.ipynb"
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
-        pm.execute_notebook(str(folder / f"{name}.ipynb"), str(output), parameters=params, kernel_name="python3",
-                            progress_bar=False, log_output=False, cwd=str(folder))
+        pm.execute_notebook(
+            str(folder / f"{name}.ipynb"),
+            str(output),
+            parameters=params,
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=False,
+            cwd=str(folder),
+        )
     except pm.PapermillExecutionError as e:
-        raise DrillFailedError(f"drill {name} failed: {e.ename}: {e.evalue} (executed notebook: {output})") from None
+        raise DrillFailedError(
+            f"drill {name} failed: {e.ename}: {e.evalue} (executed notebook: {output})"
+        ) from None
     return output

@@ -17,8 +17,10 @@ __all__ = ['UNSUPPORTED_PLATFORM', 'WrdsSyncError', 'LockError', 'LockAcquisitio
            'SyncIncompleteError', 'BackupError', 'PartitionValidationError']
 
 # %% ../nbs/00_errors.ipynb #2ea57717
-UNSUPPORTED_PLATFORM = ("wrds-sync-nb runs on Linux and macOS, not Windows: its crash-safe locks and publishing need "
-                        "POSIX files. Fix: run it under WSL 2 (Ubuntu), or on a Linux or macOS machine")
+UNSUPPORTED_PLATFORM = (
+    "wrds-sync-nb runs on Linux and macOS, not Windows: its crash-safe locks and publishing need "
+    "POSIX files. Fix: run it under WSL 2 (Ubuntu), or on a Linux or macOS machine"
+)
 if sys.platform == "win32": raise ImportError(UNSUPPORTED_PLATFORM)
 
 # %% ../nbs/00_errors.ipynb #b5a234f1
@@ -67,7 +69,10 @@ class DatasetNameError(ConfigError):
 
 class UnknownDatasetError(ConfigError):
     "A dataset name that no built-in or configured dataset has"
-    default_fix = "check the spelling (`wrds-sync datasets` lists them) or define it in a --datasets TOML file"
+
+    default_fix = (
+        "check the spelling (`wrds-sync datasets` lists them) or define it in a --datasets TOML file"
+    )
 
 # %% ../nbs/00_errors.ipynb #b19398bf
 class CredentialsError(WrdsSyncError):
@@ -81,7 +86,10 @@ class WRDSConnectionError(WrdsSyncError):
 
 class ConnectionLimitError(WRDSConnectionError):
     "The server refused a new session: the role's connection limit is reached (not a credentials problem)"
-    default_fix = "close other sessions of this WRDS account (notebooks, other syncs), or lower WRDS_MAX_CONNECTIONS"
+
+    default_fix = (
+        "close other sessions of this WRDS account (notebooks, other syncs), or lower WRDS_MAX_CONNECTIONS"
+    )
 
 class QueryError(WrdsSyncError):
     "A query failed for a reason that retrying will not fix (syntax, permission, missing table)"
@@ -93,7 +101,10 @@ class QueryTimeoutError(QueryError):
 
 class PermissionDeniedError(QueryError):
     "The account may not read a table: its WRDS subscription does not include the product"
-    default_fix = "ask your WRDS representative for the subscription, or remove the table from the dataset definition"
+
+    default_fix = (
+        "ask your WRDS representative for the subscription, or remove the table from the dataset definition"
+    )
 
 class TransientQueryError(QueryError):
     "A query failed for a reason that may pass (connection reset, admin shutdown, serialization failure)"
@@ -130,15 +141,23 @@ class ValidationError(DataError):
 
 class ManifestError(DataError):
     "A manifest, progress or schema file is malformed or was modified outside wrds-sync"
-    default_fix = "run `wrds-sync repair --dataset NAME` (it restores the newest intact version kept), or restore from backup"
+
+    default_fix = ("run `wrds-sync repair --dataset NAME` (it restores the newest intact version kept), or "
+                   "restore from backup")
 
 class SyncIncompleteError(DataError):
     "A sync finished what it could, but some partitions are still missing or stale"
-    default_fix = "rerun the same command: completed partitions are kept and only the missing ones are fetched"
+
+    default_fix = (
+        "rerun the same command: completed partitions are kept and only the missing ones are fetched"
+    )
 
 class BackupError(WrdsSyncError):
     "A backup or restore step failed"
-    default_fix = "check the rclone remote (`rclone lsd REMOTE:`), then rerun; see runbooks/data-backup-restore"
+
+    default_fix = (
+        "check the rclone remote (`rclone lsd REMOTE:`), then rerun; see runbooks/data-backup-restore"
+    )
 
 # %% ../nbs/00_errors.ipynb #8759b0b1
 class PartitionValidationError(ValidationError):

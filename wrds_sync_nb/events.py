@@ -49,35 +49,94 @@ DURATION_SLO_BREACH = "sync.duration.slo_breach"
 DATA_LATE = "sync.data.late"
 MASS_REMOVAL = "sync.mass_removal.blocked"
 
-ALERTS: dict[str, Alert] = {a.event: a for a in [
-    Alert(DISK_WARNING, "warning", "data dir's filesystem more than 80% full", "data-storage.qmd#disk-watermarks"),
-    Alert(DISK_CRITICAL, "error", "data dir's filesystem more than 90% full", "data-storage.qmd#disk-watermarks"),
-    Alert(DISK_BLOCKED, "critical", "more than 95% full, or less than 2x the next partition free: sync refuses to write",
-          "data-storage.qmd#disk-watermarks"),
-    Alert(LOCK_STALE, "warning", "a lock past its 4 h expiry, or whose process is dead or was replaced",
-          "wrds-lock-recovery.qmd#stale-lock"),
-    Alert(CHECKSUM_MISMATCH, "error", "a file's SHA-256 differs from the manifest's", "data-storage.qmd#checksum-mismatch"),
-    Alert(BACKUP_FAILED, "error", "rclone exited non-zero or is missing", "data-backup-restore.qmd#backup-failed"),
-    Alert(CREDENTIAL_EXPIRING, "warning", "the configured WRDS password expires in under 30 days",
-          "wrds-credentials.qmd#rotation"),
-    Alert(MANIFEST_MISMATCH, "error", "files on disk and the manifest disagree (missing, unknown, wrong size or rows)",
-          "data-storage.qmd#manifest-mismatch"),
-    Alert(DURATION_SLO_BREACH, "warning", "a full sync took over 4 h or an incremental over 1 h",
-          "data-storage.qmd#slow-syncs"),
-    Alert(DATA_LATE, "warning", "a daily-synced dataset has not succeeded since the previous 8 AM America/New_York",
-          "wrds-credentials.qmd#late-data"),
-    Alert(MASS_REMOVAL, "error", "an incremental would remove a whole table, or more than 20% of its partitions: stopped "
-          "before touching anything", "data-storage.qmd#mass-removal"),
-]}
+ALERTS: dict[str, Alert] = {
+    a.event: a
+    for a in [
+        Alert(
+            DISK_WARNING,
+            "warning",
+            "data dir's filesystem more than 80% full",
+            "data-storage.qmd#disk-watermarks",
+        ),
+        Alert(
+            DISK_CRITICAL,
+            "error",
+            "data dir's filesystem more than 90% full",
+            "data-storage.qmd#disk-watermarks",
+        ),
+        Alert(
+            DISK_BLOCKED,
+            "critical",
+            "more than 95% full, or less than 2x the next partition free: sync refuses to write",
+            "data-storage.qmd#disk-watermarks",
+        ),
+        Alert(
+            LOCK_STALE,
+            "warning",
+            "a lock past its 4 h expiry, or whose process is dead or was replaced",
+            "wrds-lock-recovery.qmd#stale-lock",
+        ),
+        Alert(
+            CHECKSUM_MISMATCH,
+            "error",
+            "a file's SHA-256 differs from the manifest's",
+            "data-storage.qmd#checksum-mismatch",
+        ),
+        Alert(
+            BACKUP_FAILED,
+            "error",
+            "rclone exited non-zero or is missing",
+            "data-backup-restore.qmd#backup-failed",
+        ),
+        Alert(
+            CREDENTIAL_EXPIRING,
+            "warning",
+            "the configured WRDS password expires in under 30 days",
+            "wrds-credentials.qmd#rotation",
+        ),
+        Alert(
+            MANIFEST_MISMATCH,
+            "error",
+            "files on disk and the manifest disagree (missing, unknown, wrong size or rows)",
+            "data-storage.qmd#manifest-mismatch",
+        ),
+        Alert(
+            DURATION_SLO_BREACH,
+            "warning",
+            "a full sync took over 4 h or an incremental over 1 h",
+            "data-storage.qmd#slow-syncs",
+        ),
+        Alert(
+            DATA_LATE,
+            "warning",
+            "a daily-synced dataset has not succeeded since the previous 8 AM America/New_York",
+            "wrds-credentials.qmd#late-data",
+        ),
+        Alert(
+            MASS_REMOVAL,
+            "error",
+            "an incremental would remove a whole table, or more than 20% of its partitions: stopped "
+            "before touching anything",
+            "data-storage.qmd#mass-removal",
+        ),
+    ]
+}
 
 # %% ../nbs/01_events.ipynb #d33f5e3e
 def alerts_markdown() -> str:
     "The alert reference page: event, level, trigger and runbook section, from `ALERTS`"
-    lines = ["---", 'title: "Alert reference"', "---", "",
-             "Every alert wrds-sync emits, generated from `wrds_sync_nb.events.ALERTS` (do not edit by hand:",
-             "run `python tools/gen_docs.py`). Each event is one JSON object on stderr with `--log-format json`,",
-             'with `"alert": true`, `event`, `level`, `timestamp` and, where relevant, `dataset`.', "",
-             "| event | level | trigger | what to do |", "|---|---|---|---|"]
+    lines = [
+        "---",
+        'title: "Alert reference"',
+        "---",
+        "",
+        "Every alert wrds-sync emits, generated from `wrds_sync_nb.events.ALERTS` (do not edit by hand:",
+        "run `python tools/gen_docs.py`). Each event is one JSON object on stderr with `--log-format json`,",
+        'with `"alert": true`, `event`, `level`, `timestamp` and, where relevant, `dataset`.',
+        "",
+        "| event | level | trigger | what to do |",
+        "|---|---|---|---|",
+    ]
     for a in ALERTS.values():
         lines.append(f"| `{a.event}` | {a.level} | {a.trigger} | [{a.runbook}]({a.runbook}) |")
     return "\n".join(lines) + "\n"
@@ -129,9 +188,12 @@ _secrets_lock = threading.Lock()
 MIN_SECRET_CHARS = 8
 
 def register_secret(value:str|None) -> bool:
-    "Remember `value` as a secret, cut out of every event from now on; False (and no scrubbing) if it is too short"
+    """Remember `value` as a secret, cut out of every event from now on; False (and no scrubbing) if it is
+    too short"""
     if not value: return False
-    if len(value) < MIN_SECRET_CHARS:  # `daily` would be masked in `table=daily`: only the by-key and by-shape nets apply
+    if (
+        len(value) < MIN_SECRET_CHARS
+    ):  # `daily` would be masked in `table=daily`: only the by-key and by-shape nets apply
         return False
     with _secrets_lock:
         _secrets.update({value, quote(value, safe=""), quote(value, safe="@:/")})
@@ -158,7 +220,9 @@ def redact(value:Any,         # what to redact
 
 # %% ../nbs/01_events.ipynb #6a01bfa3
 logger = logging.getLogger("wrds_sync_nb.events")
-logger.addHandler(logging.NullHandler())  # a library prints nothing unless asked: no bare event names in a notebook
+logger.addHandler(
+    logging.NullHandler()
+)  # a library prints nothing unless asked: no bare event names in a notebook
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR, "critical": logging.CRITICAL}
 _listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -201,7 +265,8 @@ class JsonEventFormatter(logging.Formatter):
     "One JSON object per line: the event record as emitted"
     def format(self, record:logging.LogRecord) -> str:
         ev = getattr(record, "wrds_event", None)
-        if ev is None: ev = redact({"event": "log", "level": record.levelname.lower(), "message": record.getMessage()})
+        if ev is None:
+            ev = redact({"event": "log", "level": record.levelname.lower(), "message": record.getMessage()})
         return json.dumps(ev, default=str, sort_keys=False)
 
 class TextEventFormatter(logging.Formatter):
@@ -231,7 +296,8 @@ def configure_logging(fmt:str="text",      # "json" or "text"
 
 # %% ../nbs/01_events.ipynb #5b9cf272
 SENTENCES = {
-    RATE_LIMIT_WAIT: "waiting {seconds:g} s for the query rate limit ({limit} queries a minute, WRDS_RATE_LIMIT_QUERIES_PER_MINUTE)",
+    RATE_LIMIT_WAIT: "waiting {seconds:g} s for the query rate limit ({limit} queries a minute, "
+                     "WRDS_RATE_LIMIT_QUERIES_PER_MINUTE)",
     LOCK_WAIT: "waiting up to {timeout:g} s for the lock of {dataset} held by {holder}",
     DATA_LATE: "{dataset} is late: no sync has succeeded since {expected_by} (last success: {last_success})",
     QUERY_RETRY: "retrying {what} (attempt {attempt}) after: {error}",
@@ -248,6 +314,8 @@ class _Blank(dict):  # type: ignore[type-arg]
 def sentence(ev:dict[str, Any]) -> str:
     "The event as a person reads it"
     if ev["event"] in SENTENCES: return SENTENCES[ev["event"]].format_map(_Blank(ev))
-    rest = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("event", "level", "timestamp", "dataset", "alert"))
+    rest = " ".join(
+        f"{k}={v}" for k, v in ev.items() if k not in ("event", "level", "timestamp", "dataset", "alert")
+    )
     ds = f" [{ev['dataset']}]" if "dataset" in ev else ""
     return f"{ev['event']}{ds} {rest}".rstrip()

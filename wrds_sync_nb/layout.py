@@ -42,7 +42,8 @@ def partition_key(year:int|None) -> str:
     return ALL_PARTITION if year is None else str(int(year))
 
 def view_relpath(key:str|int|None) -> str:
-    "Where a partition's view sits under its table folder: `2024.parquet`, `all.parquet`, `year=2024/2024-06-12.parquet`"
+    """Where a partition's view sits under its table folder: `2024.parquet`, `all.parquet`,
+    `year=2024/2024-06-12.parquet`"""
     k = partition_key(key) if key is None or isinstance(key, int) else key
     if KEY_RE.fullmatch(k) is None and k != ALL_PARTITION: raise ValueError(f"{k!r} is not a partition key")
     return f"year={k[:4]}/{k}.parquet" if len(k) > 4 and k != ALL_PARTITION else f"{k}.parquet"
@@ -57,16 +58,32 @@ class DataDirs:
     def __init__(self, root:Path|str):
         self.root = Path(root).expanduser().absolute()
         if self.root.exists() and not self.root.is_dir():
-            raise ConfigError(f"the data dir {self.root} is a file, not a folder", "pass --data-dir (or WRDS_SYNC_DATA_DIR) pointing to a folder")
+            raise ConfigError(
+                f"the data dir {self.root} is a file, not a folder",
+                "pass --data-dir (or WRDS_SYNC_DATA_DIR) pointing to a folder",
+            )
         r = self.root
-        self.wrds_dir, self.manifests_dir, self.schemas_dir, self.versions_dir = r / "wrds", r / "manifests", r / "schemas", r / "versions"
-        self.locks_dir, self.progress_dir, self.quarantine_dir = r / "locks", r / "sync_progress", r / "quarantine"
+        self.wrds_dir, self.manifests_dir, self.schemas_dir, self.versions_dir = (
+            r / "wrds",
+            r / "manifests",
+            r / "schemas",
+            r / "versions",
+        )
+        self.locks_dir, self.progress_dir, self.quarantine_dir = (
+            r / "locks",
+            r / "sync_progress",
+            r / "quarantine",
+        )
         self.backups_dir, self.tmp_dir = r / "backups", r / "tmp"
         self.staging_dir = self.tmp_dir / "staging"
         self.datasets_file = r / ADDED_DATASETS  # tables added with `wrds-sync add`, read by every command
     def __repr__(self) -> str: return f"{type(self).__name__}({str(self.root)!r})"
-    def relative(self, path:Path) -> str: return Path(path).absolute().relative_to(self.root).as_posix()  # as manifests store it
-    def resolve(self, rel:str) -> Path: return resolve_stored(self, rel)  # a stored path, never outside the data dir
+
+    def relative(self, path: Path) -> str:
+        return Path(path).absolute().relative_to(self.root).as_posix()  # as manifests store it
+
+    def resolve(self, rel: str) -> Path:
+        return resolve_stored(self, rel)  # a stored path, never outside the data dir
 
 # %% ../nbs/01a_layout.ipynb #aa72fab7
 class DataLayout(DataDirs):
@@ -77,18 +94,27 @@ class DataLayout(DataDirs):
                   table:str           # the table
                  ) -> Path:
         return self.dataset_dir(dataset) / validate_name(table, "table")
-    def partition_path(self, dataset:str,  # the dataset's name
-                       table:str,          # the table
-                       key:str|int|None    # the partition: a key (`2024`, `2024-06-12`), a year, or None (unpartitioned)
-                      ) -> Path:  # the partition's view under wrds/
+    def partition_path(
+        self,
+        dataset: str,  # the dataset's name
+        table: str,  # the table
+        key: str | int | None,  # the partition: a key (`2024`, `2024-06-12`), a year, or None (unpartitioned)
+    ) -> Path:  # the partition's view under wrds/
         return self.table_dir(dataset, table) / view_relpath(key)
     def manifest_path(self, dataset:str) -> Path: return self.manifests_dir / f"{validate_name(dataset)}.json"
-    def version_path(self, dataset:str,  # the dataset's name
-                     table:str,          # the table
-                     key:str,            # the partition key (a year or 'all')
-                     sha256:str          # the file's SHA-256
-                    ) -> Path:  # where the immutable file of one partition version lives: named by its content
-        return self.versions_dir / validate_name(dataset) / validate_name(table, "table") / f"{key}-{sha256[:16]}.parquet"
+    def version_path(
+        self,
+        dataset: str,  # the dataset's name
+        table: str,  # the table
+        key: str,  # the partition key (a year or 'all')
+        sha256: str,  # the file's SHA-256
+    ) -> Path:  # where the immutable file of one partition version lives: named by its content
+        return (
+            self.versions_dir
+            / validate_name(dataset)
+            / validate_name(table, "table")
+            / f"{key}-{sha256[:16]}.parquet"
+        )
     def schema_path(self, dataset:str,  # the dataset's name
                     table:str           # the table
                    ) -> Path:
@@ -102,10 +128,19 @@ class DataLayout(DataDirs):
 
 # %% ../nbs/01a_layout.ipynb #35a1c66b
 def ensure_folders(layout:DataLayout) -> DataLayout:
-    "Claim the data dir (see below), then create the folders of the layout (the lock folder private to the user)"
+    """Claim the data dir (see below), then create the folders of the layout (the lock folder private to the
+    user)"""
     claim_data_dir(layout)
-    for d in (layout.wrds_dir, layout.versions_dir, layout.manifests_dir, layout.schemas_dir, layout.progress_dir,
-              layout.quarantine_dir, layout.backups_dir, layout.staging_dir):
+    for d in (
+        layout.wrds_dir,
+        layout.versions_dir,
+        layout.manifests_dir,
+        layout.schemas_dir,
+        layout.progress_dir,
+        layout.quarantine_dir,
+        layout.backups_dir,
+        layout.staging_dir,
+    ):
         d.mkdir(parents=True, exist_ok=True)
     layout.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return layout
@@ -116,7 +151,9 @@ def resolve_stored(layout:DataDirs,    # the data dir
     "The absolute path of a manifest-relative path; refuses anything that leaves the data dir"
     p = Path(rel)
     if p.is_absolute() or ".." in p.parts or not rel:
-        raise ConfigError(f"stored path {rel!r} is not inside the data dir", "restore the manifest from backup")
+        raise ConfigError(
+            f"stored path {rel!r} is not inside the data dir", "restore the manifest from backup"
+        )
     return layout.root / p
 
 # %% ../nbs/01a_layout.ipynb #b30db79a
@@ -151,11 +188,12 @@ def publish_file(tmp:Path,    # the fsynced temporary file
     fsync_dir(target.parent)
 
 # %% ../nbs/01a_layout.ipynb #d474b1c2
-def atomic_write_bytes(target:Path,    # the file to create or replace
-                       data:bytes,     # its complete new content
-                       mode:int=0o644, # the new file's permissions
-                       replace:bool=True  # False: only create, never replace (returns False if the name is taken)
-                      ) -> bool:
+def atomic_write_bytes(
+    target: Path,  # the file to create or replace
+    data: bytes,  # its complete new content
+    mode: int = 0o644,  # the new file's permissions
+    replace: bool = True,  # False: only create, never replace (returns False if the name is taken)
+) -> bool:
     "Write `data` to `target` so that readers and crashes see the old or the new content, never a mix"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(target)
@@ -171,7 +209,8 @@ def atomic_write_bytes(target:Path,    # the file to create or replace
         return True
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC: raise DiskSpaceError(f"no space left on device while writing {target}") from e
+        if e.errno == errno.ENOSPC:
+            raise DiskSpaceError(f"no space left on device while writing {target}") from e
         raise
 
 # %% ../nbs/01a_layout.ipynb #bd823e55
@@ -181,11 +220,13 @@ def create_exclusive(tmp:Path,    # a complete, fsynced file
     "Give `tmp` the name `target` unless that name exists (then `tmp` is removed); True if it did"
     try: os.link(tmp, target)
     except FileExistsError:
-        tmp.unlink(); return False
+        tmp.unlink()
+        return False
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK): raise
         if os.path.lexists(target):
-            tmp.unlink(); return False
+            tmp.unlink()
+            return False
         os.rename(tmp, target)
     else: tmp.unlink()
     fsync_dir(target.parent)
@@ -203,16 +244,42 @@ def sha256_file(path:Path,         # the file
 
 # %% ../nbs/01a_layout.ipynb #491c7590
 DATA_DIR_MARKER = ".wrds-sync"
-LAYOUT_FORMAT = 2  # 1: files published in place under wrds/ (releases before vintages); 2: immutable versions/
+LAYOUT_FORMAT = (
+    2  # 1: files published in place under wrds/ (releases before vintages); 2: immutable versions/
+)
 DataDirKind = Literal["data", "demo"]
-OUR_NAMES = {"wrds", "versions", "manifests", "schemas", "locks", "sync_progress", "quarantine", "backups", "tmp", "drills",
-             "demo_source", DATA_DIR_MARKER, ADDED_DATASETS}  # a folder holding only these is ours to claim
+OUR_NAMES = {
+    "wrds",
+    "versions",
+    "manifests",
+    "schemas",
+    "locks",
+    "sync_progress",
+    "quarantine",
+    "backups",
+    "tmp",
+    "drills",
+    "demo_source",
+    DATA_DIR_MARKER,
+    ADDED_DATASETS,
+}  # a folder holding only these is ours to claim
 
 def internal_dirs(layout:DataLayout) -> list[Path]:
     "The folders the tool creates inside a data dir"
-    return [layout.wrds_dir, layout.versions_dir, layout.manifests_dir, layout.schemas_dir, layout.locks_dir, layout.progress_dir,
-            layout.quarantine_dir, layout.backups_dir, layout.tmp_dir, layout.staging_dir,
-            layout.tmp_dir / "snapshots", layout.root / "drills"]
+    return [
+        layout.wrds_dir,
+        layout.versions_dir,
+        layout.manifests_dir,
+        layout.schemas_dir,
+        layout.locks_dir,
+        layout.progress_dir,
+        layout.quarantine_dir,
+        layout.backups_dir,
+        layout.tmp_dir,
+        layout.staging_dir,
+        layout.tmp_dir / "snapshots",
+        layout.root / "drills",
+    ]
 
 def check_no_links(layout:DataLayout) -> None:
     "Refuse, with one line, an internal folder that is a symlink or not a folder"
@@ -221,12 +288,15 @@ def check_no_links(layout:DataLayout) -> None:
         except FileNotFoundError: continue
         if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
             what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a folder"
-            raise ConfigError(f"refusing to use {d}: it is {what}, and wrds-sync never follows links it did not create",
-                              f"remove {d} (wrds-sync recreates it), after checking what it points to")
+            raise ConfigError(
+                f"refusing to use {d}: it is {what}, and wrds-sync never follows links it did not create",
+                f"remove {d} (wrds-sync recreates it), after checking what it points to",
+            )
 
 # %% ../nbs/01a_layout.ipynb #5be08d86
 def data_dir_kind(layout:DataLayout) -> DataDirKind | None:
-    "What the marker says (`data` for a data dir of an earlier release), None for a folder that is not a data dir"
+    """What the marker says (`data` for a data dir of an earlier release), None for a folder that is not a
+    data dir"""
     try: kind = json.loads((layout.root / DATA_DIR_MARKER).read_text())["kind"]
     except FileNotFoundError:
         legacy = layout.manifests_dir.is_dir() or layout.wrds_dir.is_dir()
@@ -241,10 +311,14 @@ def claim_data_dir(layout:DataLayout,        # the data dir
     root = layout.root
     found = data_dir_kind(layout) if root.is_dir() else None
     if found is None and root.is_dir() and any(p.name not in OUR_NAMES for p in root.iterdir()):
-        raise ConfigError(f"{root} holds other files and is not a wrds-sync data dir",
-                          "pass --data-dir (or WRDS_SYNC_DATA_DIR) pointing to a new or empty folder, or to a data dir")
+        raise ConfigError(
+            f"{root} holds other files and is not a wrds-sync data dir",
+            "pass --data-dir (or WRDS_SYNC_DATA_DIR) pointing to a new or empty folder, or to a data dir",
+        )
     check_no_links(layout)
-    if not (root / DATA_DIR_MARKER).exists():  # a data dir of an earlier release stays format 1 until migrated
+    if not (
+        root / DATA_DIR_MARKER
+    ).exists():  # a data dir of an earlier release stays format 1 until migrated
         write_marker(layout, found or kind, 1 if found else LAYOUT_FORMAT)
     return found or kind
 

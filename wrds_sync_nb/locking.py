@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from pydantic import ValidationError as PydanticValidationError
 from . import events
-from .errors import (DiskSpaceError, LockAcquisitionError, LockError, LockOwnershipError, LockRecoveryError,
-                                 MalformedLockFileError)
+from .errors import (DiskSpaceError, LockAcquisitionError, LockError, LockOwnershipError,
+                                 LockRecoveryError, MalformedLockFileError)
 from .layout import fsync_dir, temp_path_for, validate_name
 from .manifest import LockToken, utcnow
 
@@ -60,14 +60,18 @@ def read_lock(path:Path) -> tuple[LockToken, os.stat_result]:
     "The token in the lock file at `path` and its stat; raises FileNotFoundError if there is none"
     try: fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
-        if e.errno == errno.ELOOP: raise ForeignLockFileError(f"lock path {path} is a symlink; refusing to follow it") from None
-        if e.errno == errno.ENXIO: raise ForeignLockFileError(f"lock path {path} is not a regular file") from None
+        if e.errno == errno.ELOOP:
+            raise ForeignLockFileError(f"lock path {path} is a symlink; refusing to follow it") from None
+        if e.errno == errno.ENXIO:
+            raise ForeignLockFileError(f"lock path {path} is not a regular file") from None
         raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode): raise ForeignLockFileError(f"lock path {path} is not a regular file")
         if st.st_size > MAX_LOCK_FILE_BYTES:
-            raise ForeignLockFileError(f"lock file {path} is {st.st_size} bytes, over the {MAX_LOCK_FILE_BYTES} limit")
+            raise ForeignLockFileError(
+                f"lock file {path} is {st.st_size} bytes, over the {MAX_LOCK_FILE_BYTES} limit"
+            )
         data = os.read(fd, MAX_LOCK_FILE_BYTES + 1)
     finally: os.close(fd)
     try: return LockToken.from_json(data), st
@@ -97,7 +101,8 @@ class AtomicFileLock:
         self.writer_id = writer_id or f"pid{os.getpid()}@{HOSTNAME}"
         self.lock_timeout = lock_timeout or timedelta(hours=self.LOCK_TIMEOUT_HOURS)
 
-    def __repr__(self) -> str: return f"{type(self).__name__}({str(self.path)!r}, writer_id={self.writer_id!r})"
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, writer_id={self.writer_id!r})"
     def new_token(self) -> LockToken:
         "A fresh token naming this process and writer (not yet on disk)"
         now = utcnow()
@@ -143,7 +148,8 @@ def create_lock_file(path:Path,        # the lock path (call under the guard)
         os.write(fd, token.to_json())
         _fsync(fd)
     except BaseException as e:
-        os.close(fd); path.unlink(missing_ok=True)
+        os.close(fd)
+        path.unlink(missing_ok=True)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC: raise disk_full(path, e) from e
         raise
     os.close(fd)
@@ -164,12 +170,15 @@ def judge_token(token:LockToken,   # the lock file's content
                ) -> tuple[bool, str]:
     "Is the lock holding `token` stale, and why"
     if token.expires_at <= now: return True, f"expired at {token.expires_at.isoformat()}"
-    if token.hostname != HOSTNAME: return False, f"held by host {token.hostname} until {token.expires_at.isoformat()}"
+    if token.hostname != HOSTNAME:
+        return False, f"held by host {token.hostname} until {token.expires_at.isoformat()}"
     mine = boot_id()
     if token.boot_id and mine and token.boot_id != mine: return True, "the host rebooted since it was taken"
     if not is_pid_alive(token.pid): return True, f"pid {token.pid} is dead"
     start = process_start_ticks(token.pid)
-    legacy = token.process_start is not None and token.process_start < 10**10  # clock ticks since boot, from older releases
+    legacy = (
+        token.process_start is not None and token.process_start < 10**10
+    )  # clock ticks since boot, from older releases
     if token.process_start is not None and start is not None and not legacy and start != token.process_start:
         return True, f"pid {token.pid} was reused by another process"
     return False, f"held by live pid {token.pid}"
@@ -206,9 +215,14 @@ def recover_stale_lock(lock:AtomicFileLock) -> bool:
         try: os.rename(path, aside)
         except FileNotFoundError: return False
         if lock_identity(aside) != judged:  # cannot happen under the guard; fail safe if it does
-            try: os.link(aside, path); os.unlink(aside)
-            except FileExistsError: pass
-            raise LockRecoveryError(f"lock {path} changed while it was being recovered; left it as {aside.name}")
+            try:
+                os.link(aside, path)
+                os.unlink(aside)
+            except FileExistsError:
+                pass
+            raise LockRecoveryError(
+                f"lock {path} changed while it was being recovered; left it as {aside.name}"
+            )
         os.unlink(aside)
         fsync_dir(path.parent)
     events.emit(events.LOCK_RECOVERED, dataset=lock.dataset, reason=reason, by=lock.writer_id)
@@ -228,8 +242,11 @@ def holder(lock:AtomicFileLock,  # the lock
     "Who holds `lock`: pid, host, writer and times, or the reason"
     try: t, _ = read_lock(lock.path)
     except (FileNotFoundError, MalformedLockFileError): return f"an unreadable lock file ({reason})"
-    return (f"pid {t.pid} on host {t.hostname} (writer {t.writer_id}) since {t.acquired_at.isoformat(timespec='seconds')}, "
-            f"expiring {t.expires_at.isoformat(timespec='seconds')}")
+    return (
+        f"pid {t.pid} on host {t.hostname} (writer {t.writer_id}) since "
+        f"{t.acquired_at.isoformat(timespec='seconds')}, "
+        f"expiring {t.expires_at.isoformat(timespec='seconds')}"
+    )
 
 def held_message(lock:AtomicFileLock,  # the lock
                  reason:str            # why
@@ -259,7 +276,9 @@ def acquire_lock(lock:AtomicFileLock,   # the lock
         remaining = deadline - time.monotonic()
         if remaining <= 0: raise LockAcquisitionError(held_message(lock, reason))
         if warned is None and not stale:  # say once that we wait, and for whom
-            events.emit(events.LOCK_WAIT, dataset=lock.dataset, timeout=round(remaining), holder=holder(lock, reason))
+            events.emit(
+                events.LOCK_WAIT, dataset=lock.dataset, timeout=round(remaining), holder=holder(lock, reason)
+            )
             warned = ""
         time.sleep(min(remaining, random.uniform(delay / 2, delay)))
         delay = min(delay * 2, lock.MAX_BACKOFF_SECONDS)
@@ -271,13 +290,19 @@ def owned_token(lock:AtomicFileLock,  # the lock
     "The token on disk if it is `token`'s lock; raises LockOwnershipError otherwise (call under the guard)"
     try: on_disk, _ = read_lock(lock.path)
     except FileNotFoundError:
-        raise LockOwnershipError(f"lock on {lock.dataset!r} is gone: it was recovered or force-unlocked") from None
+        raise LockOwnershipError(
+            f"lock on {lock.dataset!r} is gone: it was recovered or force-unlocked"
+        ) from None
     except MalformedLockFileError:
-        raise LockOwnershipError(f"lock on {lock.dataset!r} is no longer ours (the file is malformed)") from None
+        raise LockOwnershipError(
+            f"lock on {lock.dataset!r} is no longer ours (the file is malformed)"
+        ) from None
     if (on_disk.nonce, on_disk.pid, on_disk.hostname, on_disk.writer_id) != \
        (token.nonce, token.pid, token.hostname, token.writer_id):
-        raise LockOwnershipError(f"lock on {lock.dataset!r} now belongs to pid {on_disk.pid} on {on_disk.hostname} "
-                                 f"(writer {on_disk.writer_id}), not to this writer")
+        raise LockOwnershipError(
+            f"lock on {lock.dataset!r} now belongs to pid {on_disk.pid} on {on_disk.hostname} "
+            f"(writer {on_disk.writer_id}), not to this writer"
+        )
     return on_disk
 
 def release_lock(lock:AtomicFileLock,  # the lock
@@ -323,7 +348,9 @@ def lock_status(lock:AtomicFileLock) -> LockStatus:
     try: token, _ = read_lock(lock.path)
     except FileNotFoundError: return LockStatus(lock.dataset, lock.path, held=False)
     except PermissionError:  # another user reading a data dir: locks/ is private to the syncing account
-        return LockStatus(lock.dataset, lock.path, held=False, reason="unknown: locks/ is private to the syncing user")
+        return LockStatus(
+            lock.dataset, lock.path, held=False, reason="unknown: locks/ is private to the syncing user"
+        )
     except MalformedLockFileError as e:
         stale, reason = judge_lock_file(lock.path)
         return LockStatus(lock.dataset, lock.path, held=True, stale=stale, reason=f"{e.what}; {reason}")
@@ -342,8 +369,16 @@ def force_remove(lock:AtomicFileLock,  # the lock
             lock.path.unlink()
             fsync_dir(lock.lock_dir)
     t = st.token
-    events.emit(events.LOCK_FORCED, level="warning", dataset=lock.dataset, by=by, held=st.held,
-                holder_pid=t.pid if t else None, holder_host=t.hostname if t else None, holder_writer=t.writer_id if t else None)
+    events.emit(
+        events.LOCK_FORCED,
+        level="warning",
+        dataset=lock.dataset,
+        by=by,
+        held=st.held,
+        holder_pid=t.pid if t else None,
+        holder_host=t.hostname if t else None,
+        holder_writer=t.writer_id if t else None,
+    )
     return st
 
 # %% ../nbs/03_locking.ipynb #55a8f970
@@ -366,12 +401,24 @@ class LockHeartbeat:
                 self.refreshes += 1
             except LockOwnershipError as e:
                 self.lost = e
-                events.emit(events.SYNC_FAILED, level="error", dataset=self.lock.dataset, reason=f"lock lost: {e.what}")
+                events.emit(
+                    events.SYNC_FAILED,
+                    level="error",
+                    dataset=self.lock.dataset,
+                    reason=f"lock lost: {e.what}",
+                )
                 return
             except OSError as e:  # a transient filesystem error: try again next beat, expiry leaves room
-                events.emit(events.LOCK_STALE, level="warning", dataset=self.lock.dataset, reason=f"refresh failed: {e}")
+                events.emit(
+                    events.LOCK_STALE,
+                    level="warning",
+                    dataset=self.lock.dataset,
+                    reason=f"refresh failed: {e}",
+                )
 
-    def start(self) -> LockHeartbeat: self._thread.start(); return self
+    def start(self) -> LockHeartbeat:
+        self._thread.start()
+        return self
     def stop(self) -> LockToken:
         "Stop refreshing; returns the latest token"
         self._stop.set()

@@ -49,7 +49,9 @@ def write_pgpass(path:Path,       # the password file
                 ) -> Path:
     "Add or replace the line for `cfg` in `path`, keeping every other line; mode 600"
     if path.is_symlink():
-        raise ConfigError(f"{path} is a symlink", "edit the file it points to, or set PGPASSFILE to a plain file")
+        raise ConfigError(
+            f"{path} is a symlink", "edit the file it points to, or set PGPASSFILE to a plain file"
+        )
     old = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     line = pgpass_line(cfg, password)
     prefix = line[: line.rindex(escape_pgpass(password))]

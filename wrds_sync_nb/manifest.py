@@ -59,7 +59,8 @@ class SourceFingerprint(BaseModel):
 
     @property
     def method(self) -> str:
-        "How rows were hashed: the digest says (`md5:` prefix for the fallback of servers before PostgreSQL 14)"
+        """How rows were hashed: the digest says (`md5:` prefix for the fallback of servers before
+        PostgreSQL 14)"""
         return "md5" if self.digest.startswith("md5:") else "hash_record_extended"
 
 class PartitionEntry(BaseModel):
@@ -75,15 +76,17 @@ class PartitionEntry(BaseModel):
 
 # %% ../nbs/02_manifest.ipynb #fb4b401c
 class SourceState(BaseModel):
-    "What the catalogue said of one source table at a sync: its comment's marker, row estimate and storage identity"
+    """What the catalogue said of one source table at a sync: its comment's marker, row estimate and storage
+    identity"""
     model_config = _STRICT
     marker: str | None = None        # the 'last updated' marker of its comment
-    approx_rows: int | None = None   # the planner's row estimate
-    ident: str | None = None         # oid/filenode of the table (or of the tables under a view): a reload changes it
+    approx_rows: int | None = None  # the planner's row estimate
+    ident: str | None = None  # oid/filenode of the table (or of the tables under a view): a reload changes it
 
 # %% ../nbs/02_manifest.ipynb #acc86d16
 class TableEntry(BaseModel):
-    "A table of a dataset and its published partitions, keyed by period (`2024`, `2024-06-12`; 'all' when unpartitioned)"
+    """A table of a dataset and its published partitions, keyed by period (`2024`, `2024-06-12`; 'all' when
+    unpartitioned)"""
     model_config = _STRICT
     source_table: str
     partition_column: str | None = None
@@ -112,7 +115,8 @@ class SyncManifest(BaseModel):
     content_sha256: str | None = None
 
     def content_digest(self) -> str:
-        "SHA-256 of the canonical JSON of everything but the digest itself (an empty `sources` left out, as before it existed)"
+        """SHA-256 of the canonical JSON of everything but the digest itself (an empty `sources` left out,
+        as before it existed)"""
         body = self.model_dump(mode="json", exclude={"content_sha256"})
         for t in body["tables"].values():
             if not t["sources"]: del t["sources"]
@@ -136,7 +140,9 @@ def parse_manifest(dataset:str,   # the dataset it must belong to
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         raise ManifestError(f"manifest {where} is malformed at {loc}: {err['msg']}") from None
     if m.content_sha256 != m.content_digest():
-        raise ManifestError(f"manifest {where} fails its checksum: it was edited or damaged outside wrds-sync")
+        raise ManifestError(
+            f"manifest {where} fails its checksum: it was edited or damaged outside wrds-sync"
+        )
     if m.dataset != dataset:
         raise ManifestError(f"manifest {where} belongs to dataset {m.dataset!r}, not {dataset!r}")
     return m
@@ -157,8 +163,11 @@ class ManifestManager:
     "Load and save dataset manifests: every version kept, immutable, under `manifests/history/<dataset>/`"
     def __init__(self, layout:DataLayout): self.layout = layout
 
-    def prev_path(self, dataset:str) -> Path: return self.layout.manifest_path(dataset).with_suffix(".json.prev")  # releases before vintages
-    def history_dir(self, dataset:str) -> Path: return self.layout.manifests_dir / "history" / validate_name(dataset)
+    def prev_path(self, dataset: str) -> Path:
+        return self.layout.manifest_path(dataset).with_suffix(".json.prev")  # releases before vintages
+
+    def history_dir(self, dataset: str) -> Path:
+        return self.layout.manifests_dir / "history" / validate_name(dataset)
     def version_path(self, dataset:str,  # the dataset's name
                      n:int               # the version number
                     ) -> Path:
@@ -171,7 +180,10 @@ class ManifestManager:
                     ) -> SyncManifest | None:
         "Version `n` of the dataset's manifest, or None if the history has no such version"
         return read_manifest(validate_name(dataset), self.version_path(dataset, n))
-    def versions(self, dataset:str) -> list[int]: return kept_versions(self, dataset)  # every version number, oldest first
+
+    def versions(self, dataset: str) -> list[int]:
+        return kept_versions(self, dataset)  # every version number, oldest first
+
     def load_or_new(self, dataset:str) -> SyncManifest:
         "The current manifest, or an empty version-0 one"
         return self.load(dataset) or SyncManifest(dataset=validate_name(dataset))
@@ -184,7 +196,8 @@ class ManifestManager:
         "Commit the content of the version before the current one as a new version"
         current = self.load(dataset)
         prev = self.load_version(dataset, current.version - 1) if current and current.version > 1 else None
-        if current is None or prev is None: raise ManifestError(f"dataset {dataset!r} has no previous manifest to roll back to")
+        if current is None or prev is None:
+            raise ManifestError(f"dataset {dataset!r} has no previous manifest to roll back to")
         return self.save(prev.model_copy(update={"version": current.version}))
 
 # %% ../nbs/02_manifest.ipynb #2d6209ce
@@ -211,8 +224,10 @@ def save_manifest(mm:ManifestManager,  # the manager
     current = mm.load(ds)
     on_disk = current.version if current else 0
     if on_disk != manifest.version:
-        raise ManifestError(f"manifest of {ds} changed from version {manifest.version} to {on_disk} while this "
-                            "run held it", "another writer bypassed the lock; rerun the sync")
+        raise ManifestError(
+            f"manifest of {ds} changed from version {manifest.version} to {on_disk} while this run held it",
+            "another writer bypassed the lock; rerun the sync",
+        )
     new = manifest.model_copy(update={"version": on_disk + 1, "updated_at": utcnow(), "content_sha256": None})
     return write_version(mm, new.model_copy(update={"content_sha256": new.content_digest()}))
 

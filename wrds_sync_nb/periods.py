@@ -87,7 +87,10 @@ def _date_format(spec:str) -> str:
     found = re.findall(r"%.", spec)
     if any(d not in _DIRECTIVES for d in found) or found.count("%Y") != 1 or len(set(found)) != len(found) \
        or ("%d" in found and "%m" not in found) or _PART_RE.fullmatch(re.sub(r"%.", "", spec)) is None:
-        raise ValueError(f"date format {spec!r} must write %Y, optionally %m and %d, and plain characters: {TEMPLATE_FORMS}")
+        raise ValueError(
+            f"date format {spec!r} must write %Y, optionally %m and %d, and plain characters: "
+            f"{TEMPLATE_FORMS}"
+        )
     return spec
 
 # %% ../nbs/00a_periods.ipynb #2384bc5f
@@ -98,17 +101,24 @@ def template_part(text:str,           # `taqm_{year}` or `ctm_{date:%Y%m%d}`
                  ) -> list[Piece]:
     "The pieces of one part of a source template; a ValueError naming the accepted forms"
     pieces: list[Piece] = []
-    try: parsed = list(string.Formatter().parse(text))
-    except ValueError as e: raise ValueError(f"{text!r} has unbalanced braces: {e}; placeholders are {TEMPLATE_FORMS}") from None
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as e:
+        raise ValueError(f"{text!r} has unbalanced braces: {e}; placeholders are {TEMPLATE_FORMS}") from None
     for literal, field, spec, conv in parsed:
         if literal:
-            if _PART_RE.fullmatch(literal) is None: raise ValueError(f"{literal!r} in {text!r} is not lowercase letters, digits and _")
+            if _PART_RE.fullmatch(literal) is None:
+                raise ValueError(f"{literal!r} in {text!r} is not lowercase letters, digits and _")
             pieces.append(("text", literal))
         if field is None: continue
         if field == "year" and not spec and not conv: pieces.append(("year", ""))
         elif field == "date" and dates and not conv: pieces.append(("date", _date_format(spec or "")))
-        else: raise ValueError(f"{{{field}{':' + spec if spec else ''}}} in {text!r} is not a placeholder here: use {TEMPLATE_FORMS}"
-                               + ("" if dates else " ({date} only in the table part)"))
+        else:
+            raise ValueError(
+                f"{{{field}{':' + spec if spec else ''}}} in {text!r} is not a placeholder here: use "
+                f"{TEMPLATE_FORMS}"
+                + ("" if dates else " ({date} only in the table part)")
+            )
     return pieces
 
 # %% ../nbs/00a_periods.ipynb #f7be18a1
@@ -143,7 +153,10 @@ def _regex(pieces:tuple[Piece, ...]) -> str:
     for k, v in pieces:
         if k == "text": out.append(re.escape(v))
         elif k == "year": out.append(r"(\d{4})")
-        else: out.append("(" + "".join(_DIRECTIVES.get(x) or re.escape(x) for x in re.split(r"(%.)", v) if x) + ")")
+        else:
+            out.append(
+                "(" + "".join(_DIRECTIVES.get(x) or re.escape(x) for x in re.split(r"(%.)", v) if x) + ")"
+            )
     return "^" + "".join(out) + "$"
 
 def source_name(t:SourceTemplate,  # the template
@@ -175,7 +188,8 @@ def key_of(t:SourceTemplate,  # the template
            schema:str,        # a schema found in the catalogue
            table:str          # a table found in it
           ) -> str | None:
-    "The partition key (at the template's period) of table `schema.table`, or None if it is not one of the template's"
+    """The partition key (at the template's period) of table `schema.table`, or None if it is not one of the
+    template's"""
     a, b = _read(t.schema, schema), _read(t.table, table)
     if a is None or b is None or t.period is None: return None
     key = period_key(max(a + b), t.period)  # the most precise date written; the others must write the same

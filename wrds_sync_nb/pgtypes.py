@@ -20,10 +20,18 @@ __all__ = ['NumericMode', 'MAX_DECIMAL_PRECISION', 'PLAIN_TYPES', 'ColumnType', 
 NumericMode = Literal["float64", "decimal"]
 MAX_DECIMAL_PRECISION = 38
 PLAIN_TYPES: dict[str, pa.DataType] = {
-    "smallint": pa.int16(), "integer": pa.int32(), "bigint": pa.int64(), "real": pa.float32(),
-    "double precision": pa.float64(), "boolean": pa.bool_(), "date": pa.date32(), "text": pa.string(),
-    "timestamp without time zone": pa.timestamp("us"), "timestamp with time zone": pa.timestamp("us", tz="UTC"),
-    "time without time zone": pa.time64("us"), "bytea": pa.binary(),
+    "smallint": pa.int16(),
+    "integer": pa.int32(),
+    "bigint": pa.int64(),
+    "real": pa.float32(),
+    "double precision": pa.float64(),
+    "boolean": pa.bool_(),
+    "date": pa.date32(),
+    "text": pa.string(),
+    "timestamp without time zone": pa.timestamp("us"),
+    "timestamp with time zone": pa.timestamp("us", tz="UTC"),
+    "time without time zone": pa.time64("us"),
+    "bytea": pa.binary(),
 }
 _TEXT = re.compile(r"(character varying|character|varchar|char|bpchar)(\(\d+\))?")
 _NUMERIC = re.compile(r"numeric\((\d+),(\d+)\)")
@@ -53,7 +61,8 @@ def column_type(name:str,                     # the column
     if m := _NUMERIC.fullmatch(pg_type):
         p, s = int(m[1]), int(m[2])
         if p <= MAX_DECIMAL_PRECISION: return ColumnType(name, pg_type, pa.decimal128(p, s), "text")
-    elif pg_type == "numeric" and numeric == "float64": return ColumnType(name, pg_type, pa.float64(), "double precision")
+    elif pg_type == "numeric" and numeric == "float64":
+        return ColumnType(name, pg_type, pa.float64(), "double precision")
     elif pg_type == "numeric" and numeric_scale is not None:
         return ColumnType(name, pg_type, pa.decimal128(MAX_DECIMAL_PRECISION, numeric_scale), "text")
     raise SchemaError(f"column {name} of {source} has type {pg_type}, which has no exact Arrow type here",

@@ -48,11 +48,14 @@ class Display:
     def __call__(self, e:dict[str, Any]) -> None:
         key, ev = table_key(e), e["event"]
         if ev == events.TABLE_STARTED:
-            self.tallies[key] = Tally(total=int(e.get("partitions") or 0)); self._start(key, self.tallies[key])
+            self.tallies[key] = Tally(total=int(e.get("partitions") or 0))
+            self._start(key, self.tallies[key])
         elif ev in DONE and key in self.tallies and e.get("partition") is not None:
-            self.tallies[key].add(e); self._advance(key, self.tallies[key], e)
+            self.tallies[key].add(e)
+            self._advance(key, self.tallies[key], e)
         elif ev == events.TABLE_COMPLETED and key in self.tallies: self._finish(key, self.tallies.pop(key))
-        elif ev == events.TABLE_UNCHANGED: self.say(f"{key}: unchanged at the source (marker {e.get('last_updated')})")
+        elif ev == events.TABLE_UNCHANGED:
+            self.say(f"{key}: unchanged at the source (marker {e.get('last_updated')})")
         elif ev in WAITS or (self.says_warnings and e.get("level") in ("warning", "error", "critical")):
             self.say(events.sentence(e))
     def _start(self, key:str, t:Tally) -> None: ...
@@ -64,17 +67,28 @@ class Display:
 # %% ../nbs/08a_progress.ipynb #697e0501
 class PlainDisplay(Display):
     "One plain line per table and per partition (cron, pipes, log files)"
-    def __init__(self, stream:TextIO|None=None): super().__init__(); self.stream = stream or sys.stderr
+
+    def __init__(self, stream: TextIO | None = None):
+        super().__init__()
+        self.stream = stream or sys.stderr
     def say(self, text:str) -> None: print(text, file=self.stream, flush=True)
     def _start(self, key:str, t:Tally) -> None: self.say(f"{key}: {t.total} partition(s) to sync")
     def _advance(self, key:str, t:Tally, e:dict[str, Any]) -> None:
-        if e["event"] == events.PARTITION_SKIPPED: t.unchanged += 1; return
+        if e["event"] == events.PARTITION_SKIPPED:
+            t.unchanged += 1
+            return
         what = f"failed: {e.get('error')}" if e["event"] == events.PARTITION_FAILED else None
         took = f" in {e['seconds']:.1f} s" if e.get("seconds") is not None else ""
-        self.say(f"{key} {e['partition']}: " + (what or f"{int(e.get('rows') or 0):,} rows, {human_bytes(int(e.get('bytes') or 0))}{took}")
-                 + f" ({t.done}/{t.total})")
+        self.say(
+            f"{key} {e['partition']}: "
+            + (what or f"{int(e.get('rows') or 0):,} rows, {human_bytes(int(e.get('bytes') or 0))}{took}")
+            + f" ({t.done}/{t.total})"
+        )
     def _finish(self, key:str, t:Tally) -> None:
-        self.say(f"{key}: done, {t.rows:,} rows, {human_bytes(t.bytes)} written" + (f", {t.unchanged} unchanged" if t.unchanged else ""))
+        self.say(
+            f"{key}: done, {t.rows:,} rows, {human_bytes(t.bytes)} written"
+            + (f", {t.unchanged} unchanged" if t.unchanged else "")
+        )
 
 # %% ../nbs/08a_progress.ipynb #83b1ed6a
 class TerminalDisplay(Display):
@@ -84,15 +98,27 @@ class TerminalDisplay(Display):
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
         super().__init__()
-        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                             console=Console(file=stream or sys.stderr), transient=False)
+        self.bars = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=Console(file=stream or sys.stderr),
+            transient=False,
+        )
         self.tasks: dict[str, Any] = {}
         self.bars.start()
-    def _start(self, key:str, t:Tally) -> None: self.tasks[key] = self.bars.add_task(key, total=t.total, info="")
+
+    def _start(self, key: str, t: Tally) -> None:
+        self.tasks[key] = self.bars.add_task(key, total=t.total, info="")
     def _advance(self, key:str, t:Tally, e:dict[str, Any]) -> None:
         rate = f", {e['rows_per_second']:,} rows/s" if e.get("rows_per_second") else ""
-        self.bars.update(self.tasks[key], completed=t.done, info=f"{t.rows:>12,} rows {human_bytes(t.bytes):>9}{rate}")
+        self.bars.update(
+            self.tasks[key], completed=t.done, info=f"{t.rows:>12,} rows {human_bytes(t.bytes):>9}{rate}"
+        )
     def _finish(self, key:str, t:Tally) -> None: self.bars.update(self.tasks[key], completed=t.total)
     def say(self, text:str) -> None: self.bars.console.print(text, highlight=False, markup=False)
     def close(self) -> None: self.bars.stop()
@@ -123,9 +149,10 @@ def in_notebook() -> bool:
     shell = sys.modules.get("IPython") and getattr(sys.modules["IPython"], "get_ipython", lambda: None)()
     return type(shell).__name__ == "ZMQInteractiveShell"
 
-def display_kind(kind:DisplayKind="auto",      # what the caller asks for
-                 stream:TextIO|None=None        # where a terminal or plain display would write (default: stderr)
-                ) -> str:
+def display_kind(
+    kind: DisplayKind = "auto",  # what the caller asks for
+    stream: TextIO | None = None,  # where a terminal or plain display would write (default: stderr)
+) -> str:
     "The display to use here"
     kind = os.environ.get("WRDS_SYNC_PROGRESS", kind)  # type: ignore[assignment]
     if kind != "auto": return kind
@@ -137,12 +164,19 @@ def display_kind(kind:DisplayKind="auto",      # what the caller asks for
 def showing_progress(kind:DisplayKind="auto",   # which display (auto: by where this runs)
                      stream:TextIO|None=None     # where terminal or plain output goes (default: stderr)
                     ) -> Iterator[Display|None]:
-    "Show sync progress while the block runs; the display is closed (bars ended) before the block's caller prints"
+    """Show sync progress while the block runs; the display is closed (bars ended) before the block's caller
+    prints"""
     chosen = display_kind(kind, stream)
     if chosen not in ("terminal", "notebook", "plain", "none"):
         raise ValueError(f"unknown progress display {chosen!r}; use auto, terminal, notebook, plain or none")
-    if chosen == "none": yield None; return
-    d: Display = {"terminal": TerminalDisplay, "plain": PlainDisplay}[chosen](stream) if chosen != "notebook" else NotebookDisplay()
+    if chosen == "none":
+        yield None
+        return
+    d: Display = (
+        {"terminal": TerminalDisplay, "plain": PlainDisplay}[chosen](stream)
+        if chosen != "notebook"
+        else NotebookDisplay()
+    )
     try:
         with events.listening(d): yield d
     finally: d.close()

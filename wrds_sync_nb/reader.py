@@ -25,21 +25,28 @@ __all__ = ['Version', 'MAX_SOURCE_VIEWS', 'data_dir_of', 'synced_datasets', 'tab
 
 # %% ../nbs/09_reader.ipynb #3f7ee297
 def data_dir_of(data_dir:Path|str|None=None) -> DataLayout:
-    "The data dir to read: `data_dir`, else $WRDS_SYNC_DATA_DIR, else ./data; refuses a folder that is not one"
+    """The data dir to read: `data_dir`, else $WRDS_SYNC_DATA_DIR, else ./data; refuses a folder that is not
+    one"""
     root = data_dir or os.environ.get("WRDS_SYNC_DATA_DIR") or "data"
     fix = "pass data_dir='/path/to/data' (or set WRDS_SYNC_DATA_DIR) to the folder wrds-sync syncs into"
     if Path(root).expanduser().is_file(): raise ConfigError(f"data dir {root} is a file, not a folder", fix)
     layout = DataLayout(root)
     if not layout.root.is_dir(): raise ConfigError(f"data dir {layout.root} does not exist", fix)
     if not layout.manifests_dir.is_dir():
-        raise ConfigError(f"{layout.root} is not a wrds-sync data dir: it has no manifests/ (nothing synced there)", fix)
+        raise ConfigError(
+            f"{layout.root} is not a wrds-sync data dir: it has no manifests/ (nothing synced there)", fix
+        )
     check_no_links(layout)  # reading only, but never through a link planted in place of our folders
     return layout
 
 def synced_datasets(layout:DataLayout) -> list[str]:
     "Datasets that have a manifest in the data dir"
     d = layout.manifests_dir
-    names = {p.stem for p in d.glob("*.json")} | {p.name for p in (d / "history").glob("*") if p.is_dir()} if d.exists() else set()
+    names = (
+        {p.stem for p in d.glob("*.json")} | {p.name for p in (d / "history").glob("*") if p.is_dir()}
+        if d.exists()
+        else set()
+    )
     return sorted(n for n in names if not n.startswith("."))
 
 # %% ../nbs/09_reader.ipynb #111c3f99
@@ -52,24 +59,34 @@ def table_files(layout:DataLayout,  # the data dir
         f = entry_file(layout, m.dataset, table, key, e)
         try: size = os.stat(f).st_size
         except FileNotFoundError: return f"partition {key} is missing ({layout.relative(f)})"
-        if size != e.bytes: return f"partition {key} is not the file the manifest lists ({layout.relative(f)})"
+        if size != e.bytes:
+            return f"partition {key} is not the file the manifest lists ({layout.relative(f)})"
     return [entry_file(layout, m.dataset, table, k, e) for k, e in sorted(m.tables[table].partitions.items())]
 
-def version_files(layout:DataLayout,           # the data dir
-                  m:SyncManifest,              # the manifest version
-                  current:bool,                # is it the current version? (damage warns; otherwise it raises)
-                  tables:Sequence[str]|None=None  # only these tables
-                 ) -> dict[str, list[Path]]:
+def version_files(
+    layout: DataLayout,  # the data dir
+    m: SyncManifest,  # the manifest version
+    current: bool,  # is it the current version? (damage warns; otherwise it raises)
+    tables: Sequence[str] | None = None,  # only these tables
+) -> dict[str, list[Path]]:
     "Per table, the files of version `m`; a damaged current table is left out with a warning"
     out: dict[str, list[Path]] = {}
     for t in sorted(m.tables):
         if tables and t not in tables: continue
         got = table_files(layout, m, t)
-        if isinstance(got, list): out[t] = got; continue
-        if not current: raise UnknownDatasetError(f"version {m.version} of {m.dataset} is no longer complete: {got}",
-                                                  f"its files were removed by `wrds-sync vacuum` (see the retention in `wrds-sync history --dataset {m.dataset}`); open a retained version")
+        if isinstance(got, list):
+            out[t] = got
+            continue
+        if not current:
+            raise UnknownDatasetError(
+                f"version {m.version} of {m.dataset} is no longer complete: {got}",
+                "its files were removed by `wrds-sync vacuum` (see the retention in `wrds-sync history "
+                f"--dataset {m.dataset}`); open a retained version",
+            )
         events.emit(events.MANIFEST_MISMATCH, dataset=m.dataset, table=t, problem=got)
-        warnings.warn(f"{m.dataset}.{t} left out: {got}; run `wrds-sync verify --dataset {m.dataset}`", stacklevel=3)
+        warnings.warn(
+            f"{m.dataset}.{t} left out: {got}; run `wrds-sync verify --dataset {m.dataset}`", stacklevel=3
+        )
     return out
 
 # %% ../nbs/09_reader.ipynb #19f11604
@@ -84,11 +101,18 @@ def choose_versions(layout:DataLayout,                  # the data dir
     stamps = [version] if isinstance(version, str) else list(version) if isinstance(version, Sequence) else []
     by_stamp = {p[0]: s for s in stamps if (p := parse_stamp(s)) is not None}
     if len(by_stamp) != len(stamps):
-        raise ConfigError(f"version={version!r} is not a citation stamp like wrds-sync:crsp@12:3f2a9c1d8e7b",
-                          "pass version=<number> with one dataset, or the stamp `wrds_sync_nb.cite()` printed")
-    names = [validate_name(d) for d in datasets] if datasets else (sorted(by_stamp) or synced_datasets(layout))
+        raise ConfigError(
+            f"version={version!r} is not a citation stamp like wrds-sync:crsp@12:3f2a9c1d8e7b",
+            "pass version=<number> with one dataset, or the stamp `wrds_sync_nb.cite()` printed",
+        )
+    names = (
+        [validate_name(d) for d in datasets] if datasets else (sorted(by_stamp) or synced_datasets(layout))
+    )
     if isinstance(version, int) and len(names) != 1:
-        raise ConfigError(f"version={version} is a version number, and numbers are per dataset", "pass datasets=['<one dataset>'] with it, or use as_of=")
+        raise ConfigError(
+            f"version={version} is a version number, and numbers are per dataset",
+            "pass datasets=['<one dataset>'] with it, or use as_of=",
+        )
     mm, out = ManifestManager(layout), {}
     for ds in names:
         try:
@@ -96,7 +120,8 @@ def choose_versions(layout:DataLayout,                  # the data dir
             m = select_version(mm, ds, by_stamp.get(ds, version if isinstance(version, int) else None), as_of)
         except ManifestError as e:
             if datasets or by_stamp: raise
-            warnings.warn(f"{ds} left out: {e.what}; {e.fix}", stacklevel=3); continue
+            warnings.warn(f"{ds} left out: {e.what}; {e.fix}", stacklevel=3)
+            continue
         out[ds] = (m, cur is not None and m.version == cur.version)
     return out
 
@@ -112,7 +137,8 @@ def view_name(dataset:str,  # the dataset's name
 MAX_SOURCE_VIEWS = 1000   # WRDS-name views per table of a templated source (more: only the table's view)
 
 def _body(paths:list[Path]) -> str:
-    return f"select * from read_parquet([{', '.join(_sql_str(str(p)) for p in paths)}], union_by_name = true, hive_partitioning = false)"
+    return (f"select * from read_parquet([{', '.join(_sql_str(str(p)) for p in paths)}], union_by_name = "
+            "true, hive_partitioning = false)")
 
 def wrds_views(m:SyncManifest,    # the version read
                t:str,             # one of its tables
@@ -122,10 +148,14 @@ def wrds_views(m:SyncManifest,    # the version read
     tpl = SourceTemplate.parse(m.tables[t].source_table)
     if tpl.period is None: return {m.tables[t].source_table: paths}
     out: dict[str, list[Path]] = {}
-    for k, p in zip(sorted(m.tables[t].partitions), paths, strict=True): out.setdefault(source_name(tpl, k), []).append(p)
+    for k, p in zip(sorted(m.tables[t].partitions), paths, strict=True):
+        out.setdefault(source_name(tpl, k), []).append(p)
     if len(out) > MAX_SOURCE_VIEWS:
-        warnings.warn(f"{m.dataset}.{t} has {len(out):,} WRDS tables: only its view {view_name(m.dataset, t)} is made "
-                      f"(filter it by date); one view per WRDS table is made up to {MAX_SOURCE_VIEWS:,}", stacklevel=4)
+        warnings.warn(
+            f"{m.dataset}.{t} has {len(out):,} WRDS tables: only its view {view_name(m.dataset, t)} is made "
+            f"(filter it by date); one view per WRDS table is made up to {MAX_SOURCE_VIEWS:,}",
+            stacklevel=4,
+        )
         return {}
     return out
 
@@ -140,7 +170,10 @@ def create_views(con:duckdb.DuckDBPyConnection,  # the connection
         con.execute(f'create or replace view "{view_name(m.dataset, t)}" as {_body(paths)}')
         for wrds_name, part in wrds_views(m, t, paths).items():
             if (owner := taken.setdefault(wrds_name, m.dataset)) != m.dataset:
-                warnings.warn(f"{wrds_name} shows {owner}'s copy; {m.dataset}'s is {view_name(m.dataset, t)}", stacklevel=3)
+                warnings.warn(
+                    f"{wrds_name} shows {owner}'s copy; {m.dataset}'s is {view_name(m.dataset, t)}",
+                    stacklevel=3,
+                )
                 continue
             schema, name = wrds_name.split(".", 1)
             con.execute(f'create schema if not exists "{schema}"')
@@ -153,12 +186,15 @@ def connect(data_dir:Path|str|None=None,        # the data dir (default: $WRDS_S
             as_of:date|datetime|str|None=None,   # read the data as it was at this moment
             version:Version=None                 # a version number (one dataset) or citation stamp(s)
            ) -> duckdb.DuckDBPyConnection:
-    "A DuckDB connection with a view per synced table (also under its WRDS name), over one version per dataset"
+    """A DuckDB connection with a view per synced table (also under its WRDS name), over one version per
+    dataset"""
     layout = data_dir_of(data_dir)
     chosen = choose_versions(layout, datasets, version, as_of)
     con, taken = duckdb.connect(database), dict[str, str]()
-    con.execute("create or replace table wrds_sync_versions (dataset varchar, version integer, stamp varchar, "
-                "manifest_sha256 varchar, committed_at timestamptz, current boolean)")
+    con.execute(
+        "create or replace table wrds_sync_versions (dataset varchar, version integer, stamp varchar, "
+        "manifest_sha256 varchar, committed_at timestamptz, current boolean)"
+    )
     for ds, (m, current) in sorted(chosen.items()):
         create_views(con, m, version_files(layout, m, current), taken)
         con.execute("insert into wrds_sync_versions values (?, ?, ?, ?, ?, ?)",
@@ -176,28 +212,50 @@ def scan(dataset:str,                          # the dataset's name
     layout = data_dir_of(data_dir)
     (m, current), = choose_versions(layout, [dataset], version, as_of).values()
     if table not in m.tables:
-        raise UnknownDatasetError(f"dataset {dataset!r} has no synced table {table!r} (it has: {', '.join(sorted(m.tables)) or 'none'})",
-                                  "pick one of those tables, or sync it first")
+        raise UnknownDatasetError(
+            f"dataset {dataset!r} has no synced table {table!r} (it has: "
+            f"{', '.join(sorted(m.tables)) or 'none'})",
+            "pick one of those tables, or sync it first",
+        )
     files = version_files(layout, m, current, [table]).get(table)
-    if not files: raise UnknownDatasetError(f"{dataset}.{table} has no readable files", f"run `wrds-sync verify --dataset {dataset}`")
+    if not files:
+        raise UnknownDatasetError(
+            f"{dataset}.{table} has no readable files", f"run `wrds-sync verify --dataset {dataset}`"
+        )
     return pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed")
 
 # %% ../nbs/09_reader.ipynb #99b2a9c4
 def cite_lines(m:SyncManifest) -> list[str]:
     "The citation of one manifest version: its stamp, then what it holds"
     when = m.updated_at.strftime("%Y-%m-%d %H:%M UTC")
-    marks = "; ".join(f"{t} ({te.source_table}) {te.source_last_updated or 'no marker'}" for t, te in sorted(m.tables.items()))
-    return [stamp(m), f"  {m.dataset} version {m.version}, committed {when}, manifest sha256 {m.content_sha256}",
-            f"  source update markers: {marks}"]
+    marks = "; ".join(
+        f"{t} ({te.source_table}) {te.source_last_updated or 'no marker'}"
+        for t, te in sorted(m.tables.items())
+    )
+    return [
+        stamp(m),
+        f"  {m.dataset} version {m.version}, committed {when}, manifest sha256 {m.content_sha256}",
+        f"  source update markers: {marks}",
+    ]
 
-def cite(source:duckdb.DuckDBPyConnection|str|Sequence[str]|None=None,  # a connection from `connect`, or dataset name(s)
-         data_dir:Path|str|None=None,          # the data dir (default: $WRDS_SYNC_DATA_DIR, then ./data)
-         as_of:date|datetime|str|None=None,    # the versions current at this moment
-         version:Version=None                  # a version number (one dataset) or citation stamp(s)
-        ) -> str:
+def cite(
+    source: duckdb.DuckDBPyConnection
+    | str
+    | Sequence[str]
+    | None = None,  # a connection from `connect`, or dataset name(s)
+    data_dir: Path | str | None = None,  # the data dir (default: $WRDS_SYNC_DATA_DIR, then ./data)
+    as_of: date | datetime | str | None = None,  # the versions current at this moment
+    version: Version = None,  # a version number (one dataset) or citation stamp(s)
+) -> str:
     "The citation text of exactly the data read: one stamp per dataset, with its date and source markers"
     if isinstance(source, duckdb.DuckDBPyConnection):
-        version, source = [r[0] for r in source.execute("select stamp from wrds_sync_versions order by dataset").fetchall()], None
+        version, source = (
+            [
+                r[0]
+                for r in source.execute("select stamp from wrds_sync_versions order by dataset").fetchall()
+            ],
+            None,
+        )
     layout = data_dir_of(data_dir)
     chosen = choose_versions(layout, [source] if isinstance(source, str) else source, version, as_of)
     return "\n".join(line for _, (m, _) in sorted(chosen.items()) for line in cite_lines(m))

@@ -72,7 +72,8 @@ class SchemaDrift(BaseModel):
         "One line listing every change"
         parts = []
         if self.removed_columns: parts.append("removed " + ", ".join(self.removed_columns))
-        if self.type_changes: parts.append("retyped " + ", ".join(f"{n} {a}->{b}" for n, (a, b) in self.type_changes.items()))
+        if self.type_changes:
+            parts.append("retyped " + ", ".join(f"{n} {a}->{b}" for n, (a, b) in self.type_changes.items()))
         if self.new_columns: parts.append("new " + ", ".join(self.new_columns))
         return "; ".join(parts) or "no change"
 
@@ -100,7 +101,9 @@ def read_history(path:Path) -> list[SchemaVersion]:
         raise ManifestError(f"schema registry file {path} is malformed: {e.errors()[0]['msg']}") from None
     for v in h.versions:
         if v.schema_.fingerprint != v.fingerprint:
-            raise ManifestError(f"schema registry file {path} fails its fingerprint check at version {v.version}")
+            raise ManifestError(
+                f"schema registry file {path} fails its fingerprint check at version {v.version}"
+            )
     return h.versions
 
 # %% ../nbs/02a_schema.ipynb #4d4d4319
@@ -128,7 +131,11 @@ class SchemaRegistry:
         "Record `schema` as the table's newest version (no-op if unchanged); returns its version number"
         h = self.history(dataset, table)
         if h and h[-1].fingerprint == schema.fingerprint: return h[-1].version
-        v = SchemaVersion(version=len(h) + 1, registered_at=utcnow(), fingerprint=schema.fingerprint, schema=schema)
+        v = SchemaVersion(
+            version=len(h) + 1, registered_at=utcnow(), fingerprint=schema.fingerprint, schema=schema
+        )
         doc = _SchemaHistory(dataset=dataset, table=table, versions=[*h, v])
-        atomic_write_bytes(self.layout.schema_path(dataset, table), doc.model_dump_json(by_alias=True, indent=2).encode())
+        atomic_write_bytes(
+            self.layout.schema_path(dataset, table), doc.model_dump_json(by_alias=True, indent=2).encode()
+        )
         return v.version

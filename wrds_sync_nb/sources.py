@@ -26,12 +26,14 @@ select n.nspname as schema, c.relname as name, c.relkind::text as kind,
        obj_description(c.oid, 'pg_class') as comment,
        (case when c.relkind = 'v' then v.rows else nullif(c.reltuples, -1) end)::bigint as approx_rows,
        case when c.relkind = 'v' then v.ident else c.oid::text || '/' || c.relfilenode::text end as ident,
-       (select md5(string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ',' order by a.attnum))
+       (select md5(string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ',' order by
+       a.attnum))
         from pg_attribute a where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped) as columns
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
 left join lateral (
   select max(nullif(t.reltuples, -1)) as rows,
-         string_agg(distinct t.oid::text || '/' || t.relfilenode::text, ',' order by t.oid::text || '/' || t.relfilenode::text) as ident
+         string_agg(distinct t.oid::text || '/' || t.relfilenode::text, ',' order by t.oid::text || '/' ||
+         t.relfilenode::text) as ident
   from pg_rewrite r join pg_depend d on d.objid = r.oid join pg_class t on t.oid = d.refobjid
   where r.ev_class = c.oid and t.oid <> c.oid and t.relkind in ('r', 'p', 'm')) v on c.relkind = 'v'
 where n.nspname ~ %(schema_re)s and c.relname ~ %(table_re)s and c.relkind in ('r', 'v', 'm', 'f', 'p')"""
@@ -54,11 +56,17 @@ def find_sources(client:WRDSClient,        # the WRDS client
     "The source tables of `template` in the catalogue, by partition key, in key order (one query)"
     schema_re, table_re = source_patterns(template)
     out = {}
-    for r in client.execute_query(_FIND_SQL, {"schema_re": schema_re, "table_re": table_re}).iter_rows(named=True):
+    for r in client.execute_query(_FIND_SQL, {"schema_re": schema_re, "table_re": table_re}).iter_rows(
+        named=True
+    ):
         key = key_of(template, r["schema"], r["name"])
         if key is None or (years is not None and key_year(key) not in years): continue
-        state = SourceState(marker=parse_last_updated(r["comment"]), approx_rows=r["approx_rows"], ident=r["ident"])
-        out[key] = SourceTable(f"{r['schema']}.{r['name']}", key, bool(r["readable"]), r["comment"], state, r["columns"])
+        state = SourceState(
+            marker=parse_last_updated(r["comment"]), approx_rows=r["approx_rows"], ident=r["ident"]
+        )
+        out[key] = SourceTable(
+            f"{r['schema']}.{r['name']}", key, bool(r["readable"]), r["comment"], state, r["columns"]
+        )
     return dict(sorted(out.items()))
 
 # %% ../nbs/05b_sources.ipynb #25ecf894
@@ -68,14 +76,17 @@ def check_readable_sources(t:TableSpec,                     # the table
     "Raise one line naming the source tables of `t` this account cannot read"
     if no := [s.name for s in found.values() if not s.readable]:
         shown = ", ".join(no[:3]) + (f" and {len(no) - 3} more" if len(no) > 3 else "")
-        raise PermissionDeniedError(f"this WRDS account may not read {len(no)} of the {len(found)} tables of {t.source} "
-                                    f"({shown}): its subscription does not include them; nothing was downloaded for {t.name}")
+        raise PermissionDeniedError(
+            f"this WRDS account may not read {len(no)} of the {len(found)} tables of {t.source} "
+            f"({shown}): its subscription does not include them; nothing was downloaded for {t.name}"
+        )
 
 # %% ../nbs/05b_sources.ipynb #e6025734
 def changed_sources(found:dict[str, SourceTable],     # the source tables now
                     recorded:dict[str, SourceState]   # their states at the last sync
                    ) -> list[str]:
-    "The names of the source tables whose catalogue entry moved, or that were never recorded: they need fingerprints"
+    """The names of the source tables whose catalogue entry moved, or that were never recorded: they need
+    fingerprints"""
     return [s.name for s in found.values() if recorded.get(s.name) != s.state]
 
 def kept_fingerprints(t:TableSpec,                       # the table

@@ -50,21 +50,49 @@ def lock_state(layout:DataLayout,  # the data dir
     lock = AtomicFileLock(layout.locks_dir, ds).status() if layout.locks_dir.exists() else None
     return "free" if lock is None or not lock.held else (f"stale ({lock.reason})" if lock.stale else "held")
 
-def dataset_rows(ds:str,               # the dataset's name
-                 m:SyncManifest|None,  # its manifest (None: never synced)
-                 lock:str,             # free, held or stale
-                 fresh:str,            # fresh, late or no schedule
-                 sizes:dict[str, tuple[int, int]]|None=None  # per table: current bytes, bytes of older versions kept
-                ) -> list[dict[str, Any]]:
+def dataset_rows(
+    ds: str,  # the dataset's name
+    m: SyncManifest | None,  # its manifest (None: never synced)
+    lock: str,  # free, held or stale
+    fresh: str,  # fresh, late or no schedule
+    sizes: dict[str, tuple[int, int]] | None = None,  # per table: current bytes, bytes of older versions kept
+) -> list[dict[str, Any]]:
     "The status rows of one dataset: one per table, or one saying it was never synced"
     if m is None:
-        return [{"dataset": ds, "table": None, "partitions": 0, "rows": 0, "bytes": 0, "older_versions_bytes": 0, "version": None,
-                 "last_sync": None, "kind": None, "source_updated": None, "lock": lock, "freshness": "never synced"}]
+        return [
+            {
+                "dataset": ds,
+                "table": None,
+                "partitions": 0,
+                "rows": 0,
+                "bytes": 0,
+                "older_versions_bytes": 0,
+                "version": None,
+                "last_sync": None,
+                "kind": None,
+                "source_updated": None,
+                "lock": lock,
+                "freshness": "never synced",
+            }
+        ]
     synced = m.last_sync_at.isoformat(timespec="seconds") if m.last_sync_at else None
-    return [{"dataset": ds, "table": tname, "partitions": len(t.partitions), "rows": t.rows, "bytes": t.bytes,
-             "older_versions_bytes": (sizes or {}).get(tname, (0, 0))[1], "version": m.version, "last_sync": synced,
-             "kind": m.last_sync_kind, "source_updated": t.source_last_updated, "lock": lock, "freshness": fresh}
-            for tname, t in sorted(m.tables.items())]
+    return [
+        {
+            "dataset": ds,
+            "table": tname,
+            "partitions": len(t.partitions),
+            "rows": t.rows,
+            "bytes": t.bytes,
+            "older_versions_bytes": (sizes or {}).get(tname, (0, 0))[1],
+            "version": m.version,
+            "last_sync": synced,
+            "kind": m.last_sync_kind,
+            "source_updated": t.source_last_updated,
+            "lock": lock,
+            "freshness": fresh,
+        }
+        for tname, t in sorted(m.tables.items())
+    ]
 
 # %% ../nbs/09d_status.ipynb #c7841c5d
 def status_rows(layout:DataLayout,         # the data dir
@@ -77,9 +105,16 @@ def status_rows(layout:DataLayout,         # the data dir
         lock = lock_state(layout, ds)
         try: m = mm.load(ds) if layout.root.is_dir() else None
         except WrdsSyncError:  # a damaged dataset is shown as damaged; the others are still listed
-            rows += [{**dataset_rows(ds, None, lock, "")[0], "freshness": f"damaged: run wrds-sync repair --dataset {ds}"}]
+            rows += [
+                {
+                    **dataset_rows(ds, None, lock, "")[0],
+                    "freshness": f"damaged: run wrds-sync repair --dataset {ds}",
+                }
+            ]
             continue
-        fresh = freshness(registry.get(ds) if ds in registry.names() else None, m, now) if m is not None else ""
+        fresh = (
+            freshness(registry.get(ds) if ds in registry.names() else None, m, now) if m is not None else ""
+        )
         rows += dataset_rows(ds, m, lock, fresh, storage_bytes(mm, ds) if m is not None else None)
     return rows
 
@@ -88,4 +123,5 @@ def summary_line(m:SyncManifest) -> str:
     "One line for a committed version: tables, partitions, rows and size"
     parts, rows = sum(len(t.partitions) for t in m.tables.values()), sum(t.rows for t in m.tables.values())
     size = human_bytes(sum(t.bytes for t in m.tables.values()))
-    return f"{m.dataset}: version {m.version}, {len(m.tables)} table(s), {parts} partition(s), {rows:,} rows, {size}"
+    return (f"{m.dataset}: version {m.version}, {len(m.tables)} table(s), {parts} partition(s), {rows:,} "
+            f"rows, {size}")

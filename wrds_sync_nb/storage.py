@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from . import events
 from .errors import ConfigError, DiskSpaceError
-from .layout import (DataLayout, atomic_write_bytes, check_no_links, create_exclusive, fsync_dir, new_quarantine_path,
-                                 publish_file, temp_path_for)
+from .layout import (DataLayout, atomic_write_bytes, check_no_links, create_exclusive, fsync_dir,
+                                 new_quarantine_path, publish_file, temp_path_for)
 
 # %% auto #0
 __all__ = ['ROW_GROUP_ROWS', 'ZSTD_LEVEL', 'QUARANTINE_DAYS', 'WARN_PCT', 'CRITICAL_PCT', 'BLOCKED_PCT', 'HashingFile',
@@ -75,8 +75,11 @@ def prefetch(batches:Iterable[pa.RecordBatch],  # the record batches
         try:
             for b in it:
                 while not stop.is_set():
-                    try: q.put(b, timeout=0.1); break
-                    except queue.Full: continue
+                    try:
+                        q.put(b, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
                 if stop.is_set(): break
         except BaseException as e:  # handed to the consumer, raised there
             q.put(e)
@@ -107,7 +110,8 @@ def rebatch(batches:Iterable[pa.RecordBatch],  # record batches of any sizes
     buf: list[pa.RecordBatch] = []
     held = 0
     for b in batches:
-        buf.append(b); held += b.num_rows
+        buf.append(b)
+        held += b.num_rows
         while held >= rows:
             t = pa.Table.from_batches(buf)
             yield t.slice(0, rows)
@@ -116,23 +120,32 @@ def rebatch(batches:Iterable[pa.RecordBatch],  # record batches of any sizes
     if held: yield pa.Table.from_batches(buf)
 
 # %% ../nbs/07_storage.ipynb #ec836844
-ROW_GROUP_ROWS = 100_000  # rows per row group: DuckDB writes 122,880; measured peak memory per stream 250k: +118 MB, 100k: +57 MB
-ZSTD_LEVEL = 3            # measured on 5M CRSP daily rows: level 1 253 MB, 3 228 MB (+8% client CPU), 6 216 MB (+45%)
+# rows per row group: DuckDB writes 122,880; measured peak memory per stream 250k: +118 MB, 100k: +57 MB
+ROW_GROUP_ROWS = 100_000
+ZSTD_LEVEL = 3  # measured on 5M CRSP daily rows: level 1 253 MB, 3 228 MB (+8% client CPU), 6 216 MB (+45%)
 
-def write_parquet_stream(path:Path,                                           # staging file to create (must not exist)
-                         batches:Iterable[pa.RecordBatch],                    # the record batches
-                         schema:pa.Schema,                                    # the stream's schema (written even for 0 rows)
-                         row_group_rows:int=ROW_GROUP_ROWS,                   # rows per Parquet row group
-                         on_batch:Callable[[pa.Table], None]|None=None        # sees every row group (validation)
-                        ) -> WrittenFile:
+
+def write_parquet_stream(
+    path: Path,  # staging file to create (must not exist)
+    batches: Iterable[pa.RecordBatch],  # the record batches
+    schema: pa.Schema,  # the stream's schema (written even for 0 rows)
+    row_group_rows: int = ROW_GROUP_ROWS,  # rows per Parquet row group
+    on_batch: Callable[[pa.Table], None] | None = None,  # sees every row group (validation)
+) -> WrittenFile:
     "Stream `batches` into a zstd Parquet file at `path`, fsync it, and return its rows, size and SHA-256"
     path.parent.mkdir(parents=True, exist_ok=True)
     sink = HashingFile(path)
     rows = 0
     try:
         text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-        with pq.ParquetWriter(sink, schema, compression="zstd", compression_level=ZSTD_LEVEL, use_dictionary=text,
-                              write_statistics=True) as w:
+        with pq.ParquetWriter(
+            sink,
+            schema,
+            compression="zstd",
+            compression_level=ZSTD_LEVEL,
+            use_dictionary=text,
+            write_statistics=True,
+        ) as w:
             for t in rebatch(prefetch(batches), row_group_rows):
                 if t.schema != schema: t = pa.Table.from_arrays(t.columns, schema=schema)
                 if on_batch is not None: on_batch(t)
@@ -142,7 +155,9 @@ def write_parquet_stream(path:Path,                                           # 
     except BaseException as e:
         try: sink.close()
         except OSError: pass
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # the caller quarantines (or removes) the partial file
+        if (
+            isinstance(e, OSError) and e.errno == errno.ENOSPC
+        ):  # the caller quarantines (or removes) the partial file
             raise DiskSpaceError(f"no space left on device while writing {path.name}") from e
         path.unlink(missing_ok=True)
         raise
@@ -157,14 +172,21 @@ def spill(path:Path,                           # the spill file to create (must 
     rows = 0
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as f, pa.ipc.new_stream(f, schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w:
-            for b in batches: w.write_batch(b); rows += b.num_rows
+        with (
+            os.fdopen(fd, "wb") as f,
+            pa.ipc.new_stream(f, schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w,
+        ):
+            for b in batches:
+                w.write_batch(b)
+                rows += b.num_rows
     except OSError as e:
         path.unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC: raise DiskSpaceError(f"no space left on device while writing {path.name}") from e
+        if e.errno == errno.ENOSPC:
+            raise DiskSpaceError(f"no space left on device while writing {path.name}") from e
         raise
     except BaseException:
-        path.unlink(missing_ok=True); raise
+        path.unlink(missing_ok=True)
+        raise
     return rows
 
 def unspill(path:Path) -> Iterator[pa.RecordBatch]:
@@ -173,12 +195,16 @@ def unspill(path:Path) -> Iterator[pa.RecordBatch]:
 
 # %% ../nbs/07_storage.ipynb #f34a3e2e
 def check_same_filesystem(layout:DataLayout) -> None:
-    "Refuse to sync if staging and the published folders are on different filesystems (rename would not be atomic)"
+    """Refuse to sync if staging and the published folders are on different filesystems (rename would not be
+    atomic)"""
     layout.ensure()
     for d in (layout.versions_dir, layout.wrds_dir):
         if os.stat(layout.staging_dir).st_dev != os.stat(d).st_dev:
-            raise ConfigError(f"{layout.staging_dir} and {d} are on different filesystems, so files cannot be "
-                              f"published atomically", "keep tmp/, versions/ and wrds/ of the data dir on one filesystem")
+            raise ConfigError(
+                f"{layout.staging_dir} and {d} are on different filesystems, so files cannot be "
+                f"published atomically",
+                "keep tmp/, versions/ and wrds/ of the data dir on one filesystem",
+            )
 
 def publish(staged:Path,  # the fsynced staging file
             target:Path   # its immutable version path
@@ -218,7 +244,8 @@ class Quarantine:
                 "at": datetime.now(timezone.utc).isoformat(), **details}
         try: atomic_write_bytes(entry / "note.json", json.dumps(note, indent=2, default=str).encode())
         except BaseException:
-            shutil.rmtree(entry, ignore_errors=True); raise
+            shutil.rmtree(entry, ignore_errors=True)
+            raise
         return entry
 
     def put(self, path:Path,       # the file set aside (moved, never copied)
@@ -227,7 +254,8 @@ class Quarantine:
             reason:str,            # why, for the note
             **details:Any          # more fields for the note
            ) -> Path | None:
-        "Move `path` into a new quarantine entry; if even that fails (a full disk), remove it. Returns where it went"
+        """Move `path` into a new quarantine entry; if even that fails (a full disk), remove it. Returns
+        where it went"""
         return quarantine_file(self, path, dataset, operation, reason, **details)
 
     def clean(self,
@@ -245,7 +273,8 @@ def quarantine_file(q:Quarantine,     # the data dir's quarantine
                     reason:str,       # why, for the note
                     **details:Any     # more fields for the note
                    ) -> Path | None:
-    "Move `path` into a new quarantine entry; if even that fails (a full disk), remove it. Returns where it went"
+    """Move `path` into a new quarantine entry; if even that fails (a full disk), remove it. Returns where
+    it went"""
     try:
         entry = q.new_entry(dataset, operation, reason, file=path.name, **details)
         dest = entry / path.name
@@ -284,7 +313,8 @@ def clean_quarantine(layout:DataLayout,        # the data dir
         try: ts = datetime.strptime(entry.name[:19], "%Y-%m-%dT%H-%M-%S").replace(tzinfo=timezone.utc)
         except ValueError: continue
         if now - ts > older_than and is_our_entry(entry):
-            shutil.rmtree(entry); removed += 1
+            shutil.rmtree(entry)
+            removed += 1
     if removed: events.emit(events.QUARANTINE_CLEANED, removed=removed)
     return removed
 
@@ -321,8 +351,12 @@ class DiskMonitor:
         need = 2 * max(required_bytes, 0)
         if st.used_pct >= BLOCKED_PCT or st.free < need:
             self._alert(events.DISK_BLOCKED, st, required_bytes=need)
-            why = (f"the filesystem of {self.path} is {st.used_pct:.1f}% full" if st.used_pct >= BLOCKED_PCT
-                   else f"{st.free} bytes free under {self.path}, less than twice the next partition's estimated {required_bytes}")
+            why = (
+                f"the filesystem of {self.path} is {st.used_pct:.1f}% full"
+                if st.used_pct >= BLOCKED_PCT
+                else f"{st.free} bytes free under {self.path}, less than twice the next partition's "
+                     f"estimated {required_bytes}"
+            )
             raise DiskSpaceError(why)
         if st.used_pct >= CRITICAL_PCT: self._alert(events.DISK_CRITICAL, st)
         elif st.used_pct >= WARN_PCT: self._alert(events.DISK_WARNING, st)

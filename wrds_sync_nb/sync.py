@@ -20,26 +20,29 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticValidationError
 from . import events
 from .client import WRDSClient, current_scope, quote_ident, qualified, scoped
-from .datasets import CAST_TYPES, DatasetRegistry, DatasetSpec, Retention, TableSpec, parse_retention
+from .datasets import (CAST_TYPES, DatasetRegistry, DatasetSpec, Retention, TableSpec,
+                                   parse_retention)
 from .pgtypes import MAX_DECIMAL_PRECISION, ColumnType, arrow_schema_of, column_type, conform
 from .config import resolve_credentials
 from .errors import (ChecksumMismatchError, CredentialsError, DiskSpaceError, ManifestError,
-                                 MassRemovalError,
-                                 PartitionValidationError, PermissionDeniedError, QueryError, QueryTimeoutError, SchemaError,
-                                 SyncIncompleteError, TransientQueryError, WRDSConnectionError, WrdsSyncError)
-from .layout import (ALL_PARTITION, DATA_DIR_MARKER, DataLayout, atomic_write_bytes, check_no_links, claim_data_dir,
-                                 is_temp_name, partition_key, sha256_file, validate_name)
+                                 MassRemovalError, PartitionValidationError, PermissionDeniedError,
+                                 QueryError, QueryTimeoutError, SchemaError, SyncIncompleteError,
+                                 TransientQueryError, WRDSConnectionError, WrdsSyncError)
+from .layout import (ALL_PARTITION, DATA_DIR_MARKER, DataLayout, atomic_write_bytes,
+                                 check_no_links, claim_data_dir, is_temp_name, partition_key, sha256_file,
+                                 validate_name)
 from .locking import AtomicFileLock, LockHeartbeat
-from .manifest import (ManifestManager, PartitionEntry, SourceFingerprint, SourceState, SyncManifest, TableEntry,
-                                   kept_versions, read_manifest, utcnow, write_version)
+from .manifest import (ManifestManager, PartitionEntry, SourceFingerprint, SourceState,
+                                   SyncManifest, TableEntry, kept_versions, read_manifest, utcnow,
+                                   write_version)
 from .periods import SourceTemplate, key_bounds, key_sql, key_year, period_key
-from .sources import (SourceTable, adapted_columns, changed_sources, check_readable_sources, find_sources,
-                                  kept_fingerprints, recorded_sources)
+from .sources import (SourceTable, adapted_columns, changed_sources, check_readable_sources,
+                                  find_sources, kept_fingerprints, recorded_sources)
 from .schema import DatasetSchema, SchemaRegistry
-from .versions import (entries, entry_file, is_view, load_versions, migrate_dataset, needs_migration,
-                                   refresh_views, retained_versions)
-from .storage import (ROW_GROUP_ROWS, DiskMonitor, Quarantine, WrittenFile, check_same_filesystem, estimate_bytes,
-                                  publish, spill, unspill, write_parquet_stream)
+from .versions import (entries, entry_file, is_view, load_versions, migrate_dataset,
+                                   needs_migration, refresh_views, retained_versions)
+from .storage import (ROW_GROUP_ROWS, DiskMonitor, Quarantine, WrittenFile, check_same_filesystem,
+                                  estimate_bytes, publish, spill, unspill, write_parquet_stream)
 from .validation import PartitionRules, StreamValidator
 
 # %% auto #0
@@ -119,23 +122,28 @@ def trusted_journal(p:SyncProgress|None) -> dict[str, dict[str, PartitionEntry]]
     return p.pending if p is not None and p.content_sha256 == p.content_digest() else {}
 
 def uncommitted(p:SyncProgress|None) -> dict[str, dict[str, PartitionEntry]]:
-    "What an unfinished run published but did not commit: its checkpointed and journaled entries (if the file is ours)"
+    """What an unfinished run published but did not commit: its checkpointed and journaled entries (if the
+    file is ours)"""
     if p is None or p.status == "completed" or p.content_sha256 != p.content_digest(): return {}
     out = {t: dict(es) for t, es in p.completed.items()}
     for t, es in p.pending.items(): out.setdefault(t, {}).update(es)
     return out
 
 # %% ../nbs/08_sync.ipynb #a4c2f424
-def table_columns(t:TableSpec,                 # the table
-                  catalogue:list[dict[str, Any]],  # its columns as the catalogue lists them (name, type)
-                  numeric_scales:dict[str, int]|None=None  # decimal mode: each unconstrained numeric's largest scale
-                 ) -> list[ColumnType]:
+def table_columns(
+    t: TableSpec,  # the table
+    catalogue: list[dict[str, Any]],  # its columns as the catalogue lists them (name, type)
+    numeric_scales: dict[str, int] | None = None,  # decimal mode: each unconstrained numeric's largest scale
+) -> list[ColumnType]:
     "How each column the table keeps is read and stored"
     types = {c["name"]: c["type"] for c in catalogue}
     names = t.columns or [c["name"] for c in catalogue]
     missing = [c for c in [*names, *t.key_columns, *t.casts] if c not in types]
-    if missing: raise SchemaError(f"columns {sorted(set(missing))} of the definition of {t.name} are not in {t.source}",
-                                  f"check the column names against `wrds-sync describe {t.source}`")
+    if missing:
+        raise SchemaError(
+            f"columns {sorted(set(missing))} of the definition of {t.name} are not in {t.source}",
+            f"check the column names against `wrds-sync describe {t.source}`",
+        )
     out = []
     for n in names:
         if n in t.casts:
@@ -145,10 +153,16 @@ def table_columns(t:TableSpec,                 # the table
     return out
 
 def wire_list(cols:list[ColumnType]) -> str:
-    "The SELECT list that sends each column as its mapping needs (a column an older source table lacks: a typed null)"
-    return ", ".join(f"cast(null as {c.server_cast or c.pg_type}) as {quote_ident(c.name)}" if c.missing
-                     else f"cast({quote_ident(c.name)} as {c.server_cast}) as {quote_ident(c.name)}" if c.server_cast
-                     else quote_ident(c.name) for c in cols)
+    """The SELECT list that sends each column as its mapping needs (a column an older source table lacks: a
+    typed null)"""
+    return ", ".join(
+        f"cast(null as {c.server_cast or c.pg_type}) as {quote_ident(c.name)}"
+        if c.missing
+        else f"cast({quote_ident(c.name)} as {c.server_cast}) as {quote_ident(c.name)}"
+        if c.server_cast
+        else quote_ident(c.name)
+        for c in cols
+    )
 
 def select_list(t:TableSpec,        # the table
                 columns:list[str]   # the columns to select, in order
@@ -161,7 +175,8 @@ def select_list(t:TableSpec,        # the table
 Span = range | tuple[date, date]   # years, or dates [first, next)
 
 def split_by_column(t:TableSpec) -> bool:
-    "Are the table's partitions cut from its source by the partition column (not given by the source's own tables)?"
+    """Are the table's partitions cut from its source by the partition column (not given by the source's own
+    tables)?"""
     return t.partition_column is not None and not (t.templated and t.period == t.template.period)
 
 def partition_span(t:TableSpec,   # the table
@@ -193,12 +208,16 @@ def data_sql(t:TableSpec,               # the table
              key:str|int|None,          # the partition key (a year; None: the whole table)
              within:tuple[int, int]|None=None  # only these values of the key's first column, [from, to)
             ) -> tuple[str, dict[str, Any]]:
-    "The query streaming one partition (or a range of it), ordered by the key so files are deterministic and well clustered"
+    """The query streaming one partition (or a range of it), ordered by the key so files are deterministic
+    and well clustered"""
     k = partition_key(key) if key is None or isinstance(key, int) else key
     w, p = where_sql(t, partition_span(t, k))
     if within is not None:
         k0 = quote_ident(t.key_columns[0])
-        w, p = (w + " and " if w else " where ") + f"{k0} >= %(r0)s and {k0} < %(r1)s", {**p, "r0": within[0], "r1": within[1]}
+        w, p = (
+            (w + " and " if w else " where ") + f"{k0} >= %(r0)s and {k0} < %(r1)s",
+            {**p, "r0": within[0], "r1": within[1]},
+        )
     order = f" order by {', '.join(map(quote_ident, t.key_columns))}" if t.key_columns else ""
     return f"select {wire_list(cols)} from {qualified(*t.source_for(k).split('.'))}{w}{order}", p
 
@@ -220,7 +239,8 @@ def fingerprint_sql(t:TableSpec,                 # the table
                     method:FingerprintMethod="hash_record_extended",  # how rows are hashed
                     key:str=ALL_PARTITION        # the partition a source table is whole (templated sources)
                    ) -> tuple[str, dict[str, Any]]:
-    "One scan of the source (or of one of its tables) giving each partition's rows, date range and an order-independent row hash"
+    """One scan of the source (or of one of its tables) giving each partition's rows, date range and an
+    order-independent row hash"""
     grouped = split_by_column(t)
     w, p = where_sql(t, span if grouped else None)
     src = qualified(*t.source_for(key).split("."))
@@ -231,8 +251,11 @@ def fingerprint_sql(t:TableSpec,                 # the table
     h, h2 = _ROW_HASH[method]
     d = f"q.{quote_ident(t.partition_column)}" if t.partition_column else "null::date"
     k = key_sql(d, t.period) if grouped else "%(key)s::text"
-    return (f"select k, count(*) as rows, min(d)::text as min_date, max(d)::text as max_date, {_DIGEST[method]} as digest "
-            f"from (select {k} as k, {d} as d, {h} as h, {h2} as h2 from {rows}) s group by 1 order by 1"), {**p, "key": key}
+    return (
+        f"select k, count(*) as rows, min(d)::text as min_date, max(d)::text as max_date, {_DIGEST[method]} "
+        "as digest "
+        f"from (select {k} as k, {d} as d, {h} as h, {h2} as h2 from {rows}) s group by 1 order by 1"
+    ), {**p, "key": key}
 
 # %% ../nbs/08_sync.ipynb #1ac67f75
 Action = Literal["fetch", "keep", "remove", "refetch_damaged"]
@@ -265,7 +288,9 @@ def marker_unchanged(now:str|None,    # the source's marker now
 
 def reusable(i:PlanInputs) -> dict[str, PartitionEntry]:
     "Local entries whose recorded source fingerprint equals the source's: kept if their files verify"
-    local = i.resumed if i.kind == "full" else {**i.stored, **i.resumed}  # an interrupted incremental's files too
+    local = (
+        i.resumed if i.kind == "full" else {**i.stored, **i.resumed}
+    )  # an interrupted incremental's files too
     src = i.source or {}
     return {k: e for k, e in local.items() if k in src and e.source == src[k]}
 
@@ -274,18 +299,37 @@ def _plan_key(i:PlanInputs, key:str, ok:dict[str, PartitionEntry]) -> PlanItem |
     fp, old = (i.source or {}).get(key), i.stored.get(key)
     if fp is None: return PlanItem(key, "remove", "no rows at the source any more", old) if old else None
     if key in ok:
-        if key not in i.verified: return PlanItem(key, "refetch_damaged", "local file differs from its checksum", ok[key])
-        return PlanItem(key, "keep", "checkpointed by this run" if i.kind == "full" else "source fingerprint unchanged", ok[key])
+        if key not in i.verified:
+            return PlanItem(key, "refetch_damaged", "local file differs from its checksum", ok[key])
+        return PlanItem(
+            key,
+            "keep",
+            "checkpointed by this run" if i.kind == "full" else "source fingerprint unchanged",
+            ok[key],
+        )
     if i.kind == "full":
-        return PlanItem(key, "fetch", "source changed since this run's checkpoint" if key in i.resumed else "not fetched by this run yet")
+        return PlanItem(
+            key,
+            "fetch",
+            "source changed since this run's checkpoint"
+            if key in i.resumed
+            else "not fetched by this run yet",
+        )
     if old is None: return PlanItem(key, "fetch", "new partition at the source")
     rows = f" ({old.source.rows:,} -> {fp.rows:,} rows)" if old.source and old.source.rows != fp.rows else ""
     return PlanItem(key, "fetch", f"restated: source fingerprint changed{rows}")
 
 def plan_table(i:PlanInputs) -> list[PlanItem]:
     "For every partition of one table: fetch, keep, remove or refetch as damaged, with the reason"
-    if i.kind == "incremental" and marker_unchanged(i.source_marker, i.stored_marker) and set(i.stored) <= i.verified:
-        return [PlanItem(k, "keep", f"source marker unchanged ({i.source_marker})", e) for k, e in sorted(i.stored.items())]
+    if (
+        i.kind == "incremental"
+        and marker_unchanged(i.source_marker, i.stored_marker)
+        and set(i.stored) <= i.verified
+    ):
+        return [
+            PlanItem(k, "keep", f"source marker unchanged ({i.source_marker})", e)
+            for k, e in sorted(i.stored.items())
+        ]
     if i.source is None: return [PlanItem(k, "fetch", "full sync") for k in i.keys]
     ok = reusable(i)
     return [it for k in i.keys if (it := _plan_key(i, k, ok)) is not None]
@@ -300,9 +344,11 @@ def mass_removal(plan:list[PlanItem],              # a table's plan
     gone = [it.key for it in plan if it.action == "remove"]
     if not gone or not stored: return None
     if len(gone) == len(stored) and not any(it.action != "remove" for it in plan):
-        return f"would remove the whole table ({len(gone)} partition{'s' if len(gone) > 1 else ''}: {', '.join(gone)})"
+        return (f"would remove the whole table ({len(gone)} partition{'s' if len(gone) > 1 else ''}: "
+                f"{', '.join(gone)})")
     if len(gone) > MASS_REMOVAL_SHARE * len(stored):
-        return f"would remove {len(gone)} of {len(stored)} partitions ({', '.join(gone)}), more than {MASS_REMOVAL_SHARE:.0%}"
+        return (f"would remove {len(gone)} of {len(stored)} partitions ({', '.join(gone)}), more than "
+                f"{MASS_REMOVAL_SHARE:.0%}")
     return None
 
 # %% ../nbs/08_sync.ipynb #992829c6
@@ -310,19 +356,26 @@ class SyncManager:
     "Orchestrates full and incremental syncs of WRDS datasets into the data dir, and verifies them"
     FULL_SLO_SECONDS, INCREMENTAL_SLO_SECONDS, PARTITION_ATTEMPTS = 4 * 3600, 3600, 3
 
-    def __init__(self, client:WRDSClient|None,          # the WRDS connection (None: verify only)
-                 data_dir:Path|str|DataLayout,           # the data dir
-                 registry:DatasetRegistry|None=None,     # datasets (default: built-ins and $WRDS_SYNC_DATASETS)
-                 writer_id:str|None=None,                # who holds the lock, for humans
-                 lock_timeout_seconds:float=30,          # how long to wait for a held lock
-                 batch_rows:int=ROW_GROUP_ROWS,          # Arrow batch / Parquet row group size
-                 allow_mass_delete:bool=False):          # let an incremental remove a whole table or >20% of it
+    def __init__(
+        self,
+        client: WRDSClient | None,  # the WRDS connection (None: verify only)
+        data_dir: Path | str | DataLayout,  # the data dir
+        registry: DatasetRegistry | None = None,  # datasets (default: built-ins and $WRDS_SYNC_DATASETS)
+        writer_id: str | None = None,  # who holds the lock, for humans
+        lock_timeout_seconds: float = 30,  # how long to wait for a held lock
+        batch_rows: int = ROW_GROUP_ROWS,  # Arrow batch / Parquet row group size
+        allow_mass_delete: bool = False,
+    ):  # let an incremental remove a whole table or >20% of it
         self.client = client
         self.layout = data_dir if isinstance(data_dir, DataLayout) else DataLayout(data_dir)
         self.registry = registry or DatasetRegistry.load()
         self.manifests, self.schemas = ManifestManager(self.layout), SchemaRegistry(self.layout)
         self.quarantine = Quarantine(self.layout)
-        self.writer_id, self.lock_timeout_seconds, self.batch_rows = writer_id, lock_timeout_seconds, batch_rows
+        self.writer_id, self.lock_timeout_seconds, self.batch_rows = (
+            writer_id,
+            lock_timeout_seconds,
+            batch_rows,
+        )
         self.allow_mass_delete = allow_mass_delete
 
     def full_sync(self, dataset:str,             # dataset name
@@ -334,21 +387,26 @@ class SyncManager:
         spec = self.registry.get(dataset)
         return run_sync(self, with_tables(spec, tables), "full", spec.year_range(start_year, end_year))
 
-    def incremental_sync(self, dataset:str,          # dataset name
-                         tables:list[str]|None=None   # only these of the tables synced so far (default: all of them)
-                        ) -> SyncManifest:
+    def incremental_sync(
+        self,
+        dataset: str,  # dataset name
+        tables: list[str] | None = None,  # only these of the tables synced so far (default: all of them)
+    ) -> SyncManifest:
         "Fetch only what changed at the source in the tables synced so far (a full sync if there was none)"
         spec, m = self.registry.get(dataset), self.manifests.load(dataset)
         if m is None: return self.full_sync(dataset, tables=tables)
         return run_sync(self, synced_tables(spec, tables, m), "incremental", None)
 
     def plan_incremental(self, dataset:str) -> dict[str, list[PlanItem]]:
-        "What `incremental_sync` would do, per table, from the source's metadata and fingerprints: downloads nothing"
+        """What `incremental_sync` would do, per table, from the source's metadata and fingerprints:
+        downloads nothing"""
         return dry_run(self, self.registry.get(dataset))
 
-    def verify_integrity(self, dataset:str,           # the dataset's name
-                         current_only:bool=False       # only the current version (default: every retained one)
-                        ) -> list[str]:
+    def verify_integrity(
+        self,
+        dataset: str,  # the dataset's name
+        current_only: bool = False,  # only the current version (default: every retained one)
+    ) -> list[str]:
         "Every problem with the local copy of `dataset`, one readable line each (empty: all good)"
         return check_integrity(self, dataset, current_only)
 
@@ -366,8 +424,10 @@ class RunContext:
     started: float = field(default_factory=time.monotonic)
     errors: list[str] = field(default_factory=list)
     schema_errors: list[str] = field(default_factory=list)
-    fixes: list[str] = field(default_factory=list)   # the fix of each table-level error
-    lock: threading.RLock = field(default_factory=threading.RLock)  # partition streams take turns at the bookkeeping
+    fixes: list[str] = field(default_factory=list)  # the fix of each table-level error
+    lock: threading.RLock = field(
+        default_factory=threading.RLock
+    )  # partition streams take turns at the bookkeeping
 
     @property
     def client(self) -> WRDSClient:
@@ -395,11 +455,15 @@ _READABLE_SQL = ("select t, to_regclass(t) is not null as exists, "
 def readable_tables(client:WRDSClient,   # the WRDS client
                     sources:list[str]    # schema.table names (or templates: `optionm.opprcd{year}`)
                    ) -> dict[str, str]:
-    "For each source: `yes`, `no` (exists, not readable by this account) or `missing`; a template, by all its tables"
+    """For each source: `yes`, `no` (exists, not readable by this account) or `missing`; a template, by all
+    its tables"""
     plain, out = [t for t in sources if SourceTemplate.parse(t).period is None], {}
     if plain:
         df = client.execute_query(_READABLE_SQL, {"tables": [qualified(*t.split(".")) for t in plain]})
-        state = {r["t"]: "yes" if r["readable"] else ("no" if r["exists"] else "missing") for r in df.iter_rows(named=True)}
+        state = {
+            r["t"]: "yes" if r["readable"] else ("no" if r["exists"] else "missing")
+            for r in df.iter_rows(named=True)
+        }
         out = {t: state[qualified(*t.split("."))] for t in plain}
     for t in sources:
         if t not in out:
@@ -413,11 +477,17 @@ def check_readable(client:WRDSClient,  # the WRDS client
     "Raise one line naming every table of `spec` this account cannot read or that does not exist"
     state = readable_tables(client, [t.source for t in spec.tables])
     if no := [t for t, v in state.items() if v == "no"]:
-        raise PermissionDeniedError(f"this WRDS account may not read {', '.join(no)}: its subscription does not include "
-                                    f"{'them' if len(no) > 1 else 'it'}; nothing was downloaded")
+        raise PermissionDeniedError(
+            f"this WRDS account may not read {', '.join(no)}: its subscription does not include "
+            f"{'them' if len(no) > 1 else 'it'}; nothing was downloaded"
+        )
     if missing := [t for t, v in state.items() if v == "missing"]:
         lib = missing[0].split(".")[0]
-        look = "`wrds-sync libraries` lists the libraries" if "{" in lib else f"`wrds-sync tables {lib}` lists the tables there"
+        look = (
+            "`wrds-sync libraries` lists the libraries"
+            if "{" in lib
+            else f"`wrds-sync tables {lib}` lists the tables there"
+        )
         raise QueryError(f"{', '.join(missing)} does not exist on WRDS (or is not visible to this account)",
                          f"check the name of the source: {look}")
 
@@ -443,9 +513,13 @@ def holds_partition(layout:DataLayout,   # the data dir
     if t.partition_column is None or key == ALL_PARTITION: return True
     col, (lo, hi) = md.schema.to_arrow_schema().get_field_index(t.partition_column), key_bounds(key)
     stats = [md.row_group(i).column(col).statistics for i in range(md.num_row_groups)]
-    return col >= 0 and all(st is not None and st.has_min_max and lo <= _day(st.min) and _day(st.max) < hi for st in stats)
+    return col >= 0 and all(
+        st is not None and st.has_min_max and lo <= _day(st.min) and _day(st.max) < hi for st in stats
+    )
 
-def _day(v:Any) -> Any: return v.date() if isinstance(v, datetime) else v  # a timestamp statistic, as its date
+def _day(v: Any) -> Any:
+    return v.date() if isinstance(v, datetime) else v  # a timestamp statistic, as its date
+
 
 def table_entry(m:SyncManifest,    # the manifest to update
                 t:TableSpec        # the table
@@ -457,7 +531,8 @@ def table_entry(m:SyncManifest,    # the manifest to update
 def recover_journal(sm:SyncManager,   # the manager
                     spec:DatasetSpec  # the dataset (call with its lock held)
                    ) -> None:
-    "Upgrade a dataset of an earlier release, clear staging, checkpoint intact journaled files, re-point the views"
+    """Upgrade a dataset of an earlier release, clear staging, checkpoint intact journaled files, re-point
+    the views"""
     ds = spec.name
     check_no_links(sm.layout)  # a planted link at tmp/staging must not lead the removal below elsewhere
     shutil.rmtree(sm.layout.staging_dir / ds, ignore_errors=True)
@@ -486,9 +561,18 @@ def start_run(sm:SyncManager,                       # the sync manager
     progress = prev if resume and prev is not None else SyncProgress(
         dataset=spec.name, kind=kind, run_id=secrets.token_hex(6), started_at=now, last_checkpoint=now,
         start_year=years.start if years else None, end_year=years.stop - 1 if years else None)
-    if kind == "incremental" and not resume: progress.completed = uncommitted(prev)  # adopted if the source still matches
+    if kind == "incremental" and not resume:
+        progress.completed = uncommitted(prev)  # adopted if the source still matches
     progress.status, progress.failed, progress.lock_nonce = "running", {}, hb.token.nonce
-    ctx = RunContext(sm, spec, kind, sm.manifests.load_or_new(spec.name), progress, hb, DiskMonitor(sm.layout.root, spec.name))
+    ctx = RunContext(
+        sm,
+        spec,
+        kind,
+        sm.manifests.load_or_new(spec.name),
+        progress,
+        hb,
+        DiskMonitor(sm.layout.root, spec.name),
+    )
     ctx.manifest = ctx.manifest.model_copy(update={"last_sync_kind": kind, "last_sync_at": now})
     events.emit(events.SYNC_STARTED, dataset=spec.name, kind=kind, resumed=resume,
                 years=f"{years.start}-{years.stop - 1}" if years else None)
@@ -497,7 +581,8 @@ def start_run(sm:SyncManager,                       # the sync manager
 def sync_tables(ctx:RunContext,   # the run
                 years:range|None  # the partition years (None: the whole table)
                ) -> None:
-    "Sync the tables, as many at once as there are partition streams; a schema or query problem stops that table only"
+    """Sync the tables, as many at once as there are partition streams; a schema or query problem stops that
+    table only"""
     jobs: list[Callable[[], Any]] = [partial(sync_one_table, ctx, table, years) for table in ctx.spec.tables]
     run_streams(ctx, jobs, min(len(jobs), partition_streams(ctx.client)))
 
@@ -505,15 +590,20 @@ def sync_one_table(ctx:RunContext,    # the run
                    table:TableSpec,   # the table
                    years:range|None   # the partition years (None: the whole table)
                   ) -> None:
-    "Sync one table in its own scope (a failure cancels its queries only), recording a schema or query problem against it"
+    """Sync one table in its own scope (a failure cancels its queries only), recording a schema or query
+    problem against it"""
     outer = current_scope()
     scoped(f"{ctx.spec.name}/{table.name}")
     try: sync_table(ctx, table, years)
     except (SchemaError, QueryError, PartitionValidationError) as e:
         with ctx.lock:
-            (ctx.schema_errors if isinstance(e, SchemaError) else ctx.errors).append(f"{table.name}: {e.what}")
+            (ctx.schema_errors if isinstance(e, SchemaError) else ctx.errors).append(
+                f"{table.name}: {e.what}"
+            )
             ctx.fixes.append(e.fix)
-        events.emit(events.PARTITION_FAILED, level="error", dataset=ctx.spec.name, table=table.name, error=e.what)
+        events.emit(
+            events.PARTITION_FAILED, level="error", dataset=ctx.spec.name, table=table.name, error=e.what
+        )
     finally: scoped(outer)
 
 # %% ../nbs/08_sync.ipynb #f009d9c1
@@ -523,8 +613,11 @@ def run_sync(sm:SyncManager,                       # the sync manager
              years:range|None                      # the partition years (None: the whole table)
             ) -> SyncManifest:
     "One sync run of `spec`, under its lock, with checkpoints; raises if anything is left undone"
-    if sm.client is None: raise WrdsSyncError("a sync needs a WRDS client", "pass a WRDSClient to SyncManager")
-    sm.client.config = resolve_credentials(sm.client.config)  # a missing password fails before anything is touched
+    if sm.client is None:
+        raise WrdsSyncError("a sync needs a WRDS client", "pass a WRDSClient to SyncManager")
+    sm.client.config = resolve_credentials(
+        sm.client.config
+    )  # a missing password fails before anything is touched
     fresh = not sm.layout.root.exists() or not any(sm.layout.root.iterdir())
     claim_data_dir(sm.layout)  # a folder holding other things is refused before the lock file lands in it
     try:
@@ -538,7 +631,8 @@ def run_sync(sm:SyncManager,                       # the sync manager
             ctx = start_run(sm, spec, kind, years, hb)
             try: sync_tables(ctx, years)
             except BaseException as e:
-                pause_run(ctx, e); raise
+                pause_run(ctx, e)
+                raise
             finish_run(ctx)
     except (CredentialsError, WRDSConnectionError, PermissionDeniedError):
         if fresh: remove_empty_layout(sm.layout, spec.name)  # a refused first login leaves no trace
@@ -549,11 +643,22 @@ def run_sync(sm:SyncManager,                       # the sync manager
 def remove_empty_layout(layout:DataLayout,  # a data dir this run created
                         dataset:str          # whose lock guard this run created in it
                        ) -> None:
-    "Remove the lock guard, the marker and the layout's folders if they are empty (`rmdir`: never anything with content)"
+    """Remove the lock guard, the marker and the layout's folders if they are empty (`rmdir`: never anything
+    with content)"""
     (layout.locks_dir / f".{dataset}.lock.guard").unlink(missing_ok=True)
     (layout.root / DATA_DIR_MARKER).unlink(missing_ok=True)
-    for d in (layout.locks_dir, layout.staging_dir, layout.tmp_dir, layout.wrds_dir, layout.manifests_dir,
-              layout.schemas_dir, layout.progress_dir, layout.quarantine_dir, layout.backups_dir, layout.root):
+    for d in (
+        layout.locks_dir,
+        layout.staging_dir,
+        layout.tmp_dir,
+        layout.wrds_dir,
+        layout.manifests_dir,
+        layout.schemas_dir,
+        layout.progress_dir,
+        layout.quarantine_dir,
+        layout.backups_dir,
+        layout.root,
+    ):
         try: os.rmdir(d)
         except OSError: pass
 
@@ -569,7 +674,8 @@ def pause_run(ctx:RunContext,  # the run
                 error=e.what if isinstance(e, WrdsSyncError) else repr(e))
 
 def finish_run(ctx:RunContext) -> None:
-    "Commit the run as the next version (with the success time when nothing failed), then the final checkpoint"
+    """Commit the run as the next version (with the success time when nothing failed), then the final
+    checkpoint"""
     ok = not (ctx.errors or ctx.schema_errors)
     ctx.progress.status = "completed" if ok else "failed"
     if ok: ctx.manifest = ctx.manifest.model_copy(update={"last_success_at": utcnow()})
@@ -599,17 +705,26 @@ def report_run(ctx:RunContext) -> SyncManifest:
     fixes = "; ".join(dict.fromkeys(ctx.fixes))  # each cause's own fix, once
     if ctx.schema_errors: raise SchemaError(f"{ds} {kind} sync: " + "; ".join(problems), fixes or None)
     if ctx.errors:
-        raise SyncIncompleteError(f"{ds} {kind} sync incomplete, {len(ctx.errors)} problem(s): " + "; ".join(ctx.errors),
-                                  f"{fixes}; then rerun: completed partitions are kept" if fixes else None)
-    events.emit(events.SYNC_COMPLETED, dataset=ds, kind=kind, rows=ctx.progress.total_rows_synced,
-                partitions_fetched=ctx.progress.partitions_fetched, seconds=round(time.monotonic() - ctx.started, 3))
+        raise SyncIncompleteError(
+            f"{ds} {kind} sync incomplete, {len(ctx.errors)} problem(s): " + "; ".join(ctx.errors),
+            f"{fixes}; then rerun: completed partitions are kept" if fixes else None,
+        )
+    events.emit(
+        events.SYNC_COMPLETED,
+        dataset=ds,
+        kind=kind,
+        rows=ctx.progress.total_rows_synced,
+        partitions_fetched=ctx.progress.partitions_fetched,
+        seconds=round(time.monotonic() - ctx.started, 3),
+    )
     return ctx.manifest
 
 # %% ../nbs/08_sync.ipynb #0f6ee02b
 def with_tables(spec:DatasetSpec,          # the dataset
                 tables:list[str]|None      # the tables wanted (None: all)
                ) -> DatasetSpec:
-    "`spec` restricted to `tables`, in the dataset's order; an unknown name is a one-line error listing the tables"
+    """`spec` restricted to `tables`, in the dataset's order; an unknown name is a one-line error listing
+    the tables"""
     if not tables: return spec
     wanted = {spec.table(t).name for t in tables}
     return spec.model_copy(update={"tables": [t for t in spec.tables if t.name in wanted]})
@@ -634,11 +749,17 @@ class TableRun:
     method: FingerprintMethod = "hash_record_extended"
     span: int = 1                  # partitions the source covers (a partition's share of the table's rows)
     years: range | None = None     # the years in range (a templated source's, or a table cut by month or day)
-    keys_known: bool = True        # False: the partitions are those the fingerprints find (months or days of a table)
-    found: dict[str, SourceTable] = field(default_factory=dict)  # a templated source's tables in range, by key
-    scan: list[str] = field(default_factory=list)                # ... those to fingerprint (new, or their entry moved)
-    kept: dict[str, SourceFingerprint] = field(default_factory=dict)  # ... recorded fingerprints of the unchanged ones
-    source_cols: dict[str, list[ColumnType]] = field(default_factory=dict)  # columns of older tables that differ
+    keys_known: bool = True
+    found: dict[str, SourceTable] = field(
+        default_factory=dict
+    )  # a templated source's tables in range, by key
+    scan: list[str] = field(default_factory=list)  # ... those to fingerprint (new, or their entry moved)
+    kept: dict[str, SourceFingerprint] = field(
+        default_factory=dict
+    )  # ... recorded fingerprints of the unchanged ones
+    source_cols: dict[str, list[ColumnType]] = field(
+        default_factory=dict
+    )  # columns of older tables that differ
 
     @property
     def schema(self) -> pa.Schema: return arrow_schema_of(self.cols)
@@ -654,13 +775,19 @@ def cols_for(client:WRDSClient,  # the WRDS client
              tr:TableRun,        # the table
              key:str             # a partition
             ) -> list[ColumnType]:
-    "The columns as partition `key`'s source table sends them (an older table of a templated source may lack some)"
+    """The columns as partition `key`'s source table sends them (an older table of a templated source may
+    lack some)"""
     if not tr.found or key == ALL_PARTITION: return tr.cols
-    src, ref = tr.found.get(source_key(tr.table, key)), tr.found[max(tr.found)]  # the newest table gave `tr.cols`
+    src, ref = (
+        tr.found.get(source_key(tr.table, key)),
+        tr.found[max(tr.found)],
+    )  # the newest table gave `tr.cols`
     if src is None or src.columns == ref.columns: return tr.cols
     if src.name not in tr.source_cols:
         sch, tab = src.name.split(".", 1)
-        tr.source_cols[src.name] = adapted_columns(tr.table, tr.cols, client.get_table_info(sch, tab)["columns"], src.name)
+        tr.source_cols[src.name] = adapted_columns(
+            tr.table, tr.cols, client.get_table_info(sch, tab)["columns"], src.name
+        )
     return tr.source_cols[src.name]
 
 # %% ../nbs/08_sync.ipynb #1d916887
@@ -681,22 +808,36 @@ def stage(ctx:RunContext,            # the run
     "Stream one partition from the server into a staging file, validating batches on the way"
     ds, table = ctx.spec.name, tr.table
     ctx.disk.check(estimate_bytes(rows_hint, bytes_per_row))
-    events.emit(events.PARTITION_STARTED, level="debug", dataset=ds, table=table.name, partition=key, rows=rows_hint)
-    staged = ctx.sm.layout.staging_table_dir(ds, table.name) / f"{key}.parquet.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    events.emit(
+        events.PARTITION_STARTED, level="debug", dataset=ds, table=table.name, partition=key, rows=rows_hint
+    )
+    staged = (
+        ctx.sm.layout.staging_table_dir(ds, table.name)
+        / f"{key}.parquet.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    )
     period = None if key == ALL_PARTITION else key
-    check, schema = StreamValidator(PartitionRules(table.key_columns, table.partition_column, period)), tr.schema
+    check, schema = (
+        StreamValidator(PartitionRules(table.key_columns, table.partition_column, period)),
+        tr.schema,
+    )
     ranges = split_ranges(ctx.client, tr, key, split) if split > 1 and rows_hint >= SPLIT_MIN_ROWS else None
     batches = range_batches(ctx, tr, staged, key, ranges) if ranges else partition_batches(ctx, tr, key, None)
     try:
         wf = write_parquet_stream(staged, batches, schema, ctx.sm.batch_rows, on_batch=check.update)
     except DiskSpaceError:
         with ctx.lock:
-            if staged.exists(): ctx.sm.quarantine.put(staged, ds, "enospc", "disk full while writing", table=table.name, partition=key)
+            if staged.exists():
+                ctx.sm.quarantine.put(
+                    staged, ds, "enospc", "disk full while writing", table=table.name, partition=key
+                )
         raise
     return Staged(staged, wf, check)
 
 # %% ../nbs/08_sync.ipynb #ef12e8b5
-SPLIT_MIN_ROWS = 100_000  # a smaller partition is one query: ranges would cost more round trips than they save
+SPLIT_MIN_ROWS = (
+    100_000  # a smaller partition is one query: ranges would cost more round trips than they save
+)
+
 
 def partition_batches(ctx:RunContext,                 # the run
                       tr:TableRun,                    # the table
@@ -724,16 +865,21 @@ def split_ranges(client:WRDSClient,  # the WRDS client
     return [(a, min(a + step, hi + 1)) for a in range(lo, hi + 1, step)]
 
 # %% ../nbs/08_sync.ipynb #e26e4d5a
-def range_batches(ctx:RunContext,                  # the run
-                  tr:TableRun,                     # the table
-                  staged:Path,                     # the partition's staging file (the ranges' files go beside it)
-                  key:str,                         # the partition
-                  ranges:list[tuple[int, int]]     # ranges of the key's first column, in order
-                 ) -> Iterator[pa.RecordBatch]:
+def range_batches(
+    ctx: RunContext,  # the run
+    tr: TableRun,  # the table
+    staged: Path,  # the partition's staging file (the ranges' files go beside it)
+    key: str,  # the partition
+    ranges: list[tuple[int, int]],  # ranges of the key's first column, in order
+) -> Iterator[pa.RecordBatch]:
     "Fetch `ranges` at once, each into its own spill file, then give their rows in order"
-    parts = [staged.with_name(f"{staged.stem}.{i}{staged.suffix}") for i in range(len(ranges))]  # temporary names too
+    parts = [
+        staged.with_name(f"{staged.stem}.{i}{staged.suffix}") for i in range(len(ranges))
+    ]  # temporary names too
     try:
-        with ThreadPoolExecutor(len(ranges), thread_name_prefix="range", initializer=scoped, initargs=(current_scope(),)) as pool:
+        with ThreadPoolExecutor(
+            len(ranges), thread_name_prefix="range", initializer=scoped, initargs=(current_scope(),)
+        ) as pool:
             for f in [pool.submit(spill, part, partition_batches(ctx, tr, key, r), tr.schema)
                       for part, r in zip(parts, ranges, strict=True)]: f.result()
         for part in parts: yield from unspill(part)
@@ -746,8 +892,12 @@ def key_fix(t:TableSpec,          # the table
            ) -> str | None:
     "The fix for a key that the source's rows do not satisfy (None: another failure)"
     if not any("duplicate rows on key" in f or "null in key" in f for f in failures): return None
-    return (f"the key ({', '.join(t.key_columns)}) of table {t.name} is not unique and non-null at {t.source}: set its "
-            f"key_columns to columns that are (`wrds-sync add {t.source} --key COL,COL` or the datasets file), or to [] to skip the check")
+    return (
+        f"the key ({', '.join(t.key_columns)}) of table {t.name} is not unique and non-null at {t.source}: "
+        "set its "
+        f"key_columns to columns that are (`wrds-sync add {t.source} --key COL,COL` or the datasets file), "
+        "or to [] to skip the check"
+    )
 
 # %% ../nbs/08_sync.ipynb #4108ac7f
 def validate(ctx:RunContext,       # the run
@@ -762,15 +912,24 @@ def validate(ctx:RunContext,       # the run
     failures = s.check.failures()
     if failures:
         q.put(s.path, ds, "validation", "validation failed", table=t, partition=key, failures=failures)
-        raise PartitionValidationError(f"{ds}/{t}/{key} failed validation", failures, key_fix(tr.table, failures))
+        raise PartitionValidationError(
+            f"{ds}/{t}/{key} failed validation", failures, key_fix(tr.table, failures)
+        )
     if sha256_file(s.path) != s.written.sha256:
         q.put(s.path, ds, "checksum", "bytes on disk differ from bytes written", table=t, partition=key)
         events.emit(events.CHECKSUM_MISMATCH, dataset=ds, table=t, partition=key, stage="after write")
         raise ChecksumMismatchError(f"{ds}/{t}/{key}: the file read back differs from what was written")
     final = ctx.sm.layout.version_path(ds, t, key, s.written.sha256)
     w = s.written
-    return PartitionEntry(path=ctx.sm.layout.relative(final), rows=w.rows, bytes=w.bytes, sha256=w.sha256,
-                          schema_fingerprint=DatasetSchema.from_arrow(tr.schema).fingerprint, synced_at=utcnow(), source=fp)
+    return PartitionEntry(
+        path=ctx.sm.layout.relative(final),
+        rows=w.rows,
+        bytes=w.bytes,
+        sha256=w.sha256,
+        schema_fingerprint=DatasetSchema.from_arrow(tr.schema).fingerprint,
+        synced_at=utcnow(),
+        source=fp,
+    )
 
 # %% ../nbs/08_sync.ipynb #85459170
 def journal(ctx:RunContext,       # the run
@@ -788,12 +947,19 @@ def publish_partition(ctx:RunContext,       # the run
                       staged:Path,          # the staged file
                       entry:PartitionEntry  # the manifest entry
                      ) -> None:
-    "Give the staged file its immutable version name, only while the lock is ours (identical bytes: already there)"
+    """Give the staged file its immutable version name, only while the lock is ours (identical bytes:
+    already there)"""
     ctx.heartbeat.ensure_held()
     final = ctx.sm.layout.resolve(entry.path)
     if os.path.lexists(final) and not is_intact(ctx.sm.layout, entry):
-        ctx.sm.quarantine.put(final, ctx.spec.name, "checksum", "damaged version found under the name of its refetch",
-                              table=table.name, partition=key)
+        ctx.sm.quarantine.put(
+            final,
+            ctx.spec.name,
+            "checksum",
+            "damaged version found under the name of its refetch",
+            table=table.name,
+            partition=key,
+        )
     publish(staged, final)
 
 def include(ctx:RunContext,            # the run
@@ -824,34 +990,47 @@ def checkpoint(ctx:RunContext,       # the run
     save_progress(ctx.sm.layout, p)
 
 # %% ../nbs/08_sync.ipynb #1b90e89a
-def sync_partition(ctx:RunContext,                                      # the run
-                   tr:TableRun,                                         # the table being synced
-                   key:str,                                             # the partition key
-                   fingerprint:Callable[[], SourceFingerprint | None],  # the source's (may still be computing)
-                   rows_hint:int,                                       # expected rows, for the disk check
-                   bytes_per_row:float|None,                            # bytes per row of the previous partition
-                   split:int=1                                          # streams to fetch a big partition on, as ranges
-                  ) -> PartitionEntry | None:
+def sync_partition(
+    ctx: RunContext,  # the run
+    tr: TableRun,  # the table being synced
+    key: str,  # the partition key
+    fingerprint: Callable[[], SourceFingerprint | None],  # the source's (may still be computing)
+    rows_hint: int,  # expected rows, for the disk check
+    bytes_per_row: float | None,  # bytes per row of the previous partition
+    split: int = 1,  # streams to fetch a big partition on, as ranges
+) -> PartitionEntry | None:
     "Stage, validate, journal, publish and include one partition; None when the source has no rows for it"
     t0 = time.monotonic()
     s = stage(ctx, tr, key, rows_hint, bytes_per_row, split)
     try: fp = fingerprint()
     except BaseException:
-        s.path.unlink(missing_ok=True); raise
+        s.path.unlink(missing_ok=True)
+        raise
     if fp is None:
-        s.path.unlink(missing_ok=True); return None
+        s.path.unlink(missing_ok=True)
+        return None
     with ctx.lock:  # one stream at a time through the commit steps: the progress file and manifest are shared
         try:
             entry = validate(ctx, tr, key, s, fp)
             journal(ctx, tr.table, key, entry)
             publish_partition(ctx, tr.table, key, s.path, entry)
-        except BaseException:  # a full disk at the journal, say: the staged file goes (a journaled entry needs its file to count)
-            s.path.unlink(missing_ok=True); raise
+        # a full disk at the journal, say: the staged file goes (a journaled entry needs its file to count)
+        except BaseException:
+            s.path.unlink(missing_ok=True)
+            raise
         include(ctx, tr.table, key, entry)
         checkpoint(ctx, tr.table, key, entry)
     secs = time.monotonic() - t0
-    events.emit(events.PARTITION_COMPLETED, dataset=ctx.spec.name, table=tr.table.name, partition=key, rows=entry.rows,
-                bytes=entry.bytes, seconds=round(secs, 3), rows_per_second=int(entry.rows / secs) if secs > 0 else None)
+    events.emit(
+        events.PARTITION_COMPLETED,
+        dataset=ctx.spec.name,
+        table=tr.table.name,
+        partition=key,
+        rows=entry.rows,
+        bytes=entry.bytes,
+        seconds=round(secs, 3),
+        rows_per_second=int(entry.rows / secs) if secs > 0 else None,
+    )
     return entry
 
 # %% ../nbs/08_sync.ipynb #fa89cab4
@@ -866,10 +1045,20 @@ def check_schema(sm:SyncManager,   # the sync manager
     if expected is not None:
         drift = expected.detect_drift(actual)
         if drift.has_breaking_changes:
-            events.emit(events.SCHEMA_BREAKING, level="error", dataset=ds, table=table.name, drift=drift.describe())
-            raise SchemaError(f"{ds}/{table.name}: breaking schema change at {table.source} ({drift.describe()})")
+            events.emit(
+                events.SCHEMA_BREAKING, level="error", dataset=ds, table=table.name, drift=drift.describe()
+            )
+            raise SchemaError(
+                f"{ds}/{table.name}: breaking schema change at {table.source} ({drift.describe()})"
+            )
         if drift.new_columns:
-            events.emit(events.SCHEMA_NEW_COLUMNS, level="warning", dataset=ds, table=table.name, columns=drift.new_columns)
+            events.emit(
+                events.SCHEMA_NEW_COLUMNS,
+                level="warning",
+                dataset=ds,
+                table=table.name,
+                columns=drift.new_columns,
+            )
     sm.schemas.register_schema(ds, table.name, actual)
 
 # %% ../nbs/08_sync.ipynb #9bc430bd
@@ -891,29 +1080,38 @@ def run_years(spec:DatasetSpec,                      # the dataset
               stored:dict[str, PartitionEntry],      # the manifest's partitions of the table
               today:date|None=None                   # the date to count from (default: today)
              ) -> range | None:
-    "The years a run covers: a full sync's; an incremental's, from the first year synced to this one (or the source's last)"
+    """The years a run covers: a full sync's; an incremental's, from the first year synced to this one (or
+    the source's last)"""
     if kind != "incremental": return years
     known = [y for k in stored if (y := key_year(k)) is not None]
     this_year = (today or date.today()).year
-    return range(min(known) if known else spec.default_start_year, min(this_year, spec.max_year or this_year) + 1)
+    return range(
+        min(known) if known else spec.default_start_year, min(this_year, spec.max_year or this_year) + 1
+    )
 
 # %% ../nbs/08_sync.ipynb #d1e4efe9
-def numeric_scales(client:WRDSClient,   # the WRDS client
-                   table:TableSpec,      # the table
-                   names:list[str],      # its unconstrained numeric columns
-                   source:str|None=None  # the source table asked (default: the table's; a templated one's newest)
-                  ) -> dict[str, int]:
+def numeric_scales(
+    client: WRDSClient,  # the WRDS client
+    table: TableSpec,  # the table
+    names: list[str],  # its unconstrained numeric columns
+    source: str | None = None,  # the source table asked (default: the table's; a templated one's newest)
+) -> dict[str, int]:
     "Decimal mode: the largest scale of each column's values; fails naming a column 38 digits cannot hold"
     if not names: return {}
-    q = ", ".join(f"max(scale({quote_ident(n)})) as s{i}, max(length(trunc(abs({quote_ident(n)}))::text)) as d{i}"
-                  for i, n in enumerate(names))
+    q = ", ".join(
+        f"max(scale({quote_ident(n)})) as s{i}, max(length(trunc(abs({quote_ident(n)}))::text)) as d{i}"
+        for i, n in enumerate(names)
+    )
     row = client.execute_query(f"select {q} from {qualified(*(source or table.source).split('.'))}").row(0)
     out = {}
     for i, n in enumerate(names):
         scale, digits = int(row[2 * i] or 0), int(row[2 * i + 1] or 1)
         if scale + digits > MAX_DECIMAL_PRECISION:
-            raise SchemaError(f"column {n} of {table.source} needs {digits} digits before and {scale} after the point, "
-                              f"more than a decimal's {MAX_DECIMAL_PRECISION}", f'set numeric = "float64" for table {table.name}')
+            raise SchemaError(
+                f"column {n} of {table.source} needs {digits} digits before and {scale} after the point, "
+                f"more than a decimal's {MAX_DECIMAL_PRECISION}",
+                f'set numeric = "float64" for table {table.name}',
+            )
         out[n] = scale
     return out
 
@@ -921,16 +1119,21 @@ def source_columns(client:WRDSClient,   # the WRDS client
                    table:TableSpec,      # the table
                    info:dict[str, Any]   # its catalogue metadata
                   ) -> list[ColumnType]:
-    "The table's kept columns as they travel (asking the server for decimal scales where decimal mode needs them)"
+    """The table's kept columns as they travel (asking the server for decimal scales where decimal mode
+    needs them)"""
     wide = [c["name"] for c in info["columns"] if c["type"] == "numeric" and table.numeric == "decimal"
             and (table.columns is None or c["name"] in table.columns) and c["name"] not in table.casts]
-    return table_columns(table, info["columns"], numeric_scales(client, table, wide, f"{info['schema']}.{info['table']}"))
+    return table_columns(
+        table, info["columns"], numeric_scales(client, table, wide, f"{info['schema']}.{info['table']}")
+    )
 
-def fingerprint_method(client:WRDSClient,                  # the WRDS client
-                       kind:Literal["full", "incremental"],  # a full sync takes the best method
-                       stored:dict[str, PartitionEntry]    # the table's entries, whose method an incremental keeps
-                      ) -> FingerprintMethod:
-    "The method to fingerprint a table with: the one its entries used while the server offers it, else the best"
+def fingerprint_method(
+    client: WRDSClient,  # the WRDS client
+    kind: Literal["full", "incremental"],  # a full sync takes the best method
+    stored: dict[str, PartitionEntry],  # the table's entries, whose method an incremental keeps
+) -> FingerprintMethod:
+    """The method to fingerprint a table with: the one its entries used while the server offers it, else the
+    best"""
     forced: list[FingerprintMethod] = ["md5"]  # WRDS_FINGERPRINT_METHOD=md5: the fallback, on any server
     offered = forced if client.config.fingerprint_method == "md5" else methods_for(client.server_version_num)
     used = {e.source.method for e in stored.values() if e.source}
@@ -943,17 +1146,28 @@ def source_years(client:WRDSClient,               # the WRDS client
                  years:range,                     # the years asked for
                  stored:dict[str, PartitionEntry] # the manifest's partitions of the table
                 ) -> tuple[range, int]:
-    "`years` narrowed to the span the source has rows in (widened to the years stored), and that span's length"
+    """`years` narrowed to the span the source has rows in (widened to the years stored), and that span's
+    length"""
     w, p = where_sql(table, None)
     pc = quote_ident(table.partition_column or "")
-    lo, hi = client.execute_query(f"select extract(year from min({pc}))::int as lo, extract(year from max({pc}))::int as hi "
-                                  f"from {qualified(table.source_schema, table.source_table)}{w}", p).row(0)
-    have = [y for y in years if lo is not None and lo <= y <= hi] + [y for k in stored if (y := key_year(k)) is not None and y in years]
+    lo, hi = client.execute_query(
+        f"select extract(year from min({pc}))::int as lo, extract(year from max({pc}))::int as hi "
+        f"from {qualified(table.source_schema, table.source_table)}{w}",
+        p,
+    ).row(0)
+    have = [y for y in years if lo is not None and lo <= y <= hi] + [
+        y for k in stored if (y := key_year(k)) is not None and y in years
+    ]
     span = hi - lo + 1 if lo is not None else 1
     return (range(min(have), max(have) + 1) if have else range(years.start, years.start)), span
 
 # %% ../nbs/08_sync.ipynb #efe12cf0
-_PER_YEAR = {"year": 1, "month": 12, "day": 252}  # partitions a year, for a partition's share of a table's rows
+_PER_YEAR = {
+    "year": 1,
+    "month": 12,
+    "day": 252,
+}  # partitions a year, for a partition's share of a table's rows
+
 
 def plain_run(client:WRDSClient,                    # the WRDS client
               spec:DatasetSpec,                     # the dataset
@@ -965,11 +1179,20 @@ def plain_run(client:WRDSClient,                    # the WRDS client
              ) -> TableRun:
     "What a run needs of a table read from one WRDS table"
     span = len(years) if years is not None else 1
-    if kind == "full" and table.partitioned and years is not None: years, span = source_years(client, table, years, stored)
+    if kind == "full" and table.partitioned and years is not None:
+        years, span = source_years(client, table, years, stored)
     years, by_year = run_years(spec, kind, years, stored), table.period == "year" or not table.partitioned
     keys = partition_keys(spec, table, "full", years, stored) if by_year else []
-    return TableRun(table, info, source_columns(client, table, info), keys, stored, span=span * _PER_YEAR[table.period],
-                    years=years, keys_known=by_year)
+    return TableRun(
+        table,
+        info,
+        source_columns(client, table, info),
+        keys,
+        stored,
+        span=span * _PER_YEAR[table.period],
+        years=years,
+        keys_known=by_year,
+    )
 
 # %% ../nbs/08_sync.ipynb #834b03a2
 def templated_run(client:WRDSClient,                    # the WRDS client
@@ -980,20 +1203,35 @@ def templated_run(client:WRDSClient,                    # the WRDS client
                   stored:dict[str, PartitionEntry],     # its partitions in the manifest
                   recorded:dict[str, SourceState]       # its source tables' states at the last sync
                  ) -> TableRun:
-    "What a run needs of a templated table: its source tables in range, columns, and which tables to fingerprint"
+    """What a run needs of a templated table: its source tables in range, columns, and which tables to
+    fingerprint"""
     years = run_years(spec, kind, years, stored)
     years = spec.year_range() if years is None else years
     found = find_sources(client, table.template, years)
     check_readable_sources(table, found)
     whole = table.period == table.template.period   # a source table is one partition
     keys = sorted(set(found) | {k for k in stored if key_year(k) in years}) if whole else []
-    if not found: return TableRun(table, {"last_updated": None, "approx_rows": 0}, [], keys, stored, years=years, keys_known=whole)
+    if not found:
+        return TableRun(
+            table, {"last_updated": None, "approx_rows": 0}, [], keys, stored, years=years, keys_known=whole
+        )
     sch, tab = found[max(found)].name.split(".", 1)
     info = client.get_table_info(sch, tab)
     info["last_updated"] = max((m for s in found.values() if (m := s.state.marker)), default=None)
     scan = [s.name for s in found.values()] if kind == "full" else changed_sources(found, recorded)
-    return TableRun(table, info, source_columns(client, table, info), keys, stored, span=1 if whole else _PER_YEAR[table.period],
-                    years=years, keys_known=whole, found=found, scan=scan, kept=kept_fingerprints(table, found, stored, scan))
+    return TableRun(
+        table,
+        info,
+        source_columns(client, table, info),
+        keys,
+        stored,
+        span=1 if whole else _PER_YEAR[table.period],
+        years=years,
+        keys_known=whole,
+        found=found,
+        scan=scan,
+        kept=kept_fingerprints(table, found, stored, scan),
+    )
 
 # %% ../nbs/08_sync.ipynb #c5f00b2c
 def describe_table(ctx:RunContext,           # the run
@@ -1001,13 +1239,17 @@ def describe_table(ctx:RunContext,           # the run
                    years:range|None,         # the partition years (None: the whole table)
                    info:dict[str, Any]|None  # the source table's metadata (None for a templated source)
                   ) -> TableRun:
-    "The table's columns (their Arrow schema checked against the registry), partitions in range and stored entries"
+    """The table's columns (their Arrow schema checked against the registry), partitions in range and stored
+    entries"""
     ds, entry = ctx.spec.name, ctx.manifest.tables.get(table.name)
     stored = dict(entry.partitions) if entry else {}
     kind = ctx.kind if stored else "full"  # a table never synced is covered as a full sync would cover it
     years = ctx.spec.year_range() if kind == "full" and years is None and table.partitioned else years
-    tr = templated_run(ctx.client, ctx.spec, table, kind, years, stored, entry.sources if entry else {}) if info is None \
+    tr = (
+        templated_run(ctx.client, ctx.spec, table, kind, years, stored, entry.sources if entry else {})
+        if info is None
         else plain_run(ctx.client, ctx.spec, table, kind, years, stored, info)
+    )
     if tr.cols: check_schema(ctx.sm, ds, table, tr.schema)
     tr.method = fingerprint_method(ctx.client, ctx.kind, stored)
     return tr
@@ -1015,8 +1257,13 @@ def describe_table(ctx:RunContext,           # the run
 # %% ../nbs/08_sync.ipynb #5deaec08
 def fingerprints_in(df:Any) -> dict[str, SourceFingerprint]:
     "The fingerprints a fingerprint query returned, by partition key (partitions with rows only)"
-    return {r["k"]: SourceFingerprint(rows=int(r["rows"]), min_date=r["min_date"], max_date=r["max_date"], digest=str(r["digest"]))
-            for r in df.iter_rows(named=True) if r["rows"] and r["k"] is not None}
+    return {
+        r["k"]: SourceFingerprint(
+            rows=int(r["rows"]), min_date=r["min_date"], max_date=r["max_date"], digest=str(r["digest"])
+        )
+        for r in df.iter_rows(named=True)
+        if r["rows"] and r["k"] is not None
+    }
 
 def fingerprint_source(client:WRDSClient,  # the WRDS client
                        tr:TableRun,        # a templated table
@@ -1049,9 +1296,12 @@ def remove_vanished(ctx:RunContext,     # the run
                     key:str,            # the partition key
                     old:PartitionEntry  # the manifest's entry
                    ) -> None:
-    "A partition the source no longer has: out of the next version (its file stays, kept by the versions that list it)"
+    """A partition the source no longer has: out of the next version (its file stays, kept by the versions
+    that list it)"""
     include(ctx, table, key, None)
-    events.emit(events.PARTITION_REMOVED, level="warning", dataset=ctx.spec.name, table=table.name, partition=key)
+    events.emit(
+        events.PARTITION_REMOVED, level="warning", dataset=ctx.spec.name, table=table.name, partition=key
+    )
 
 def quarantine_damaged(ctx:RunContext,   # the run
                        table:TableSpec,  # the table
@@ -1060,11 +1310,25 @@ def quarantine_damaged(ctx:RunContext,   # the run
                       ) -> None:
     "A local file that no longer matches its entry: out of the manifest, into quarantine (then fetched again)"
     path = ctx.sm.layout.resolve(e.path)
-    events.emit(events.CHECKSUM_MISMATCH, dataset=ctx.spec.name, table=table.name, partition=key, path=e.path, stage="resume")
+    events.emit(
+        events.CHECKSUM_MISMATCH,
+        dataset=ctx.spec.name,
+        table=table.name,
+        partition=key,
+        path=e.path,
+        stage="resume",
+    )
     if key in table_entry(ctx.manifest, table).partitions: include(ctx, table, key, None)
     if path.exists():
-        ctx.sm.quarantine.put(path, ctx.spec.name, "checksum", "file differs from its checkpoint", table=table.name,
-                              partition=key, expected_sha256=e.sha256)
+        ctx.sm.quarantine.put(
+            path,
+            ctx.spec.name,
+            "checksum",
+            "file differs from its checkpoint",
+            table=table.name,
+            partition=key,
+            expected_sha256=e.sha256,
+        )
 
 # %% ../nbs/08_sync.ipynb #814f3220
 def apply_plan(ctx:RunContext,      # the run
@@ -1081,7 +1345,8 @@ def apply_plan(ctx:RunContext,      # the run
                         partition=it.key, reason=it.reason)
         elif it.action == "remove" and it.entry is not None: remove_vanished(ctx, tr.table, it.key, it.entry)
         else:
-            if it.action == "refetch_damaged" and it.entry is not None: quarantine_damaged(ctx, tr.table, it.key, it.entry)
+            if it.action == "refetch_damaged" and it.entry is not None:
+                quarantine_damaged(ctx, tr.table, it.key, it.entry)
             todo.append(it.key)
     return todo
 
@@ -1095,9 +1360,11 @@ def check_mass_removal(ctx:RunContext,       # the run
     if why is None or ctx.sm.allow_mass_delete: return
     src = f"{tr.table.source}"
     events.emit(events.MASS_REMOVAL, dataset=ctx.spec.name, table=tr.table.name, source=src, reason=why)
-    raise MassRemovalError(f"{ctx.spec.name}/{tr.table.name}: the source {src} {why}; nothing was changed",
-                           f"if WRDS really withdrew that data, rerun with --allow-mass-delete; if it is reloading "
-                           f"{src}, rerun later")
+    raise MassRemovalError(
+        f"{ctx.spec.name}/{tr.table.name}: the source {src} {why}; nothing was changed",
+        f"if WRDS really withdrew that data, rerun with --allow-mass-delete; if it is reloading "
+        f"{src}, rerun later",
+    )
 
 # %% ../nbs/08_sync.ipynb #a986bb11
 def plan_inputs(ctx:RunContext,  # the run
@@ -1107,7 +1374,9 @@ def plan_inputs(ctx:RunContext,  # the run
     with ctx.lock: done = dict(ctx.progress.completed.get(tr.table.name, {}))
     resumed = {**{k: e for k, e in tr.stored.items() if e.synced_at >= ctx.progress.started_at}, **done}
     entry = ctx.manifest.tables.get(tr.table.name)
-    marker = None if tr.table.templated else tr.info["last_updated"]  # a templated source is judged table by table
+    marker = (
+        None if tr.table.templated else tr.info["last_updated"]
+    )  # a templated source is judged table by table
     return PlanInputs(ctx.kind, tr.keys, None, tr.stored, resumed, source_marker=marker,
                       stored_marker=entry.source_last_updated if entry else None)
 
@@ -1129,18 +1398,27 @@ def record_failure(ctx:RunContext,    # the run
     with ctx.lock:
         ctx.progress.failed.setdefault(table.name, {})[key] = err.what
         ctx.errors.append(f"{table.name}/{key}: {err.what}")
-        if not isinstance(err, TransientQueryError): ctx.fixes.append(err.fix)  # a transient failure's fix is the rerun
+        if not isinstance(err, TransientQueryError):
+            ctx.fixes.append(err.fix)  # a transient failure's fix is the rerun
         save_progress(ctx.sm.layout, ctx.progress)
-    events.emit(events.PARTITION_FAILED, level="error", dataset=ctx.spec.name, table=table.name, partition=key, error=err.what)
+    events.emit(
+        events.PARTITION_FAILED,
+        level="error",
+        dataset=ctx.spec.name,
+        table=table.name,
+        partition=key,
+        error=err.what,
+    )
 
-def fetch_with_retries(ctx:RunContext,                                      # the run
-                       tr:TableRun,                                         # the table being synced
-                       key:str,                                             # the partition key
-                       fingerprint:Callable[[], SourceFingerprint | None],  # the source's fingerprint (may still be computing)
-                       rows_hint:int,                                       # expected rows, for the disk check
-                       bpr:float|None,                                      # bytes per row of the previous partition
-                       split:int=1                                          # streams to fetch a big partition on, as ranges
-                      ) -> PartitionEntry | None:
+def fetch_with_retries(
+    ctx: RunContext,  # the run
+    tr: TableRun,  # the table being synced
+    key: str,  # the partition key
+    fingerprint: Callable[[], SourceFingerprint | None],  # the source's fingerprint (may still be computing)
+    rows_hint: int,  # expected rows, for the disk check
+    bpr: float | None,  # bytes per row of the previous partition
+    split: int = 1,  # streams to fetch a big partition on, as ranges
+) -> PartitionEntry | None:
     "Sync one partition, retrying transient failures; a failure is recorded, not raised"
     for attempt in range(1, ctx.sm.PARTITION_ATTEMPTS + 1):
         try:
@@ -1152,17 +1430,25 @@ def fetch_with_retries(ctx:RunContext,                                      # th
         except TransientQueryError as err:
             if attempt == ctx.sm.PARTITION_ATTEMPTS: record_failure(ctx, tr.table, key, err)
         except (QueryTimeoutError, PartitionValidationError, ChecksumMismatchError) as err:
-            record_failure(ctx, tr.table, key, err); return None
+            record_failure(ctx, tr.table, key, err)
+            return None
     return None
 
 # %% ../nbs/08_sync.ipynb #28f48da5
 class Fingerprints:
-    "The source's fingerprints as the fingerprint thread computes them: one scan, or one per source table in key order"
+    """The source's fingerprints as the fingerprint thread computes them: one scan, or one per source table
+    in key order"""
     def __init__(self, pool:ThreadPoolExecutor, client:WRDSClient, tr:TableRun):
         self.tr = tr
-        self.parts: dict[str, Future[dict[str, SourceFingerprint]]] = \
-            {s.key: pool.submit(fingerprint_source, client, tr, s) for s in tr.found.values() if s.name in tr.scan} \
-            if tr.table.templated else {"": pool.submit(fetch_fingerprints, client, tr)}
+        self.parts: dict[str, Future[dict[str, SourceFingerprint]]] = (
+            {
+                s.key: pool.submit(fingerprint_source, client, tr, s)
+                for s in tr.found.values()
+                if s.name in tr.scan
+            }
+            if tr.table.templated
+            else {"": pool.submit(fetch_fingerprints, client, tr)}
+        )
 
     def _part(self, key:str) -> Future[dict[str, SourceFingerprint]] | None:
         return self.parts.get(source_key(self.tr.table, key)) if self.tr.table.templated else self.parts[""]
@@ -1173,7 +1459,13 @@ class Fingerprints:
     def known(self, key:str) -> SourceFingerprint | None:
         "Partition `key`'s fingerprint if it is there already (never waits)"
         f = self._part(key)
-        return self.tr.kept.get(key) if f is None else f.result().get(key) if f.done() and f.exception() is None else None
+        return (
+            self.tr.kept.get(key)
+            if f is None
+            else f.result().get(key)
+            if f.done() and f.exception() is None
+            else None
+        )
     def all(self) -> dict[str, SourceFingerprint]:
         "Every partition's fingerprint (waiting for every scan)"
         out = dict(self.tr.kept)
@@ -1189,17 +1481,27 @@ def fetch_partitions(ctx:RunContext,        # the run
                      todo:list[str],        # the partition keys to fetch
                      fps:Fingerprints       # the fingerprints being computed
                     ) -> None:
-    "Fetch `todo` on the run's partition streams, sizing each disk check from the partition's own row count when known"
+    """Fetch `todo` on the run's partition streams, sizing each disk check from the partition's own row
+    count when known"""
     entry = ctx.manifest.tables.get(tr.table.name)
     bpr = entry.bytes / entry.rows if entry and entry.rows else None
-    rows_hint = int((tr.info["approx_rows"] or 0) / max(1, tr.span, len(tr.keys)))  # a year of the table, not the whole table
+    rows_hint = int(
+        (tr.info["approx_rows"] or 0) / max(1, tr.span, len(tr.keys))
+    )  # a year of the table, not the whole table
     with ctx.lock: ctx.progress.failed.setdefault(tr.table.name, {})
-    est: dict[str, Any] = {"bpr": bpr, "rows": rows_hint}  # the latest partition's size, for the next one's disk check
+    est: dict[str, Any] = {
+        "bpr": bpr,
+        "rows": rows_hint,
+    }  # the latest partition's size, for the next one's disk check
     streams = partition_streams(ctx.client)
     def one(key:str) -> PartitionEntry | None:
         if (exc := fps.failed()) is not None: raise exc
-        known = fps.known(key)  # a big partition is fetched as ranges on every stream: the session pool shares them out
-        e = fetch_with_retries(ctx, tr, key, partial(fps.of, key), known.rows if known else est["rows"], est["bpr"], streams)
+        known = fps.known(
+            key
+        )  # a big partition is fetched as ranges on every stream: the session pool shares them out
+        e = fetch_with_retries(
+            ctx, tr, key, partial(fps.of, key), known.rows if known else est["rows"], est["bpr"], streams
+        )
         if e is not None and e.rows: est.update(bpr=e.bytes / e.rows, rows=e.rows)
         return e
     run_streams(ctx, [partial(one, key) for key in todo], streams, current_scope())
@@ -1210,11 +1512,12 @@ def partition_streams(client:WRDSClient) -> int:
     budget = client.pool.budget if client.pool is not None else client.config.max_connections
     return max(1, min(budget, client.config.max_connections) - 1)
 
-def run_streams(ctx:RunContext,                    # the run
-                jobs:list[Callable[[], Any]],       # one per partition (or table)
-                streams:int,                        # how many at once
-                scope:str|None=None                 # the threads' scope: whose queries a failure cancels (None: all)
-               ) -> None:
+def run_streams(
+    ctx: RunContext,  # the run
+    jobs: list[Callable[[], Any]],  # one per partition (or table)
+    streams: int,  # how many at once
+    scope: str | None = None,  # the threads' scope: whose queries a failure cancels (None: all)
+) -> None:
     "Run `jobs` on `streams` threads (in turn when one); the first error stops the others and is raised"
     if streams <= 1 or len(jobs) <= 1:
         for job in jobs: job()
@@ -1239,16 +1542,24 @@ def finish_table(ctx:RunContext,  # the run
                  tr:TableRun,     # the table being synced
                  fetched:int      # partitions fetched
                 ) -> None:
-    "Record the table's source marker and schema in the next version when every partition succeeded (source tables' states: each whose partitions did)"
+    """Record the table's source marker and schema in the next version when every partition succeeded
+    (source tables' states: each whose partitions did)"""
     with ctx.lock:
         failed = list(ctx.progress.failed.get(tr.table.name, {}))
         t = table_entry(ctx.manifest, tr.table) if tr.table.templated or not failed else None
-        if t is not None and tr.table.templated: t.sources = recorded_sources(tr.table, tr.found, tr.years, t.sources, failed)
+        if t is not None and tr.table.templated:
+            t.sources = recorded_sources(tr.table, tr.found, tr.years, t.sources, failed)
         if t is not None and not failed:
             t.source_last_updated = tr.info["last_updated"]
             if tr.cols: t.schema_fingerprint = DatasetSchema.from_arrow(tr.schema).fingerprint
     nfailed = len(failed)
-    events.emit(events.TABLE_COMPLETED, dataset=ctx.spec.name, table=tr.table.name, fetched=fetched - nfailed, failed=nfailed)
+    events.emit(
+        events.TABLE_COMPLETED,
+        dataset=ctx.spec.name,
+        table=tr.table.name,
+        fetched=fetched - nfailed,
+        failed=nfailed,
+    )
 
 # %% ../nbs/08_sync.ipynb #6baf7d92
 def vanished(tr:TableRun) -> list[str]:
@@ -1263,32 +1574,52 @@ def sync_table(ctx:RunContext,   # the run
     "Plan and sync one table"
     ds, entry = ctx.spec.name, ctx.manifest.tables.get(table.name)
     info = None if table.templated else ctx.client.get_table_info(table.source_schema, table.source_table)
-    if info is not None and ctx.kind == "incremental" and entry is not None and marker_unchanged(info["last_updated"], entry.source_last_updated) \
-       and all(is_intact(ctx.sm.layout, e) for e in entry.partitions.values()):  # unchanged, and every local file whole
+    if (
+        info is not None
+        and ctx.kind == "incremental"
+        and entry is not None
+        and marker_unchanged(info["last_updated"], entry.source_last_updated)
+        and all(is_intact(ctx.sm.layout, e) for e in entry.partitions.values())
+    ):  # unchanged, and every local file whole
         events.emit(events.TABLE_UNCHANGED, dataset=ds, table=table.name, last_updated=info["last_updated"])
         return
     tr = describe_table(ctx, table, years, info)
     if tr.keys_known:
         events.emit(events.TABLE_STARTED, dataset=ds, table=table.name, partitions=len(tr.keys))
-        if not tr.keys: finish_table(ctx, tr, 0); return  # the source has no rows in the years asked for
-    pool = ThreadPoolExecutor(1, thread_name_prefix="fingerprint", initializer=scoped, initargs=(current_scope(),))
+        if not tr.keys:
+            finish_table(ctx, tr, 0)
+            return  # the source has no rows in the years asked for
+    pool = ThreadPoolExecutor(
+        1, thread_name_prefix="fingerprint", initializer=scoped, initargs=(current_scope(),)
+    )
     fps = Fingerprints(pool, ctx.client, tr)
     try:
         if not tr.keys_known:
             tr.keys = keys_found(tr, fps.all())
             events.emit(events.TABLE_STARTED, dataset=ds, table=table.name, partitions=len(tr.keys))
         i = plan_inputs(ctx, tr)
-        fresh = ctx.kind == "full" and tr.keys_known and not any(k in i.resumed for k in tr.keys) and not vanished(tr)
+        fresh = (
+            ctx.kind == "full"
+            and tr.keys_known
+            and not any(k in i.resumed for k in tr.keys)
+            and not vanished(tr)
+        )
         plan = plan_table(i if fresh else with_source(ctx.sm.layout, i, fps.all()))
         check_mass_removal(ctx, tr, plan)
-        with ctx.lock:  # other tables' streams commit meanwhile: the manifest and progress file take one writer at a time
+        with (
+            ctx.lock
+        ):  # other tables' streams commit meanwhile: the manifest and progress file take one writer at a time
             todo = apply_plan(ctx, tr, plan)
             ctx.progress.remaining[table.name] = list(todo)
             save_progress(ctx.sm.layout, ctx.progress)
         fetch_partitions(ctx, tr, todo, fps)
-    except BaseException as e:  # Ctrl-C or a failure: cancel the fingerprint scan (this table's queries) instead of waiting
+    except (
+        BaseException
+    ) as e:  # Ctrl-C or a failure: cancel the fingerprint scan (this table's queries) instead of waiting
         stop = isinstance(e, KeyboardInterrupt)
-        ctx.client.cancel(stop=stop, scope=None if stop else current_scope()); pool.shutdown(wait=False, cancel_futures=True); raise
+        ctx.client.cancel(stop=stop, scope=None if stop else current_scope())
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
     pool.shutdown(wait=True)
     finish_table(ctx, tr, len(todo))
 
@@ -1297,7 +1628,8 @@ def dry_run(sm:SyncManager,   # the sync manager
             spec:DatasetSpec  # the dataset
            ) -> dict[str, list[PlanItem]]:
     "Per table, what an incremental sync of `spec` would do now"
-    if sm.client is None: raise WrdsSyncError("a dry run needs a WRDS client", "pass a WRDSClient to SyncManager")
+    if sm.client is None:
+        raise WrdsSyncError("a dry run needs a WRDS client", "pass a WRDSClient to SyncManager")
     m = sm.manifests.load(spec.name) or SyncManifest(dataset=spec.name)
     return {t.name: table_plan(sm, sm.client, spec, t, m.tables.get(t.name)) for t in spec.tables}
 
@@ -1318,7 +1650,9 @@ def table_plan(sm:SyncManager,         # the sync manager
         else templated_run(client, spec, table, "incremental", None, stored, entry.sources if entry else {})
     tr.method = fingerprint_method(client, "incremental", stored)
     source = fetch_fingerprints(client, tr)
-    return plan_table(with_source(sm.layout, replace(i, keys=tr.keys if tr.keys_known else keys_found(tr, source)), source))
+    return plan_table(
+        with_source(sm.layout, replace(i, keys=tr.keys if tr.keys_known else keys_found(tr, source)), source)
+    )
 
 # %% ../nbs/08_sync.ipynb #1ea85e36
 def versions_to_check(sm:SyncManager,     # the sync manager
@@ -1328,13 +1662,22 @@ def versions_to_check(sm:SyncManager,     # the sync manager
     "The versions verify checks (current, or every retained one), and a problem per unreadable version"
     current = sm.manifests.load(ds)  # an unreadable newest version raises: nothing can be checked against it
     if current is None:
-        return [], [(events.MANIFEST_MISMATCH, f"dataset {ds!r} has no manifest: it has never been synced into {sm.layout.root}")]
-    try: read_manifest(ds, sm.layout.manifest_path(ds))  # the pointer is a hint, but an edited one is reported
-    except ManifestError as e: pointer = [(events.MANIFEST_MISMATCH, f"{e.what} (run `wrds-sync repair --dataset {ds}`)")]
+        return [], [
+            (
+                events.MANIFEST_MISMATCH,
+                f"dataset {ds!r} has no manifest: it has never been synced into {sm.layout.root}",
+            )
+        ]
+    try:
+        read_manifest(ds, sm.layout.manifest_path(ds))  # the pointer is a hint, but an edited one is reported
+    except ManifestError as e:
+        pointer = [(events.MANIFEST_MISMATCH, f"{e.what} (run `wrds-sync repair --dataset {ds}`)")]
     else: pointer = []
     if current_only: return [current], pointer
     versions, bad = load_versions(sm.manifests, ds)
-    return retained_versions(versions, retention_of(sm, ds)), pointer + [(events.MANIFEST_MISMATCH, b) for b in bad]
+    return retained_versions(versions, retention_of(sm, ds)), pointer + [
+        (events.MANIFEST_MISMATCH, b) for b in bad
+    ]
 
 def retention_of(sm:SyncManager,  # the sync manager
                  ds:str           # the dataset's name
@@ -1351,16 +1694,23 @@ def entry_problem(layout:DataLayout,   # the data dir
                  ) -> tuple[str, str] | None:
     "The (event, line) describing what is wrong with the file of `e`, or None"
     rel = layout.relative(path)
-    if not path.is_file() or path.is_symlink(): return events.MANIFEST_MISMATCH, f"missing file {rel} (manifest lists {e.rows} rows)"
+    if not path.is_file() or path.is_symlink():
+        return events.MANIFEST_MISMATCH, f"missing file {rel} (manifest lists {e.rows} rows)"
     size, digest = path.stat().st_size, sha256_file(path)
     if digest != e.sha256:
-        return events.CHECKSUM_MISMATCH, (f"checksum mismatch {rel}: expected {e.sha256[:12]}, found {digest[:12]}"
-                                          + (f" (size {size}, expected {e.bytes})" if size != e.bytes else ""))
+        return events.CHECKSUM_MISMATCH, (
+            f"checksum mismatch {rel}: expected {e.sha256[:12]}, found {digest[:12]}"
+            + (f" (size {size}, expected {e.bytes})" if size != e.bytes else "")
+        )
     try: rows = pq.ParquetFile(path).metadata.num_rows
     except Exception as err: return events.MANIFEST_MISMATCH, f"unreadable Parquet {rel}: {err}"
-    if rows != e.rows: return events.MANIFEST_MISMATCH, f"row count mismatch {rel}: manifest {e.rows}, file {rows}"
+    if rows != e.rows:
+        return events.MANIFEST_MISMATCH, f"row count mismatch {rel}: manifest {e.rows}, file {rows}"
     if known and e.schema_fingerprint not in known:
-        return events.MANIFEST_MISMATCH, f"schema of {rel} ({e.schema_fingerprint}) is not in the schema registry"
+        return (
+            events.MANIFEST_MISMATCH,
+            f"schema of {rel} ({e.schema_fingerprint}) is not in the schema registry",
+        )
     return None
 
 # %% ../nbs/08_sync.ipynb #9d06b2f6
@@ -1374,7 +1724,13 @@ def check_integrity(sm:SyncManager,         # the sync manager
     versions, found = versions_to_check(sm, ds, current_only)
     files = problems_in(sm, ds, versions, found)
     for event, line in found: events.emit(event, dataset=ds, problem=line)
-    events.emit(events.VERIFY_COMPLETED, dataset=ds, versions=[m.version for m in versions], files=files, problems=len(found))
+    events.emit(
+        events.VERIFY_COMPLETED,
+        dataset=ds,
+        versions=[m.version for m in versions],
+        files=files,
+        problems=len(found),
+    )
     return [line for _, line in found]
 
 def problems_in(sm:SyncManager,               # the sync manager
@@ -1382,7 +1738,8 @@ def problems_in(sm:SyncManager,               # the sync manager
                 versions:list[SyncManifest],  # the versions checked
                 found:list[tuple[str, str]]   # where problems are added
                ) -> int:
-    "Check each file the versions list once (newest first), then the folders for strays; returns the files checked"
+    """Check each file the versions list once (newest first), then the folders for strays; returns the files
+    checked"""
     seen: set[Path] = set()
     for m in sorted(versions, key=lambda m: -m.version):
         for t, k, e in entries(m):
@@ -1391,7 +1748,17 @@ def problems_in(sm:SyncManager,               # the sync manager
             seen.add(path)
             known = {v.fingerprint for v in sm.schemas.history(ds, t)}
             if (p := entry_problem(sm.layout, path, e, known)) is not None:
-                found.append((p[0], p[1] + (f" (version {m.version})" if versions and m.version != versions[-1].version else "")))
+                found.append(
+                    (
+                        p[0],
+                        p[1]
+                        + (
+                            f" (version {m.version})"
+                            if versions and m.version != versions[-1].version
+                            else ""
+                        ),
+                    )
+                )
     found += stray_files(sm.layout, ds)
     return len(seen)
 
@@ -1403,11 +1770,18 @@ def stray_files(layout:DataLayout,  # the data dir
                ) -> list[tuple[str, str]]:
     "An (event, line) per file under `wrds/<ds>/` or `versions/<ds>/` that the tool did not put there"
     out, top = [], layout.dataset_dir(ds)
-    for root, ok in ((top, lambda f: is_view(layout, ds, f.relative_to(top).parts[0], f)),
-                     (layout.versions_dir / ds, lambda f: VERSION_NAME_RE.fullmatch(f.name) is not None and f.is_file())):
+    for root, ok in (
+        (top, lambda f: is_view(layout, ds, f.relative_to(top).parts[0], f)),
+        (layout.versions_dir / ds, lambda f: VERSION_NAME_RE.fullmatch(f.name) is not None and f.is_file()),
+    ):
         for f in sorted(root.rglob("*")) if root.is_dir() else []:
             if (f.is_file() or f.is_symlink()) and not is_temp_name(f.name) and not ok(f):
-                out.append((events.MANIFEST_MISMATCH, f"unknown file {layout.relative(f)}: not a version wrds-sync wrote"))
+                out.append(
+                    (
+                        events.MANIFEST_MISMATCH,
+                        f"unknown file {layout.relative(f)}: not a version wrds-sync wrote",
+                    )
+                )
     return out
 
 # %% ../nbs/08_sync.ipynb #2eeaa68c
@@ -1436,28 +1810,48 @@ def repair_pointer(sm:SyncManager,   # the manager (the lock held)
     except ManifestError: ok = False
     if ok: return f"{ds}: the manifest (version {current.version}) is intact; nothing to repair"
     atomic_write_bytes(path, sm.manifests.version_path(ds, current.version).read_bytes())
-    return f"{ds}: the manifest (version {current.version}) is intact; rewrote its pointer {sm.layout.relative(path)}"
+    return (f"{ds}: the manifest (version {current.version}) is intact; rewrote its pointer "
+            f"{sm.layout.relative(path)}")
 
 # %% ../nbs/08_sync.ipynb #b429c51e
 def repair_manifest(sm:SyncManager,  # the manager (no client needed)
                     dataset:str      # the dataset whose manifest is damaged
                    ) -> str:
-    "Restore the newest intact manifest version of `dataset` (leaving out partitions whose files changed); says what it did"
+    """Restore the newest intact manifest version of `dataset` (leaving out partitions whose files changed);
+    says what it did"""
     ds = validate_name(dataset)
     with locked(sm, ds):
         try:
             if (m := sm.manifests.load(ds)) is not None: return repair_pointer(sm, m)
         except ManifestError: pass
         kept = kept_manifests(sm, ds)
-        if not kept: raise ManifestError(f"{ds}: no intact manifest version is kept; nothing was changed",
-                                         "restore the data dir from backup (`wrds-sync restore`), or run a full sync into a new data dir")
+        if not kept:
+            raise ManifestError(
+                f"{ds}: no intact manifest version is kept; nothing was changed",
+                "restore the data dir from backup (`wrds-sync restore`), or run a full sync into a new data "
+                "dir",
+            )
         good, seen = kept[0], kept_versions(sm.manifests, ds)
         dropped = [f"{t}/{k}" for t, k, e in entries(good) if not is_intact(sm.layout, e)]
-        for t, te in good.tables.items(): te.partitions = {k: e for k, e in te.partitions.items() if f"{t}/{k}" not in dropped}
+        for t, te in good.tables.items():
+            te.partitions = {k: e for k, e in te.partitions.items() if f"{t}/{k}" not in dropped}
         for n in [v for v in seen if v > good.version or not _readable(sm, ds, v)]:
-            sm.quarantine.put(sm.manifests.version_path(ds, n), ds, "manifest", "damaged manifest version set aside by repair")
+            sm.quarantine.put(
+                sm.manifests.version_path(ds, n),
+                ds,
+                "manifest",
+                "damaged manifest version set aside by repair",
+            )
         version = max([*seen, good.version]) + 1
         new = good.model_copy(update={"version": version, "updated_at": utcnow(), "content_sha256": None})
-        refresh_views(sm.layout, write_version(sm.manifests, new.model_copy(update={"content_sha256": new.content_digest()})))
-    left = f"; left out {len(dropped)} partition(s) whose files changed ({', '.join(dropped)}): the next sync fetches them" if dropped else ""
+        refresh_views(
+            sm.layout,
+            write_version(sm.manifests, new.model_copy(update={"content_sha256": new.content_digest()})),
+        )
+    left = (
+        f"; left out {len(dropped)} partition(s) whose files changed ({', '.join(dropped)}): the next sync "
+        "fetches them"
+        if dropped
+        else ""
+    )
     return f"{ds}: restored manifest version {good.version} as version {version}{left}"

@@ -24,8 +24,8 @@ __all__ = ['PartitionRules', 'DataValidator', 'count_true', 'adjacent_duplicates
 class PartitionRules:
     "What a partition must satisfy"
     key_columns: list[str] = field(default_factory=list)  # logical key, unique and non-null
-    date_column: str | None = None                         # partition column (a date), if partitioned
-    period: str | int | None = None                        # the partition's key (`2020`, `2020-06-12`) or year
+    date_column: str | None = None  # partition column (a date), if partitioned
+    period: str | int | None = None  # the partition's key (`2020`, `2020-06-12`) or year
     expected_rows: int | None = None                       # rows the source reported
     allow_empty: bool = False                              # may the partition have no rows?
 
@@ -60,11 +60,14 @@ class DataValidator:
         if rows == 0 and not rules.allow_empty: failures.append("partition is empty")
         if rules.expected_rows is not None and rows != rules.expected_rows:
             failures.append(f"{rows} rows written but the source reported {rules.expected_rows}")
-        if stats.get("null_keys"): failures.append(f"{stats['null_keys']} rows with a null in key ({', '.join(keys)})")
+        if stats.get("null_keys"):
+            failures.append(f"{stats['null_keys']} rows with a null in key ({', '.join(keys)})")
         if keys and rows and stats["unique_keys"] != rows:
             failures.append(f"{rows - stats['unique_keys']} duplicate rows on key ({', '.join(keys)})")
         if stats.get("outside"):
-            failures.append(f"{stats['outside']} rows with {rules.date_column} outside {rules.period} or null")
+            failures.append(
+                f"{stats['outside']} rows with {rules.date_column} outside {rules.period} or null"
+            )
         return failures
 
 # %% ../nbs/02b_validation.ipynb #c4464a8b

@@ -14,8 +14,9 @@ from pathlib import Path
 from . import events
 from .datasets import Retention
 from .errors import ManifestError, UnknownDatasetError
-from .layout import (LAYOUT_FORMAT, NAME_RE, DataLayout, atomic_write_bytes, create_exclusive, data_dir_kind, layout_format,
-                                 sha256_file, temp_path_for, validate_name, write_marker)
+from .layout import (LAYOUT_FORMAT, NAME_RE, DataLayout, atomic_write_bytes, create_exclusive,
+                                 data_dir_kind, layout_format, sha256_file, temp_path_for, validate_name,
+                                 write_marker)
 from .locking import is_pid_alive
 from .manifest import ManifestManager, PartitionEntry, SyncManifest, read_manifest
 from .storage import Quarantine, point_view
@@ -53,10 +54,14 @@ def load_versions(mm:ManifestManager,  # the manager
     "Every readable manifest version of `dataset`, oldest first, and one line per version that is not"
     ds, out, bad = validate_name(dataset), [], []
     for n in mm.versions(ds):
-        try: m = mm.load_version(ds, n)
-        except ManifestError as e: bad.append(e.what); continue
+        try:
+            m = mm.load_version(ds, n)
+        except ManifestError as e:
+            bad.append(e.what)
+            continue
         if m is not None: out.append(m)
-    if not out and (cur := mm.load(ds)) is not None: out.append(cur)  # a data dir of a release before the history
+    if not out and (cur := mm.load(ds)) is not None:
+        out.append(cur)  # a data dir of a release before the history
     return out, bad
 
 # %% ../nbs/07a_versions.ipynb #341f44ca
@@ -100,17 +105,22 @@ def parse_stamp(text:str) -> tuple[str, int, str] | None:
 def as_datetime(when:date|datetime|str) -> datetime:
     "A moment in UTC: a date (or `YYYY-MM-DD`) is the end of that day; a naive datetime is taken as UTC"
     if isinstance(when, str):
-        try: when = date.fromisoformat(when) if len(when.strip()) == 10 else datetime.fromisoformat(when)
-        except ValueError: raise ValueError(f"as_of={when!r} is not a date or ISO datetime (like 2026-03-01 or 2026-03-01T08:00)") from None
+        try:
+            when = date.fromisoformat(when) if len(when.strip()) == 10 else datetime.fromisoformat(when)
+        except ValueError:
+            raise ValueError(
+                f"as_of={when!r} is not a date or ISO datetime (like 2026-03-01 or 2026-03-01T08:00)"
+            ) from None
     if not isinstance(when, datetime): when = datetime.combine(when, time.max)
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 # %% ../nbs/07a_versions.ipynb #49a08e2c
-def select_version(mm:ManifestManager,                    # the manager
-                   dataset:str,                            # the dataset's name
-                   version:int|str|None=None,              # a version number or a citation stamp (default: current)
-                   as_of:date|datetime|str|None=None       # or: the version current at this moment
-                  ) -> SyncManifest:
+def select_version(
+    mm: ManifestManager,  # the manager
+    dataset: str,  # the dataset's name
+    version: int | str | None = None,  # a version number or a citation stamp (default: current)
+    as_of: date | datetime | str | None = None,  # or: the version current at this moment
+) -> SyncManifest:
     "The manifest version a reader asked for; `UnknownDatasetError` saying what exists otherwise"
     ds = validate_name(dataset)
     current = mm.load(ds)
@@ -125,8 +135,10 @@ def select_version(mm:ManifestManager,                    # the manager
     if m is None: raise UnknownDatasetError(f"{ds} has no version {version!r} (versions 1-{current.version}; "
                                             f"`wrds-sync history --dataset {ds}` lists them)")
     if want is not None and not (m.content_sha256 or "").startswith(want):
-        raise ManifestError(f"stamp {version} does not match version {n} of {ds} in {mm.layout.root}: this is other data",
-                            "open the data dir the stamp was made from (or its backup)")
+        raise ManifestError(
+            f"stamp {version} does not match version {n} of {ds} in {mm.layout.root}: this is other data",
+            "open the data dir the stamp was made from (or its backup)",
+        )
     return m
 
 def version_at(mm:ManifestManager,  # the manager
@@ -142,8 +154,10 @@ def version_at(mm:ManifestManager,  # the manager
 
 def _none_before(mm:ManifestManager, ds:str, when:datetime) -> NoReturn:
     first = mm.load_version(ds, min(mm.versions(ds), default=1))
-    raise UnknownDatasetError(f"{ds} had no version at {when.isoformat(timespec='seconds')}"
-                              + (f"; the first is from {first.updated_at.isoformat(timespec='seconds')}" if first else ""))
+    raise UnknownDatasetError(
+        f"{ds} had no version at {when.isoformat(timespec='seconds')}"
+        + (f"; the first is from {first.updated_at.isoformat(timespec='seconds')}" if first else "")
+    )
 
 # %% ../nbs/07a_versions.ipynb #d21c5e90
 VIEW_RE = re.compile(r"(\d{4}(?:-\d{2}(?:-\d{2})?)?|all)\.parquet")
@@ -151,7 +165,8 @@ VIEW_RE = re.compile(r"(\d{4}(?:-\d{2}(?:-\d{2})?)?|all)\.parquet")
 def view_files(layout:DataLayout,  # the data dir
                dataset:str         # the dataset's name
               ) -> list[tuple[str, Path]]:
-    "(table, path) of every `.parquet` name under `wrds/<dataset>/`: in a table's folder or its `year=` folders"
+    """(table, path) of every `.parquet` name under `wrds/<dataset>/`: in a table's folder or its `year=`
+    folders"""
     root = layout.dataset_dir(dataset)
     if not root.is_dir(): return []
     found = [*root.glob("*/*.parquet"), *root.glob("*/year=*/*.parquet")]
@@ -162,9 +177,12 @@ def is_view(layout:DataLayout,  # the data dir
             table:str,          # the table
             f:Path              # a file under wrds/<dataset>/<table>/
            ) -> bool:
-    "Is `f` a view of one of the table's versions (same file, or a copy with a version's bytes), at its key's place?"
-    if f.is_symlink() or not f.is_file() or not VIEW_RE.fullmatch(f.name) or NAME_RE.fullmatch(table) is None: return False
-    if f != layout.partition_path(dataset, table, f.stem): return False  # a day's view outside its year= folder is not ours
+    """Is `f` a view of one of the table's versions (same file, or a copy with a version's bytes), at its
+    key's place?"""
+    if f.is_symlink() or not f.is_file() or not VIEW_RE.fullmatch(f.name) or NAME_RE.fullmatch(table) is None:
+        return False
+    if f != layout.partition_path(dataset, table, f.stem):
+        return False  # a day's view outside its year= folder is not ours
     vdir = layout.versions_dir / dataset / table
     same = [v for v in vdir.glob(f"{f.stem}-*.parquet")] if vdir.is_dir() else []
     if any(os.path.samefile(v, f) for v in same): return True
@@ -179,9 +197,18 @@ def refresh_views(layout:DataLayout,  # the data dir
     for t, k, e in entries(m):
         view, v = layout.partition_path(ds, t, k), entry_file(layout, ds, t, k, e)
         want[view] = v
-        if not v.is_file() or v == view or (view.is_file() and not view.is_symlink() and os.path.samefile(v, view)): continue
-        if os.path.lexists(view) and not is_view(layout, ds, t, view):  # not ours (a symlink, a damaged copy): set aside
-            Quarantine(layout).put(view, ds, "view", "a file at a view's name that is not a version", table=t, partition=k)
+        if (
+            not v.is_file()
+            or v == view
+            or (view.is_file() and not view.is_symlink() and os.path.samefile(v, view))
+        ):
+            continue
+        if os.path.lexists(view) and not is_view(
+            layout, ds, t, view
+        ):  # not ours (a symlink, a damaged copy): set aside
+            Quarantine(layout).put(
+                view, ds, "view", "a file at a view's name that is not a version", table=t, partition=k
+            )
         point_view(v, view)
     for t, f in view_files(layout, ds):
         if f not in want and is_view(layout, ds, t, f): f.unlink()
@@ -197,7 +224,8 @@ def remove_empty_folders(root:Path) -> None:
 def legacy_candidates(layout:DataLayout,  # the data dir
                       dataset:str          # the dataset's name
                      ) -> dict[tuple[str, str, str], Path]:
-    "Files an earlier release kept for `dataset`, by (table, key, SHA-256): the published ones, and replaced ones"
+    """Files an earlier release kept for `dataset`, by (table, key, SHA-256): the published ones, and
+    replaced ones"""
     out: dict[tuple[str, str, str], Path] = {}
     root = layout.dataset_dir(dataset)
     for f in sorted(root.glob("*/*.parquet")) if root.is_dir() else []:
@@ -228,7 +256,10 @@ def needs_migration(mm:ManifestManager,  # the manager
                    ) -> bool:
     "Was `dataset` written by a release before vintages (entries outside versions/, or no history)?"
     m = mm.load(dataset)
-    return m is not None and (m.version not in mm.versions(dataset) or any(not e.path.startswith("versions/") for *_, e in entries(m)))
+    return m is not None and (
+        m.version not in mm.versions(dataset)
+        or any(not e.path.startswith("versions/") for *_, e in entries(m))
+    )
 
 def migrate_dataset(mm:ManifestManager,  # the manager (the dataset's lock held)
                     dataset:str           # the dataset's name
@@ -236,14 +267,20 @@ def migrate_dataset(mm:ManifestManager,  # the manager (the dataset's lock held)
     "Upgrade one dataset in place, losing nothing; returns how many files got a version name"
     layout, ds = mm.layout, validate_name(dataset)
     pointer = read_manifest(ds, layout.manifest_path(ds))
-    if pointer is not None and pointer.version not in mm.versions(ds):  # a release before the manifest history
-        atomic_write_bytes(mm.version_path(ds, pointer.version), layout.manifest_path(ds).read_bytes(), replace=False)
+    if pointer is not None and pointer.version not in mm.versions(
+        ds
+    ):  # a release before the manifest history
+        atomic_write_bytes(
+            mm.version_path(ds, pointer.version), layout.manifest_path(ds).read_bytes(), replace=False
+        )
     versions, _ = load_versions(mm, ds)
     found, linked = legacy_candidates(layout, ds), 0
     for m in versions:
         for t, k, e in entries(m):
             target, src = layout.version_path(ds, t, k, e.sha256), found.get((t, k, e.sha256))
-            if not target.exists() and src is not None: link_version(src, target); linked += 1
+            if not target.exists() and src is not None:
+                link_version(src, target)
+                linked += 1
     current = mm.load(ds)
     if current is not None and any(not e.path.startswith("versions/") for *_, e in entries(current)):
         moved = current.model_copy(deep=True)
@@ -263,7 +300,12 @@ def migrate_data_dir(layout:DataLayout,                   # the data dir
     done = {ds: migrate(ds) for ds in datasets}
     snaps = layout.tmp_dir / "snapshots"
     for s in snaps.iterdir() if snaps.is_dir() and not snaps.is_symlink() else []:
-        if re.fullmatch(r"\d+-[0-9a-f]{8}", s.name) and s.is_dir() and not s.is_symlink() and not is_pid_alive(int(s.name.split("-")[0])):
+        if (
+            re.fullmatch(r"\d+-[0-9a-f]{8}", s.name)
+            and s.is_dir()
+            and not s.is_symlink()
+            and not is_pid_alive(int(s.name.split("-")[0]))
+        ):
             shutil.rmtree(s, ignore_errors=True)
     kind = data_dir_kind(layout)
     if kind is not None and layout_format(layout) < LAYOUT_FORMAT: write_marker(layout, kind, LAYOUT_FORMAT)

@@ -17,7 +17,8 @@ from .errors import ManifestError, UnknownDatasetError
 from .layout import validate_name
 from .manifest import ManifestManager, SyncManifest
 from .sync import SyncManager, VERSION_NAME_RE, load_progress, locked, retention_of, uncommitted
-from .versions import entries, entry_file, expiries, load_versions, refresh_views, retained_versions, stamp
+from .versions import (entries, entry_file, expiries, load_versions, refresh_views,
+                                   retained_versions, stamp)
 
 # %% auto #0
 __all__ = ['table_changes', 'history_rows', 'key_diff', 'diff_versions', 'VacuumResult', 'vacuum_candidates', 'vacuum',
@@ -47,17 +48,29 @@ def history_rows(mm:ManifestManager,             # the data dir's manifests
                 ) -> list[dict[str, Any]]:
     "One row per version of `dataset`: when, what changed, whether its files are still kept"
     versions, _bad = load_versions(mm, validate_name(dataset))
-    if not versions: raise UnknownDatasetError(f"dataset {dataset!r} has not been synced into {mm.layout.root}")
+    if not versions:
+        raise UnknownDatasetError(f"dataset {dataset!r} has not been synced into {mm.layout.root}")
     policy = retention_of(SyncManager(None, mm.layout), dataset)
     exp, kept = expiries(versions, policy), {m.version for m in retained_versions(versions, policy, now)}
     rows, prev = [], None
     for m in versions:
         names = sorted(set(m.tables) | set(prev.tables if prev else {}))
-        changes = [c for t in names if (table is None or t == table) and (c := table_changes(prev, m, t)) is not None]
+        changes = [
+            c for t in names if (table is None or t == table) and (c := table_changes(prev, m, t)) is not None
+        ]
         if changes or all_versions or m is versions[-1]:
             until = exp[m.version]
-            rows.append({"version": m.version, "committed_at": m.updated_at, "kind": m.last_sync_kind, "changes": changes,
-                         "kept": m.version in kept, "kept_until": until, "stamp": stamp(m)})
+            rows.append(
+                {
+                    "version": m.version,
+                    "committed_at": m.updated_at,
+                    "kind": m.last_sync_kind,
+                    "changes": changes,
+                    "kept": m.version in kept,
+                    "kept_until": until,
+                    "stamp": stamp(m),
+                }
+            )
         prev = m
     return rows
 
@@ -73,12 +86,16 @@ def key_diff(old:list[Path],      # the partition's files in the older version (
         o = src(old) or f"(select * from {src(new)} limit 0)"
         n = src(new) or f"(select * from {src(old)} limit 0)"
         if not keys:
-            q = f"select (select count(*) from (from {n} except all from {o})), (select count(*) from (from {o} except all from {n})), 0"
+            q = (f"select (select count(*) from (from {n} except all from {o})), (select count(*) from (from "
+                 f"{o} except all from {n})), 0")
         else:
             k = ", ".join(quote_ident(c) for c in keys)
-            q = (f"select count(*) filter (where o.r is null), count(*) filter (where n.r is null), "
-                 f"count(*) filter (where o.r is distinct from n.r and o.r is not null and n.r is not null) "
-                 f"from (select {k}, t::varchar as r from {o} t) o full outer join (select {k}, t::varchar as r from {n} t) n using ({k})")
+            q = (
+                f"select count(*) filter (where o.r is null), count(*) filter (where n.r is null), "
+                f"count(*) filter (where o.r is distinct from n.r and o.r is not null and n.r is not null) "
+                f"from (select {k}, t::varchar as r from {o} t) o full outer join (select {k}, t::varchar as "
+                f"r from {n} t) n using ({k})"
+            )
         added, removed, changed = con.execute(q).fetchone() or (0, 0, 0)
     return {"keys_added": int(added), "keys_removed": int(removed), "keys_changed": int(changed)}
 
@@ -93,19 +110,34 @@ def diff_versions(sm:SyncManager,       # the manager (its registry gives the ke
     mm, ds = sm.manifests, validate_name(dataset)
     va, vb = (mm.load_version(ds, n) for n in (a, b))
     if va is None or vb is None:
-        raise UnknownDatasetError(f"{ds} has no version {a if va is None else b} (`wrds-sync history --dataset {ds} --all` lists them)")
+        raise UnknownDatasetError(
+            f"{ds} has no version {a if va is None else b} (`wrds-sync history --dataset {ds} --all` lists "
+            "them)"
+        )
     spec = sm.registry.get(ds) if ds in sm.registry.names() else None
     out = []
     for t in sorted(set(va.tables) | set(vb.tables)):
         pa_, pb = (v.tables[t].partitions if t in v.tables else {} for v in (va, vb))
-        keys = [c.lower() for c in spec.table(t).key_columns] if spec and t in {x.name for x in spec.tables} else []
+        keys = (
+            [c.lower() for c in spec.table(t).key_columns]
+            if spec and t in {x.name for x in spec.tables}
+            else []
+        )
         for k in sorted(set(pa_) | set(pb)):
             if (table and t != table) or (k in pa_ and k in pb and pa_[k].sha256 == pb[k].sha256): continue
             files = [[entry_file(sm.layout, ds, t, k, p[k])] if k in p else [] for p in (pa_, pb)]
             counts = key_diff(files[0], files[1], keys) if all(f.exists() for fs in files for f in fs) else {}
             status = "added" if k not in pa_ else "removed" if k not in pb else "replaced"
-            out.append({"table": t, "partition": k, "status": status, "rows_from": pa_[k].rows if k in pa_ else 0,
-                        "rows_to": pb[k].rows if k in pb else 0, **counts})
+            out.append(
+                {
+                    "table": t,
+                    "partition": k,
+                    "status": status,
+                    "rows_from": pa_[k].rows if k in pa_ else 0,
+                    "rows_to": pb[k].rows if k in pb else 0,
+                    **counts,
+                }
+            )
     return out
 
 # %% ../nbs/09c_vintages.ipynb #3e603a84
@@ -128,7 +160,11 @@ def vacuum_candidates(sm:SyncManager,     # the manager
     kept = retained_versions(versions, retention_of(sm, ds), now, grace)
     keep = {entry_file(sm.layout, ds, t, k, e) for m in kept for t, k, e in entries(m)}
     listed = {entry_file(sm.layout, ds, t, k, e) for m in versions for t, k, e in entries(m)}
-    keep |= {sm.layout.resolve(e.path) for es in uncommitted(load_progress(sm.layout, ds)).values() for e in es.values()}
+    keep |= {
+        sm.layout.resolve(e.path)
+        for es in uncommitted(load_progress(sm.layout, ds)).values()
+        for e in es.values()
+    }
     root, out = sm.layout.versions_dir / ds, []
     for f in sorted(root.glob("*/*.parquet")) if root.is_dir() else []:
         if f in keep or f.is_symlink() or not f.is_file() or not VERSION_NAME_RE.fullmatch(f.name): continue
@@ -151,7 +187,8 @@ def vacuum(sm:SyncManager,                       # the manager (no client needed
             if (cur := sm.manifests.load(ds)) is not None: refresh_views(sm.layout, cur)
             for f in gone: f.unlink()
     res = VacuumResult(ds, [sm.layout.relative(f) for f in gone], size, kept)
-    if not dry_run: events.emit(events.VACUUM_COMPLETED, dataset=ds, files=len(gone), bytes=size, kept_versions=kept)
+    if not dry_run:
+        events.emit(events.VACUUM_COMPLETED, dataset=ds, files=len(gone), bytes=size, kept_versions=kept)
     return res
 
 # %% ../nbs/09c_vintages.ipynb #db879921
@@ -165,5 +202,6 @@ def storage_bytes(mm:ManifestManager,  # the data dir's manifests
     older = {(t, entry_file(mm.layout, dataset, t, k, e)) for m in versions[:-1] for t, k, e in entries(m)}
     out = {t: (sum(b for tt, b in cur.values() if tt == t), 0) for t in versions[-1].tables}
     for t, f in older:
-        if f not in cur and f.is_file(): out[t] = (out.get(t, (0, 0))[0], out.get(t, (0, 0))[1] + f.stat().st_size)
+        if f not in cur and f.is_file():
+            out[t] = (out.get(t, (0, 0))[0], out.get(t, (0, 0))[1] + f.stat().st_size)
     return out
