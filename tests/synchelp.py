@@ -8,7 +8,8 @@ import polars as pl
 from wrds_sync_nb.client import WRDSClient
 from wrds_sync_nb.datasets import DatasetRegistry
 from wrds_sync_nb.periods import source_patterns
-from wrds_sync_nb.sync import SyncManager, select_list, where_sql
+from wrds_sync_nb.queries import select_list, where_sql
+from wrds_sync_nb.sync import SyncManager
 
 NUMERIC = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt32, pl.UInt64, pl.Float32, pl.Float64)
 

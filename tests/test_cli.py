@@ -46,7 +46,7 @@ def test_every_command_through_cli_runner(env, tmp_path):
     r = cli(data, "full-sync", *FF)
     assert r.exit_code == 0 and "fama_french: version 1, 2 table(s), 10 partition(s)" in r.stdout, r.stderr
     r = cli(data, "incremental", "--dataset", "fama_french")
-    assert r.exit_code == 0 and "fama_french: version 2, 2 table(s)" in r.stdout
+    assert r.exit_code == 0 and "fama_french: nothing changed at the source; still version 1" in r.stdout
     r = cli(data, "incremental", "--all")
     assert r.exit_code == 0 and r.stdout.count("fama_french:") == 1
     r = cli(data, "status", "--json")
@@ -259,7 +259,7 @@ def test_disk_watermark_events(env, tmpfs):
     seen = {}
     for level, leave in (("warning", 1_200_000), ("critical", 600_000), ("blocked", 200_000)):
         filler = fill(tmpfs, leave=leave)
-        r = script(data, "--log-format", "json", "full-sync", *FF)
+        r = script(data, "--log-format", "json", "full-sync", *FF, "--force")  # fetch again: the disk is checked
         seen[level] = ({e["event"] for e in json_events(r.stderr)}, r.returncode)
         filler.unlink()
     assert events.DISK_WARNING in seen["warning"][0] and seen["warning"][1] == 0

@@ -19,13 +19,15 @@ from test_cli import BIN, script
 from test_locking import start_holder
 
 from wrds_sync_nb import events
+from wrds_sync_nb.checkpoint import Checkpoint
 from wrds_sync_nb.config import WRDSConfig, resolve_credentials
 from wrds_sync_nb.datasets import DatasetRegistry
 from wrds_sync_nb.errors import ConfigError, DiskSpaceError, MassRemovalError
+from wrds_sync_nb.integrity import check_integrity
 from wrds_sync_nb.layout import DataLayout, sha256_file
 from wrds_sync_nb.manifest import ManifestManager
 from wrds_sync_nb.reader import connect
-from wrds_sync_nb.sync import SyncManager, SyncProgress, recover_journal
+from wrds_sync_nb.sync import SyncManager, recover_journal
 
 
 def test_4_an_emptied_source_table_does_not_wipe_the_local_table(demo, wrds_db, tmp_path):
@@ -128,9 +130,9 @@ def test_5_a_forged_checkpoint_is_not_adopted(demo, wrds_db, tmp_path):
     prog["pending"] = {"daily": {"2024": e}}
     p.write_text(json.dumps(prog))
     before = file_digests(tmp_path)
-    assert SyncManager(None, tmp_path).verify_integrity("fama_french") == []  # not listed by any version: no damage
+    assert check_integrity(SyncManager(None, tmp_path), "fama_french") == []  # not listed by any version: no damage
     assert file_digests(tmp_path) == before  # and verify writes nothing
-    prog["content_sha256"] = SyncProgress.model_validate_json(json.dumps(prog)).content_digest()  # even with a valid checksum...
+    prog["content_sha256"] = Checkpoint.model_validate_json(json.dumps(prog)).content_digest()  # even with a valid checksum...
     p.write_text(json.dumps(prog))
     recover_journal(manager(demo, wrds_db, tmp_path), DatasetRegistry.load().get("fama_french"))
     # ...the file does not hold 2024's dates: never adopted
@@ -178,7 +180,7 @@ def test_10_verify_during_a_restating_sync_raises_no_false_alarm(demo, wrds_db, 
 
     def verify_loop():
         while not stop.is_set():
-            alarms.extend(SyncManager(None, tmp_path).verify_integrity("crsp"))
+            alarms.extend(check_integrity(SyncManager(None, tmp_path), "crsp"))
             runs[0] += 1
 
     t = threading.Thread(target=verify_loop)
@@ -219,7 +221,7 @@ def test_8_incremental_notices_and_repairs_local_damage(demo, wrds_db, tmp_path,
     if damage == "symlinked":
         assert elsewhere.read_bytes() == good["2024.parquet"]  # the link's target is untouched
     assert not (d / "2024.parquet").is_symlink() and (d / "2024.parquet").read_bytes() == good["2024.parquet"]
-    assert SyncManager(None, tmp_path).verify_integrity("fama_french") == []
+    assert check_integrity(SyncManager(None, tmp_path), "fama_french") == []
 
 
 def test_12_a_full_disk_at_lock_creation_is_said_as_such(demo, wrds_db, tmpfs):

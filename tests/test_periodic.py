@@ -15,10 +15,12 @@ from test_cli import one_error, script
 from test_sync_faults import sessions_closed
 
 from wrds_sync_nb import events
+from wrds_sync_nb.checkpoint import load_checkpoint, uncommitted
 from wrds_sync_nb.datasets import DatasetRegistry
+from wrds_sync_nb.integrity import check_integrity
 from wrds_sync_nb.layout import DataLayout
 from wrds_sync_nb.manifest import ManifestManager
-from wrds_sync_nb.sync import SyncManager, load_progress, uncommitted
+from wrds_sync_nb.sync import SyncManager
 
 TAQ_DAYS = 14  # 20-31 December of 2024 and 2025, weekdays less Christmas: the template database's TAQ
 
@@ -117,11 +119,20 @@ def test_a_vanished_day_table_is_removed_but_a_vanished_product_is_refused(demo,
     sm.client.close()
 
 
-def test_an_unreadable_day_table_stops_the_table_before_any_download(env, demo, wrds_db, tmp_path):
+def test_an_unreadable_day_table_is_skipped_the_rest_synced_and_the_run_exits_1(env, demo, wrds_db, tmp_path):
     demo.execute("revoke select on taqm_2025.cqm_20251222 from wrds_reader", database=wrds_db)
-    r = script(tmp_path, "full-sync", "--dataset", "taq", "--table", "quotes", "--start-year", "2025")
-    assert r.returncode == 1 and one_error(r.stderr) and "may not read taqm_{year}.cqm_{date:%Y%m%d}" in r.stderr, r.stderr
-    assert not list(tmp_path.rglob("*.parquet"))
+    r = script(tmp_path, "full-sync", "--dataset", "taq", "--start-year", "2025")
+    assert r.returncode == 1 and one_error(r.stderr), r.stderr
+    assert "may not read taqm_2025.cqm_20251222: skipped" in r.stderr and "the rest is synced" in r.stderr
+    m = ManifestManager(DataLayout(tmp_path)).load("taq")
+    assert "2025-12-22" not in m.tables["quotes"].partitions and "2025-12-23" in m.tables["quotes"].partitions
+    assert "2025-12-22" in m.tables["trades"].partitions and "2025-12-22" in m.tables["nbbo"].partitions
+    demo.execute("grant select on taqm_2025.cqm_20251222 to wrds_reader", database=wrds_db)
+    r = script(tmp_path, "--log-format", "json", "-v", "incremental", "--dataset", "taq")
+    assert r.returncode == 0, r.stderr
+    done = [json.loads(x) for x in r.stderr.splitlines() if x.startswith("{")]
+    fetched = [(e["table"], e["partition"]) for e in done if e["event"] == events.PARTITION_COMPLETED]
+    assert fetched == [("quotes", "2025-12-22")], fetched
 
 
 CHILD = textwrap.dedent("""
@@ -155,7 +166,7 @@ def test_kill_9_across_source_tables_then_resume(demo, wrds_db, tmp_path):
         p.stdout.close()
         sessions_closed(demo)
         assert ManifestManager(DataLayout(data)).load("taq") is None  # killed before the commit: nothing visible
-        carried = sum(len(es) for es in uncommitted(load_progress(DataLayout(data), "taq")).values())
+        carried = sum(len(es) for es in uncommitted(load_checkpoint(DataLayout(data), "taq")).values())
         assert carried >= n
         sm = manager(demo, wrds_db, data)
         with events.capture_events() as got:
@@ -163,7 +174,7 @@ def test_kill_9_across_source_tables_then_resume(demo, wrds_db, tmp_path):
         sm.client.close()
         assert len(completed(got)) == 3 * TAQ_DAYS - carried, (i, n, carried)
         assert sum(len(t.partitions) for t in m.tables.values()) == 3 * TAQ_DAYS
-        assert SyncManager(None, data).verify_integrity("taq") == []
+        assert check_integrity(SyncManager(None, data), "taq") == []
         assert not list((data / "tmp").rglob("*.tmp"))
     for t in ("trades", "quotes", "nbbo"):
         assert_templated_equal(demo, wrds_db, data, "taq", t, range(2024, 2026))

@@ -34,7 +34,7 @@ def most_sessions(demo, run):
 
 def test_split_and_parallel_partitions_write_the_same_bytes_as_one_stream(demo, tmp_path, monkeypatch):
     demo.build("streams", daily_rows=60_000, start_year=2024, end_year=2025)  # 2 years of about 115 PERMNOs
-    sync_module = importlib.import_module("wrds_sync_nb.sync")  # `wrds_sync_nb.sync` is the API's function
+    sync_module = importlib.import_module("wrds_sync_nb.partition")  # where a partition is staged
     monkeypatch.setattr(sync_module, "SPLIT_MIN_ROWS", 1_000)  # a demo year is small: split it anyway
     digests, sessions = {}, {}
     for n in (1, 7):

@@ -16,12 +16,14 @@ from conftest import fill
 from synchelp import assert_equal_to_source, file_digests, manager
 
 from wrds_sync_nb import events
+from wrds_sync_nb.checkpoint import load_checkpoint, uncommitted
 from wrds_sync_nb.client import WRDSClient
 from wrds_sync_nb.datasets import DatasetRegistry, DatasetSpec, TableSpec
 from wrds_sync_nb.errors import DiskSpaceError, SyncIncompleteError
+from wrds_sync_nb.integrity import check_integrity
 from wrds_sync_nb.layout import DataLayout, sha256_file
 from wrds_sync_nb.manifest import ManifestManager
-from wrds_sync_nb.sync import SyncManager, load_progress, uncommitted
+from wrds_sync_nb.sync import SyncManager
 
 CHILD = textwrap.dedent("""
     import os, signal, sys
@@ -90,9 +92,9 @@ def test_kill_9_at_random_moments_then_resume(demo, wrds_db, tmp_path):
         p.stdout.close()
         sessions_closed(demo)  # the killed run's sessions end on the server before the next run counts against the role's limit
         published_files_are_complete(data)
-        problems = SyncManager(None, data).verify_integrity("crsp")  # never writes: an uncommitted publish is no damage
+        problems = check_integrity(SyncManager(None, data), "crsp")  # never writes: an uncommitted publish is no damage
         m = ManifestManager(DataLayout(data)).load("crsp")
-        prog = load_progress(DataLayout(data), "crsp")
+        prog = load_checkpoint(DataLayout(data), "crsp")
         carried = {(t, k): e.path for t, es in uncommitted(prog).items() for k, e in es.items()  # published, not committed
                    if (data / e.path).exists() and sha256_file(data / e.path) == e.sha256}
         versions = {f.relative_to(data).as_posix() for f in (data / "versions").rglob("*") if f.is_file()}
@@ -103,14 +105,14 @@ def test_kill_9_at_random_moments_then_resume(demo, wrds_db, tmp_path):
             assert versions == set(carried.values())
             assert not list((data / "wrds").rglob("*.parquet"))  # no view before a commit
         finished = prog is not None and prog.status == "completed"
-        done = 0 if finished else len(carried)  # a finished run is followed by a new full sync
+        done = PARTITIONS if finished else len(carried)  # after a finished run a full sync fetches nothing
         sm = manager(demo, wrds_db, data)
         with events.capture_events() as got:
             sm.full_sync("crsp", start_year=2021, end_year=2025)
         sm.client.close()
         fetched = sum(e["event"] == events.PARTITION_COMPLETED for e in got)
         assert fetched == PARTITIONS - done, f"run {i} ({mode} {n}): fetched {fetched}, {done} were done"
-        assert SyncManager(None, data).verify_integrity("crsp") == []
+        assert check_integrity(SyncManager(None, data), "crsp") == []
         assert_equal_to_source(demo, wrds_db, data, "crsp", range(2021, 2026))
     assert events.PARTITION_COMPLETED in kinds and events.PARTITION_STARTED in kinds
 
@@ -188,7 +190,7 @@ def test_enospc_mid_partition_aborts_cleanly_and_resumes(demo, wrds_db, tmpfs):
     published_files_are_complete(data)
     prog = json.loads((data / "sync_progress/crsp.json").read_text())
     # tables run at once, so any of them; what was published but not checkpointed is journaled (and adopted if whole)
-    carried = sorted(f"{t}/{k}" for t, es in uncommitted(load_progress(DataLayout(data), "crsp")).items() for k, e in es.items()
+    carried = sorted(f"{t}/{k}" for t, es in uncommitted(load_checkpoint(DataLayout(data), "crsp")).items() for k, e in es.items()
                      if (data / e.path).exists() and sha256_file(data / e.path) == e.sha256)
     assert prog["status"] in ("running", "paused") and "daily/2023" not in carried  # 2021, 2022... as the streams got there
     now = file_digests(data)
@@ -251,7 +253,7 @@ def test_36_a_failing_partition_does_not_stop_the_others_and_resumes(demo, wrds_
     with events.capture_events() as got:
         sm.full_sync("ff_guarded", start_year=2021, end_year=2025)
     assert [x["partition"] for x in got if x["event"] == events.PARTITION_COMPLETED] == ["2023"]
-    assert sm.verify_integrity("ff_guarded") == []
+    assert check_integrity(sm, "ff_guarded") == []
 
 
 def test_27_damaged_checkpointed_file_is_quarantined_and_fetched_again(demo, wrds_db, tmp_path):

@@ -10,14 +10,16 @@ import pytest
 from synchelp import assert_equal_to_source, file_digests, manager
 
 from wrds_sync_nb import events
+from wrds_sync_nb.checkpoint import load_checkpoint
 from wrds_sync_nb.datasets import DatasetRegistry
 from wrds_sync_nb.errors import LockAcquisitionError, SchemaError, SyncIncompleteError
+from wrds_sync_nb.integrity import check_integrity
 from wrds_sync_nb.layout import DataLayout
 from wrds_sync_nb.locking import AtomicFileLock
 from wrds_sync_nb.manifest import ManifestManager
 from wrds_sync_nb.periods import key_year
 from wrds_sync_nb.schema import SchemaRegistry
-from wrds_sync_nb.sync import SyncManager, load_progress
+from wrds_sync_nb.sync import SyncManager
 
 YEARS = range(2021, 2026)
 REGISTRY = DatasetRegistry.load()
@@ -45,7 +47,7 @@ def test_34_full_sync_equals_source_for_every_builtin_dataset(demo, wrds_db, tmp
             assert keys and all(key_year(k) in years for k in keys), name
         else:
             assert keys == (["all"] if t.partition_column is None else [str(y) for y in years]), name
-    assert sm.verify_integrity(dataset) == []
+    assert check_integrity(sm, dataset) == []
     assert m.last_sync_kind == "full" and m.last_success_at is not None
 
 
@@ -76,7 +78,7 @@ def test_24_progress_checkpoint_lists_every_partition(demo, wrds_db, tmp_path):
     assert prog["status"] == "completed" and prog["pending"] == {}
     assert sorted(prog["completed"]["funda"]) == [str(y) for y in YEARS]
     assert prog["total_rows_synced"] == sum(demo.row_counts(wrds_db)[t] for t in ("comp.funda", "comp.fundq"))
-    progress = load_progress(DataLayout(tmp_path), "compustat")
+    progress = load_checkpoint(DataLayout(tmp_path), "compustat")
     assert progress.years_completed == list(YEARS) and progress.years_remaining == []
 
 
@@ -164,7 +166,7 @@ def test_30_incremental_moves_only_what_changed(demo, wrds_db, tmp_path):
     assert "2021" not in m.tables["daily"].partitions
     assert not (tmp_path / "wrds/crsp/daily/2021.parquet").exists()  # gone from the current view...
     assert list((tmp_path / "versions/crsp/daily").glob("2021-*.parquet"))  # ...kept for the versions that list it
-    assert sm.verify_integrity("crsp") == []
+    assert check_integrity(sm, "crsp") == []
     assert_equal_to_source(demo, wrds_db, tmp_path, "crsp", YEARS)  # daily 2021 is gone at the source too
 
 
@@ -194,7 +196,7 @@ def test_37_reruns_are_idempotent(demo, wrds_db, tmp_path):
 def test_31_32_33_verify_needs_no_connection_and_finds_problems(demo, wrds_db, tmp_path):
     full(manager(demo, wrds_db, tmp_path), "fama_french")
     offline = SyncManager(None, tmp_path)
-    assert offline.verify_integrity("fama_french") == []
+    assert check_integrity(offline, "fama_french") == []
     next((tmp_path / "versions/fama_french/daily").glob("2022-*.parquet")).unlink()
     p = tmp_path / "wrds/fama_french/daily/2023.parquet"  # the view is the version's file: this damages the version
     data = bytearray(p.read_bytes())
@@ -202,7 +204,7 @@ def test_31_32_33_verify_needs_no_connection_and_finds_problems(demo, wrds_db, t
     p.write_bytes(bytes(data))
     (tmp_path / "wrds/fama_french/daily/stray.parquet").write_bytes(b"x")
     with events.capture_events() as got:
-        problems = offline.verify_integrity("fama_french")
+        problems = check_integrity(offline, "fama_french")
     assert problems[0].startswith("missing file versions/fama_french/daily/2022-")
     assert problems[1].startswith("checksum mismatch versions/fama_french/daily/2023-")
     assert problems[2:] == ["unknown file wrds/fama_french/daily/2022.parquet: not a version wrds-sync wrote",  # no version left
@@ -221,7 +223,7 @@ def test_42_verify_checks_schemas_against_the_registry(demo, wrds_db, tmp_path):
     doc["versions"][0]["fingerprint"] = DatasetSchema.model_validate(doc["versions"][0]["schema"]).fingerprint
     path.write_text(json.dumps(doc))
     assert len(reg.history("fama_french", "daily")) == 1
-    problems = SyncManager(None, tmp_path).verify_integrity("fama_french")
+    problems = check_integrity(SyncManager(None, tmp_path), "fama_french")
     assert len(problems) == 5 and all("is not in the schema registry" in p for p in problems)
 
 
@@ -236,7 +238,7 @@ def test_38_new_column_accepted_warned_registered(demo, wrds_db, tmp_path):
     hist = SchemaRegistry(DataLayout(tmp_path)).history("fama_french", "daily")
     assert [len(v.schema_.columns) for v in hist] == [6, 7]
     assert pq.read_schema(tmp_path / "wrds/fama_french/daily/2024.parquet").names[-1] == "rmw"
-    assert sm.verify_integrity("fama_french") == []
+    assert check_integrity(sm, "fama_french") == []
 
 
 @pytest.mark.parametrize("change", ["drop", "retype"])

@@ -17,6 +17,7 @@ from .errors import BackupError, ConfigError, ManifestError
 from .layout import DataLayout
 from .locking import AtomicFileLock
 from .reader import synced_datasets
+from .integrity import check_integrity
 from .sync import SyncManager
 from .versions import migrate_dataset, needs_migration, refresh_views
 
@@ -25,22 +26,9 @@ __all__ = ['FILTERS', 'DATA_FILTERS', 'RESTORE_FILTERS', 'rclone_binary', 'rclon
            'check_local', 'current_generation', 'send_generation', 'promote', 'backup', 'restore', 'rebuild_views']
 
 # %% ../nbs/09a_backup.ipynb #2c4faad2
-FILTERS = [
-    "--filter",
-    "+ /versions/**",
-    "--filter",
-    "+ /manifests/*.json",
-    "--filter",
-    "+ /manifests/*.json.prev",
-    "--filter",
-    "+ /manifests/history/**",
-    "--filter",
-    "+ /.wrds-sync",
-    "--filter",
-    "+ /schemas/**",
-    "--filter",
-    "- *",
-]
+FILTERS = ["--filter", "+ /versions/**", "--filter", "+ /manifests/*.json", "--filter",
+           "+ /manifests/*.json.prev", "--filter", "+ /manifests/history/**", "--filter", "+ /.wrds-sync",
+           "--filter", "+ /schemas/**", "--filter", "- *"]
 DATA_FILTERS = ["--filter", "+ /versions/**", "--filter", "+ /schemas/**", "--filter", "- *"]
 RESTORE_FILTERS = [
     "--filter",
@@ -48,11 +36,12 @@ RESTORE_FILTERS = [
     *FILTERS,
 ]  # a backup of a release before versions holds its data in wrds/
 
-
+# %% ../nbs/09a_backup.ipynb #1e4650cd
 def rclone_binary() -> str:
     "The rclone to run: $WRDS_SYNC_RCLONE or `rclone` on the PATH"
     return os.environ.get("WRDS_SYNC_RCLONE") or "rclone"
 
+# %% ../nbs/09a_backup.ipynb #09a24a7c
 def _die_with_parent() -> None:
     "In the child, before exec: ask the kernel to kill it when its parent dies (Linux; elsewhere a no-op)"
     try: ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -75,9 +64,8 @@ def rclone(*args:str,              # rclone's command and arguments
         lines = [ln.strip() for ln in (r.stderr or r.stdout).splitlines() if ln.strip()]
         msg = (f"rclone {args[0]} failed during {what} (exit {r.returncode}): "
                f"{lines[-1] if lines else 'no message'}")
-        events.emit(
-            events.BACKUP_FAILED, step=what, exit_code=r.returncode, error=msg, rclone_output=lines[-5:]
-        )
+        events.emit(events.BACKUP_FAILED, step=what, exit_code=r.returncode, error=msg,
+                    rclone_output=lines[-5:])
         raise BackupError(msg)
     return r
 
@@ -96,6 +84,7 @@ def dataset_locks(layout:DataLayout,      # the data dir
             stack.callback(lock.release, token)
         yield
 
+# %% ../nbs/09a_backup.ipynb #db7dc09b
 @dataclass
 class BackupResult:
     "What a backup or restore did"
@@ -123,7 +112,7 @@ def check_local(layout:DataLayout,  # the data dir
                ) -> None:
     "Refuse (exit 1, `sync.backup.failed`) to send a local copy that does not verify against its manifests"
     sm = SyncManager(None, layout)
-    bad = {ds: p for ds in names if (p := sm.verify_integrity(ds))}
+    bad = {ds: p for ds in names if (p := check_integrity(sm, ds))}
     if bad:
         first = next(iter(bad.items()))
         msg = (f"the local copy does not verify ({first[0]}: {first[1][0]}), so nothing was sent; the last "
@@ -133,6 +122,7 @@ def check_local(layout:DataLayout,  # the data dir
             msg, "run `wrds-sync verify --all`, repair or resync the damaged dataset, then back up again"
         )
 
+# %% ../nbs/09a_backup.ipynb #91cb1668
 def current_generation(remote:str) -> str | None:
     "The generation `<remote>/CURRENT` names (the last one that passed its check), or None"
     try: r = subprocess.run([rclone_binary(), "cat", f"{remote}/CURRENT"], capture_output=True, text=True,
@@ -155,6 +145,7 @@ def send_generation(layout:DataLayout,  # the data dir
     rclone("check", str(layout.root), target, *FILTERS, what="backup check")
     return gen
 
+# %% ../nbs/09a_backup.ipynb #805cacd7
 def promote(dest:str,   # the rclone destination
             gen:str     # the generation that passed its check
            ) -> None:
@@ -174,10 +165,8 @@ def backup(data_dir:Path|str,              # the data dir
     "Verify the local copy, send it as a new generation, check it, promote it; all under the datasets' locks"
     layout = DataLayout(data_dir)
     if not layout.manifests_dir.is_dir():
-        raise ConfigError(
-            f"{layout.root} has no manifests: nothing to back up",
-            "run a sync first, or pass the right --data-dir",
-        )
+        raise ConfigError(f"{layout.root} has no manifests: nothing to back up",
+                          "run a sync first, or pass the right --data-dir")
     dest, names, t0 = remote or str(layout.backups_dir / "latest"), synced_datasets(layout), time.monotonic()
     with dataset_locks(layout, names, lock_timeout_seconds, writer_id):
         rebuild_views(
@@ -188,14 +177,8 @@ def backup(data_dir:Path|str,              # the data dir
         promote(dest, gen)
         files, size = _published(layout)
     res = BackupResult(f"{dest}/generations/{gen}", names, files, size, time.monotonic() - t0)
-    events.emit(
-        events.BACKUP_COMPLETED,
-        remote=res.remote,
-        datasets=names,
-        files=files,
-        bytes=size,
-        seconds=round(res.seconds, 3),
-    )
+    events.emit(events.BACKUP_COMPLETED, remote=res.remote, datasets=names, files=files, bytes=size,
+                seconds=round(res.seconds, 3))
     return res
 
 # %% ../nbs/09a_backup.ipynb #fcbab882
@@ -205,9 +188,8 @@ def restore(remote:str,  # the rclone remote
     "Copy a backup into an empty folder and verify every file against the restored manifests"
     target = Path(to).expanduser().absolute()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ConfigError(
-            f"restore target {target} is not an empty folder", "restore into a new or empty folder"
-        )
+        raise ConfigError(f"restore target {target} is not an empty folder",
+                          "restore into a new or empty folder")
     t0, gen = time.monotonic(), current_generation(remote)
     source = (
         f"{remote}/generations/{gen}" if gen else remote
@@ -218,19 +200,11 @@ def restore(remote:str,  # the rclone remote
     if not names: raise BackupError(f"the backup at {remote} holds no manifests", "check the remote path")
     sm = SyncManager(None, layout)
     rebuild_views(sm, names)
-    problems = {ds: sm.verify_integrity(ds) for ds in names}
+    problems = {ds: check_integrity(sm, ds) for ds in names}
     files, size = _published(layout)
     res = BackupResult(remote, names, files, size, time.monotonic() - t0, problems)
-    events.emit(
-        events.RESTORE_COMPLETED,
-        remote=remote,
-        to=str(target),
-        datasets=names,
-        files=files,
-        bytes=size,
-        seconds=round(res.seconds, 3),
-        ok=res.ok,
-    )
+    events.emit(events.RESTORE_COMPLETED, remote=remote, to=str(target), datasets=names, files=files,
+                bytes=size, seconds=round(res.seconds, 3), ok=res.ok)
     return res
 
 # %% ../nbs/09a_backup.ipynb #49587670

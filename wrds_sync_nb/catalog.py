@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 import polars as pl
 from pydantic import ValidationError as PydanticValidationError
-from .client import WRDSClient, qualified
+from .client import WRDSClient
+from .pgtypes import qualified
 from .datasets import (DatasetSpec, TableSpec, dataset_name_for, local_name, normal_source,
                                    parse_filters, typed_filters)
 from .errors import ConfigError, PermissionDeniedError, QueryError
@@ -19,7 +20,7 @@ from .sources import SourceTable, find_sources
 
 # %% auto #0
 __all__ = ['PREFERRED_DATES', 'list_libraries', 'list_tables', 'propose_partition_column', 'TableDescription',
-           'description_lines', 'describe_table', 'checked_columns', 'choice_notes', 'source_description',
+           'description_lines', 'table_description', 'checked_columns', 'choice_notes', 'source_description',
            'table_definition', 'dataset_copy']
 
 # %% ../nbs/05c_catalog.ipynb #26681f46
@@ -34,10 +35,12 @@ _TABLES_SQL = f"""
 select c.relname as "table" from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = %(library)s and c.relkind in {_RELKINDS} order by 1"""
 
+# %% ../nbs/05c_catalog.ipynb #4e9984fc
 def list_libraries(client:WRDSClient) -> list[str]:
     "The WRDS libraries (schemas) this account can use"
     return client.execute_query(_LIBRARIES_SQL)["library"].to_list()
 
+# %% ../nbs/05c_catalog.ipynb #f6c487fe
 def list_tables(client:WRDSClient,  # the WRDS client
                 library:str         # a library, e.g. `crsp`
                ) -> list[str]:
@@ -54,17 +57,8 @@ select a.attname as name, not a.attnotnull as nullable from pg_attribute a
 where a.attrelid = to_regclass(%(rel)s) and a.attnum > 0 and not a.attisdropped order by a.attnum"""
 
 # %% ../nbs/05c_catalog.ipynb #2302020e
-PREFERRED_DATES = (
-    "date",
-    "datadate",
-    "dlycaldt",
-    "mthcaldt",
-    "caldt",
-    "statpers",
-    "anndats",
-    "rdate",
-    "fdate",
-)
+PREFERRED_DATES = ("date", "datadate", "dlycaldt", "mthcaldt", "caldt", "statpers", "anndats", "rdate",
+                   "fdate")
 
 def propose_partition_column(columns:list[dict[str, Any]]) -> str | None:
     "The date column a sync would partition by (None: keep the table as one file)"
@@ -88,11 +82,10 @@ class TableDescription:
     def __repr__(self) -> str: return "\n".join(description_lines(self)) + "\n" + str(self.columns)
     def to_dict(self) -> dict[str, Any]:
         "A JSON-ready dict"
-        return {
-            **{k: v for k, v in self.__dict__.items() if k != "columns"},
-            "columns": self.columns.to_dicts(),
-        }
+        return {**{k: v for k, v in self.__dict__.items() if k != "columns"},
+                "columns": self.columns.to_dicts()}
 
+# %% ../nbs/05c_catalog.ipynb #c9168aef
 _KINDS = {"r": "table", "p": "table", "v": "view", "m": "materialized view", "f": "foreign table"}
 
 def description_lines(d:TableDescription) -> list[str]:
@@ -103,7 +96,7 @@ def description_lines(d:TableDescription) -> list[str]:
             + (d.partition_column or "nothing (one file)")]
 
 # %% ../nbs/05c_catalog.ipynb #542e7887
-def describe_table(client:WRDSClient,  # the WRDS client
+def table_description(client:WRDSClient,  # the WRDS client
                    library:str,        # the library
                    table:str           # the table or view
                   ) -> TableDescription:
@@ -112,17 +105,9 @@ def describe_table(client:WRDSClient,  # the WRDS client
     nullable = client.execute_query(_NULLABLE_SQL, {"rel": qualified(library, table)})
     cols = pl.DataFrame(info["columns"], schema={"name": pl.String, "type": pl.String, "comment": pl.String})
     cols = cols.join(nullable, on="name", how="left").select("name", "nullable", "type", "comment")
-    return TableDescription(
-        library,
-        table,
-        _KINDS.get(info["kind"], info["kind"]),
-        info["comment"],
-        info["last_updated"],
-        info["approx_rows"] or 0,
-        info["readable"],
-        cols,
-        propose_partition_column(info["columns"]),
-    )
+    return TableDescription(library, table, _KINDS.get(info["kind"], info["kind"]), info["comment"],
+                            info["last_updated"], info["approx_rows"] or 0, info["readable"], cols,
+                            propose_partition_column(info["columns"]))
 
 # %% ../nbs/05c_catalog.ipynb #15f06ea8
 def checked_columns(d:TableDescription,            # the table
@@ -195,19 +180,17 @@ def source_description(client:WRDSClient,  # the WRDS client
             f"{source!r} is not LIBRARY.TABLE: {e}",
             f"name the table as on WRDS, e.g. comp.secd, or a template with {TEMPLATE_FORMS}",
         ) from None
-    if tpl.period is None: return describe_table(client, *normal_source(source).split(".", 1)), {}
+    if tpl.period is None: return table_description(client, *normal_source(source).split(".", 1)), {}
     found = find_sources(client, tpl)
     if not found:
-        raise QueryError(
-            f"no table of {source} exists on WRDS (or is visible to this account)",
-            "check the template against `wrds-sync libraries` and `wrds-sync tables LIBRARY`",
-        )
+        raise QueryError(f"no table of {source} exists on WRDS (or is visible to this account)",
+                         "check the template against `wrds-sync libraries` and `wrds-sync tables LIBRARY`")
     if no := [s.name for s in found.values() if not s.readable]:
         raise PermissionDeniedError(
             f"this WRDS account may not read {len(no)} of the {len(found)} tables of {source} (first: "
             f"{no[0]})"
         )
-    return describe_table(client, *found[max(found)].name.split(".", 1)), found
+    return table_description(client, *found[max(found)].name.split(".", 1)), found
 
 # %% ../nbs/05c_catalog.ipynb #b428f048
 def table_definition(
@@ -261,25 +244,17 @@ def dataset_copy(client:WRDSClient,            # the WRDS client
     """A dataset of its own: the tables of `spec` with `filters`, `columns` and `where` added, checked
     against the catalogue"""
     if not name:
-        raise ConfigError(
-            f"a copy of dataset {spec.name!r} needs a name of its own",
-            f"pass --name, e.g. --name {spec.name}_mine",
-        )
+        raise ConfigError(f"a copy of dataset {spec.name!r} needs a name of its own",
+                          f"pass --name, e.g. --name {spec.name}_mine")
     raw, tables = parse_filters(filters or []), []
     for t in spec.tables:
         types = checked_columns(source_description(client, t.source)[0], [*raw, *(columns or [])], None)
-        body = {
-            **t.model_dump(),
-            "filters": {**t.filters, **typed_filters(raw, types)},
-            "columns": columns or t.columns,
-            "where": where or t.where,
-        }
+        body = {**t.model_dump(), "filters": {**t.filters, **typed_filters(raw, types)},
+                "columns": columns or t.columns, "where": where or t.where}
         try: tables.append(TableSpec.model_validate(body))
         except PydanticValidationError as e:
-            raise ConfigError(
-                f"table {t.name}: {e.errors()[0]['msg'].removeprefix('Value error, ')}",
-                "add the tables one by one instead",
-            ) from None
+            raise ConfigError(f"table {t.name}: {e.errors()[0]['msg'].removeprefix('Value error, ')}",
+                              "add the tables one by one instead") from None
     copy = DatasetSpec.model_validate(
         {**spec.model_dump(), "name": name, "tables": tables, "description": f"{spec.description}, filtered"}
     )

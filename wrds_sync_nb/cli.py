@@ -24,27 +24,36 @@ from .catalog import (dataset_copy, description_lines, list_libraries, list_tabl
                                   source_description, table_definition)
 from .client import WRDSClient
 from .config import load_config
-from .datasets import DatasetRegistry, field_rows, partitioning, store_dataset, stored_datasets
-from .errors import ConfigError, WrdsSyncError
+from .datasets import (DatasetRegistry, DatasetSpec, field_rows, partitioning, store_dataset,
+                                   stored_datasets)
+from .errors import ConfigError, CredentialsError, WRDSConnectionError, WrdsSyncError
 from .layout import DataLayout, claim_data_dir, data_dir_kind, validate_name
 from .locking import AtomicFileLock
 from .login import login as store_login
-from .manifest import ManifestManager
+from .manifest import ManifestManager, SyncManifest
 from .periods import fold_keys
 from .progress import showing_progress
 from .reader import synced_datasets
 from .status import status_rows as table_status, summary_line
-from .sync import PlanItem, SyncManager, locked, readable_tables, repair_manifest
+from .datadir import locked
+from .integrity import check_integrity, repair_manifest
+from .plan import PlanItem
+from .queries import readable_tables
+from .sync import SyncManager
 from .versions import migrate_data_dir, migrate_dataset
-from .vintages import diff_versions, history_rows, vacuum as vacuum_dataset
+from .history import diff_versions, history_rows, vacuum as vacuum_dataset
 
 # %% auto #0
-__all__ = ['app', 'out', 'F', 'EXPIRY_WARNING_DAYS', 'DEMO_DATASETS', 'DEMO_YEARS', 'State', 'options', 'fail', 'handled',
-           'progress', 'full_sync', 'incremental', 'plan_lines', 'print_plans', 'local_time', 'status_lines',
-           'known_layout', 'check_credential_expiry', 'cell', 'status', 'verify', 'verify_targets', 'verify_one',
-           'repair', 'synced_layout', 'spans', 'history_lines', 'history', 'diff', 'cite', 'vacuum', 'migrate',
-           'lock_status', 'force_unlock', 'datasets_cmd', 'libraries', 'tables', 'describe', 'comma_list', 'add',
-           'login', 'backup_cmd', 'restore_cmd', 'drill_cmd', 'claim_demo_dir', 'ccm_book_equity', 'demo', 'main']
+__all__ = ['app', 'Dataset', 'MaybeDataset', 'AsJson', 'out', 'F', 'StartYear', 'EndYear', 'Tables', 'Force', 'AllDatasets',
+           'DryRun', 'PlanJson', 'MassDelete', 'EXPIRY_WARNING_DAYS', 'VerifyAll', 'VerifyCurrent', 'AddSource',
+           'AddName', 'AddPartition', 'AddKey', 'AddColumns', 'AddFilter', 'AddWhere', 'AddGranularity',
+           'DEMO_DATASETS', 'DEMO_YEARS', 'DemoRows', 'State', 'options', 'fail', 'handled', 'progress', 'run_line',
+           'full_sync', 'incremental_all', 'incremental', 'plan_lines', 'print_plans', 'local_time', 'status_lines',
+           'known_layout', 'check_credential_expiry', 'cell', 'status', 'verify_names', 'verify', 'verify_targets',
+           'verify_one', 'repair', 'synced_layout', 'spans', 'history_lines', 'history', 'diff', 'cite', 'vacuum',
+           'migrate', 'lock_status', 'force_unlock', 'datasets_cmd', 'libraries', 'tables', 'describe', 'comma_list',
+           'define_added', 'add', 'login', 'backup_cmd', 'restore_cmd', 'drill_cmd', 'claim_demo_dir',
+           'ccm_book_equity', 'demo_queries', 'demo', 'main']
 
 # %% ../nbs/10_cli.ipynb #b38f9c54
 @dataclass
@@ -59,18 +68,21 @@ class State:
     def layout(self) -> DataLayout: return DataLayout(self.data_dir)
     def registry(self) -> DatasetRegistry: return DatasetRegistry.load(self.datasets_file, self.data_dir)
 
-app = typer.Typer(
-    name="wrds-sync",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    help="Keep a faithful, verifiable local Parquet copy of WRDS data.",
-)
+# %% ../nbs/10_cli.ipynb #364b0088
+app = typer.Typer(name="wrds-sync", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False, rich_markup_mode=None,
+                  help="Keep a faithful, verifiable local Parquet copy of WRDS data.")
 class _Out:
     "stdout through rich, wide enough for tables when stdout is not a terminal (pipes, cron mail, tests)"
     def print(self, *objs:Any) -> None:
         Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(*objs)
+
+# %% ../nbs/10_cli.ipynb #b6703cdb
+Dataset = Annotated[str, typer.Option("--dataset", help="dataset name")]
+MaybeDataset = Annotated[str | None, typer.Option("--dataset", help="dataset name")]
+AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+# %% ../nbs/10_cli.ipynb #b5bd3c5d
 out = _Out()
 
 def _version(value:bool) -> None:
@@ -78,6 +90,7 @@ def _version(value:bool) -> None:
         typer.echo(f"wrds-sync {__version__}")
         raise typer.Exit()
 
+# %% ../nbs/10_cli.ipynb #ff222948
 @app.callback()
 def options(
     ctx: typer.Context,
@@ -86,9 +99,8 @@ def options(
     ] = Path("data"),
     datasets: Annotated[
         Path | None,
-        typer.Option(
-            "--datasets", envvar="WRDS_SYNC_DATASETS", help="TOML file with extra dataset definitions"
-        ),
+        typer.Option("--datasets", envvar="WRDS_SYNC_DATASETS",
+                     help="TOML file with extra dataset definitions"),
     ] = None,
     log_format: Annotated[
         str, typer.Option("--log-format", help="text or json (one JSON event per line on stderr)")
@@ -104,9 +116,8 @@ def options(
 ) -> None:
     "Keep a faithful, verifiable local Parquet copy of WRDS data."
     if log_format not in ("text", "json"):
-        raise typer.BadParameter(
-            f"unknown log format {log_format!r}; use text or json", param_hint="--log-format"
-        )
+        raise typer.BadParameter(f"unknown log format {log_format!r}; use text or json",
+                                 param_hint="--log-format")
     events.configure_logging(log_format, verbose, stream=sys.stderr)
     if log_format == "text" and not verbose: events.logger.setLevel("WARNING")  # quiet cron mail; -v for more
     ctx.obj = State(data_dir, datasets, log_format, verbose, lock_timeout)
@@ -124,6 +135,7 @@ def fail(msg:str,    # the error line
     if code == 2: _LOCK_HELD.set()
     raise typer.Exit(code)
 
+# %% ../nbs/10_cli.ipynb #b8e6327f
 def handled(fn:F) -> F:
     "Run a command; WrdsSyncError -> one line + its exit code; anything else -> one line, exit 1"
     @functools.wraps(fn)
@@ -145,16 +157,14 @@ def _state(ctx:typer.Context|None=None) -> State:
     obj = ctx.find_object(State) if ctx is not None else None
     return obj if isinstance(obj, State) else State(Path("data"), None, "text", False)
 
+# %% ../nbs/10_cli.ipynb #30feab50
 def _client() -> WRDSClient:
     "A client for the configured WRDS (environment, pgpass, keyring)"
     return WRDSClient(load_config())
 
-def _manager(
-    st: State,
-    with_client: bool = True,
-    registry: DatasetRegistry | None = None,
-    client: WRDSClient | None = None,
-) -> SyncManager:
+# %% ../nbs/10_cli.ipynb #e8ef39b1
+def _manager(st: State, with_client: bool = True, registry: DatasetRegistry | None = None,
+             client: WRDSClient | None = None) -> SyncManager:
     "A SyncManager for the command; SLOs can be tightened with WRDS_SYNC_FULL_SLO_SECONDS / _INCREMENTAL_"
     sm = SyncManager(client or (_client() if with_client else None), st.layout, registry or st.registry(),
                      writer_id=f"wrds-sync:{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}",
@@ -174,46 +184,75 @@ def progress(st:State) -> Iterator[None]:
     "Show sync progress while the block runs (nothing with JSON logs)"
     with showing_progress("none" if st.log_format == "json" else "auto"): yield
 
-# %% ../nbs/10_cli.ipynb #4b7063e9
+# %% ../nbs/10_cli.ipynb #bd162f70
+StartYear = Annotated[
+    int | None, typer.Option("--start-year", help="first year (default: where the data starts)")
+]
+EndYear = Annotated[int | None, typer.Option("--end-year", help="last year (default: this year)")]
+Tables = Annotated[
+    list[str] | None, typer.Option("--table", help="only this table (repeatable; default: every table)")
+]
+Force = Annotated[
+    bool, typer.Option("--force", help="fetch every partition again (default: only what changed)")
+]
+
+def run_line(before:int|None,   # the version current before the run
+             m:SyncManifest     # the version current after it
+            ) -> str:
+    "The summary of a run: the new version, or that the data did not change"
+    if before is not None and m.version == before:
+        return f"{m.dataset}: nothing changed at the source; still version {m.version} (checked now)"
+    return summary_line(m)
+
 @app.command("full-sync")
 @handled
-def full_sync(
-    ctx: typer.Context,
-    dataset: Annotated[str, typer.Option("--dataset", help="dataset name")],
-    start_year: Annotated[
-        int | None, typer.Option("--start-year", help="first year (default: where the data starts)")
-    ] = None,
-    end_year: Annotated[int | None, typer.Option("--end-year", help="last year (default: this year)")] = None,
-    table: Annotated[
-        list[str] | None, typer.Option("--table", help="only this table (repeatable; default: every table)")
-    ] = None,
-) -> None:
-    "Download the tables of a dataset for a range of years (resumes an interrupted run)."
+def full_sync(ctx:typer.Context, dataset:Dataset, start_year:StartYear=None, end_year:EndYear=None,
+              table:Tables=None, force:Force=False) -> None:
+    """Download the tables of a dataset for a range of years; a table already synced fetches only what changed
+    at the source (`--force`: everything again). Resumes an interrupted run."""
     st = _state(ctx)
     reg = st.registry()
     spec = reg.get(dataset)
     spec.year_range(start_year, end_year)  # validate before touching anything
     for t in table or []: spec.table(t)
-    with progress(st):
-        m = _manager(st, registry=reg).full_sync(dataset, start_year, end_year, table)
-    out.print(summary_line(m))
+    sm = _manager(st, registry=reg)
+    before = sm.manifests.load(spec.name)
+    with progress(st): m = sm.full_sync(dataset, start_year, end_year, table, force)
+    out.print(run_line(before.version if before else None, m))
 
-# %% ../nbs/10_cli.ipynb #3924196b
+# %% ../nbs/10_cli.ipynb #6d569308
+def incremental_all(sm:SyncManager,   # the manager, its client shared by every dataset
+                    st:State,         # the command's state
+                    names:list[str]   # the datasets, in turn
+                   ) -> int:
+    "Sync each dataset in turn; a rejected login or an unreachable server ends the run at once. The exit code"
+    code = 0
+    for name in names:
+        before = sm.manifests.load(name)
+        try:
+            with progress(st): m = sm.incremental_sync(name)
+            out.print(run_line(before.version if before else None, m))
+        except (CredentialsError, WRDSConnectionError) as e:
+            typer.echo(f"error: {e}", err=True)
+            return e.exit_code
+        except WrdsSyncError as e:
+            typer.echo(f"error: {e}", err=True)
+            code = max(code, e.exit_code)
+    return code
+
+# %% ../nbs/10_cli.ipynb #fe36de93
+AllDatasets = Annotated[bool, typer.Option("--all", help="every synced dataset")]
+DryRun = Annotated[
+    bool, typer.Option("--dry-run", help="print what would be fetched and why; download nothing")
+]
+PlanJson = Annotated[bool, typer.Option("--json", help="with --dry-run: the plans as JSON")]
+MassDelete = Annotated[bool, typer.Option("--allow-mass-delete",
+                                          help="let a table lose all, or more than 20%, of its partitions")]
+
 @app.command()
 @handled
-def incremental(
-    ctx: typer.Context,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="dataset name")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="every synced dataset")] = False,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="print what would be fetched and why; download nothing")
-    ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="with --dry-run: the plans as JSON")] = False,
-    allow_mass_delete: Annotated[
-        bool,
-        typer.Option("--allow-mass-delete", help="let a table lose all, or more than 20%, of its partitions"),
-    ] = False,
-) -> None:
+def incremental(ctx:typer.Context, dataset:MaybeDataset=None, all_:AllDatasets=False, dry_run:DryRun=False,
+                as_json:PlanJson=False, allow_mass_delete:MassDelete=False) -> None:
     "Fetch only what changed at the source since the last sync (`--all`: every synced or added dataset)."
     st = _state(ctx)
     if all_ == (dataset is not None):
@@ -225,17 +264,8 @@ def incremental(
         raise ConfigError(f"no dataset has been synced into {st.layout.root} yet", "run full-sync first")
     sm = _manager(st, registry=reg)
     sm.allow_mass_delete = allow_mass_delete
-    if dry_run:
-        print_plans({n: sm.plan_incremental(n) for n in names}, as_json)
-        return
-    code = 0
-    for name in names:
-        try:
-            with progress(st): m = sm.incremental_sync(name)
-            out.print(summary_line(m))
-        except WrdsSyncError as e:
-            typer.echo(f"error: {e}", err=True)
-            code = max(code, e.exit_code)
+    if dry_run: return print_plans({n: sm.plan_incremental(n) for n in names}, as_json)
+    code = incremental_all(sm, st, names)
     if code == 2: _LOCK_HELD.set()  # another holder's lock stopped (at least) one dataset: cron may retry
     if code: raise typer.Exit(code)
 
@@ -261,6 +291,7 @@ def plan_lines(dataset:str,                          # the dataset planned
             ]
     return lines
 
+# %% ../nbs/10_cli.ipynb #c7a1ee7c
 def print_plans(plans:dict[str, dict[str, list[PlanItem]]],  # per dataset, per table
                 as_json:bool                                 # JSON instead of lines
                ) -> None:
@@ -287,6 +318,7 @@ def local_time(iso:str|None) -> str:
     "A stored UTC time as local time, to the minute"
     return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M") if iso else ""
 
+# %% ../nbs/10_cli.ipynb #b2a1c41f
 def status_lines(r:dict[str, Any]) -> list[str]:
     "One table's status in two short lines: when and how fresh, then what is on disk"
     state = r["freshness"] + ("" if r["lock"] == "free" else f"; lock {r['lock']}")
@@ -298,11 +330,10 @@ def status_lines(r:dict[str, Any]) -> list[str]:
         if r["older_versions_bytes"]
         else ""
     )
-    return [
-        head,
-        f"    {r['partitions']:,} partition(s), {r['rows']:,} rows, {human_bytes(r['bytes'])}{older}",
-    ]
+    return [head,
+            f"    {r['partitions']:,} partition(s), {r['rows']:,} rows, {human_bytes(r['bytes'])}{older}"]
 
+# %% ../nbs/10_cli.ipynb #5f7a18c1
 def known_layout(st:State) -> DataLayout:
     "The data dir of `status`: a folder wrds-sync made (a mistyped --data-dir is one line, exit 1)"
     if not st.layout.root.is_dir() or data_dir_kind(st.layout) is None:
@@ -320,34 +351,29 @@ def check_credential_expiry(today:date|None=None) -> int | None:
     if cfg.password_expires_on is None: return None
     days = (cfg.password_expires_on - (today or date.today())).days
     if days < EXPIRY_WARNING_DAYS:
-        events.emit(
-            events.CREDENTIAL_EXPIRING, days_left=days, expires_on=cfg.password_expires_on, user=cfg.username
-        )
+        events.emit(events.CREDENTIAL_EXPIRING, days_left=days, expires_on=cfg.password_expires_on,
+                    user=cfg.username)
     return days
 
+# %% ../nbs/10_cli.ipynb #d6cff436
 def cell(v:Any) -> str:
     "A value as a table shows it: yes/no for flags, thousands separators for counts"
     if isinstance(v, bool): return "yes" if v else "no"
     return "" if v is None else f"{v:,}" if isinstance(v, int) else str(v)
 
+# %% ../nbs/10_cli.ipynb #e8172a53
 def _table(title:str, rows:list[dict[str, Any]], cols:list[str]) -> Table:
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for c in cols:
-        t.add_column(
-            c.replace("_", " "),
-            overflow="fold",
-            justify="right" if c in ("partitions", "rows", "bytes", "version") else "left",
-        )
+        t.add_column(c.replace("_", " "), overflow="fold",
+                     justify="right" if c in ("partitions", "rows", "bytes", "version") else "left")
     for r in rows: t.add_row(*[cell(r.get(c)) for c in cols])
     return t
 
 # %% ../nbs/10_cli.ipynb #6e743dfe
 @app.command()
 @handled
-def status(
-    ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-) -> None:
+def status(ctx: typer.Context, as_json: AsJson = False) -> None:
     "What is synced: partitions, rows, sizes, version, last sync, source marker, lateness and lock per table."
     st = _state(ctx)
     rows = table_status(known_layout(st), st.registry())
@@ -363,46 +389,42 @@ def status(
     for r in rows: out.print("\n".join(status_lines(r)))
     if days is not None: out.print(f"WRDS password expires in {days} days")
 
+# %% ../nbs/10_cli.ipynb #a1c742b9
+def verify_names(layout:DataLayout,         # the data dir
+                 registry:DatasetRegistry,  # the datasets known
+                 dataset:str|None,          # --dataset
+                 all_:bool                  # --all
+                ) -> tuple[list[str], bool]:
+    "The datasets `verify` checks, and whether they were named (a bad name or data dir: one line)"
+    if all_ == (dataset is not None):
+        raise ConfigError("give --dataset NAME or --all", "pass exactly one of --dataset NAME or --all")
+    one = None if all_ else registry.get(dataset or "").name  # a bad name first: it is the user's input
+    fix = "pass --data-dir pointing to a synced data dir"
+    if not layout.root.is_dir(): raise ConfigError(f"data dir {layout.root} does not exist", fix)
+    if data_dir_kind(layout) is None: raise ConfigError(f"{layout.root} is not a wrds-sync data dir", fix)
+    names = verify_targets(layout) if one is None else [one]
+    if not names:
+        raise ConfigError(f"nothing to verify in {layout.root}: no manifest and no published file",
+                          "sync a dataset first, or pass the right --data-dir")
+    return names, one is not None
+
+# %% ../nbs/10_cli.ipynb #3b687404
+VerifyAll = Annotated[bool, typer.Option("--all", help="every synced dataset")]
+VerifyCurrent = Annotated[bool, typer.Option(
+    "--current", help="only the current version (default: every version the retention keeps)")]
+
 @app.command()
 @handled
-def verify(
-    ctx: typer.Context,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="dataset name")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="every synced dataset")] = False,
-    current: Annotated[
-        bool,
-        typer.Option(
-            "--current", help="only the current version (default: every version the retention keeps)"
-        ),
-    ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-) -> None:
+def verify(ctx:typer.Context, dataset:MaybeDataset=None, all_:VerifyAll=False, current:VerifyCurrent=False,
+           as_json:AsJson=False) -> None:
     """Check every file of every kept version against its manifest (size, SHA-256, rows, schema); no WRDS
     connection needed."""
     st = _state(ctx)
-    if all_ == (dataset is not None):
-        raise ConfigError("give --dataset NAME or --all", "pass exactly one of --dataset NAME or --all")
-    reg, layout = st.registry(), st.layout
-    one = None if all_ else reg.get(dataset or "").name  # a bad name first: it is the user's input
-    if not layout.root.is_dir():
-        raise ConfigError(
-            f"data dir {layout.root} does not exist", "pass --data-dir pointing to a synced data dir"
-        )
-    if data_dir_kind(layout) is None:
-        raise ConfigError(
-            f"{layout.root} is not a wrds-sync data dir", "pass --data-dir pointing to a synced data dir"
-        )
-    names = verify_targets(layout) if one is None else [one]
-    if not names:
-        raise ConfigError(
-            f"nothing to verify in {layout.root}: no manifest and no published file",
-            "sync a dataset first, or pass the right --data-dir",
-        )
+    reg = st.registry()
+    names, named = verify_names(st.layout, reg, dataset, all_)
     sm = _manager(st, with_client=False, registry=reg)
-    report = {
-        name: verify_one(sm, name, current) if one is None else sm.verify_integrity(name, current)
-        for name in names
-    }
+    check = check_integrity if named else verify_one
+    report = {name: check(sm, name, current) for name in names}
     if as_json: typer.echo(json.dumps({"ok": not any(report.values()), "problems": report}, indent=1))
     else:
         for name, problems in report.items():
@@ -416,18 +438,19 @@ def verify_targets(layout:DataLayout) -> list[str]:
     folders = {d.name for d in layout.wrds_dir.iterdir() if d.is_dir()} if layout.wrds_dir.is_dir() else set()
     return sorted(set(synced_datasets(layout)) | folders)
 
+# %% ../nbs/10_cli.ipynb #fc341401
 def verify_one(sm:SyncManager,           # the manager (no client needed)
                name:str,                 # the dataset
                current_only:bool=False   # only the current version
               ) -> list[str]:
     "The problems of one dataset; a damaged manifest is one of them, not the end of the run"
-    try: return sm.verify_integrity(name, current_only)
+    try: return check_integrity(sm, name, current_only)
     except WrdsSyncError as e: return [f"{e.what} (fix: {e.fix})"]
 
 # %% ../nbs/10_cli.ipynb #adc431b3
 @app.command()
 @handled
-def repair(ctx:typer.Context, dataset:Annotated[str, typer.Option("--dataset", help="dataset name")]) -> None:
+def repair(ctx:typer.Context, dataset:Dataset) -> None:
     """Restore a damaged manifest from the newest intact version kept; says what it did. No WRDS connection
     needed."""
     st = _state(ctx)
@@ -442,10 +465,12 @@ def synced_layout(st:State) -> DataLayout:
                           "pass --data-dir (or set WRDS_SYNC_DATA_DIR) to the folder wrds-sync syncs into")
     return layout
 
+# %% ../nbs/10_cli.ipynb #879248aa
 def spans(keys:list[str]) -> str:
     "Partition keys with runs of consecutive years (or trading days) folded: `2016-2025, all`"
     return fold_keys(keys)
 
+# %% ../nbs/10_cli.ipynb #5c014dd2
 def history_lines(r:dict[str, Any]) -> list[str]:
     "One version of `history`, as text"
     kept = (
@@ -470,12 +495,12 @@ def history_lines(r:dict[str, Any]) -> list[str]:
 @handled
 def history(
     ctx: typer.Context,
-    dataset: Annotated[str, typer.Option("--dataset", help="dataset name")],
+    dataset: Dataset,
     table: Annotated[
         str | None, typer.Option("--table", help="only versions that changed this table")
     ] = None,
     all_: Annotated[bool, typer.Option("--all", help="also versions that changed no data")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """List a dataset's versions: when, what changed (partitions added, replaced, removed; rows; source
     marker)."""
@@ -485,19 +510,19 @@ def history(
         return
     for r in rows: out.print("\n".join(history_lines(r)))
 
+# %% ../nbs/10_cli.ipynb #4b260859
 @app.command()
 @handled
-def diff(ctx:typer.Context, dataset:Annotated[str, typer.Option("--dataset", help="dataset name")],
+def diff(ctx:typer.Context, dataset:Dataset,
          from_:Annotated[int, typer.Option("--from", help="the older version")],
          to:Annotated[int, typer.Option("--to", help="the newer version")],
          table:Annotated[str|None, typer.Option("--table", help="only this table")] = None,
-         as_json:Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+         as_json:AsJson = False) -> None:
     """Which partitions changed between two versions and, per partition, how many keys were added, removed,
     changed."""
     st = _state(ctx)
-    rows = diff_versions(
-        SyncManager(None, synced_layout(st), st.registry()), validate_name(dataset), from_, to, table
-    )
+    rows = diff_versions(SyncManager(None, synced_layout(st), st.registry()), validate_name(dataset), from_,
+                         to, table)
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
@@ -532,13 +557,13 @@ def cite(
         cite_text([validate_name(d) for d in dataset], synced_layout(_state(ctx)).root, as_of, version)
     )
 
+# %% ../nbs/10_cli.ipynb #f0dc8dc5
 @app.command()
 @handled
 def vacuum(
     ctx: typer.Context,
-    dataset: Annotated[
-        list[str] | None, typer.Option("--dataset", help="dataset name (repeatable; default: all)")
-    ] = None,
+    dataset: Annotated[list[str] | None,
+                       typer.Option("--dataset", help="dataset name (repeatable; default: all)")] = None,
     grace_hours: Annotated[
         float,
         typer.Option(
@@ -559,6 +584,7 @@ def vacuum(
             f"{', '.join(map(str, r.kept_versions))}"
         )
 
+# %% ../nbs/10_cli.ipynb #90aa9ec5
 @app.command()
 @handled
 def migrate(ctx:typer.Context) -> None:
@@ -573,10 +599,7 @@ def migrate(ctx:typer.Context) -> None:
 # %% ../nbs/10_cli.ipynb #a13a081a
 @app.command("lock-status")
 @handled
-def lock_status(
-    ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-) -> None:
+def lock_status(ctx: typer.Context, as_json: AsJson = False) -> None:
     "Who holds each dataset's lock, since when, until when, and whether it is stale."
     st = _state(ctx)
     names = sorted(
@@ -589,27 +612,19 @@ def lock_status(
         s = AtomicFileLock(st.layout.locks_dir, ds).status() if st.layout.locks_dir.exists() else None
         t = s.token if s else None
         rows.append(
-            {
-                "dataset": ds,
-                "held": bool(s and s.held),
-                "stale": bool(s and s.stale),
-                "pid": t.pid if t else None,
-                "host": t.hostname if t else None,
-                "writer": t.writer_id if t else None,
-                "acquired": t.acquired_at.isoformat(timespec="seconds") if t else None,
-                "expires": t.expires_at.isoformat(timespec="seconds") if t else None,
-                "reason": s.reason if s and s.held else None,
-            }
+            {"dataset": ds, "held": bool(s and s.held), "stale": bool(s and s.stale),
+             "pid": t.pid if t else None, "host": t.hostname if t else None,
+             "writer": t.writer_id if t else None,
+             "acquired": t.acquired_at.isoformat(timespec="seconds") if t else None,
+             "expires": t.expires_at.isoformat(timespec="seconds") if t else None,
+             "reason": s.reason if s and s.held else None}
         )
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
     out.print(
-        _table(
-            "locks",
-            rows,
-            ["dataset", "held", "stale", "pid", "host", "writer", "acquired", "expires", "reason"],
-        )
+        _table("locks", rows,
+               ["dataset", "held", "stale", "pid", "host", "writer", "acquired", "expires", "reason"])
     )
 
 # %% ../nbs/10_cli.ipynb #baa27bed
@@ -617,7 +632,7 @@ def lock_status(
 @handled
 def force_unlock(
     ctx: typer.Context,
-    dataset: Annotated[str, typer.Option("--dataset", help="dataset name")],
+    dataset: Dataset,
     yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
 ) -> None:
     "Remove a dataset's lock whoever holds it (asks you to type the dataset name unless --yes)."
@@ -643,13 +658,13 @@ def force_unlock(
         )
         typer.echo(f"{name} is locked by {who}; stale: {s.stale}.", err=True)
         if typer.prompt("Type the dataset name to remove the lock") != name:
-            raise ConfigError(
-                "confirmation did not match; the lock was left in place", "type the dataset name exactly"
-            )
+            raise ConfigError("confirmation did not match; the lock was left in place",
+                              "type the dataset name exactly")
     by = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
     lock.force_unlock(by=by)
     out.print(f"{name}: lock removed (by {by})")
 
+# %% ../nbs/10_cli.ipynb #2e1283a1
 @app.command("datasets")
 @handled
 def datasets_cmd(
@@ -665,22 +680,14 @@ def datasets_cmd(
     "The built-in, added and configured datasets, their tables and WRDS sources."
     if fields:
         out.print(
-            _table(
-                "fields of [datasets.NAME] and [[datasets.NAME.tables]]",
-                field_rows(),
-                ["in", "field", "default", "meaning"],
-            )
+            _table("fields of [datasets.NAME] and [[datasets.NAME.tables]]", field_rows(),
+                   ["in", "field", "default", "meaning"])
         )
         return
     rows = [
-        {
-            "dataset": d.name,
-            "table": t.name,
-            "source": t.source,
-            "partition_by": partitioning(t).replace("`", ""),
-            "key": ", ".join(t.key_columns),
-            "years": f"{d.default_start_year}-{d.max_year or ''}",
-        }
+        {"dataset": d.name, "table": t.name, "source": t.source,
+         "partition_by": partitioning(t).replace("`", ""), "key": ", ".join(t.key_columns),
+         "years": f"{d.default_start_year}-{d.max_year or ''}"}
         for d in _state(ctx).registry()
         for t in d.tables
     ]
@@ -694,34 +701,31 @@ def datasets_cmd(
 # %% ../nbs/10_cli.ipynb #5d750e67
 @app.command()
 @handled
-def libraries(
-    ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-) -> None:
+def libraries(ctx: typer.Context, as_json: AsJson = False) -> None:
     "The WRDS libraries (schemas) this account can use."
     with _client() as client: names = list_libraries(client)
     typer.echo(json.dumps(names) if as_json else "\n".join(names))
 
+# %% ../nbs/10_cli.ipynb #1c30685b
 @app.command()
 @handled
 def tables(ctx:typer.Context, library:Annotated[str, typer.Argument(help="a WRDS library, e.g. crsp")],
-           as_json:Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+           as_json:AsJson = False) -> None:
     "The tables and views of a WRDS library."
     with _client() as client: names = list_tables(client, library.lower())
     typer.echo(json.dumps(names) if as_json else "\n".join(names))
 
+# %% ../nbs/10_cli.ipynb #b5db4fff
 @app.command()
 @handled
 def describe(
     ctx: typer.Context,
     source: Annotated[
         str,
-        typer.Argument(
-            metavar="LIBRARY.TABLE",
-            help="a WRDS table, e.g. crsp.msf_v2, or a template, e.g. 'optionm.opprcd{year}'",
-        ),
+        typer.Argument(metavar="LIBRARY.TABLE",
+                       help="a WRDS table, e.g. crsp.msf_v2, or a template, e.g. 'optionm.opprcd{year}'"),
     ],
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    as_json: AsJson = False,
 ) -> None:
     "A WRDS table's columns (name, nullable, type, comment), approximate rows, comment and update marker."
     with _client() as client: d, found = source_description(client, source)
@@ -741,83 +745,64 @@ def comma_list(v:str|None) -> list[str]|None:
     "`a, b` -> ['a', 'b']; None stays None"
     return [c.strip().lower() for c in v.split(",") if c.strip()] if v else None
 
+# %% ../nbs/10_cli.ipynb #2f69ec66
+AddSource = Annotated[str, typer.Argument(
+    metavar="LIBRARY.TABLE", help="the WRDS table, e.g. comp.secd, or a table per year or day, e.g. "
+    "'optionm.opprcd{year}', or a dataset to copy with a filter, e.g. taq")]
+AddName = Annotated[str | None, typer.Option("--name", help="the dataset's name (default: library_table)")]
+AddPartition = Annotated[str | None,
+                         typer.Option("--partition-column", help="a date column (default: the table's)")]
+AddKey = Annotated[
+    str | None, typer.Option("--key", help="COL,COL unique per row, checked before publishing")
+]
+AddColumns = Annotated[str | None, typer.Option("--columns", help="COL,COL to take (default: every column)")]
+AddFilter = Annotated[list[str] | None, typer.Option(
+    "--filter", help="COL=VALUE (repeatable; values of one column: any of them)")]
+AddWhere = Annotated[str | None, typer.Option(
+    "--where", help='an SQL condition run on WRDS as written, e.g. "prccd > 1"')]
+AddGranularity = Annotated[str | None, typer.Option(
+    "--granularity", help="year, month or day partitions (default: year, or the template's tables)")]
+
+# %% ../nbs/10_cli.ipynb #1ffc3a62
+def define_added(client:WRDSClient,            # the WRDS client
+                 registry:DatasetRegistry,     # the datasets known (a copy's original)
+                 source:str,                   # `library.table`, a template, or a dataset to copy
+                 name:str|None,                # the dataset's name
+                 partition_column:str|None,    # --partition-column
+                 key:str|None,                 # --key
+                 columns:str|None,             # --columns
+                 filter_:list[str]|None,       # --filter
+                 where:str|None,               # --where
+                 granularity:str|None          # --granularity
+                ) -> tuple[DatasetSpec, list[str]]:
+    "The definition `add` stores, and the notes that say what it chose"
+    if "." in source:
+        return table_definition(client, source, name, partition_column, comma_list(key), comma_list(columns),
+                                filter_, where, granularity)
+    if partition_column or key or granularity:
+        raise ConfigError(
+            f"--partition-column, --key and --granularity apply to one WRDS table, not to a copy of {source}",
+            "give --filter, --columns or --where for the copy, or add its tables one by one")
+    return dataset_copy(client, registry.get(source), name, filter_, comma_list(columns), where)
+
+# %% ../nbs/10_cli.ipynb #677b7cbf
 @app.command()
 @handled
-def add(
-    ctx: typer.Context,
-    source: Annotated[
-        str,
-        typer.Argument(
-            metavar="LIBRARY.TABLE",
-            help="the WRDS table, e.g. comp.secd, or a table per year or day, e.g. 'optionm.opprcd{year}', "
-                 "or a dataset to copy with a filter, e.g. taq",
-        ),
-    ],
-    name: Annotated[
-        str | None, typer.Option("--name", help="the dataset's name (default: library_table)")
-    ] = None,
-    partition_column: Annotated[
-        str | None, typer.Option("--partition-column", help="a date column (default: the table's)")
-    ] = None,
-    key: Annotated[
-        str | None, typer.Option("--key", help="COL,COL unique per row, checked before publishing")
-    ] = None,
-    columns: Annotated[
-        str | None, typer.Option("--columns", help="COL,COL to take (default: every column)")
-    ] = None,
-    filter_: Annotated[
-        list[str] | None,
-        typer.Option("--filter", help="COL=VALUE (repeatable; values of one column: any of them)"),
-    ] = None,
-    where: Annotated[
-        str | None, typer.Option("--where", help='an SQL condition run on WRDS as written, e.g. "prccd > 1"')
-    ] = None,
-    granularity: Annotated[
-        str | None,
-        typer.Option(
-            "--granularity", help="year, month or day partitions (default: year, or the template's tables)"
-        ),
-    ] = None,
-) -> None:
+def add(ctx:typer.Context, source:AddSource, name:AddName=None, partition_column:AddPartition=None,
+        key:AddKey=None, columns:AddColumns=None, filter_:AddFilter=None, where:AddWhere=None,
+        granularity:AddGranularity=None) -> None:
     """Add any WRDS table (or a filtered copy of a dataset) as a dataset stored with the data; sync it with
     full-sync, keep it with incremental --all."""
     st = _state(ctx)
     with _client() as client:
-        if "." in source:
-            spec, notes = table_definition(
-                client,
-                source,
-                name,
-                partition_column,
-                comma_list(key),
-                comma_list(columns),
-                filter_,
-                where,
-                granularity,
-            )
-        else:
-            if partition_column or key or granularity:
-                raise ConfigError(
-                    "--partition-column, --key and --granularity apply to one WRDS table, not to a copy of "
-                    f"{source}",
-                    "give --filter, --columns or --where for the copy, or add its tables one by one",
-                )
-            spec, notes = dataset_copy(
-                client, st.registry().get(source), name, filter_, comma_list(columns), where
-            )
+        spec, notes = define_added(client, st.registry(), source, name, partition_column, key, columns,
+                                   filter_, where, granularity)
     claim_data_dir(st.layout)
     path = store_dataset(st.layout, spec)
-    events.emit(
-        events.DATASET_ADDED,
-        dataset=spec.name,
-        source=", ".join(t.source for t in spec.tables),
-        notes="; ".join(notes) or "as given",
-    )
-    out.print(
-        f"added {', '.join(t.source for t in spec.tables)} as dataset {spec.name} "
-        f"(table{'s' if len(spec.tables) > 1 else ''} "
-        f"{', '.join(t.name for t in spec.tables)}) in {path}"
-    )
+    sources, names = ", ".join(t.source for t in spec.tables), ", ".join(t.name for t in spec.tables)
+    events.emit(events.DATASET_ADDED, dataset=spec.name, source=sources, notes="; ".join(notes) or "as given")
+    plural = "s" if len(spec.tables) > 1 else ""
+    out.print(f"added {sources} as dataset {spec.name} (table{plural} {names}) in {path}")
     for n in notes: out.print(f"  {n}")
     out.print(f"sync it with: wrds-sync full-sync --dataset {spec.name}")
 
@@ -852,22 +837,15 @@ def backup_cmd(
     ctx: typer.Context,
     remote: Annotated[
         str | None,
-        typer.Option(
-            "--remote",
-            envvar="WRDS_SYNC_BACKUP_REMOTE",
-            help="rclone destination (default: <data dir>/backups/latest)",
-        ),
+        typer.Option("--remote", envvar="WRDS_SYNC_BACKUP_REMOTE",
+                     help="rclone destination (default: <data dir>/backups/latest)"),
     ] = None,
 ) -> None:
     "Copy published files, manifests and schemas to an rclone remote (under the locks), then rclone-check it."
     from wrds_sync_nb.backup import backup
     st = _state(ctx)
-    res = backup(
-        st.layout.root,
-        remote,
-        st.lock_timeout,
-        writer_id=f"wrds-sync backup:{getpass.getuser()}@{socket.gethostname()}",
-    )
+    res = backup(st.layout.root, remote, st.lock_timeout,
+                 writer_id=f"wrds-sync backup:{getpass.getuser()}@{socket.gethostname()}")
     out.print(
         f"backed up {res.files} files ({res.bytes:,} bytes) of {', '.join(res.datasets)} to {res.remote} "
         f"in {res.seconds:.1f}s; rclone check passed"
@@ -948,32 +926,48 @@ def ccm_book_equity(data_dir:Path) -> Any:
     )
     return (
         funda.join(link, on="gvkey")
-        .filter(
-            pl.col("datadate") >= pl.col("linkdt"),
-            pl.col("datadate") <= pl.col("linkenddt").fill_null(date.today()),
-        )
+        .filter(pl.col("datadate") >= pl.col("linkdt"),
+                pl.col("datadate") <= pl.col("linkenddt").fill_null(date.today()))
         .drop("linkdt", "linkenddt")
     )
 
-# %% ../nbs/10_cli.ipynb #fc985430
+# %% ../nbs/10_cli.ipynb #039943bd
+def demo_queries(data_dir:Path) -> None:
+    "Print the demo's example queries and answers: DuckDB over CRSP, polars over CCM-linked Compustat"
+    import polars as pl
+    from wrds_sync_nb.reader import connect
+
+    q1 = (
+        "select year(dlycaldt) as year, count(distinct permno) as stocks, round(avg(dlyret), 6) as mean_ret "
+        "from crsp.dsf_v2 group by 1 order by 1"
+    )
+    out.print(
+        f"\n[bold]1. DuckDB[/bold]: import wrds_sync_nb as w; w.connect({str(data_dir)!r}).sql(...)\n   {q1}"
+    )
+    out.print(str(connect(data_dir, list(DEMO_DATASETS)).sql(q1).pl()))
+    out.print(
+        "\n[bold]2. polars[/bold]: book equity per firm-year, linked to CRSP the way CCM says (LC/LU, P/C, "
+        "dated links)"
+    )
+    per_year = ccm_book_equity(data_dir).group_by("fyear").agg(
+        pl.len().alias("firm_years"), pl.col("permno").n_unique().alias("permnos"),
+        pl.col("ceq").median().alias("median_ceq"))
+    out.print(str(per_year.sort("fyear").collect()))
+
+# %% ../nbs/10_cli.ipynb #0a855aea
 DEMO_DATASETS = ("crsp", "compustat", "fama_french")
 DEMO_YEARS = (2016, 2025)
+DemoRows = Annotated[
+    int, typer.Option("--rows", help="approximate rows of CRSP daily in the demo source", min=1000)
+]
 
 @app.command()
 @handled
-def demo(
-    ctx: typer.Context,
-    rows: Annotated[
-        int, typer.Option("--rows", help="approximate rows of CRSP daily in the demo source", min=1000)
-    ] = 500_000,
-) -> None:
+def demo(ctx:typer.Context, rows:DemoRows=500_000) -> None:
     "Sync CRSP, Compustat and Fama-French from an embedded WRDS-shaped PostgreSQL: no account, no network."
     import time
     from wrds_sync_nb.demo import DemoSource
-    from wrds_sync_nb.reader import connect
-    import polars as pl
-    st = _state(ctx)
-    t0 = time.monotonic()
+    st, t0 = _state(ctx), time.monotonic()
     claim_demo_dir(st.layout)
     src = DemoSource(st.layout.root / "demo_source").start()
     try:
@@ -984,45 +978,21 @@ def demo(
             for ds in DEMO_DATASETS:
                 with progress(st): m = sm.full_sync(ds, *DEMO_YEARS)
                 out.print(summary_line(m))
-            problems = {ds: sm.verify_integrity(ds) for ds in DEMO_DATASETS}
+            problems = {ds: check_integrity(sm, ds) for ds in DEMO_DATASETS}
     finally:
         src.stop()
     if any(problems.values()): raise WrdsSyncError(f"verification found problems: {problems}")
     out.print(f"verified {len(DEMO_DATASETS)} datasets: every file matches its manifest")
     for r in table_status(st.layout, st.registry()):
         if r["table"]: out.print("\n".join(status_lines(r)))
-    q1 = (
-        "select year(dlycaldt) as year, count(distinct permno) as stocks, round(avg(dlyret), 6) as mean_ret "
-        "from crsp.dsf_v2 group by 1 order by 1"
-    )
-    out.print(
-        f"\n[bold]1. DuckDB[/bold]: import wrds_sync_nb as w; w.connect({str(st.data_dir)!r}).sql(...)\n   "
-        f"{q1}"
-    )
-    out.print(str(connect(st.layout.root, list(DEMO_DATASETS)).sql(q1).pl()))
-    out.print(
-        "\n[bold]2. polars[/bold]: book equity per firm-year, linked to CRSP the way CCM says (LC/LU, P/C, "
-        "dated links)"
-    )
-    out.print(
-        str(
-            ccm_book_equity(st.layout.root)
-            .group_by("fyear")
-            .agg(
-                pl.len().alias("firm_years"),
-                pl.col("permno").n_unique().alias("permnos"),
-                pl.col("ceq").median().alias("median_ceq"),
-            )
-            .sort("fyear")
-            .collect()
-        )
-    )
+    demo_queries(st.layout.root)
     out.print(f"\ndone in {time.monotonic() - t0:.1f}s; data in {st.layout.root}")
 
 # %% ../nbs/10_cli.ipynb #503ee0ef
 def _terminated(signum:int, frame:Any) -> None:
     raise KeyboardInterrupt(f"stopped by signal {signum}")
 
+# %% ../nbs/10_cli.ipynb #fee6efca
 def main(argv:list[str]|None=None) -> None:
     "The wrds-sync console script"
     _LOCK_HELD.clear()

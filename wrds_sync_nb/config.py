@@ -61,6 +61,7 @@ class WRDSConfig(BaseSettings):
         "user@host:port/db, never the password"
         return f"{self.username or '?'}@{self.host}:{self.port}/{self.database}"
 
+# %% ../nbs/04_config.ipynb #38a498dd
 def load_config(**overrides:Any) -> WRDSConfig:
     "Read the settings from the environment (and `overrides`); a bad value is a one-line `ConfigError`"
     try: return WRDSConfig(**{k: v for k, v in overrides.items() if v is not None})
@@ -68,9 +69,8 @@ def load_config(**overrides:Any) -> WRDSConfig:
         err = e.errors()[0]
         key = "WRDS_" + "_".join(str(x) for x in err["loc"]).upper()
         msg = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(
-            f"setting {key} is invalid: {msg}", f"fix {key} in the environment or the command line"
-        ) from None
+        raise ConfigError(f"setting {key} is invalid: {msg}",
+                          f"fix {key} in the environment or the command line") from None
 
 # %% ../nbs/04_config.ipynb #945142a4
 def _split_pgpass_line(line:str) -> list[str]:
@@ -108,13 +108,9 @@ def pgpass_entry(host:str,             # the server's host (or socket folder)
         text = path.read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError): return None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        events.emit(
-            events.CREDENTIALS_FILE_MODE,
-            level="warning",
-            path=str(path),
-            mode=oct(st.st_mode & 0o777),
-            fix=f"chmod 600 {path} (libpq ignores a password file others can read)",
-        )
+        events.emit(events.CREDENTIALS_FILE_MODE, level="warning", path=str(path),
+                    mode=oct(st.st_mode & 0o777),
+                    fix=f"chmod 600 {path} (libpq ignores a password file others can read)")
     hosts = {host} | ({"localhost"} if host.startswith("/") else set())
     want = [hosts, {str(port)}, {database}]
     for raw in text.splitlines():
@@ -125,6 +121,7 @@ def pgpass_entry(host:str,             # the server's host (or socket folder)
             return (username or f[3], ":".join(f[4:]))
     return None
 
+# %% ../nbs/04_config.ipynb #c254e68e
 def password_from_pgpass(host:str,            # the server's host (or socket folder)
                          port:int,            # the server's port
                          database:str,        # the database
@@ -182,6 +179,7 @@ def libpq_params(cfg:WRDSConfig) -> dict[str, str]:
     if not cfg.is_unix_socket: p["sslmode"] = cfg.sslmode
     return p
 
+# %% ../nbs/04_config.ipynb #794091af
 def libpq_uri(cfg:WRDSConfig) -> str:
     "A libpq connection URI with every part percent-encoded (contains the password: never log it)"
     user = quote(cfg.username or "", safe="")

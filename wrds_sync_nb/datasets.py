@@ -19,11 +19,12 @@ from .layout import DataDirs, atomic_write_bytes, validate_name
 from .periods import GRANULARITIES, Granularity, SourceTemplate, source_name
 
 # %% auto #0
-__all__ = ['IDENT_RE', 'CAST_TYPES', 'MIN_YEAR', 'Ident', 'FilterValue', 'TableName', 'Source', 'CastType', 'PER_PERIOD_DATASETS',
-           'BUILTIN_DATASETS', 'DOCS_URL', 'TableSpec', 'covered_keys', 'checked_granularity', 'Retention',
-           'parse_retention', 'DatasetSpec', 'checked_years', 'datasets_markdown', 'partitioning', 'field_rows',
-           'load_datasets_toml', 'stored_datasets', 'DatasetRegistry', 'dataset_name_for', 'normal_source',
-           'local_name', 'parse_filters', 'typed_filters', 'datasets_toml', 'store_dataset']
+__all__ = ['IDENT_RE', 'CAST_TYPES', 'MIN_YEAR', 'Ident', 'FilterValue', 'TableName', 'Source', 'CastType', 'OPTIONMETRICS',
+           'TAQ', 'PER_PERIOD_DATASETS', 'CRSP', 'CRSP_LEGACY', 'COMPUSTAT', 'FAMA_FRENCH', 'BUILTIN_DATASETS',
+           'DOCS_URL', 'TableSpec', 'covered_keys', 'checked_granularity', 'Retention', 'parse_retention',
+           'DatasetSpec', 'checked_years', 'datasets_markdown', 'partitioning', 'field_rows', 'load_datasets_toml',
+           'stored_datasets', 'DatasetRegistry', 'dataset_name_for', 'normal_source', 'local_name', 'parse_filters',
+           'typed_filters', 'datasets_toml', 'store_dataset']
 
 # %% ../nbs/02c_datasets.ipynb #6780ff03
 IDENT_RE = re.compile(r"[a-z_][a-z0-9_$]{0,62}")
@@ -64,37 +65,23 @@ class TableSpec(BaseModel):
     "One table of a dataset and where it comes from on WRDS"
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: TableName = Field(description="the table's local name (files, views)")
-    source: Source = Field(
-        description="`schema.table` on WRDS, or a template of one table per year or day: "
-                    "`optionm.opprcd{year}`, `taqm_{year}.ctm_{date:%Y%m%d}`"
-    )
-    partition_column: Ident | None = Field(
-        None,
-        description="a date column: one file per year (or `granularity`) of it (none: one file, or one per "
-                    "source table)",
-    )
-    granularity: Granularity | None = Field(
-        None,
-        description="the partition period: `year`, `month` or `day` (default: year, or the period of a "
-                    "templated source's tables)",
-    )
-    key_columns: list[Ident] = Field(
-        default_factory=list,
-        description="columns unique per row, checked before publishing (empty: no check)",
-    )
+    source: Source = Field(description="`schema.table` on WRDS, or a template of one table per year or day: "
+                                       "`optionm.opprcd{year}`, `taqm_{year}.ctm_{date:%Y%m%d}`")
+    partition_column: Ident | None = Field(None, description="a date column: one file per year (or "
+                                           "`granularity`) of it (none: one file, or one per source table)")
+    granularity: Granularity | None = Field(None, description=
+        "the partition period: `year`, `month` or `day` (default: year, or a templated source's period)")
+    key_columns: list[Ident] = Field(default_factory=list, description=
+        "columns unique per row, checked before publishing (empty: no check)")
     columns: list[Ident] | None = Field(None, description="columns to take (none: every column)")
-    casts: dict[Ident, CastType] = Field(
-        default_factory=dict, description=f"column -> type cast on the server ({', '.join(CAST_TYPES)})"
-    )
-    filters: dict[Ident, FilterValue | list[FilterValue]] = Field(
-        default_factory=dict, description="column -> value or list of values kept"
-    )
-    where: str | None = Field(
-        None, description="an SQL condition run on WRDS as written, for what `filters` cannot say"
-    )
-    numeric: Literal["float64", "decimal"] = Field(
-        "float64", description="what a `numeric` without precision becomes"
-    )
+    casts: dict[Ident, CastType] = Field(default_factory=dict, description=
+        f"column -> type cast on the server ({', '.join(CAST_TYPES)})")
+    filters: dict[Ident, FilterValue | list[FilterValue]] = Field(default_factory=dict, description=
+        "column -> value or list of values kept")
+    where: str | None = Field(None, description=
+        "an SQL condition run on WRDS as written, for what `filters` cannot say")
+    numeric: Literal["float64", "decimal"] = Field("float64", description=
+        "what a `numeric` without precision becomes")
     description: str = Field("", description="a note shown by `wrds-sync datasets`")
 
     @model_validator(mode="after")
@@ -124,6 +111,7 @@ def covered_keys(t:TableSpec) -> TableSpec:
         raise ValueError(f"columns must include key/partition columns {missing}")
     return t
 
+# %% ../nbs/02c_datasets.ipynb #bf2636b0
 def checked_granularity(t:TableSpec) -> TableSpec:
     "`t` if its granularity fits its source and partition column; a ValueError saying which field to set"
     tp, g = t.template.period, t.granularity
@@ -154,6 +142,7 @@ class Retention:
             else f"keep the last {self.n} versions"
         )
 
+# %% ../nbs/02c_datasets.ipynb #f920b296
 def parse_retention(text:str) -> Retention:
     "`all`, `N days` or `N versions`; ValueError naming the accepted forms otherwise"
     m = re.fullmatch(r"\s*(?:(all)|(\d+)\s*(days?|d|versions?|v))\s*", str(text).lower())
@@ -177,9 +166,8 @@ class DatasetSpec(BaseModel):
     )
     max_year: int | None = Field(None, description="the source stops here (legacy CRSP: 2024)")
     successor: str | None = Field(None, description="the dataset to use instead for later years")
-    schedule: Literal["daily", "none"] = Field(
-        "none", description="`daily`: `status` says late when no sync succeeded since 8 AM New York"
-    )
+    schedule: Literal["daily", "none"] = Field("none", description="`daily`: `status` says late when no sync "
+                                               "succeeded since 8 AM New York")
     retention: Annotated[str, AfterValidator(lambda v: str(parse_retention(v)) and v)] = Field(
         "90 days", description="how long replaced versions are kept: `all`, `N days` or `N versions`")
 
@@ -199,9 +187,8 @@ class DatasetSpec(BaseModel):
         "The table called `name`"
         for t in self.tables:
             if t.name == name: return t
-        raise UnknownDatasetError(
-            f"dataset {self.name!r} has no table {name!r} (tables: {', '.join(t.name for t in self.tables)})"
-        )
+        names = ", ".join(t.name for t in self.tables)
+        raise UnknownDatasetError(f"dataset {self.name!r} has no table {name!r} (tables: {names})")
 
     def year_range(self,
                    start_year:int|None=None,  # first year (default: the dataset's)
@@ -221,9 +208,8 @@ def checked_years(d:DatasetSpec,        # the dataset
     start = d.default_start_year if start_year is None else start_year
     end = min(this_year, d.max_year) if end_year is None and d.max_year else (end_year or this_year)
     if start < MIN_YEAR or start > this_year:
-        raise ConfigError(
-            f"start year {start} is outside {MIN_YEAR}..{this_year}", "pass a year in that range"
-        )
+        raise ConfigError(f"start year {start} is outside {MIN_YEAR}..{this_year}",
+                          "pass a year in that range")
     if end > this_year:
         raise ConfigError(f"end year {end} is in the future", f"pass --end-year {this_year} or earlier")
     if end < start:
@@ -236,171 +222,92 @@ def checked_years(d:DatasetSpec,        # the dataset
         )
     return range(start, end + 1)
 
-# %% ../nbs/02c_datasets.ipynb #c5092b0e
+# %% ../nbs/02c_datasets.ipynb #befe56f7
 _OPTIONM_IDS = {"secid": "Int32"}
-PER_PERIOD_DATASETS: list[DatasetSpec] = [
-    DatasetSpec(
-        name="optionmetrics",
-        description="OptionMetrics Ivy DB US",
-        default_start_year=1996,
-        tables=[
-            TableSpec(
-                name="option_prices",
-                source="optionm.opprcd{year}",
-                partition_column="date",
-                key_columns=["secid", "date", "optionid"],
-                casts={**_OPTIONM_IDS, "optionid": "Int32"},
-                description="option prices and Greeks, a WRDS table a year",
-            ),
-            TableSpec(
-                name="security_prices",
-                source="optionm.secprd{year}",
-                partition_column="date",
-                key_columns=["secid", "date"],
-                casts=_OPTIONM_IDS,
-                description="underlying security prices, a WRDS table a year",
-            ),
-            TableSpec(
-                name="securities",
-                source="optionm.securd",
-                key_columns=["secid"],
-                casts=_OPTIONM_IDS,
-                description="security master",
-            ),
-            TableSpec(
-                name="distributions",
-                source="optionm.distrd",
-                key_columns=["secid", "record_date", "seq_num"],
-                casts=_OPTIONM_IDS,
-                description="dividends and other distributions",
-            ),
-        ],
-    ),
-    DatasetSpec(
-        name="taq",
-        description="Millisecond TAQ, a WRDS table a trading day",
-        default_start_year=2003,
-        tables=[
-            TableSpec(
-                name="trades",
-                source="taqm_{year}.ctm_{date:%Y%m%d}",
-                partition_column="date",
-                description="consolidated trades",
-            ),
-            TableSpec(
-                name="quotes",
-                source="taqm_{year}.cqm_{date:%Y%m%d}",
-                partition_column="date",
-                description="consolidated quotes",
-            ),
-            TableSpec(
-                name="nbbo",
-                source="taqm_{year}.complete_nbbo_{date:%Y%m%d}",
-                partition_column="date",
-                description="national best bid and offer",
-            ),
-        ],
-    ),
-]
+OPTIONMETRICS = DatasetSpec(
+    name="optionmetrics",
+    description="OptionMetrics Ivy DB US",
+    default_start_year=1996,
+    tables=[
+        TableSpec(name="option_prices", source="optionm.opprcd{year}", partition_column="date",
+                  key_columns=["secid", "date", "optionid"], casts={**_OPTIONM_IDS, "optionid": "Int32"},
+                  description="option prices and Greeks, a WRDS table a year"),
+        TableSpec(name="security_prices", source="optionm.secprd{year}", partition_column="date",
+                  key_columns=["secid", "date"], casts=_OPTIONM_IDS,
+                  description="underlying security prices, a WRDS table a year"),
+        TableSpec(name="securities", source="optionm.securd", key_columns=["secid"], casts=_OPTIONM_IDS,
+                  description="security master"),
+        TableSpec(name="distributions", source="optionm.distrd",
+                  key_columns=["secid", "record_date", "seq_num"], casts=_OPTIONM_IDS,
+                  description="dividends and other distributions"),
+    ],
+)
 
-# %% ../nbs/02c_datasets.ipynb #df494e51
+# %% ../nbs/02c_datasets.ipynb #7d4947f7
+TAQ = DatasetSpec(
+    name="taq",
+    description="Millisecond TAQ, a WRDS table a trading day",
+    default_start_year=2003,
+    tables=[
+        TableSpec(name="trades", source="taqm_{year}.ctm_{date:%Y%m%d}", partition_column="date",
+                  description="consolidated trades"),
+        TableSpec(name="quotes", source="taqm_{year}.cqm_{date:%Y%m%d}", partition_column="date",
+                  description="consolidated quotes"),
+        TableSpec(name="nbbo", source="taqm_{year}.complete_nbbo_{date:%Y%m%d}", partition_column="date",
+                  description="national best bid and offer"),
+    ],
+)
+PER_PERIOD_DATASETS: list[DatasetSpec] = [OPTIONMETRICS, TAQ]
+
+# %% ../nbs/02c_datasets.ipynb #7e24d93f
+CRSP = DatasetSpec(
+    name="crsp",
+    description="CRSP stock files, CIZ format (v2)",
+    default_start_year=1925,
+    schedule="daily",
+    tables=[
+        TableSpec(name="daily", source="crsp.dsf_v2", partition_column="dlycaldt",
+                  key_columns=["permno", "dlycaldt"], description="daily stock file"),
+        TableSpec(name="monthly", source="crsp.msf_v2", partition_column="mthcaldt",
+                  key_columns=["permno", "mthcaldt"], description="monthly stock file"),
+        TableSpec(name="security_info", source="crsp.stksecurityinfohist",
+                  key_columns=["permno", "secinfostartdt"], description="security information history"),
+        TableSpec(name="ccm_link", source="crsp.ccmxpf_lnkhist", key_columns=["gvkey", "liid", "linkdt"],
+                  casts={"lpermno": "Int32", "lpermco": "Int32"},
+                  description="CRSP/Compustat merged link history"),
+    ],
+)
+
+# %% ../nbs/02c_datasets.ipynb #2207d13e
 _INT_IDS = {"permno": "Int32", "permco": "Int32"}
-BUILTIN_DATASETS: list[DatasetSpec] = [
-    DatasetSpec(
-        name="crsp",
-        description="CRSP stock files, CIZ format (v2)",
-        default_start_year=1925,
-        schedule="daily",
-        tables=[
-            TableSpec(
-                name="daily",
-                source="crsp.dsf_v2",
-                partition_column="dlycaldt",
-                key_columns=["permno", "dlycaldt"],
-                description="daily stock file",
-            ),
-            TableSpec(
-                name="monthly",
-                source="crsp.msf_v2",
-                partition_column="mthcaldt",
-                key_columns=["permno", "mthcaldt"],
-                description="monthly stock file",
-            ),
-            TableSpec(
-                name="security_info",
-                source="crsp.stksecurityinfohist",
-                key_columns=["permno", "secinfostartdt"],
-                description="security information history",
-            ),
-            TableSpec(
-                name="ccm_link",
-                source="crsp.ccmxpf_lnkhist",
-                key_columns=["gvkey", "liid", "linkdt"],
-                casts={"lpermno": "Int32", "lpermco": "Int32"},
-                description="CRSP/Compustat merged link history",
-            ),
-        ],
-    ),
-    DatasetSpec(
-        name="crsp_legacy",
-        description="CRSP stock files, legacy SIZ format (ends 2024)",
-        default_start_year=1925,
-        max_year=2024,
-        successor="crsp",
-        tables=[
-            TableSpec(
-                name="daily",
-                source="crsp.dsf",
-                partition_column="date",
-                key_columns=["permno", "date"],
-                casts=_INT_IDS,
-            ),
-            TableSpec(
-                name="monthly",
-                source="crsp.msf",
-                partition_column="date",
-                key_columns=["permno", "date"],
-                casts=_INT_IDS,
-            ),
-            TableSpec(name="names", source="crsp.dsenames", key_columns=["permno", "namedt"], casts=_INT_IDS),
-        ],
-    ),
-    DatasetSpec(
-        name="compustat",
-        description="Compustat North America fundamentals",
-        default_start_year=1950,
-        schedule="daily",
-        tables=[
-            TableSpec(
-                name="funda",
-                source="comp.funda",
-                partition_column="datadate",
-                key_columns=["gvkey", "datadate", "indfmt", "datafmt", "popsrc", "consol"],
-                description="annual",
-            ),
-            TableSpec(
-                name="fundq",
-                source="comp.fundq",
-                partition_column="datadate",
-                key_columns=["gvkey", "datadate", "indfmt", "datafmt", "popsrc", "consol"],
-                description="quarterly",
-            ),
-        ],
-    ),
-    DatasetSpec(
-        name="fama_french",
-        description="Fama-French factors",
-        default_start_year=1926,
-        schedule="daily",
-        tables=[
-            TableSpec(name="daily", source="ff.factors_daily", partition_column="date", key_columns=["date"]),
-            TableSpec(
-                name="monthly", source="ff.factors_monthly", partition_column="date", key_columns=["date"]
-            ),
-        ],
-    ),
-    *PER_PERIOD_DATASETS,
-]
+CRSP_LEGACY = DatasetSpec(
+    name="crsp_legacy",
+    description="CRSP stock files, legacy SIZ format (ends 2024)",
+    default_start_year=1925,
+    max_year=2024,
+    successor="crsp",
+    tables=[
+        TableSpec(name="daily", source="crsp.dsf", partition_column="date", key_columns=["permno", "date"],
+                  casts=_INT_IDS),
+        TableSpec(name="monthly", source="crsp.msf", partition_column="date", key_columns=["permno", "date"],
+                  casts=_INT_IDS),
+        TableSpec(name="names", source="crsp.dsenames", key_columns=["permno", "namedt"], casts=_INT_IDS),
+    ],
+)
+
+# %% ../nbs/02c_datasets.ipynb #a6a743fe
+_COMP_KEY = ["gvkey", "datadate", "indfmt", "datafmt", "popsrc", "consol"]
+COMPUSTAT = DatasetSpec(name="compustat", description="Compustat North America fundamentals",
+                        default_start_year=1950, schedule="daily", tables=[
+    TableSpec(name="funda", source="comp.funda", partition_column="datadate", key_columns=_COMP_KEY,
+              description="annual"),
+    TableSpec(name="fundq", source="comp.fundq", partition_column="datadate", key_columns=_COMP_KEY,
+              description="quarterly")])
+FAMA_FRENCH = DatasetSpec(name="fama_french", description="Fama-French factors", default_start_year=1926,
+                          schedule="daily", tables=[
+    TableSpec(name="daily", source="ff.factors_daily", partition_column="date", key_columns=["date"]),
+    TableSpec(name="monthly", source="ff.factors_monthly", partition_column="date", key_columns=["date"])])
+BUILTIN_DATASETS: list[DatasetSpec] = [CRSP, CRSP_LEGACY, COMPUSTAT, FAMA_FRENCH, *PER_PERIOD_DATASETS]
 
 # %% ../nbs/02c_datasets.ipynb #f719e210
 def datasets_markdown(datasets:list[DatasetSpec]) -> str:
@@ -415,6 +322,7 @@ def datasets_markdown(datasets:list[DatasetSpec]) -> str:
             )
     return "\n".join(rows) + "\n"
 
+# %% ../nbs/02c_datasets.ipynb #2e568a43
 def partitioning(t:TableSpec) -> str:
     "How a table is cut into files, in words"
     if t.templated and t.period == t.template.period: return f"its WRDS tables (a {t.period} each)"
@@ -452,9 +360,8 @@ def load_datasets_toml(path:Path) -> list[DatasetSpec]:
     except FileNotFoundError:
         raise ConfigError(f"datasets file {path} does not exist", "check the path") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(
-            f"datasets file {path} cannot be read: {e.__class__.__name__}", "check its permissions"
-        ) from None
+        raise ConfigError(f"datasets file {path} cannot be read: {e.__class__.__name__}",
+                          "check its permissions") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"datasets file {path} is not valid TOML: {e}", fix) from None
     try: doc = _DatasetsFile.model_validate(raw)
@@ -517,36 +424,33 @@ def dataset_name_for(source:str) -> str:
     `optionm_opprcd`"""
     return _safe_name(_bare(source.replace(".", "_")), "dataset")
 
+# %% ../nbs/02c_datasets.ipynb #5c2c820f
 def normal_source(source:str) -> str:
     """A source as typed, in lowercase outside its placeholders (`OPTIONM.OPPRCD{year}` ->
     `optionm.opprcd{year}`)"""
     return re.sub(r"[^{}]+(?=\{|$)|(?<=\})[^{}]+", lambda m: m[0].lower(), source.strip())
 
+# %% ../nbs/02c_datasets.ipynb #52da5483
 def local_name(source:str) -> str:
     """The local table name of an added WRDS table: its name on WRDS, less any placeholder
     (`ctm_{date:%Y%m%d}` -> `ctm`)"""
     return _safe_name(_bare(source.split(".")[-1]), "table")
 
+# %% ../nbs/02c_datasets.ipynb #a700573f
 def parse_filters(items:list[str]) -> dict[str, list[str]]:
     "`COL=VALUE` items, each column's values in order; a ConfigError for an item without `=`"
     out: dict[str, list[str]] = {}
     for it in items:
         col, eq, value = it.partition("=")
         if not eq or not col.strip():
-            raise ConfigError(
-                f"filter {it!r} is not COL=VALUE", "write each filter as COL=VALUE, e.g. --filter exchg=11"
-            )
+            raise ConfigError(f"filter {it!r} is not COL=VALUE",
+                              "write each filter as COL=VALUE, e.g. --filter exchg=11")
         out.setdefault(col.strip().lower(), []).append(value.strip())
     return out
 
 # %% ../nbs/02c_datasets.ipynb #c71894f0
-_PG_NUMBERS: dict[str, Any] = {
-    "smallint": int,
-    "integer": int,
-    "bigint": int,
-    "real": float,
-    "double precision": float,
-}
+_PG_NUMBERS: dict[str, Any] = {"smallint": int, "integer": int, "bigint": int, "real": float,
+                               "double precision": float}
 
 def _converter(pg_type:str) -> Any:
     if pg_type in _PG_NUMBERS: return _PG_NUMBERS[pg_type]
@@ -561,15 +465,12 @@ def typed_filters(raw:dict[str, list[str]],  # column -> values as typed
     out: dict[str, FilterValue | list[FilterValue]] = {}
     for col, values in raw.items():
         if col not in types:
-            raise ConfigError(
-                f"filter column {col!r} is not a column of the table", "check it with `wrds-sync describe`"
-            )
+            raise ConfigError(f"filter column {col!r} is not a column of the table",
+                              "check it with `wrds-sync describe`")
         try: vals = [_converter(types[col])(v) for v in values]
         except ValueError:
-            raise ConfigError(
-                f"filter {col}={','.join(values)} does not fit the column's type {types[col]}",
-                "pass values of that type",
-            ) from None
+            raise ConfigError(f"filter {col}={','.join(values)} does not fit the column's type {types[col]}",
+                              "pass values of that type") from None
         out[col] = vals[0] if len(vals) == 1 else vals
     return out
 
@@ -579,22 +480,20 @@ def datasets_toml(specs:list[DatasetSpec]) -> str:
     body = {d.name: d.model_dump(exclude={"name"}, exclude_defaults=True, exclude_none=True) for d in specs}
     return tomli_w.dumps({"datasets": body})
 
+# %% ../nbs/02c_datasets.ipynb #9b12ce3d
 def store_dataset(dirs:DataDirs,     # the data dir
                   spec:DatasetSpec    # the definition to add or replace
                  ) -> Path:
     "Add (or replace) `spec` in the data dir's `datasets.toml`; refuses the name of a built-in"
     if spec.name in {d.name for d in BUILTIN_DATASETS}:
-        raise ConfigError(
-            f"{spec.name!r} is a built-in dataset", "pass --name with another name for the added table"
-        )
+        raise ConfigError(f"{spec.name!r} is a built-in dataset",
+                          "pass --name with another name for the added table")
     specs = [d for d in stored_datasets(dirs) if d.name != spec.name] + [spec]
     text = datasets_toml(specs)
     if [
         DatasetSpec.model_validate({"name": n, **b}) for n, b in tomllib.loads(text)["datasets"].items()
     ] != specs:
-        raise ConfigError(
-            f"the definition of {spec.name!r} does not survive a round trip through TOML",
-            "report this as a bug",
-        )
+        raise ConfigError(f"the definition of {spec.name!r} does not survive a round trip through TOML",
+                          "report this as a bug")
     atomic_write_bytes(dirs.datasets_file, text.encode())
     return dirs.datasets_file

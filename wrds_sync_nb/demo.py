@@ -15,7 +15,7 @@ from typing import Any, Literal, Self
 from urllib.parse import parse_qs, urlparse
 import psycopg2
 from pydantic import SecretStr
-from .client import quote_ident, qualified
+from .pgtypes import quote_ident, qualified
 from .config import WRDSConfig
 from .errors import ConfigError
 from .periods import SourceTemplate, key_of, source_name
@@ -38,9 +38,10 @@ DEMO_ROLE_LIMIT, DEMO_PASSWORD = (
     "demo-password",
 )  # checked (scram) as on WRDS; long enough to scrub from logs
 
-
+# %% ../nbs/05a_demo.ipynb #648e1864
 def _server_uri_host(uri:str) -> str: return parse_qs(urlparse(uri).query)["host"][0]
 
+# %% ../nbs/05a_demo.ipynb #a59a0aa3
 class DemoServer:
     "A pgserver PostgreSQL in `root`, started or reused"
     def __init__(self, root:Path|str):
@@ -123,6 +124,7 @@ def u(g:DemoSpan,            # the span (its seed and row key)
     return (f"((hashint8extended(({key or g.key})::bigint, {g.seed * 1000 + n}::bigint) & "
             "2147483647)::float8 / 2147483648.0)")
 
+# %% ../nbs/05a_demo.ipynb #4a3edfa9
 def num(g:DemoSpan, lo:float,  # the smallest value
         width:float,           # the spread above `lo`
         n:int,                 # which draw
@@ -132,6 +134,7 @@ def num(g:DemoSpan, lo:float,  # the smallest value
     "SQL for lo + width * u, rounded to `digits` decimals, as float8"
     return f"(round(({lo} + {width} * {u(g, n, key)}) * {10 ** digits}) / {10 ** digits})::float8"
 
+# %% ../nbs/05a_demo.ipynb #c48a7401
 def ret(g:DemoSpan, n:int,     # which draw
         scale:float,           # the divisor of u - 0.5
         shift:float=0.0,       # subtracted after scaling
@@ -156,6 +159,7 @@ def _dsf_v2(g:DemoSpan) -> str:
         {num(g, 6, 95, 1)} as dlyhigh, {cap} as shrout
         from {g.firms} f cross join {g.days} d"""
 
+# %% ../nbs/05a_demo.ipynb #a43204e7
 def _msf_v2(g:DemoSpan) -> str:
     price, shrout = num(g, 5, 95, 11), num(g, 1000, 9000, 2, 0, key="f.permno")
     return f"""select f.permno::integer as permno, (f.permno + 40000)::integer as permco, d.dt as mthcaldt,
@@ -164,6 +168,7 @@ def _msf_v2(g:DemoSpan) -> str:
         100)::numeric(20,4) as mthcap,
         {shrout} as shrout from {g.firms} f cross join {g.month_ends} d"""
 
+# %% ../nbs/05a_demo.ipynb #6b631c0a
 def _stksecurityinfohist(g:DemoSpan) -> str:
     return f"""select f.permno::integer as permno, date '{g.start}' as secinfostartdt, date '9999-12-31' as
         secinfoenddt,
@@ -173,9 +178,9 @@ def _stksecurityinfohist(g:DemoSpan) -> str:
         siccd
         from {g.firms} f"""
 
-def _link(
-    linkprim: str, liid: str, linktype: str, permno: str, linkdt: str, linkenddt: str, where: str = "true"
-) -> str:
+# %% ../nbs/05a_demo.ipynb #2d333570
+def _link(linkprim: str, liid: str, linktype: str, permno: str, linkdt: str, linkenddt: str,
+          where: str = "true") -> str:
     return (
         f"select lpad((1000 + f.i)::text, 6, '0')::char(6) as gvkey, '{linkprim}'::char(1) as linkprim, "
         f"'{liid}'::varchar(3) as liid, "
@@ -184,6 +189,7 @@ def _link(
         f"({linkdt})::date as linkdt, ({linkenddt})::date as linkenddt from firms f where {where}"
     )
 
+# %% ../nbs/05a_demo.ipynb #b5dc01a1
 def _ccmxpf_lnkhist(g:DemoSpan) -> str:
     mid = f"date '{date(g.start.year + (g.end.year - g.start.year + 1) // 2, 1, 1)}'"
     old = _link("P", "01", "NR", "null", f"date '{g.start}' - interval '10 years'", f"date '{g.start}' - 1",
@@ -206,6 +212,7 @@ def _dsf(g:DemoSpan) -> str:
         {num(g, 5, 95, 25)} as openprc, {ret(g, 24, 10, 0.0001)} as retx
         from {g.firms} f cross join {g.days} d where d.dt <= date '{g.legacy_end}'"""
 
+# %% ../nbs/05a_demo.ipynb #51020597
 def _msf(g:DemoSpan) -> str:
     return f"""select substr(md5(f.permno::text), 1, 8)::varchar(8) as cusip, f.permno::float8 as permno,
         (f.permno + 40000)::float8 as permco, d.dt as date, {num(g, 5, 95, 31)} as prc, floor(2000000 *
@@ -214,6 +221,7 @@ def _msf(g:DemoSpan) -> str:
         {ret(g, 34, 3, 0.001)} as retx
         from {g.firms} f cross join {g.month_ends} d where d.dt <= date '{g.legacy_end}'"""
 
+# %% ../nbs/05a_demo.ipynb #43ed1b6b
 def _dsenames(g:DemoSpan) -> str:
     return f"""select f.permno::float8 as permno, date '{g.start}' as namedt, date '{g.legacy_end}' as
         nameendt,
@@ -238,6 +246,7 @@ def _funda(g:DemoSpan) -> str:
         from {g.firms} f cross join generate_series({g.start.year}, {g.end.year}) y
         cross join (values ('INDL'), ('FS')) fmt(indfmt) where fmt.indfmt = 'INDL' or f.i % 10 = 0"""
 
+# %% ../nbs/05a_demo.ipynb #ba8ab14f
 def _secd(g:DemoSpan) -> str:
     k = "f.i * 100000 + d.k"
     return f"""select lpad((1000 + f.i)::text, 6, '0')::varchar(6) as gvkey, '01'::varchar(3) as iid, d.dt
@@ -249,11 +258,10 @@ def _secd(g:DemoSpan) -> str:
         1::float8 as ajexdi
         from {g.firms} f cross join {g.days} d where f.i % 10 = 1"""
 
+# %% ../nbs/05a_demo.ipynb #40e85970
 def _fundq(g:DemoSpan) -> str:
-    k, qend = (
-        "f.i * 100000 + y * 10 + q",
-        "(make_date(y, q * 3, 1) + interval '1 month' - interval '1 day')::date",
-    )
+    k, qend = ("f.i * 100000 + y * 10 + q",
+               "(make_date(y, q * 3, 1) + interval '1 month' - interval '1 day')::date")
     return f"""select lpad((1000 + f.i)::text, 6, '0')::varchar(6) as gvkey, {qend} as datadate, y::float8
         as fyearq,
         q::float8 as fqtr, 'INDL'::varchar(12) as indfmt, 'C'::varchar(2) as consol, 'D'::varchar(2) as
@@ -275,7 +283,10 @@ def _factors(g:DemoSpan, dates:str, salt:int, mkt:int, size:int, rf:float, extra
         f"{f(4, size)} as umd{extra} from {dates} d"
     )
 
+# %% ../nbs/05a_demo.ipynb #d60c890a
 def _factors_daily(g:DemoSpan) -> str: return _factors(g, g.days, 60, 50, 100, 0.0001)
+
+# %% ../nbs/05a_demo.ipynb #5479eb3b
 def _factors_monthly(g: DemoSpan) -> str:
     return _factors(g, g.month_ends, 70, 10, 20, 0.003, ", d.cal as dateff")
 
@@ -295,6 +306,7 @@ def _weekdays(lo:str, hi:str) -> str:
         f"where extract(isodow from d) < 6)"
     )
 
+# %% ../nbs/05a_demo.ipynb #ef8f4d63
 def _opprcd(g:DemoSpan, key:str) -> str:
     y, k = int(key[:4]), "(f.i * 1000000 + d.k * 10 + o.k)"
     fwd = "" if y == g.start.year else f", {num(g, 5, 95, 95, 2, k)} as forward_price"
@@ -311,6 +323,7 @@ def _opprcd(g:DemoSpan, key:str) -> str:
         from {g.firms} f cross join {_weekdays(f"make_date({y}, 1, 1)", f"make_date({y}, 12, 31)")} d
         cross join generate_series(1, 4) o(k) where f.i % 4 = 1 and extract(isodow from d.dt) = 5"""
 
+# %% ../nbs/05a_demo.ipynb #fd1048c7
 def _secprd(g:DemoSpan, key:str) -> str:
     y, k = int(key[:4]), "(f.i * 100000 + d.k)"
     return f"""select (100000 + f.i)::float8 as secid, d.dt as date, {num(g, 4, 95, 101, 2, k)} as low,
@@ -322,6 +335,7 @@ def _secprd(g:DemoSpan, key:str) -> str:
         from {g.firms} f cross join {_weekdays(f"make_date({y}, 1, 1)", f"make_date({y}, 12, 31)")} d
         where f.i % 4 = 1"""
 
+# %% ../nbs/05a_demo.ipynb #2fac3fa1
 def _securd(g:DemoSpan) -> str:
     return f"""select (100000 + f.i)::float8 as secid, substr(md5(f.permno::text), 1, 8)::varchar(8) as cusip,
         ('T' || f.i)::varchar(6) as ticker, (1000 + f.i % 8000)::varchar(4) as sic, '0'::varchar(1) as
@@ -329,6 +343,7 @@ def _securd(g:DemoSpan) -> str:
         (1 + f.i % 3)::float8 as exchange_d, ''::varchar(1) as class, '0'::varchar(1) as issue_type,
         ('DEMO CORP ' || f.i)::varchar(28) as issuer from {g.firms} f where f.i % 4 = 1"""
 
+# %% ../nbs/05a_demo.ipynb #2d72074c
 def _distrd(g:DemoSpan) -> str:
     k = "(f.i * 10000 + y * 10 + q)"
     return f"""select (100000 + f.i)::float8 as secid, make_date(y, q * 3, 15) as record_date, 1::float8 as
@@ -351,6 +366,7 @@ def _taq_days(g:DemoSpan) -> list[str]:
     ]
     return [d.isoformat() for d in days if d.weekday() < 5 and d.day != 25]
 
+# %% ../nbs/05a_demo.ipynb #6780b535
 def _taq_rows(g:DemoSpan, key:str, n:int) -> str:
     "The (symbol, event) grid of one TAQ day: the first 50 firms, `n` events each"
     return (
@@ -360,9 +376,11 @@ def _taq_rows(g:DemoSpan, key:str, n:int) -> str:
         f"from {g.firms} f cross join generate_series(1, {n}) e(j) where f.i <= 50)"
     )
 
+# %% ../nbs/05a_demo.ipynb #fbb7f053
 def _taq_time(g:DemoSpan, n:int) -> str:
     return f"(time '09:30' + floor(23400000000 * {u(g, n, 'r.k')}) * interval '1 microsecond')::time"
 
+# %% ../nbs/05a_demo.ipynb #dd61fab3
 def _ctm(g:DemoSpan, key:str) -> str:
     return f"""select r.dt as date, {_taq_time(g, 121)} as time_m, 0::smallint as time_m_nano,
         (array['N','P','Q','T','Z'])[1 + r.j % 5]::char(1) as ex, r.sym_root, r.sym_suffix, '@'::varchar(4)
@@ -373,6 +391,7 @@ def _ctm(g:DemoSpan, key:str) -> str:
         r.j::varchar(10) as tr_id, 'C'::char(1) as tr_source from {_taq_rows(g, key, 25)} r order by
         r.sym_root, time_m, tr_seqnum"""
 
+# %% ../nbs/05a_demo.ipynb #1bd69a6b
 def _cqm(g:DemoSpan, key:str) -> str:
     return f"""select r.dt as date, {_taq_time(g, 131)} as time_m, 0::smallint as time_m_nano,
         (array['N','P','Q','T','Z'])[1 + r.j % 5]::char(1) as ex, r.sym_root, r.sym_suffix,
@@ -383,6 +402,7 @@ def _cqm(g:DemoSpan, key:str) -> str:
         '2'::char(1) as natbbo_ind, 'C'::char(1) as qu_source from {_taq_rows(g, key, 40)} r order by
         r.sym_root, time_m, qu_seqnum"""
 
+# %% ../nbs/05a_demo.ipynb #f94b4418
 def _nbbo(g:DemoSpan, key:str) -> str:
     return f"""select r.dt as date, {_taq_time(g, 141)} as time_m, 0::smallint as time_m_nano, r.sym_root,
         r.sym_suffix,
@@ -403,15 +423,14 @@ class DemoTable:
     base: str | None = None    # where the table lives when the WRDS name is a view over it
     readable: bool = True      # granted to the demo account
 
+# %% ../nbs/05a_demo.ipynb #ad53a2bc
 DEMO_TABLES: dict[str, DemoTable] = {
     "crsp.dsf_v2": DemoTable("Daily Stock File", "updated", _dsf_v2, "crsp_a_stock"),
     "crsp.msf_v2": DemoTable("Monthly Stock File", "updated", _msf_v2, "crsp_a_stock"),
-    "crsp.stksecurityinfohist": DemoTable(
-        "Security Information History", "updated", _stksecurityinfohist, "crsp_a_stock"
-    ),
-    "crsp.ccmxpf_lnkhist": DemoTable(
-        "CRSP/Compustat Merged Link History", "updated", _ccmxpf_lnkhist, "crsp_a_ccm"
-    ),
+    "crsp.stksecurityinfohist": DemoTable("Security Information History", "updated", _stksecurityinfohist,
+                                          "crsp_a_stock"),
+    "crsp.ccmxpf_lnkhist": DemoTable("CRSP/Compustat Merged Link History", "updated", _ccmxpf_lnkhist,
+                                     "crsp_a_ccm"),
     "crsp.dsf": DemoTable("Daily Stock File (legacy SIZ)", "updated", _dsf, "crsp_a_stock"),
     "crsp.msf": DemoTable("Monthly Stock File (legacy SIZ)", "updated", _msf, "crsp_a_stock"),
     "crsp.dsenames": DemoTable(
@@ -427,6 +446,7 @@ DEMO_TABLES: dict[str, DemoTable] = {
     "optionm.distrd": DemoTable("Distributions", "updated", _distrd),
 }
 
+# %% ../nbs/05a_demo.ipynb #f83fd39e
 def wrds_comment(description:str,   # what the table is
                  style:str,         # "updated" or "modified": WRDS's two comment styles
                  updated:date       # the marker's date
@@ -444,8 +464,10 @@ class DemoFamily:
     keys: Callable[[DemoSpan], list[str]]       # the periods the demo has
     base: str | None = None                     # where the tables live when the WRDS names are views
 
+# %% ../nbs/05a_demo.ipynb #a142cb01
 def _span_years(g:DemoSpan) -> list[str]: return [str(y) for y in range(g.start.year, g.end.year + 1)]
 
+# %% ../nbs/05a_demo.ipynb #8987061b
 DEMO_FAMILIES: dict[str, DemoFamily] = {
     "optionm.opprcd{year}": DemoFamily("Option Prices", _opprcd, _span_years),
     "optionm.secprd{year}": DemoFamily("Security Prices", _secprd, _span_years, "optionm_all"),
@@ -454,6 +476,7 @@ DEMO_FAMILIES: dict[str, DemoFamily] = {
     "taqm_{year}.complete_nbbo_{date:%Y%m%d}": DemoFamily("Complete NBBO", _nbbo, _taq_days),
 }
 
+# %% ../nbs/05a_demo.ipynb #58cf2232
 def family_table(template:str,  # one of DEMO_FAMILIES
                  key:str        # the period
                 ) -> tuple[str, DemoTable]:
@@ -461,10 +484,10 @@ def family_table(template:str,  # one of DEMO_FAMILIES
     fam = DEMO_FAMILIES[template]
     def generate(g:DemoSpan) -> str: return fam.generate(g, key)
 
-    return source_name(SourceTemplate.parse(template), key), DemoTable(
-        f"{fam.description} {key}", "updated", generate, fam.base
-    )
+    return source_name(SourceTemplate.parse(template), key), DemoTable(f"{fam.description} {key}", "updated",
+                                                                       generate, fam.base)
 
+# %% ../nbs/05a_demo.ipynb #2edbaaea
 def family_tables(g:DemoSpan) -> dict[str, DemoTable]:
     "Every period's table of every family the span has"
     return dict(family_table(t, k) for t, fam in DEMO_FAMILIES.items() for k in fam.keys(g))
@@ -476,6 +499,7 @@ def database_exists(src:DemoServer, # the server
     "Is there a database called `database`?"
     return bool(src.execute("select 1 from pg_database where datname = %s", (database,), database="postgres"))
 
+# %% ../nbs/05a_demo.ipynb #06be1dbf
 def clone_database(src:DemoServer,  # the server
                    source:str,      # the database copied
                    target:str       # the database to (re)create
@@ -484,11 +508,13 @@ def clone_database(src:DemoServer,  # the server
     src.execute(f"drop database if exists {quote_ident(target)} with (force)", database="postgres")
     src.execute(f"create database {quote_ident(target)} template {quote_ident(source)}", database="postgres")
 
+# %% ../nbs/05a_demo.ipynb #51d34d17
 def is_demo_name(name:str) -> bool:
     "Is `schema.table` a demo table, or one period's table of a family?"
     sch, _, tab = name.partition(".")
     return name in DEMO_TABLES or any(key_of(SourceTemplate.parse(t), sch, tab) for t in DEMO_FAMILIES)
 
+# %% ../nbs/05a_demo.ipynb #dbd78914
 def demo_names(src:DemoServer,       # the server
                database:str="wrds"   # the demo database
               ) -> list[str]:
@@ -500,6 +526,7 @@ def demo_names(src:DemoServer,       # the server
     )
     return sorted(r[0] for r in rows if is_demo_name(r[0]))
 
+# %% ../nbs/05a_demo.ipynb #9d010962
 def row_counts(src:DemoServer,               # the server
                database:str="wrds",          # the demo database
                tables:list[str]|None=None    # only these (default: every demo table)
@@ -522,6 +549,7 @@ def demo_span(daily_rows:int,  # about this many rows in crsp.dsf_v2
     )
     return DemoSpan(max(3, round(daily_rows / n_days)), start, end, seed)
 
+# %% ../nbs/05a_demo.ipynb #71bfe9c9
 def selected_tables(
     span: DemoSpan,  # the firms and dates covered
     tables: list[str] | None = None,  # names, or family templates for all their periods (default: all)
@@ -533,9 +561,8 @@ def selected_tables(
         if t in DEMO_FAMILIES: out.update(family_table(t, k) for k in DEMO_FAMILIES[t].keys(span))
         elif t in every: out[t] = every[t]
         else:
-            raise ConfigError(
-                f"unknown demo table {t!r}", "name a table of DEMO_TABLES or a template of DEMO_FAMILIES"
-            )
+            raise ConfigError(f"unknown demo table {t!r}",
+                              "name a table of DEMO_TABLES or a template of DEMO_FAMILIES")
     return out
 
 # %% ../nbs/05a_demo.ipynb #46fccbd8
@@ -555,6 +582,7 @@ def create_table(cur:Any,            # a cursor of the demo database
                 (wrds_comment(spec.description, spec.style, updated),))
     cur.execute(f"analyze {home}")
 
+# %% ../nbs/05a_demo.ipynb #7fd4f8e9
 def create_tables(src:DemoServer,                # the server
                   database:str,                  # the demo database
                   span:DemoSpan,                 # the firms and dates covered
@@ -589,6 +617,7 @@ def require_password(src:DemoServer) -> None:
         hba.write_text(line + hba.read_text())
         src.execute("select pg_reload_conf()", database="postgres")
 
+# %% ../nbs/05a_demo.ipynb #d7fd6814
 def grant_reader(src:DemoServer,               # the server
                  database:str,                 # the demo database
                  tables:dict[str, DemoTable]   # the tables created in it
@@ -607,22 +636,16 @@ def grant_reader(src:DemoServer,               # the server
         if spec.readable:
             src.execute(f"grant select on {qualified(*t.split('.'))} to {DEMO_ROLE}", database=database)
 
+# %% ../nbs/05a_demo.ipynb #67587aeb
 def demo_config(src:DemoServer,        # the server
                 database:str="wrds",   # the database a client reads
                 **overrides:Any        # other WRDSConfig fields, which win
                ) -> WRDSConfig:
     """Settings for a client of `database`, logged in as the demo account (no TLS on a Unix socket, no rate
     limit to speak of)"""
-    base = dict(
-        username=DEMO_ROLE,
-        password=SecretStr(DEMO_PASSWORD),
-        host=src.socket_dir,
-        port=5432,
-        database=database,
-        sslmode="disable",
-        rate_limit_queries_per_minute=100_000,
-        query_timeout_seconds=300,
-    )
+    base = dict(username=DEMO_ROLE, password=SecretStr(DEMO_PASSWORD), host=src.socket_dir, port=5432,
+                database=database, sslmode="disable", rate_limit_queries_per_minute=100_000,
+                query_timeout_seconds=300)
     return WRDSConfig(**{**base, **overrides})
 
 # %% ../nbs/05a_demo.ipynb #e399854c
@@ -691,6 +714,7 @@ def append_days(src:DemoServer,      # the server
         added += int(src.execute(f"select count(*) from {t} where {dc} = %s", (nxt,), database)[0][0])
     return added
 
+# %% ../nbs/05a_demo.ipynb #0cd17717
 def bump_comment(src:DemoServer,      # the server
                  table:str,           # schema.table, one of DEMO_TABLES
                  updated:date,        # the new marker
@@ -699,11 +723,8 @@ def bump_comment(src:DemoServer,      # the server
     "Move the table's 'last updated' marker, keeping its comment style"
     t = demo_table(table)
     kind = "view" if t.base else "table"
-    src.execute(
-        f"comment on {kind} {qualified(*table.split('.'))} is %s",
-        (wrds_comment(t.description, t.style, updated),),
-        database,
-    )
+    src.execute(f"comment on {kind} {qualified(*table.split('.'))} is %s",
+                (wrds_comment(t.description, t.style, updated),), database)
 
 # %% ../nbs/05a_demo.ipynb #c56def3e
 def restate_year(src:DemoServer,      # the server
@@ -723,6 +744,7 @@ def restate_year(src:DemoServer,      # the server
             return int(cur.rowcount)
     finally: conn.close()
 
+# %% ../nbs/05a_demo.ipynb #74cb7aee
 def delete_year(src:DemoServer,      # the server
                 table:str,           # schema.table
                 date_column:str,     # its date column
@@ -746,15 +768,16 @@ def add_column(src:DemoServer, table:str,      # schema.table
     src.execute(f"alter table {t} add column {c} {sql_type}", database=database)
     if sql_type in ("double precision", "integer"): src.execute(f"update {t} set {c} = 1", database=database)
 
+# %% ../nbs/05a_demo.ipynb #690f784e
 def drop_column(src:DemoServer, table:str,  # schema.table
                 column:str,                 # the column dropped
                 database:str="wrds"         # the demo database
                ) -> None:
     "Drop a column, as WRDS occasionally does"
-    src.execute(
-        f"alter table {qualified(*table.split('.'))} drop column {quote_ident(column)}", database=database
-    )
+    src.execute(f"alter table {qualified(*table.split('.'))} drop column {quote_ident(column)}",
+                database=database)
 
+# %% ../nbs/05a_demo.ipynb #8e1d869b
 def retype_column(src:DemoServer, table:str,  # schema.table
                   column:str,                 # the column retyped
                   sql_type:str="text",        # its new type
@@ -774,11 +797,11 @@ def stored_span(src:DemoServer,       # the server
                 database:str="wrds"   # the demo database
                ) -> DemoSpan:
     "The span `database` was built with"
-    n, start, stop, seed = src.execute(
-        "select n_firms, start, stop, seed from demo_meta.span", database=database
-    )[0]
+    n, start, stop, seed = src.execute("select n_firms, start, stop, seed from demo_meta.span",
+                                       database=database)[0]
     return DemoSpan(n, start, stop, seed)
 
+# %% ../nbs/05a_demo.ipynb #5859f5ce
 def add_period_table(src:DemoServer,            # the server
                      template:str,              # one of DEMO_FAMILIES
                      key:str,                   # the new period, e.g. a trading day after the last
@@ -817,11 +840,8 @@ def reload_table(src:DemoServer,       # the server
     ]
     body = ", ".join(f"{c} * %s as {c}" if x == column else quote_ident(x) for x in cols)
     src.execute(f"alter table {home} rename to {old}", database=database)
-    src.execute(
-        f"create table {home} as select {body} from {qualified(spec.base or sch, tab + '_old')}",
-        (factor,),
-        database,
-    )
+    src.execute(f"create table {home} as select {body} from {qualified(spec.base or sch, tab + '_old')}",
+                (factor,), database)
     if spec.base:
         src.execute(
             f"create or replace view {qualified(sch, tab)} as select * from {home}", database=database
@@ -839,15 +859,10 @@ def demo_environment(src:DemoServer,       # the server
     """The WRDS_* settings pointing a process (the command, or `import wrds_sync_nb`) at `database`, as the
     demo account"""
     cfg = demo_config(src, database)
-    return {
-        "WRDS_HOST": cfg.host,
-        "WRDS_PORT": str(cfg.port),
-        "WRDS_DATABASE": database,
-        "WRDS_USERNAME": DEMO_ROLE,
-        "WRDS_PASSWORD": DEMO_PASSWORD,
-        "WRDS_SSLMODE": "disable",
-    }
+    return {"WRDS_HOST": cfg.host, "WRDS_PORT": str(cfg.port), "WRDS_DATABASE": database,
+            "WRDS_USERNAME": DEMO_ROLE, "WRDS_PASSWORD": DEMO_PASSWORD, "WRDS_SSLMODE": "disable"}
 
+# %% ../nbs/05a_demo.ipynb #50299039
 class DemoSource(DemoServer):
     """A pgserver PostgreSQL in `root` (started or reused), with WRDS-shaped databases and helpers to change
     them"""

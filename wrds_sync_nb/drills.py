@@ -21,6 +21,7 @@ class DrillFailedError(WrdsSyncError):
     "A drill notebook found a problem (or could not run)"
     default_fix = "read the drill's report and executed notebook, then follow the runbook it names"
 
+# %% ../nbs/09b_drills.ipynb #6b7aea23
 def drills_dir() -> Path:
     """Where the drill notebooks are: $WRDS_SYNC_DRILLS_DIR, else those installed in the package, else the
     checkout's"""
@@ -30,11 +31,13 @@ def drills_dir() -> Path:
     installed = here / "drill_notebooks"  # a regular install: the wheel ships runbooks/drills there
     return installed if installed.is_dir() else here.parent / "runbooks" / "drills"
 
+# %% ../nbs/09b_drills.ipynb #6dff97eb
 def drill_names(folder:Path|None=None) -> list[str]:
     "The available drills"
     folder = folder or drills_dir()
     return sorted(p.stem for p in folder.glob("*.ipynb")) if folder.is_dir() else []
 
+# %% ../nbs/09b_drills.ipynb #13d1db5a
 def drill_name(name:str,               # as typed: `restore` or `restore_drill`
                folder:Path|None=None   # where the drill notebooks are
               ) -> str:
@@ -47,6 +50,7 @@ def drill_name(name:str,               # as typed: `restore` or `restore_drill`
                           "pick one of them, or set WRDS_SYNC_DRILLS_DIR")
     return name
 
+# %% ../nbs/09b_drills.ipynb #e172e334
 def parse_value(v:str) -> Any:
     "A parameter value from the command line: JSON if it parses (numbers, true/false, null), else the string"
     try: return json.loads(v)
@@ -75,15 +79,8 @@ def run_drill(
         output = root / "drills" / f"{datetime.now(timezone.utc):%Y-%m-%dT%H-%M-%S}_{name}.ipynb"
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
-        pm.execute_notebook(
-            str(folder / f"{name}.ipynb"),
-            str(output),
-            parameters=params,
-            kernel_name="python3",
-            progress_bar=False,
-            log_output=False,
-            cwd=str(folder),
-        )
+        pm.execute_notebook(str(folder / f"{name}.ipynb"), str(output), parameters=params,
+                            kernel_name="python3", progress_bar=False, log_output=False, cwd=str(folder))
     except pm.PapermillExecutionError as e:
         raise DrillFailedError(
             f"drill {name} failed: {e.ename}: {e.evalue} (executed notebook: {output})"

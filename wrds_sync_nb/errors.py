@@ -41,19 +41,23 @@ class LockError(WrdsSyncError):
     "A problem with a dataset's single-writer lock"
     default_fix = "run `wrds-sync lock-status`, then see runbooks/wrds-lock-recovery"
 
+# %% ../nbs/00_errors.ipynb #3b5a62ac
 class LockAcquisitionError(LockError):
     "The lock is held by another live writer (exit code 2: try again later)"
     exit_code = 2
     default_fix = "wait for the other sync to finish, or check it with `wrds-sync lock-status`"
 
+# %% ../nbs/00_errors.ipynb #fd7bf98b
 class LockRecoveryError(LockError):
     "A stale lock could not be recovered safely"
 
+# %% ../nbs/00_errors.ipynb #b066b792
 class MalformedLockFileError(LockError):
     "A lock file is not valid lock metadata"
     default_fix = ("if no sync is running, remove it with `wrds-sync force-unlock --dataset NAME`; "
                    "otherwise wait for it to be rewritten")
 
+# %% ../nbs/00_errors.ipynb #ce1bb54e
 class LockOwnershipError(LockError):
     "A release or refresh was attempted with a token that no longer owns the lock"
     default_fix = "the lock was recovered by another writer: stop this run and rerun the sync"
@@ -63,10 +67,12 @@ class ConfigError(WrdsSyncError):
     "Bad configuration or bad input from the user"
     default_fix = "correct the value and rerun"
 
+# %% ../nbs/00_errors.ipynb #cb29d65f
 class DatasetNameError(ConfigError):
     "A dataset or table name that is not a safe identifier"
     default_fix = "use lowercase letters, digits and '_', starting with a letter, at most 63 characters"
 
+# %% ../nbs/00_errors.ipynb #ebb86c39
 class UnknownDatasetError(ConfigError):
     "A dataset name that no built-in or configured dataset has"
 
@@ -80,10 +86,12 @@ class CredentialsError(WrdsSyncError):
     default_fix = ("set WRDS_USERNAME and WRDS_PASSWORD, or add a ~/.pgpass line "
                    "`wrds-pgdata.wharton.upenn.edu:9737:wrds:USER:PASSWORD` with mode 0600")
 
+# %% ../nbs/00_errors.ipynb #f15c0300
 class WRDSConnectionError(WrdsSyncError):
     "The WRDS server could not be reached"
     default_fix = "check the host, port and network (WRDS needs Duo approval for new connections), then rerun"
 
+# %% ../nbs/00_errors.ipynb #2dd42d20
 class ConnectionLimitError(WRDSConnectionError):
     "The server refused a new session: the role's connection limit is reached (not a credentials problem)"
 
@@ -91,14 +99,17 @@ class ConnectionLimitError(WRDSConnectionError):
         "close other sessions of this WRDS account (notebooks, other syncs), or lower WRDS_MAX_CONNECTIONS"
     )
 
+# %% ../nbs/00_errors.ipynb #4695b5df
 class QueryError(WrdsSyncError):
     "A query failed for a reason that retrying will not fix (syntax, permission, missing table)"
     default_fix = "check the dataset definition and your WRDS subscription for this table"
 
+# %% ../nbs/00_errors.ipynb #de6297be
 class QueryTimeoutError(QueryError):
     "A query ran past statement_timeout and was cancelled on the server"
     default_fix = "rerun later (the sync resumes), or raise WRDS_QUERY_TIMEOUT_SECONDS"
 
+# %% ../nbs/00_errors.ipynb #708d2b94
 class PermissionDeniedError(QueryError):
     "The account may not read a table: its WRDS subscription does not include the product"
 
@@ -106,9 +117,12 @@ class PermissionDeniedError(QueryError):
         "ask your WRDS representative for the subscription, or remove the table from the dataset definition"
     )
 
+# %% ../nbs/00_errors.ipynb #30356855
 class TransientQueryError(QueryError):
     "A query failed for a reason that may pass (connection reset, admin shutdown, serialization failure)"
     default_fix = "rerun: the sync resumes from its checkpoint"
+
+# %% ../nbs/00_errors.ipynb #7c7247d3
 class CancelledError(QueryError):
     "The run was stopped (Ctrl-C, SIGTERM) while this query waited or ran"
     default_fix = "rerun when ready: the sync resumes from its checkpoint"
@@ -118,33 +132,40 @@ class DataError(WrdsSyncError):
     "A problem with the local copy of the data"
     default_fix = "run `wrds-sync verify --dataset NAME`, then see runbooks/data-storage"
 
+# %% ../nbs/00_errors.ipynb #7448e54e
 class SchemaError(DataError):
     "The source's columns changed in a breaking way (a column removed or retyped)"
     default_fix = ("nothing was published; review the change, then update the dataset definition "
                    "or run a full sync into a fresh data dir")
 
+# %% ../nbs/00_errors.ipynb #1d0cefc2
 class MassRemovalError(DataError):
     "An incremental would remove a whole table, or more than 20% of its partitions"
     default_fix = "if WRDS really withdrew that data, rerun with --allow-mass-delete; otherwise rerun later"
 
+# %% ../nbs/00_errors.ipynb #7874d362
 class ChecksumMismatchError(DataError):
     "A file's bytes do not match the checksum recorded for it"
     default_fix = "the file was quarantined; rerun the sync to fetch it again, or restore it from backup"
 
+# %% ../nbs/00_errors.ipynb #2f1289a7
 class DiskSpaceError(DataError):
     "Not enough free disk space to write safely"
     default_fix = "free space (e.g. old quarantine/ entries) or move --data-dir, then rerun: the sync resumes"
 
+# %% ../nbs/00_errors.ipynb #362ac4cd
 class ValidationError(DataError):
     "A partition failed a validation rule and was not published"
     default_fix = "the file was quarantined and the manifest left unchanged; inspect it, then rerun"
 
+# %% ../nbs/00_errors.ipynb #9d0f3d08
 class ManifestError(DataError):
     "A manifest, progress or schema file is malformed or was modified outside wrds-sync"
 
     default_fix = ("run `wrds-sync repair --dataset NAME` (it restores the newest intact version kept), or "
                    "restore from backup")
 
+# %% ../nbs/00_errors.ipynb #94f8c601
 class SyncIncompleteError(DataError):
     "A sync finished what it could, but some partitions are still missing or stale"
 
@@ -152,6 +173,7 @@ class SyncIncompleteError(DataError):
         "rerun the same command: completed partitions are kept and only the missing ones are fetched"
     )
 
+# %% ../nbs/00_errors.ipynb #a6b50b80
 class BackupError(WrdsSyncError):
     "A backup or restore step failed"
 

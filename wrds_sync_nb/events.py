@@ -23,10 +23,10 @@ __all__ = ['DISK_WARNING', 'DISK_CRITICAL', 'DISK_BLOCKED', 'LOCK_STALE', 'CHECK
            'PARTITION_QUARANTINED', 'SCHEMA_NEW_COLUMNS', 'SCHEMA_BREAKING', 'QUARANTINE_CLEANED', 'LOCK_ACQUIRED',
            'LOCK_RELEASED', 'LOCK_RECOVERED', 'LOCK_FORCED', 'QUERY_RETRY', 'QUERY_TIMEOUT', 'CONNECTED',
            'CONNECTIONS_LIMITED', 'CREDENTIALS_FILE_MODE', 'CREDENTIALS_WEAK', 'VERIFY_COMPLETED', 'BACKUP_COMPLETED',
-           'RESTORE_COMPLETED', 'DATA_DIR_MIGRATED', 'VERSION_COMMITTED', 'VACUUM_COMPLETED', 'RATE_LIMIT_WAIT',
-           'LOCK_WAIT', 'DATASET_ADDED', 'REDACTED', 'MIN_SECRET_CHARS', 'logger', 'SENTENCES', 'Alert',
-           'alerts_markdown', 'register_secret', 'redact', 'emit', 'listening', 'capture_events', 'JsonEventFormatter',
-           'TextEventFormatter', 'EventStreamHandler', 'configure_logging', 'sentence']
+           'RESTORE_COMPLETED', 'DATA_DIR_MIGRATED', 'VERSION_COMMITTED', 'VERSION_UNCHANGED', 'VACUUM_COMPLETED',
+           'RATE_LIMIT_WAIT', 'LOCK_WAIT', 'DATASET_ADDED', 'REDACTED', 'MIN_SECRET_CHARS', 'logger', 'SENTENCES',
+           'Alert', 'alerts_markdown', 'register_secret', 'redact', 'emit', 'listening', 'capture_events',
+           'JsonEventFormatter', 'TextEventFormatter', 'EventStreamHandler', 'configure_logging', 'sentence']
 
 # %% ../nbs/01_events.ipynb #01f2707e
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Alert:
     trigger: str
     runbook: str
 
+# %% ../nbs/01_events.ipynb #4022f27d
 DISK_WARNING = "sync.disk.warning"
 DISK_CRITICAL = "sync.disk.critical"
 DISK_BLOCKED = "sync.disk.blocked"
@@ -49,76 +50,35 @@ DURATION_SLO_BREACH = "sync.duration.slo_breach"
 DATA_LATE = "sync.data.late"
 MASS_REMOVAL = "sync.mass_removal.blocked"
 
+# %% ../nbs/01_events.ipynb #7fc19bd4
 ALERTS: dict[str, Alert] = {
     a.event: a
     for a in [
-        Alert(
-            DISK_WARNING,
-            "warning",
-            "data dir's filesystem more than 80% full",
-            "data-storage.qmd#disk-watermarks",
-        ),
-        Alert(
-            DISK_CRITICAL,
-            "error",
-            "data dir's filesystem more than 90% full",
-            "data-storage.qmd#disk-watermarks",
-        ),
-        Alert(
-            DISK_BLOCKED,
-            "critical",
-            "more than 95% full, or less than 2x the next partition free: sync refuses to write",
-            "data-storage.qmd#disk-watermarks",
-        ),
-        Alert(
-            LOCK_STALE,
-            "warning",
-            "a lock past its 4 h expiry, or whose process is dead or was replaced",
-            "wrds-lock-recovery.qmd#stale-lock",
-        ),
-        Alert(
-            CHECKSUM_MISMATCH,
-            "error",
-            "a file's SHA-256 differs from the manifest's",
-            "data-storage.qmd#checksum-mismatch",
-        ),
-        Alert(
-            BACKUP_FAILED,
-            "error",
-            "rclone exited non-zero or is missing",
-            "data-backup-restore.qmd#backup-failed",
-        ),
-        Alert(
-            CREDENTIAL_EXPIRING,
-            "warning",
-            "the configured WRDS password expires in under 30 days",
-            "wrds-credentials.qmd#rotation",
-        ),
-        Alert(
-            MANIFEST_MISMATCH,
-            "error",
-            "files on disk and the manifest disagree (missing, unknown, wrong size or rows)",
-            "data-storage.qmd#manifest-mismatch",
-        ),
-        Alert(
-            DURATION_SLO_BREACH,
-            "warning",
-            "a full sync took over 4 h or an incremental over 1 h",
-            "data-storage.qmd#slow-syncs",
-        ),
-        Alert(
-            DATA_LATE,
-            "warning",
-            "a daily-synced dataset has not succeeded since the previous 8 AM America/New_York",
-            "wrds-credentials.qmd#late-data",
-        ),
-        Alert(
-            MASS_REMOVAL,
-            "error",
-            "an incremental would remove a whole table, or more than 20% of its partitions: stopped "
-            "before touching anything",
-            "data-storage.qmd#mass-removal",
-        ),
+        Alert(DISK_WARNING, "warning", "data dir's filesystem more than 80% full",
+              "data-storage.qmd#disk-watermarks"),
+        Alert(DISK_CRITICAL, "error", "data dir's filesystem more than 90% full",
+              "data-storage.qmd#disk-watermarks"),
+        Alert(DISK_BLOCKED, "critical",
+              "more than 95% full, or less than 2x the next partition free: sync refuses to write",
+              "data-storage.qmd#disk-watermarks"),
+        Alert(LOCK_STALE, "warning", "a lock past its 4 h expiry, or whose process is dead or was replaced",
+              "wrds-lock-recovery.qmd#stale-lock"),
+        Alert(CHECKSUM_MISMATCH, "error", "a file's SHA-256 differs from the manifest's",
+              "data-storage.qmd#checksum-mismatch"),
+        Alert(BACKUP_FAILED, "error", "rclone exited non-zero or is missing",
+              "data-backup-restore.qmd#backup-failed"),
+        Alert(CREDENTIAL_EXPIRING, "warning", "the configured WRDS password expires in under 30 days",
+              "wrds-credentials.qmd#rotation"),
+        Alert(MANIFEST_MISMATCH, "error",
+              "files on disk and the manifest disagree (missing, unknown, wrong size or rows)",
+              "data-storage.qmd#manifest-mismatch"),
+        Alert(DURATION_SLO_BREACH, "warning", "a full sync took over 4 h or an incremental over 1 h",
+              "data-storage.qmd#slow-syncs"),
+        Alert(DATA_LATE, "warning",
+              "a daily-synced dataset has not succeeded since the previous 8 AM America/New_York",
+              "wrds-credentials.qmd#late-data"),
+        Alert(MASS_REMOVAL, "error", "an incremental would remove a whole table, or more than 20% of its "
+              "partitions: stopped before touching anything", "data-storage.qmd#mass-removal"),
     ]
 }
 
@@ -172,6 +132,7 @@ BACKUP_COMPLETED = "sync.backup.completed"
 RESTORE_COMPLETED = "sync.restore.completed"
 DATA_DIR_MIGRATED = "sync.data_dir.migrated"
 VERSION_COMMITTED = "sync.version.committed"
+VERSION_UNCHANGED = "sync.version.unchanged"
 VACUUM_COMPLETED = "sync.vacuum.completed"
 RATE_LIMIT_WAIT = "wrds.rate_limit.wait"
 LOCK_WAIT = "sync.lock.wait"
@@ -187,6 +148,7 @@ _secrets_lock = threading.Lock()
 
 MIN_SECRET_CHARS = 8
 
+# %% ../nbs/01_events.ipynb #273c9f39
 def register_secret(value:str|None) -> bool:
     """Remember `value` as a secret, cut out of every event from now on; False (and no scrubbing) if it is
     too short"""
@@ -199,6 +161,7 @@ def register_secret(value:str|None) -> bool:
         _secrets.update({value, quote(value, safe=""), quote(value, safe="@:/")})
     return True
 
+# %% ../nbs/01_events.ipynb #f9ac9cae
 def _scrub(s:str) -> str:
     with _secrets_lock: known = sorted(_secrets, key=len, reverse=True)
     for secret in known:
@@ -228,6 +191,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _listeners: list[Callable[[dict[str, Any]], None]] = []
 _listeners_lock = threading.Lock()
 
+# %% ../nbs/01_events.ipynb #326a3187
 def emit(event:str,              # dotted event name, one of this module's constants
          level:str|None=None,    # debug/info/warning/error/critical; alerts default to their own level
          dataset:str|None=None,  # the dataset concerned, if any
@@ -246,6 +210,7 @@ def emit(event:str,              # dotted event name, one of this module's const
     for listener in listeners: listener(record)
     return record
 
+# %% ../nbs/01_events.ipynb #75d7a8cc
 @contextmanager
 def listening(fn:Callable[[dict[str, Any]], None]) -> Iterator[None]:
     "Call `fn` with every event emitted in this process while the block runs"
@@ -254,6 +219,7 @@ def listening(fn:Callable[[dict[str, Any]], None]) -> Iterator[None]:
     finally:
         with _listeners_lock: _listeners.remove(fn)
 
+# %% ../nbs/01_events.ipynb #5a4f1f00
 @contextmanager
 def capture_events() -> Iterator[list[dict[str, Any]]]:
     "Collect every event emitted in this process while the block runs"
@@ -269,6 +235,7 @@ class JsonEventFormatter(logging.Formatter):
             ev = redact({"event": "log", "level": record.levelname.lower(), "message": record.getMessage()})
         return json.dumps(ev, default=str, sort_keys=False)
 
+# %% ../nbs/01_events.ipynb #1165c347
 class TextEventFormatter(logging.Formatter):
     "A readable line: time, level and the event's sentence (or its name and fields as key=value)"
     def format(self, record:logging.LogRecord) -> str:
@@ -276,9 +243,11 @@ class TextEventFormatter(logging.Formatter):
         if ev is None: return _scrub(record.getMessage())
         return f"{ev['timestamp'][11:19]} {ev['level'].upper():7} {sentence(ev)}"
 
+# %% ../nbs/01_events.ipynb #4688b4bf
 class EventStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     "The handler `configure_logging` installs (so that a second call replaces it)"
 
+# %% ../nbs/01_events.ipynb #d7635089
 def configure_logging(fmt:str="text",      # "json" or "text"
                       verbose:bool=False,  # include debug events
                       stream:Any=None      # where lines go (default: stderr)
@@ -308,14 +277,14 @@ SENTENCES = {
     DATASET_ADDED: "added {source} as dataset {dataset}: {notes}",
 }
 
+# %% ../nbs/01_events.ipynb #31223306
 class _Blank(dict):  # type: ignore[type-arg]
     def __missing__(self, key:str) -> str: return "?"
 
 def sentence(ev:dict[str, Any]) -> str:
     "The event as a person reads it"
     if ev["event"] in SENTENCES: return SENTENCES[ev["event"]].format_map(_Blank(ev))
-    rest = " ".join(
-        f"{k}={v}" for k, v in ev.items() if k not in ("event", "level", "timestamp", "dataset", "alert")
-    )
+    rest = " ".join(f"{k}={v}" for k,
+                    v in ev.items() if k not in ("event", "level", "timestamp", "dataset", "alert"))
     ds = f" [{ev['dataset']}]" if "dataset" in ev else ""
     return f"{ev['event']}{ds} {rest}".rstrip()

@@ -41,6 +41,7 @@ def partition_key(year:int|None) -> str:
     "The manifest key and file stem of a partition: the year, or 'all' for unpartitioned tables"
     return ALL_PARTITION if year is None else str(int(year))
 
+# %% ../nbs/01a_layout.ipynb #a83d2794
 def view_relpath(key:str|int|None) -> str:
     """Where a partition's view sits under its table folder: `2024.parquet`, `all.parquet`,
     `year=2024/2024-06-12.parquet`"""
@@ -48,6 +49,7 @@ def view_relpath(key:str|int|None) -> str:
     if KEY_RE.fullmatch(k) is None and k != ALL_PARTITION: raise ValueError(f"{k!r} is not a partition key")
     return f"year={k[:4]}/{k}.parquet" if len(k) > 4 and k != ALL_PARTITION else f"{k}.parquet"
 
+# %% ../nbs/01a_layout.ipynb #1bbcbd83
 def is_temp_name(name:str) -> bool:
     "Is `name` one of our in-flight temporary files?"
     return name.startswith(".") and name.endswith(TMP_SUFFIX)
@@ -58,22 +60,14 @@ class DataDirs:
     def __init__(self, root:Path|str):
         self.root = Path(root).expanduser().absolute()
         if self.root.exists() and not self.root.is_dir():
-            raise ConfigError(
-                f"the data dir {self.root} is a file, not a folder",
-                "pass --data-dir (or WRDS_SYNC_DATA_DIR) pointing to a folder",
-            )
+            raise ConfigError(f"the data dir {self.root} is a file, not a folder",
+                              "pass --data-dir (or WRDS_SYNC_DATA_DIR) pointing to a folder")
         r = self.root
-        self.wrds_dir, self.manifests_dir, self.schemas_dir, self.versions_dir = (
-            r / "wrds",
-            r / "manifests",
-            r / "schemas",
-            r / "versions",
-        )
-        self.locks_dir, self.progress_dir, self.quarantine_dir = (
-            r / "locks",
-            r / "sync_progress",
-            r / "quarantine",
-        )
+        self.wrds_dir, self.manifests_dir, self.schemas_dir, self.versions_dir = (r / "wrds", r / "manifests",
+                                                                                  r / "schemas",
+                                                                                  r / "versions")
+        self.locks_dir, self.progress_dir, self.quarantine_dir = (r / "locks", r / "sync_progress",
+                                                                  r / "quarantine")
         self.backups_dir, self.tmp_dir = r / "backups", r / "tmp"
         self.staging_dir = self.tmp_dir / "staging"
         self.datasets_file = r / ADDED_DATASETS  # tables added with `wrds-sync add`, read by every command
@@ -131,29 +125,21 @@ def ensure_folders(layout:DataLayout) -> DataLayout:
     """Claim the data dir (see below), then create the folders of the layout (the lock folder private to the
     user)"""
     claim_data_dir(layout)
-    for d in (
-        layout.wrds_dir,
-        layout.versions_dir,
-        layout.manifests_dir,
-        layout.schemas_dir,
-        layout.progress_dir,
-        layout.quarantine_dir,
-        layout.backups_dir,
-        layout.staging_dir,
-    ):
+    for d in (layout.wrds_dir, layout.versions_dir, layout.manifests_dir, layout.schemas_dir,
+              layout.progress_dir, layout.quarantine_dir, layout.backups_dir, layout.staging_dir):
         d.mkdir(parents=True, exist_ok=True)
     layout.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return layout
 
+# %% ../nbs/01a_layout.ipynb #cdd7aeec
 def resolve_stored(layout:DataDirs,    # the data dir
                    rel:str             # a path as stored in a manifest
                   ) -> Path:
     "The absolute path of a manifest-relative path; refuses anything that leaves the data dir"
     p = Path(rel)
     if p.is_absolute() or ".." in p.parts or not rel:
-        raise ConfigError(
-            f"stored path {rel!r} is not inside the data dir", "restore the manifest from backup"
-        )
+        raise ConfigError(f"stored path {rel!r} is not inside the data dir",
+                          "restore the manifest from backup")
     return layout.root / p
 
 # %% ../nbs/01a_layout.ipynb #b30db79a
@@ -176,10 +162,12 @@ def fsync_dir(path:Path) -> None:
     try: os.fsync(fd)
     finally: os.close(fd)
 
+# %% ../nbs/01a_layout.ipynb #e2f41330
 def temp_path_for(target:Path) -> Path:
     "A fresh hidden temporary sibling of `target`, invisible to `*.parquet` and `*.json` globs"
     return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
 
+# %% ../nbs/01a_layout.ipynb #ca7922f2
 def publish_file(tmp:Path,    # the fsynced temporary file
                  target:Path  # the file it replaces
                 ) -> None:
@@ -264,23 +252,14 @@ OUR_NAMES = {
     ADDED_DATASETS,
 }  # a folder holding only these is ours to claim
 
+# %% ../nbs/01a_layout.ipynb #37dafd44
 def internal_dirs(layout:DataLayout) -> list[Path]:
     "The folders the tool creates inside a data dir"
-    return [
-        layout.wrds_dir,
-        layout.versions_dir,
-        layout.manifests_dir,
-        layout.schemas_dir,
-        layout.locks_dir,
-        layout.progress_dir,
-        layout.quarantine_dir,
-        layout.backups_dir,
-        layout.tmp_dir,
-        layout.staging_dir,
-        layout.tmp_dir / "snapshots",
-        layout.root / "drills",
-    ]
+    return [layout.wrds_dir, layout.versions_dir, layout.manifests_dir, layout.schemas_dir, layout.locks_dir,
+            layout.progress_dir, layout.quarantine_dir, layout.backups_dir, layout.tmp_dir,
+            layout.staging_dir, layout.tmp_dir / "snapshots", layout.root / "drills"]
 
+# %% ../nbs/01a_layout.ipynb #d142657a
 def check_no_links(layout:DataLayout) -> None:
     "Refuse, with one line, an internal folder that is a symlink or not a folder"
     for d in internal_dirs(layout):
@@ -304,6 +283,7 @@ def data_dir_kind(layout:DataLayout) -> DataDirKind | None:
     except (OSError, ValueError, KeyError, TypeError): return None
     return "demo" if kind == "demo" else "data"
 
+# %% ../nbs/01a_layout.ipynb #0e7a13a7
 def claim_data_dir(layout:DataLayout,        # the data dir
                    kind:DataDirKind="data"   # what it is for
                   ) -> DataDirKind:
@@ -322,6 +302,7 @@ def claim_data_dir(layout:DataLayout,        # the data dir
         write_marker(layout, found or kind, 1 if found else LAYOUT_FORMAT)
     return found or kind
 
+# %% ../nbs/01a_layout.ipynb #c5865ad1
 def write_marker(layout:DataLayout,  # the data dir
                  kind:DataDirKind,   # what it is for
                  fmt:int             # its layout format
@@ -329,6 +310,7 @@ def write_marker(layout:DataLayout,  # the data dir
     "Write the data dir's marker file"
     atomic_write_bytes(layout.root / DATA_DIR_MARKER, json.dumps({"kind": kind, "format": fmt}).encode())
 
+# %% ../nbs/01a_layout.ipynb #33e18a59
 def layout_format(layout:DataLayout) -> int:
     "The layout format the marker records (1 for a data dir of a release before vintages)"
     try: return int(json.loads((layout.root / DATA_DIR_MARKER).read_text()).get("format", 1))

@@ -24,8 +24,8 @@ from .manifest import LockToken, utcnow
 __all__ = ['LOCK_TIMEOUT_HOURS', 'REFRESH_INTERVAL_SECONDS', 'MALFORMED_GRACE_SECONDS', 'MAX_LOCK_FILE_BYTES', 'HOSTNAME',
            'process_start_ticks', 'boot_id', 'is_pid_alive', 'ForeignLockFileError', 'read_lock', 'AtomicFileLock',
            'lock_guard', 'create_lock_file', 'disk_full', 'judge_token', 'judge_lock_file', 'lock_identity',
-           'recover_stale_lock', 'clean_recovery_leftovers', 'holder', 'held_message', 'acquire_lock', 'owned_token',
-           'release_lock', 'refresh_lock', 'LockStatus', 'lock_status', 'force_remove', 'LockHeartbeat', 'atomic_lock']
+           'recover_stale_lock', 'clean_recovery_leftovers', 'holder', 'held_message', 'owned_token', 'LockStatus',
+           'LockHeartbeat', 'atomic_lock']
 
 # %% ../nbs/03_locking.ipynb #881e1057
 LOCK_TIMEOUT_HOURS = 4
@@ -39,11 +39,13 @@ def process_start_ticks(pid:int) -> int | None:
     try: return int(round(psutil.Process(pid).create_time() * 100))
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess): return None
 
+# %% ../nbs/03_locking.ipynb #4316d7c8
 def boot_id() -> str | None:
     "This boot's id: Linux's random boot id, else the boot time (both change at every reboot)"
     try: return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError: return f"boot-{int(psutil.boot_time())}"
 
+# %% ../nbs/03_locking.ipynb #0fc39e5d
 def is_pid_alive(pid:int) -> bool:
     "Is `pid` a live (not zombie) process on this host?"
     if pid <= 0: return False
@@ -56,6 +58,7 @@ class ForeignLockFileError(LockError):
     "Something that is not our lock file sits at the lock path"
     default_fix = "inspect it and remove it by hand if no sync is running; wrds-sync never deletes it"
 
+# %% ../nbs/03_locking.ipynb #7454e512
 def read_lock(path:Path) -> tuple[LockToken, os.stat_result]:
     "The token in the lock file at `path` and its stat; raises FileNotFoundError if there is none"
     try: fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -111,18 +114,18 @@ class AtomicFileLock:
                          boot_id=boot_id(), acquired_at=now, expires_at=now + self.lock_timeout)
     def acquire(self, timeout_seconds:float=30) -> LockToken:
         "Take the lock, waiting up to `timeout_seconds`; raises LockAcquisitionError naming the holder"
-        return acquire_lock(self, timeout_seconds)
+        return _acquire_lock(self, timeout_seconds)
     def release(self, token:LockToken) -> None:
         "Delete the lock file if (and only if) it is `token`'s; raises and leaves it alone otherwise"
-        release_lock(self, token)
+        _release_lock(self, token)
     def refresh(self, token:LockToken) -> LockToken:
         "Extend the lock's expiry (atomic replace); fails if the lock is no longer ours"
-        return refresh_lock(self, token)
+        return _refresh_lock(self, token)
     def verify(self, token:LockToken) -> None:
         "Raise LockOwnershipError unless the lock on disk is still `token`'s"
         with lock_guard(self): owned_token(self, token)
-    def status(self) -> LockStatus: return lock_status(self)
-    def force_unlock(self, by:str) -> LockStatus: return force_remove(self, by)
+    def status(self) -> LockStatus: return _lock_status(self)
+    def force_unlock(self, by:str) -> LockStatus: return _force_remove(self, by)
 
 # %% ../nbs/03_locking.ipynb #ebc3f863
 @contextmanager
@@ -135,6 +138,7 @@ def lock_guard(lock:AtomicFileLock) -> Iterator[None]:
         yield
     finally: os.close(fd)
 
+# %% ../nbs/03_locking.ipynb #f6f5cb13
 def create_lock_file(path:Path,        # the lock path (call under the guard)
                      token:LockToken   # what to write in it
                     ) -> bool:
@@ -183,6 +187,7 @@ def judge_token(token:LockToken,   # the lock file's content
         return True, f"pid {token.pid} was reused by another process"
     return False, f"held by live pid {token.pid}"
 
+# %% ../nbs/03_locking.ipynb #c09452b4
 def judge_lock_file(path:Path) -> tuple[bool, str]:
     "Is the lock at `path` stale, and why (foreign files raise, never judged stale)"
     try: token, _ = read_lock(path)
@@ -203,6 +208,7 @@ def lock_identity(path:Path) -> tuple[int, int, str | None] | None:
         return st.st_dev, st.st_ino, None
     return st.st_dev, st.st_ino, token.nonce
 
+# %% ../nbs/03_locking.ipynb #4b104dd5
 def recover_stale_lock(lock:AtomicFileLock) -> bool:
     "Remove `lock`'s file if it is (still) stale; True if this call removed it"
     path = lock.path
@@ -228,6 +234,7 @@ def recover_stale_lock(lock:AtomicFileLock) -> bool:
     events.emit(events.LOCK_RECOVERED, dataset=lock.dataset, reason=reason, by=lock.writer_id)
     return True
 
+# %% ../nbs/03_locking.ipynb #b77600c8
 def clean_recovery_leftovers(lock:AtomicFileLock) -> None:
     "Remove recovery files left by recoverers that died mid-recovery"
     for p in lock.lock_dir.glob(f"{lock.dataset}.lock.recovery.*"):
@@ -248,13 +255,15 @@ def holder(lock:AtomicFileLock,  # the lock
         f"expiring {t.expires_at.isoformat(timespec='seconds')}"
     )
 
+# %% ../nbs/03_locking.ipynb #0dec6eda
 def held_message(lock:AtomicFileLock,  # the lock
                  reason:str            # why
                 ) -> str:
     "Who holds `lock`, for the error a waiter gets"
     return f"dataset {lock.dataset!r} is locked by {holder(lock, reason)}"
 
-def acquire_lock(lock:AtomicFileLock,   # the lock
+# %% ../nbs/03_locking.ipynb #68cf6ce9
+def _acquire_lock(lock:AtomicFileLock,   # the lock
                  timeout_seconds:float  # how long to wait
                 ) -> LockToken:
     "Take `lock`, recovering a stale one, waiting with jittered backoff up to `timeout_seconds`"
@@ -276,9 +285,8 @@ def acquire_lock(lock:AtomicFileLock,   # the lock
         remaining = deadline - time.monotonic()
         if remaining <= 0: raise LockAcquisitionError(held_message(lock, reason))
         if warned is None and not stale:  # say once that we wait, and for whom
-            events.emit(
-                events.LOCK_WAIT, dataset=lock.dataset, timeout=round(remaining), holder=holder(lock, reason)
-            )
+            events.emit(events.LOCK_WAIT, dataset=lock.dataset, timeout=round(remaining),
+                        holder=holder(lock, reason))
             warned = ""
         time.sleep(min(remaining, random.uniform(delay / 2, delay)))
         delay = min(delay * 2, lock.MAX_BACKOFF_SECONDS)
@@ -305,7 +313,8 @@ def owned_token(lock:AtomicFileLock,  # the lock
         )
     return on_disk
 
-def release_lock(lock:AtomicFileLock,  # the lock
+# %% ../nbs/03_locking.ipynb #219d88da
+def _release_lock(lock:AtomicFileLock,  # the lock
                  token:LockToken       # the holder's token
                 ) -> None:
     "Delete the lock file if it is `token`'s"
@@ -315,7 +324,8 @@ def release_lock(lock:AtomicFileLock,  # the lock
         fsync_dir(lock.lock_dir)
     events.emit(events.LOCK_RELEASED, level="debug", dataset=lock.dataset, writer=lock.writer_id)
 
-def refresh_lock(lock:AtomicFileLock,  # the lock
+# %% ../nbs/03_locking.ipynb #c5266ec4
+def _refresh_lock(lock:AtomicFileLock,  # the lock
                  token:LockToken       # the holder's token
                 ) -> LockToken:
     "Rewrite the lock file with a later expiry (temp file, fsync, rename), if it is `token`'s"
@@ -343,42 +353,36 @@ class LockStatus:
     stale: bool = False
     reason: str = ""
 
-def lock_status(lock:AtomicFileLock) -> LockStatus:
+# %% ../nbs/03_locking.ipynb #18fa4227
+def _lock_status(lock:AtomicFileLock) -> LockStatus:
     "Who holds `lock`, and whether it is stale"
     try: token, _ = read_lock(lock.path)
     except FileNotFoundError: return LockStatus(lock.dataset, lock.path, held=False)
     except PermissionError:  # another user reading a data dir: locks/ is private to the syncing account
-        return LockStatus(
-            lock.dataset, lock.path, held=False, reason="unknown: locks/ is private to the syncing user"
-        )
+        return LockStatus(lock.dataset, lock.path, held=False,
+                          reason="unknown: locks/ is private to the syncing user")
     except MalformedLockFileError as e:
         stale, reason = judge_lock_file(lock.path)
         return LockStatus(lock.dataset, lock.path, held=True, stale=stale, reason=f"{e.what}; {reason}")
     stale, reason = judge_token(token, utcnow())
     return LockStatus(lock.dataset, lock.path, held=True, token=token, stale=stale, reason=reason)
 
-def force_remove(lock:AtomicFileLock,  # the lock
+# %% ../nbs/03_locking.ipynb #98c44a8f
+def _force_remove(lock:AtomicFileLock,  # the lock
                  by:str                # who did it, for the log
                 ) -> LockStatus:
     "Remove `lock` whoever holds it (operator action, logged with who did it); returns what was removed"
     with lock_guard(lock):
-        st = lock_status(lock)
+        st = _lock_status(lock)
         if st.held:
             if not stat.S_ISREG(os.lstat(lock.path).st_mode):
                 raise ForeignLockFileError(f"lock path {lock.path} is not a regular file")
             lock.path.unlink()
             fsync_dir(lock.lock_dir)
     t = st.token
-    events.emit(
-        events.LOCK_FORCED,
-        level="warning",
-        dataset=lock.dataset,
-        by=by,
-        held=st.held,
-        holder_pid=t.pid if t else None,
-        holder_host=t.hostname if t else None,
-        holder_writer=t.writer_id if t else None,
-    )
+    events.emit(events.LOCK_FORCED, level="warning", dataset=lock.dataset, by=by, held=st.held,
+                holder_pid=t.pid if t else None, holder_host=t.hostname if t else None,
+                holder_writer=t.writer_id if t else None)
     return st
 
 # %% ../nbs/03_locking.ipynb #55a8f970
@@ -401,20 +405,12 @@ class LockHeartbeat:
                 self.refreshes += 1
             except LockOwnershipError as e:
                 self.lost = e
-                events.emit(
-                    events.SYNC_FAILED,
-                    level="error",
-                    dataset=self.lock.dataset,
-                    reason=f"lock lost: {e.what}",
-                )
+                events.emit(events.SYNC_FAILED, level="error", dataset=self.lock.dataset,
+                            reason=f"lock lost: {e.what}")
                 return
             except OSError as e:  # a transient filesystem error: try again next beat, expiry leaves room
-                events.emit(
-                    events.LOCK_STALE,
-                    level="warning",
-                    dataset=self.lock.dataset,
-                    reason=f"refresh failed: {e}",
-                )
+                events.emit(events.LOCK_STALE, level="warning", dataset=self.lock.dataset,
+                            reason=f"refresh failed: {e}")
 
     def start(self) -> LockHeartbeat:
         self._thread.start()

@@ -23,6 +23,7 @@ def escape_pgpass(field:str) -> str:
     "A password-file field with `\\` and `:` escaped, as libpq reads them"
     return field.replace("\\", "\\\\").replace(":", "\\:")
 
+# %% ../nbs/05d_login.ipynb #28c03427
 def pgpass_line(cfg:WRDSConfig,  # the server and username
                 password:str     # the password
                ) -> str:
@@ -30,6 +31,7 @@ def pgpass_line(cfg:WRDSConfig,  # the server and username
     fields = [cfg.host, str(cfg.port), cfg.database, cfg.username or "", password]
     return ":".join(escape_pgpass(f) for f in fields)
 
+# %% ../nbs/05d_login.ipynb #fd2b9dbe
 def pgpass_file(platform:str=sys.platform) -> Path:
     "Where libpq looks: $PGPASSFILE, else `%APPDATA%\\postgresql\\pgpass.conf` on Windows, else ~/.pgpass"
     if platform == "win32" and not os.environ.get("PGPASSFILE"):
@@ -43,15 +45,15 @@ def same_entry(line:str,    # a line of the file
     "Is `line` the password-file line for the coordinates `prefix` (host:port:database:user:) names?"
     return line.startswith(prefix)
 
+# %% ../nbs/05d_login.ipynb #23f93969
 def write_pgpass(path:Path,       # the password file
                  cfg:WRDSConfig,  # server and username
                  password:str     # the password
                 ) -> Path:
     "Add or replace the line for `cfg` in `path`, keeping every other line; mode 600"
     if path.is_symlink():
-        raise ConfigError(
-            f"{path} is a symlink", "edit the file it points to, or set PGPASSFILE to a plain file"
-        )
+        raise ConfigError(f"{path} is a symlink",
+                          "edit the file it points to, or set PGPASSFILE to a plain file")
     old = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     line = pgpass_line(cfg, password)
     prefix = line[: line.rindex(escape_pgpass(password))]
@@ -67,6 +69,7 @@ def check_login(cfg:WRDSConfig) -> None:
     try: client.connect()
     finally: client.close()
 
+# %% ../nbs/05d_login.ipynb #d146dd8d
 def store_in_keyring(cfg:WRDSConfig,  # service and username
                      password:str     # the password
                     ) -> str:
@@ -78,6 +81,7 @@ def store_in_keyring(cfg:WRDSConfig,  # service and username
                                "run `wrds-sync login` without --keyring to use the password file") from None
     return f"the OS keyring (service {cfg.keyring_service!r}, user {cfg.username!r})"
 
+# %% ../nbs/05d_login.ipynb #e2f0054f
 def login(cfg:WRDSConfig,      # the server (host, port, database) and username
           password:str,        # the password
           keyring:bool=False   # store it in the OS keyring instead of the password file

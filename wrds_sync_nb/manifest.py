@@ -24,6 +24,7 @@ def utcnow() -> datetime:
     "The current time, timezone-aware UTC"
     return datetime.now(timezone.utc)
 
+# %% ../nbs/02_manifest.ipynb #674a6396
 class LockToken(BaseModel):
     "The identity of a lock holder, as written in the lock file"
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
@@ -63,6 +64,7 @@ class SourceFingerprint(BaseModel):
         PostgreSQL 14)"""
         return "md5" if self.digest.startswith("md5:") else "hash_record_extended"
 
+# %% ../nbs/02_manifest.ipynb #a502f690
 class PartitionEntry(BaseModel):
     "One published Parquet file"
     model_config = _STRICT
@@ -100,6 +102,7 @@ class TableEntry(BaseModel):
     @property
     def bytes(self) -> int: return sum(p.bytes for p in self.partitions.values())
 
+# %% ../nbs/02_manifest.ipynb #869c000d
 class SyncManifest(BaseModel):
     "Everything published for one dataset; `version` counts the saves"
     model_config = _STRICT
@@ -147,6 +150,7 @@ def parse_manifest(dataset:str,   # the dataset it must belong to
         raise ManifestError(f"manifest {where} belongs to dataset {m.dataset!r}, not {dataset!r}")
     return m
 
+# %% ../nbs/02_manifest.ipynb #b7dd0dcd
 def read_manifest(dataset:str,  # the dataset's name
                   path:Path     # the file
                  ) -> SyncManifest | None:
@@ -216,6 +220,7 @@ def current_manifest(mm:ManifestManager,  # the manager
     if legacy and hint is not None and n == hint.version: return hint
     return read_manifest(ds, mm.version_path(ds, n)) if n else None
 
+# %% ../nbs/02_manifest.ipynb #8b8ab94d
 def save_manifest(mm:ManifestManager,  # the manager
                   manifest:SyncManifest # the content, with the version it was read at
                  ) -> SyncManifest:
@@ -243,6 +248,7 @@ def write_version(mm:ManifestManager,   # the manager
     atomic_write_bytes(mm.layout.manifest_path(m.dataset), body)
     return m
 
+# %% ../nbs/02_manifest.ipynb #53993022
 def kept_versions(mm:ManifestManager,  # the manager
                   dataset:str           # whose history
                  ) -> list[int]:

@@ -27,6 +27,7 @@ def period_key(d:date,           # a date inside the period
     "The key of the period of granularity `g` holding `d`"
     return {"year": f"{d.year:04d}", "month": f"{d.year:04d}-{d.month:02d}", "day": d.isoformat()}[g]
 
+# %% ../nbs/00a_periods.ipynb #0dab753b
 def key_granularity(key:str) -> Granularity | None:
     "The granularity a key is written in (None for `all`); a ValueError for anything else"
     m = KEY_RE.fullmatch(key)
@@ -46,6 +47,7 @@ def key_bounds(key:str) -> tuple[date, date]:
     if g == "month": return first, date(y + mo // 12, mo % 12 + 1, 1)
     return first, date(y + 1, 1, 1)
 
+# %% ../nbs/00a_periods.ipynb #82893dd5
 def key_year(key:str) -> int | None:
     "The year of a partition (None for `all`)"
     return None if key_granularity(key) is None else int(key[:4])
@@ -166,6 +168,7 @@ def source_name(t:SourceTemplate,  # the template
     d = key_bounds(key)[0]
     return f"{_render(t.schema, d)}.{_render(t.table, d)}"
 
+# %% ../nbs/00a_periods.ipynb #5a983b43
 def source_patterns(t:SourceTemplate) -> tuple[str, str]:
     "Regular expressions (PostgreSQL and Python alike) matching the schema and the table names of `t`"
     return _regex(t.schema), _regex(t.table)

@@ -39,6 +39,7 @@ def data_dir_of(data_dir:Path|str|None=None) -> DataLayout:
     check_no_links(layout)  # reading only, but never through a link planted in place of our folders
     return layout
 
+# %% ../nbs/09_reader.ipynb #1608ee3f
 def synced_datasets(layout:DataLayout) -> list[str]:
     "Datasets that have a manifest in the data dir"
     d = layout.manifests_dir
@@ -63,6 +64,7 @@ def table_files(layout:DataLayout,  # the data dir
             return f"partition {key} is not the file the manifest lists ({layout.relative(f)})"
     return [entry_file(layout, m.dataset, table, k, e) for k, e in sorted(m.tables[table].partitions.items())]
 
+# %% ../nbs/09_reader.ipynb #cca91ea2
 def version_files(
     layout: DataLayout,  # the data dir
     m: SyncManifest,  # the manifest version
@@ -84,9 +86,8 @@ def version_files(
                 f"--dataset {m.dataset}`); open a retained version",
             )
         events.emit(events.MANIFEST_MISMATCH, dataset=m.dataset, table=t, problem=got)
-        warnings.warn(
-            f"{m.dataset}.{t} left out: {got}; run `wrds-sync verify --dataset {m.dataset}`", stacklevel=3
-        )
+        warnings.warn(f"{m.dataset}.{t} left out: {got}; run `wrds-sync verify --dataset {m.dataset}`",
+                      stacklevel=3)
     return out
 
 # %% ../nbs/09_reader.ipynb #19f11604
@@ -109,10 +110,8 @@ def choose_versions(layout:DataLayout,                  # the data dir
         [validate_name(d) for d in datasets] if datasets else (sorted(by_stamp) or synced_datasets(layout))
     )
     if isinstance(version, int) and len(names) != 1:
-        raise ConfigError(
-            f"version={version} is a version number, and numbers are per dataset",
-            "pass datasets=['<one dataset>'] with it, or use as_of=",
-        )
+        raise ConfigError(f"version={version} is a version number, and numbers are per dataset",
+                          "pass datasets=['<one dataset>'] with it, or use as_of=")
     mm, out = ManifestManager(layout), {}
     for ds in names:
         try:
@@ -134,6 +133,7 @@ def view_name(dataset:str,  # the dataset's name
     "The view of a dataset table: `<dataset>_<table>`"
     return f"{validate_name(dataset)}_{validate_name(table, 'table')}"
 
+# %% ../nbs/09_reader.ipynb #a4f0e7e0
 MAX_SOURCE_VIEWS = 1000   # WRDS-name views per table of a templated source (more: only the table's view)
 
 def _body(paths:list[Path]) -> str:
@@ -159,6 +159,7 @@ def wrds_views(m:SyncManifest,    # the version read
         return {}
     return out
 
+# %% ../nbs/09_reader.ipynb #24a7c706
 def create_views(con:duckdb.DuckDBPyConnection,  # the connection
                  m:SyncManifest,                 # the version read
                  files:dict[str, list[Path]],    # its files, per table
@@ -170,10 +171,8 @@ def create_views(con:duckdb.DuckDBPyConnection,  # the connection
         con.execute(f'create or replace view "{view_name(m.dataset, t)}" as {_body(paths)}')
         for wrds_name, part in wrds_views(m, t, paths).items():
             if (owner := taken.setdefault(wrds_name, m.dataset)) != m.dataset:
-                warnings.warn(
-                    f"{wrds_name} shows {owner}'s copy; {m.dataset}'s is {view_name(m.dataset, t)}",
-                    stacklevel=3,
-                )
+                warnings.warn(f"{wrds_name} shows {owner}'s copy; {m.dataset}'s is {view_name(m.dataset, t)}",
+                              stacklevel=3)
                 continue
             schema, name = wrds_name.split(".", 1)
             con.execute(f'create schema if not exists "{schema}"')
@@ -219,9 +218,8 @@ def scan(dataset:str,                          # the dataset's name
         )
     files = version_files(layout, m, current, [table]).get(table)
     if not files:
-        raise UnknownDatasetError(
-            f"{dataset}.{table} has no readable files", f"run `wrds-sync verify --dataset {dataset}`"
-        )
+        raise UnknownDatasetError(f"{dataset}.{table} has no readable files",
+                                  f"run `wrds-sync verify --dataset {dataset}`")
     return pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed")
 
 # %% ../nbs/09_reader.ipynb #99b2a9c4
@@ -232,12 +230,11 @@ def cite_lines(m:SyncManifest) -> list[str]:
         f"{t} ({te.source_table}) {te.source_last_updated or 'no marker'}"
         for t, te in sorted(m.tables.items())
     )
-    return [
-        stamp(m),
-        f"  {m.dataset} version {m.version}, committed {when}, manifest sha256 {m.content_sha256}",
-        f"  source update markers: {marks}",
-    ]
+    return [stamp(m),
+            f"  {m.dataset} version {m.version}, committed {when}, manifest sha256 {m.content_sha256}",
+            f"  source update markers: {marks}"]
 
+# %% ../nbs/09_reader.ipynb #a447cc6f
 def cite(
     source: duckdb.DuckDBPyConnection
     | str

@@ -26,6 +26,7 @@ class Column(BaseModel):
     name: str
     dtype: str
 
+# %% ../nbs/02a_schema.ipynb #a6ecf86d
 class DatasetSchema(BaseModel):
     "The ordered columns of a table"
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -86,6 +87,7 @@ class SchemaVersion(BaseModel):
     fingerprint: str
     schema_: DatasetSchema = Field(alias="schema")
 
+# %% ../nbs/02a_schema.ipynb #3259fdd1
 class _SchemaHistory(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset: str
@@ -131,11 +133,9 @@ class SchemaRegistry:
         "Record `schema` as the table's newest version (no-op if unchanged); returns its version number"
         h = self.history(dataset, table)
         if h and h[-1].fingerprint == schema.fingerprint: return h[-1].version
-        v = SchemaVersion(
-            version=len(h) + 1, registered_at=utcnow(), fingerprint=schema.fingerprint, schema=schema
-        )
+        v = SchemaVersion(version=len(h) + 1, registered_at=utcnow(), fingerprint=schema.fingerprint,
+                          schema=schema)
         doc = _SchemaHistory(dataset=dataset, table=table, versions=[*h, v])
-        atomic_write_bytes(
-            self.layout.schema_path(dataset, table), doc.model_dump_json(by_alias=True, indent=2).encode()
-        )
+        atomic_write_bytes(self.layout.schema_path(dataset, table),
+                           doc.model_dump_json(by_alias=True, indent=2).encode())
         return v.version

@@ -16,10 +16,10 @@ from .periods import SourceTemplate, key_of, key_year, source_patterns
 from .pgtypes import ColumnType, column_type
 
 # %% auto #0
-__all__ = ['SourceTable', 'find_sources', 'check_readable_sources', 'changed_sources', 'kept_fingerprints', 'recorded_sources',
+__all__ = ['SourceTable', 'find_sources', 'readable_sources', 'changed_sources', 'kept_fingerprints', 'recorded_sources',
            'adapted_columns']
 
-# %% ../nbs/05b_sources.ipynb #94d14a8c
+# %% ../nbs/05b_sources.ipynb #b8522141
 _FIND_SQL = """
 select n.nspname as schema, c.relname as name, c.relkind::text as kind,
        has_schema_privilege(n.oid, 'USAGE') and has_table_privilege(c.oid, 'SELECT') as readable,
@@ -38,7 +38,7 @@ left join lateral (
   where r.ev_class = c.oid and t.oid <> c.oid and t.relkind in ('r', 'p', 'm')) v on c.relkind = 'v'
 where n.nspname ~ %(schema_re)s and c.relname ~ %(table_re)s and c.relkind in ('r', 'v', 'm', 'f', 'p')"""
 
-# %% ../nbs/05b_sources.ipynb #2c03a892
+# %% ../nbs/05b_sources.ipynb #0b0c2392
 @dataclass(frozen=True)
 class SourceTable:
     "One WRDS table of a templated source, as the catalogue lists it"
@@ -49,6 +49,7 @@ class SourceTable:
     state: SourceState        # its marker, row estimate and storage identity
     columns: str | None       # a digest of its columns and their types
 
+# %% ../nbs/05b_sources.ipynb #b403ab59
 def find_sources(client:WRDSClient,        # the WRDS client
                  template:SourceTemplate,  # a templated source (`TableSpec.template`)
                  years:range|None=None     # only tables of these years (None: all)
@@ -61,27 +62,27 @@ def find_sources(client:WRDSClient,        # the WRDS client
     ):
         key = key_of(template, r["schema"], r["name"])
         if key is None or (years is not None and key_year(key) not in years): continue
-        state = SourceState(
-            marker=parse_last_updated(r["comment"]), approx_rows=r["approx_rows"], ident=r["ident"]
-        )
-        out[key] = SourceTable(
-            f"{r['schema']}.{r['name']}", key, bool(r["readable"]), r["comment"], state, r["columns"]
-        )
+        state = SourceState(marker=parse_last_updated(r["comment"]), approx_rows=r["approx_rows"],
+                            ident=r["ident"])
+        out[key] = SourceTable(f"{r['schema']}.{r['name']}", key, bool(r["readable"]), r["comment"], state,
+                               r["columns"])
     return dict(sorted(out.items()))
 
-# %% ../nbs/05b_sources.ipynb #25ecf894
-def check_readable_sources(t:TableSpec,                     # the table
-                           found:dict[str, SourceTable]     # its source tables
-                          ) -> None:
-    "Raise one line naming the source tables of `t` this account cannot read"
-    if no := [s.name for s in found.values() if not s.readable]:
+# %% ../nbs/05b_sources.ipynb #02879e50
+def readable_sources(t:TableSpec,                     # the table
+                     found:dict[str, SourceTable]     # its source tables
+                    ) -> tuple[dict[str, SourceTable], list[str]]:
+    """The source tables this account may read, and the names of those it may not; none readable: one-line
+    error"""
+    no = [s.name for s in found.values() if not s.readable]
+    if found and len(no) == len(found):
         shown = ", ".join(no[:3]) + (f" and {len(no) - 3} more" if len(no) > 3 else "")
         raise PermissionDeniedError(
-            f"this WRDS account may not read {len(no)} of the {len(found)} tables of {t.source} "
-            f"({shown}): its subscription does not include them; nothing was downloaded for {t.name}"
-        )
+            f"this WRDS account may not read the {len(found)} tables of {t.source} ({shown}): its "
+            f"subscription does not include them; nothing was downloaded for {t.name}")
+    return {k: s for k, s in found.items() if s.readable}, no
 
-# %% ../nbs/05b_sources.ipynb #e6025734
+# %% ../nbs/05b_sources.ipynb #704cb5fb
 def changed_sources(found:dict[str, SourceTable],     # the source tables now
                     recorded:dict[str, SourceState]   # their states at the last sync
                    ) -> list[str]:
@@ -89,6 +90,7 @@ def changed_sources(found:dict[str, SourceTable],     # the source tables now
     fingerprints"""
     return [s.name for s in found.values() if recorded.get(s.name) != s.state]
 
+# %% ../nbs/05b_sources.ipynb #287290d5
 def kept_fingerprints(t:TableSpec,                       # the table
                       found:dict[str, SourceTable],      # its source tables now
                       stored:dict[str, PartitionEntry],  # its partitions in the manifest

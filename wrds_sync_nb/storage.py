@@ -22,8 +22,7 @@ from .layout import (DataLayout, atomic_write_bytes, check_no_links, create_excl
 # %% auto #0
 __all__ = ['ROW_GROUP_ROWS', 'ZSTD_LEVEL', 'QUARANTINE_DAYS', 'WARN_PCT', 'CRITICAL_PCT', 'BLOCKED_PCT', 'HashingFile',
            'WrittenFile', 'prefetch', 'rebatch', 'write_parquet_stream', 'spill', 'unspill', 'check_same_filesystem',
-           'publish', 'point_view', 'Quarantine', 'quarantine_file', 'is_our_entry', 'clean_quarantine', 'DiskStatus',
-           'DiskMonitor', 'estimate_bytes']
+           'publish', 'point_view', 'Quarantine', 'is_our_entry', 'DiskStatus', 'DiskMonitor', 'estimate_bytes']
 
 # %% ../nbs/07_storage.ipynb #2e9895f9
 class HashingFile:
@@ -138,14 +137,8 @@ def write_parquet_stream(
     rows = 0
     try:
         text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-        with pq.ParquetWriter(
-            sink,
-            schema,
-            compression="zstd",
-            compression_level=ZSTD_LEVEL,
-            use_dictionary=text,
-            write_statistics=True,
-        ) as w:
+        with pq.ParquetWriter(sink, schema, compression="zstd", compression_level=ZSTD_LEVEL,
+                              use_dictionary=text, write_statistics=True) as w:
             for t in rebatch(prefetch(batches), row_group_rows):
                 if t.schema != schema: t = pa.Table.from_arrays(t.columns, schema=schema)
                 if on_batch is not None: on_batch(t)
@@ -172,10 +165,8 @@ def spill(path:Path,                           # the spill file to create (must 
     rows = 0
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
-        with (
-            os.fdopen(fd, "wb") as f,
-            pa.ipc.new_stream(f, schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w,
-        ):
+        with (os.fdopen(fd, "wb") as f,
+              pa.ipc.new_stream(f, schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w):
             for b in batches:
                 w.write_batch(b)
                 rows += b.num_rows
@@ -189,6 +180,7 @@ def spill(path:Path,                           # the spill file to create (must 
         raise
     return rows
 
+# %% ../nbs/07_storage.ipynb #49167a8c
 def unspill(path:Path) -> Iterator[pa.RecordBatch]:
     "The batches of a spill file, in order"
     with pa.OSFile(str(path), "rb") as f: yield from pa.ipc.open_stream(f)
@@ -206,6 +198,7 @@ def check_same_filesystem(layout:DataLayout) -> None:
                 "keep tmp/, versions/ and wrds/ of the data dir on one filesystem",
             )
 
+# %% ../nbs/07_storage.ipynb #ef0a7f57
 def publish(staged:Path,  # the fsynced staging file
             target:Path   # its immutable version path
            ) -> bool:
@@ -213,6 +206,7 @@ def publish(staged:Path,  # the fsynced staging file
     target.parent.mkdir(parents=True, exist_ok=True)
     return create_exclusive(staged, target)
 
+# %% ../nbs/07_storage.ipynb #0cf43ca5
 def point_view(version:Path,  # an immutable version file
                view:Path      # the file under wrds/ that should show it
               ) -> None:
@@ -256,17 +250,17 @@ class Quarantine:
            ) -> Path | None:
         """Move `path` into a new quarantine entry; if even that fails (a full disk), remove it. Returns
         where it went"""
-        return quarantine_file(self, path, dataset, operation, reason, **details)
+        return _quarantine_file(self, path, dataset, operation, reason, **details)
 
     def clean(self,
               older_than:timedelta=timedelta(days=QUARANTINE_DAYS),  # the age past which an entry goes
               now:datetime|None=None                                 # the time to judge at (default: now)
              ) -> int:
         "Remove entries older than `older_than` (by the timestamp in their name); returns how many"
-        return clean_quarantine(self.layout, older_than, now)
+        return _clean_quarantine(self.layout, older_than, now)
 
 # %% ../nbs/07_storage.ipynb #2c5867cc
-def quarantine_file(q:Quarantine,     # the data dir's quarantine
+def _quarantine_file(q:Quarantine,     # the data dir's quarantine
                     path:Path,        # the file set aside (moved, never copied)
                     dataset:str,      # the dataset's name
                     operation:str,    # the kind of entry: validation, checksum, replace...
@@ -300,7 +294,7 @@ def is_our_entry(entry:Path) -> bool:
     return isinstance(note, dict) and {"dataset", "operation", "reason", "at"} <= set(note)
 
 # %% ../nbs/07_storage.ipynb #a60deba8
-def clean_quarantine(layout:DataLayout,        # the data dir
+def _clean_quarantine(layout:DataLayout,        # the data dir
                      older_than:timedelta,     # the age past which an entry goes
                      now:datetime|None=None    # the time to judge at (default: now)
                     ) -> int:
@@ -329,6 +323,7 @@ class DiskStatus:
     @property
     def used_pct(self) -> float: return 100.0 * (self.total - self.free) / self.total if self.total else 100.0
 
+# %% ../nbs/07_storage.ipynb #f7ee4076
 class DiskMonitor:
     "Checks free space and watermarks, emitting each watermark event once per level per run"
     def __init__(self, path:Path, dataset:str):
@@ -362,6 +357,7 @@ class DiskMonitor:
         elif st.used_pct >= WARN_PCT: self._alert(events.DISK_WARNING, st)
         return st
 
+# %% ../nbs/07_storage.ipynb #9509b669
 def estimate_bytes(rows:int,                 # rows expected
                    bytes_per_row:float|None  # bytes per row of the previous partition
                   ) -> int:

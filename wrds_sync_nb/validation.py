@@ -75,6 +75,7 @@ def count_true(mask:pa.Array) -> int:
     "How many entries of a boolean array are true"
     return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
 
+# %% ../nbs/02b_validation.ipynb #ab9f9d27
 def adjacent_duplicates(keys:list[pa.Array]) -> int:
     "Rows equal to the row before on every key column (exact on a stream sorted by the key)"
     n, same = len(keys[0]), None

@@ -22,10 +22,10 @@ from .manifest import ManifestManager, PartitionEntry, SyncManifest, read_manife
 from .storage import Quarantine, point_view
 
 # %% auto #0
-__all__ = ['STAMP_RE', 'VIEW_RE', 'entry_file', 'entries', 'file_ids', 'load_versions', 'expiries', 'retained_versions', 'stamp',
-           'parse_stamp', 'as_datetime', 'select_version', 'version_at', 'view_files', 'is_view', 'refresh_views',
-           'remove_empty_folders', 'legacy_candidates', 'link_version', 'needs_migration', 'migrate_dataset',
-           'migrate_data_dir']
+__all__ = ['STAMP_RE', 'VIEW_RE', 'VERSION_NAME_RE', 'entry_file', 'entries', 'file_ids', 'load_versions', 'expiries',
+           'retained_versions', 'stamp', 'parse_stamp', 'as_datetime', 'select_version', 'version_at', 'view_files',
+           'is_view', 'refresh_views', 'remove_empty_folders', 'legacy_candidates', 'link_version', 'needs_migration',
+           'migrate_dataset', 'migrate_data_dir']
 
 # %% ../nbs/07a_versions.ipynb #14c7437a
 def entry_file(layout:DataLayout,  # the data dir
@@ -39,10 +39,12 @@ def entry_file(layout:DataLayout,  # the data dir
     v = layout.version_path(dataset, table, key, e.sha256)
     return v if v.exists() else layout.resolve(e.path)
 
+# %% ../nbs/07a_versions.ipynb #54d21d19
 def entries(m:SyncManifest) -> list[tuple[str, str, PartitionEntry]]:
     "Every (table, key, entry) of a manifest, sorted"
     return [(t, k, e) for t, te in sorted(m.tables.items()) for k, e in sorted(te.partitions.items())]
 
+# %% ../nbs/07a_versions.ipynb #55e58ac8
 def file_ids(m:SyncManifest) -> frozenset[tuple[str, str, str]]:
     "What a version holds, by content: (table, key, SHA-256) of each partition"
     return frozenset((t, k, e.sha256) for t, k, e in entries(m))
@@ -81,6 +83,7 @@ def expiries(versions:list[SyncManifest],  # every version, oldest first
         out.update({m.version: when for m in members})
     return out
 
+# %% ../nbs/07a_versions.ipynb #d22d21b3
 def retained_versions(versions:list[SyncManifest],     # every version, oldest first
                       policy:Retention,                 # the dataset's retention
                       now:datetime|None=None,           # the time to judge at (default: now)
@@ -97,11 +100,13 @@ def stamp(m:SyncManifest) -> str:
     "The citation stamp of a manifest version"
     return f"wrds-sync:{m.dataset}@{m.version}:{(m.content_sha256 or '')[:12]}"
 
+# %% ../nbs/07a_versions.ipynb #915af288
 def parse_stamp(text:str) -> tuple[str, int, str] | None:
     "(dataset, version, SHA-256 prefix) of a stamp, or None if `text` is not one"
     m = STAMP_RE.fullmatch(text.strip())
     return (m.group(1), int(m.group(2)), m.group(3)) if m else None
 
+# %% ../nbs/07a_versions.ipynb #e651a878
 def as_datetime(when:date|datetime|str) -> datetime:
     "A moment in UTC: a date (or `YYYY-MM-DD`) is the end of that day; a naive datetime is taken as UTC"
     if isinstance(when, str):
@@ -141,6 +146,7 @@ def select_version(
         )
     return m
 
+# %% ../nbs/07a_versions.ipynb #c09617c3
 def version_at(mm:ManifestManager,  # the manager
                current:SyncManifest, # the current version
                when:datetime         # the moment
@@ -161,6 +167,8 @@ def _none_before(mm:ManifestManager, ds:str, when:datetime) -> NoReturn:
 
 # %% ../nbs/07a_versions.ipynb #d21c5e90
 VIEW_RE = re.compile(r"(\d{4}(?:-\d{2}(?:-\d{2})?)?|all)\.parquet")
+# how a version file is named: the partition key, then the first 16 hex digits of its SHA-256
+VERSION_NAME_RE = re.compile(r"(\d{4}(?:-\d{2}(?:-\d{2})?)?|all)-[0-9a-f]{16}\.parquet")
 
 def view_files(layout:DataLayout,  # the data dir
                dataset:str         # the dataset's name
@@ -172,6 +180,7 @@ def view_files(layout:DataLayout,  # the data dir
     found = [*root.glob("*/*.parquet"), *root.glob("*/year=*/*.parquet")]
     return sorted((f.relative_to(root).parts[0], f) for f in found)
 
+# %% ../nbs/07a_versions.ipynb #17b47506
 def is_view(layout:DataLayout,  # the data dir
             dataset:str,        # the dataset's name
             table:str,          # the table
@@ -206,14 +215,14 @@ def refresh_views(layout:DataLayout,  # the data dir
         if os.path.lexists(view) and not is_view(
             layout, ds, t, view
         ):  # not ours (a symlink, a damaged copy): set aside
-            Quarantine(layout).put(
-                view, ds, "view", "a file at a view's name that is not a version", table=t, partition=k
-            )
+            Quarantine(layout).put(view, ds, "view", "a file at a view's name that is not a version", table=t,
+                                   partition=k)
         point_view(v, view)
     for t, f in view_files(layout, ds):
         if f not in want and is_view(layout, ds, t, f): f.unlink()
     remove_empty_folders(layout.dataset_dir(ds))
 
+# %% ../nbs/07a_versions.ipynb #9b8dfecb
 def remove_empty_folders(root:Path) -> None:
     "Remove empty table folders under `root` and their empty `year=` folders (never through a link)"
     tables = [d for d in root.iterdir() if d.is_dir() and not d.is_symlink()] if root.is_dir() else []
@@ -240,6 +249,7 @@ def legacy_candidates(layout:DataLayout,  # the data dir
             out.setdefault((str(note.get("table")), f.stem, sha256_file(f)), f)
     return out
 
+# %% ../nbs/07a_versions.ipynb #957365c6
 def link_version(src:Path,    # an existing file
                  target:Path  # its version name
                 ) -> None:
@@ -261,6 +271,7 @@ def needs_migration(mm:ManifestManager,  # the manager
         or any(not e.path.startswith("versions/") for *_, e in entries(m))
     )
 
+# %% ../nbs/07a_versions.ipynb #dd13b7d5
 def migrate_dataset(mm:ManifestManager,  # the manager (the dataset's lock held)
                     dataset:str           # the dataset's name
                    ) -> int:
@@ -270,9 +281,8 @@ def migrate_dataset(mm:ManifestManager,  # the manager (the dataset's lock held)
     if pointer is not None and pointer.version not in mm.versions(
         ds
     ):  # a release before the manifest history
-        atomic_write_bytes(
-            mm.version_path(ds, pointer.version), layout.manifest_path(ds).read_bytes(), replace=False
-        )
+        atomic_write_bytes(mm.version_path(ds, pointer.version), layout.manifest_path(ds).read_bytes(),
+                           replace=False)
     versions, _ = load_versions(mm, ds)
     found, linked = legacy_candidates(layout, ds), 0
     for m in versions:

@@ -19,10 +19,11 @@ from test_cli import script
 
 from wrds_sync_nb import reader
 from wrds_sync_nb.datasets import DatasetRegistry
+from wrds_sync_nb.history import vacuum
+from wrds_sync_nb.integrity import check_integrity
 from wrds_sync_nb.layout import DataLayout, sha256_file
 from wrds_sync_nb.manifest import ManifestManager
 from wrds_sync_nb.sync import SyncManager
-from wrds_sync_nb.vintages import vacuum
 
 REPO = Path(__file__).resolve().parent.parent
 PREVIOUS_RELEASE = "334f60f"  # the last commit before vintages: its data dirs must upgrade losing nothing
@@ -157,7 +158,7 @@ def test_a_reader_holding_an_old_version_survives_restatements_and_vacuum(env, d
     assert out["bad"] == [] and out["queries"] > 1 and out["last_ok"]
     res = vacuum(SyncManager(None, data, registry=reg), "crsp", grace=timedelta(0))  # the reader is gone
     assert res.kept_versions == [4] and len(res.files) >= 3
-    assert SyncManager(None, data).verify_integrity("crsp", current_only=True) == []
+    assert check_integrity(SyncManager(None, data), "crsp", current_only=True) == []
 
 
 READ_EVERYTHING = textwrap.dedent("""
@@ -244,7 +245,7 @@ def test_backup_and_restore_carry_the_history(env, demo, wrds_db, tmp_path):
     restored = tmp_path / "restored"
     assert float(reader.connect(restored, as_of=before).sql(SUM_2024).fetchone()[0]) == pytest.approx(old)
     assert script(restored, "history", "--dataset", "crsp", "--json").stdout == script(data, "history", "--dataset", "crsp", "--json").stdout
-    assert SyncManager(None, restored).verify_integrity("crsp") == []
+    assert check_integrity(SyncManager(None, restored), "crsp") == []
     assert (restored / "wrds/crsp/daily/2024.parquet").is_file()  # the views are rebuilt
 
 
