@@ -10,7 +10,15 @@ from datetime import date
 
 import polars as pl
 import pyarrow.parquet as pq
-from synchelp import aggregates, file_digests, local_frame, manager, normalise, row_hash, templated_source_frame
+from synchelp import (
+    aggregates,
+    file_digests,
+    local_frame,
+    manager,
+    normalise,
+    row_hash,
+    templated_source_frame,
+)
 from test_cli import one_error, script
 from test_sync_faults import sessions_closed
 

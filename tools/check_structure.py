@@ -113,7 +113,9 @@ def main() -> int:
     for py in sorted((ROOT / "wrds_sync_nb").glob("*.py")):
         if py.name.startswith("_modidx"): continue
         f, c, d = check_module(py)
-        funcs += f; chains += c; docs += d
+        funcs += f
+        chains += c
+        docs += d
     funcs.sort(reverse=True)
     median = statistics.median(n for n, _ in cells)
     print(f"exported cells: {len(cells)}, median {median:g} lines; largest: "

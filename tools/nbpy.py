@@ -30,7 +30,8 @@ def to_nb(src: Path, dst: Path) -> None:
         cells.append(c)
     for line in src.read_text().split("\n"):
         if line.startswith("#%%"):
-            flush(); buf = []
+            flush()
+            buf = []
             tag = line[3:].strip()
             kind = {"md": "md", "params": "params"}.get(tag, "code")
         else:
