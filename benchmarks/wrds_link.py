@@ -154,12 +154,50 @@ def run_child(mode: str, env: dict, root: Path, src, user: str, proxy_pid: int) 
     return {**got, "sessions": seen[0], "server_cpu": server_cpu(src) - before[0], "proxy_cpu": proxy_cpu(proxy_pid) - before[1]}
 
 
+CATALOGUE_SQL = """do $$ begin for i in 1..%s loop
+  execute format('create schema lib%%s', i);
+  execute format('grant usage on schema lib%%s to public', i);
+  for j in 1..20 loop
+    execute format('create table lib%%s.t%%s (gvkey varchar(6), datadate date, x numeric(10,2), y float8, z text)', i, j);
+  end loop;
+  for j in 1..10 loop execute format('create view lib%%s.v%%s as select * from lib%%s.t%%s', i, j, i, j); end loop;
+  commit;
+end loop; end $$"""
+
+
+def add_catalogue(src, libraries: int) -> None:
+    """WRDS's catalogue size: `libraries` more schemas of 20 tables and 10 views each (1,000: about 70,000
+    pg_class and 60,000 pg_type rows; WRDS has about 118,600 relations in 1,100 schemas)."""
+    conn = src.connect("link")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(CATALOGUE_SQL % libraries)
+    conn.close()
+
+
+def setup_seconds(env: dict) -> dict[str, float]:
+    """Seconds to open one ADBC session over the modelled link, with the driver's type resolver reading the
+    server's catalogue (its default: what the sync did before) and with its built-in types (what it does now)."""
+    import adbc_driver_postgresql.dbapi as adbc
+    uri = (f"postgresql://{env['WRDS_USERNAME']}:{env['WRDS_PASSWORD']}@127.0.0.1:{env['WRDS_PORT']}/"
+           f"{env['WRDS_DATABASE']}?sslmode=disable")
+    out = {}
+    for mode in ("server", "builtin"):
+        t0 = time.monotonic()
+        conn = adbc.connect(uri, db_kwargs={"adbc.postgresql.type_resolver_mode": mode})
+        out[mode] = time.monotonic() - t0
+        conn.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=600_000)
     ap.add_argument("--mbit", type=float, default=64.0, help="bandwidth cap per connection, Mbit/s")
     ap.add_argument("--latency-ms", type=float, default=15.0, help="one-way latency per connection")
     ap.add_argument("--paths", default="pandas,duckdb_1,duckdb_3,full_sync_1,full_sync_3,full_sync_7")
+    ap.add_argument("--catalogue", type=int, default=1000,
+                    help="extra libraries of 30 relations each on the server (WRDS-sized: 1000; 0: a small catalogue)")
     a = ap.parse_args()
     from wrds_sync_nb.demo import DEMO_PASSWORD, DEMO_ROLE, DemoSource
     root = Path(tempfile.mkdtemp(prefix="wrds-link-"))
@@ -167,6 +205,8 @@ def main() -> None:
     counts = src.build("link", daily_rows=a.rows, start_year=YEARS[0], end_year=YEARS[1], tables=["crsp.dsf_v2"])
     src.execute("create index on crsp_a_stock.dsf_v2 (permno, dlycaldt)", database="link")
     src.execute("analyze crsp_a_stock.dsf_v2", database="link")
+    if a.catalogue: add_catalogue(src, a.catalogue)
+    relations = src.execute("select count(*) from pg_class", database="link")[0][0]
     proxy = subprocess.Popen([sys.executable, __file__, "--proxy", f"{src.socket_dir}/.s.PGSQL.5432", str(a.mbit * 1e6 / 8),
                               str(a.latency_ms / 1000)], stdout=subprocess.PIPE, text=True)
     port = proxy.stdout.readline().strip()
@@ -174,7 +214,10 @@ def main() -> None:
            "WRDS_PASSWORD": DEMO_PASSWORD, "WRDS_SSLMODE": "disable"}
     limit = src.execute("select rolconnlimit from pg_roles where rolname = %s", (DEMO_ROLE,), database="postgres")[0][0]
     print(f"source: {counts['crsp.dsf_v2']:,} rows x 19 columns in crsp.dsf_v2 ({YEARS[0]}-{YEARS[1]}); link: {a.mbit:g} Mbit/s "
-          f"and {a.latency_ms:g} ms per connection; role connection limit {limit}")
+          f"and {a.latency_ms:g} ms per connection; role connection limit {limit}; catalogue {relations:,} pg_class rows")
+    setup = setup_seconds(env)
+    print(f"opening one ADBC session: {setup['server']:.3f} s with the server's type catalogue (before), "
+          f"{setup['builtin']:.3f} s with built-in types (now)")
     try:
         res = {p: run_child(p, env, root, src, DEMO_ROLE, proxy.pid) for p in a.paths.split(",")}
     finally:

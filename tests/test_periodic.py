@@ -72,6 +72,8 @@ def test_full_sync_through_the_script_equals_the_sources_and_holidays_are_no_par
 
 def test_new_day_and_new_year_tables_are_fetched_alone_and_an_unchanged_catalogue_scans_nothing(demo, wrds_db, tmp_path):
     sm = manager(demo, wrds_db, tmp_path)
+    # without the rolling deep check (tested in test_real_scale), an unchanged catalogue scans no table
+    sm.registry = DatasetRegistry([d.model_copy(update={"deep_check_days": 0}) for d in sm.registry])
     sm.full_sync("taq", 2024, 2025)
     sm.full_sync("optionmetrics", 2024, 2025, tables=["option_prices"])
     before = file_digests(tmp_path)

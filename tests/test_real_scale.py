@@ -163,3 +163,39 @@ def test_commands_cost_the_same_on_a_wrds_sized_catalogue(demo, env, big_templat
         assert "lib1000" in libs and "crsp" in libs
     finally:
         demo.execute(f'drop database if exists "{big}" with (force)', database="postgres")
+
+
+def fetched_partitions(stderr):
+    """(table, partition) of every partition a `-v --log-format json` run fetched."""
+    evs = [json.loads(x) for x in stderr.splitlines() if x.startswith("{")]
+    return sorted((e["table"], e["partition"]) for e in evs if e["event"] == "sync.partition.completed")
+
+
+def test_a_dropped_column_and_an_in_place_edit_of_a_day_table_are_seen(env, demo, wrds_db, tmp_path):
+    taq = ["--dataset", "taq", "--start-year", "2025"]
+    r = script(tmp_path, "full-sync", *taq)
+    assert r.returncode == 0, r.stderr
+    demo.execute("alter table taqm_2025.ctm_20251222 drop column tr_id", database=wrds_db)   # its columns' digest
+    r = script(tmp_path, "--log-format", "json", "-v", "incremental", "--dataset", "taq")
+    assert r.returncode == 0 and fetched_partitions(r.stderr) == [("trades", "2025-12-22")], r.stderr
+    demo.execute("update taqm_2025.complete_nbbo_20251229 set best_bid = best_bid * 2", database=wrds_db)
+    demo.execute("analyze taqm_2025.complete_nbbo_20251229", database=wrds_db)   # the catalogue: as it was
+    plans = json.loads(script(tmp_path, "incremental", "--dataset", "taq", "--dry-run", "--json", "--deep").stdout)
+    assert [(t, it["partition"]) for t, p in plans["taq"].items() for it in p if it["action"] == "fetch"] == [
+        ("nbbo", "2025-12-29")]
+    r = script(tmp_path, "--log-format", "json", "-v", "incremental", "--dataset", "taq", "--deep")
+    assert r.returncode == 0 and fetched_partitions(r.stderr) == [("nbbo", "2025-12-29")], r.stderr
+
+
+def test_dry_runs_give_partitions_rows_and_bytes_before_a_big_pull(env, tmp_path):
+    r = script(tmp_path, "full-sync", *FF, "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)["fama_french"]
+    assert {it["action"] for p in plan.values() for it in p} == {"fetch"} and all(
+        it["rows"] > 0 for it in plan["daily"])
+    r = script(tmp_path, "full-sync", *FF, "--dry-run")
+    assert "daily: fetch 5 (full sync); about" in r.stdout and "to download" in r.stdout, r.stdout
+    assert not (tmp_path / "manifests").exists()   # a dry run writes nothing
+    assert script(tmp_path, "full-sync", *FF).returncode == 0
+    r = script(tmp_path, "full-sync", *FF, "--dry-run")
+    assert "daily: keep 5 (source marker unchanged" in r.stdout, r.stdout   # the evidence it rests on

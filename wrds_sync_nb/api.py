@@ -83,6 +83,7 @@ def add_table(
     where: str | None = None,  # an SQL condition run on WRDS as written
     data_dir: Path | str | None = None,  # the data dir
     granularity: str | None = None,  # year, month or day partitions (default: year, or a template's tables)
+    replace: bool = False,  # redefine a dataset added before (its next sync fetches everything again)
 ) -> DatasetSpec:
     """Define a dataset for any WRDS table (or a table per year or day: `optionm.opprcd{year}`; or a
     filtered copy of a dataset: `taq`), stored in the data dir"""
@@ -96,7 +97,7 @@ def add_table(
                                    items, columns, where)
     layout = DataLayout(target_dir(data_dir))
     claim_data_dir(layout)
-    store_dataset(layout, spec)
+    store_dataset(layout, spec, replace)
     print(
         f"added {', '.join(t.source for t in spec.tables)} as dataset {spec.name}"
         + "".join(f"\n  {n}" for n in notes)

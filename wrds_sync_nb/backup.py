@@ -164,10 +164,11 @@ def backup(data_dir:Path|str,              # the data dir
           ) -> BackupResult:
     "Verify the local copy, send it as a new generation, check it, promote it; all under the datasets' locks"
     layout = DataLayout(data_dir)
-    if not layout.manifests_dir.is_dir():
-        raise ConfigError(f"{layout.root} has no manifests: nothing to back up",
+    names = synced_datasets(layout) if layout.manifests_dir.is_dir() else []
+    if not names:
+        raise ConfigError(f"{layout.root} holds no synced dataset: nothing to back up",
                           "run a sync first, or pass the right --data-dir")
-    dest, names, t0 = remote or str(layout.backups_dir / "latest"), synced_datasets(layout), time.monotonic()
+    dest, t0 = remote or str(layout.backups_dir / "latest"), time.monotonic()
     with dataset_locks(layout, names, lock_timeout_seconds, writer_id):
         rebuild_views(
             SyncManager(None, layout), names

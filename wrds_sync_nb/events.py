@@ -23,10 +23,11 @@ __all__ = ['DISK_WARNING', 'DISK_CRITICAL', 'DISK_BLOCKED', 'LOCK_STALE', 'CHECK
            'PARTITION_QUARANTINED', 'SCHEMA_NEW_COLUMNS', 'SCHEMA_BREAKING', 'QUARANTINE_CLEANED', 'LOCK_ACQUIRED',
            'LOCK_RELEASED', 'LOCK_RECOVERED', 'LOCK_FORCED', 'QUERY_RETRY', 'QUERY_TIMEOUT', 'CONNECTED',
            'CONNECTIONS_LIMITED', 'CREDENTIALS_FILE_MODE', 'CREDENTIALS_WEAK', 'VERIFY_COMPLETED', 'BACKUP_COMPLETED',
-           'RESTORE_COMPLETED', 'DATA_DIR_MIGRATED', 'VERSION_COMMITTED', 'VERSION_UNCHANGED', 'VACUUM_COMPLETED',
-           'RATE_LIMIT_WAIT', 'LOCK_WAIT', 'DATASET_ADDED', 'REDACTED', 'MIN_SECRET_CHARS', 'logger', 'SENTENCES',
-           'Alert', 'alerts_markdown', 'register_secret', 'redact', 'emit', 'listening', 'capture_events',
-           'JsonEventFormatter', 'TextEventFormatter', 'EventStreamHandler', 'configure_logging', 'sentence']
+           'RESTORE_COMPLETED', 'DATA_DIR_MIGRATED', 'VERSION_COMMITTED', 'VERSION_UNCHANGED', 'SYNC_ESTIMATE',
+           'VACUUM_COMPLETED', 'RATE_LIMIT_WAIT', 'LOCK_WAIT', 'DATASET_ADDED', 'REDACTED', 'MIN_SECRET_CHARS',
+           'logger', 'SENTENCES', 'Alert', 'alerts_markdown', 'register_secret', 'redact', 'emit', 'listening',
+           'capture_events', 'JsonEventFormatter', 'TextEventFormatter', 'EventStreamHandler', 'configure_logging',
+           'sentence']
 
 # %% ../nbs/01_events.ipynb #01f2707e
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ RESTORE_COMPLETED = "sync.restore.completed"
 DATA_DIR_MIGRATED = "sync.data_dir.migrated"
 VERSION_COMMITTED = "sync.version.committed"
 VERSION_UNCHANGED = "sync.version.unchanged"
+SYNC_ESTIMATE = "sync.estimate"
 VACUUM_COMPLETED = "sync.vacuum.completed"
 RATE_LIMIT_WAIT = "wrds.rate_limit.wait"
 LOCK_WAIT = "sync.lock.wait"
@@ -275,6 +277,8 @@ SENTENCES = {
     SCHEMA_NEW_COLUMNS: "{dataset}/{table} has new columns at the source: {columns} (kept from now on)",
     LOCK_STALE: "the lock of {dataset} is stale ({reason}): recovering it",
     DATASET_ADDED: "added {source} as dataset {dataset}: {notes}",
+    SYNC_ESTIMATE: "{dataset}: about {rows:,} rows ({size}) to download for {tables}",
+    VERSION_UNCHANGED: "{dataset}: nothing changed at the source; still version {version}",
 }
 
 # %% ../nbs/01_events.ipynb #31223306

@@ -290,7 +290,9 @@ def claim_data_dir(layout:DataLayout,        # the data dir
     "Make `layout.root` a data dir if it is new, empty or one already; refuse a folder holding other things"
     root = layout.root
     found = data_dir_kind(layout) if root.is_dir() else None
-    if found is None and root.is_dir() and any(p.name not in OUR_NAMES for p in root.iterdir()):
+    # our own in-flight temporary files are ours: another `wrds-sync` claiming the folder at this moment
+    if found is None and root.is_dir() and any(p.name not in OUR_NAMES and not is_temp_name(p.name)
+                                               for p in root.iterdir()):
         raise ConfigError(
             f"{root} holds other files and is not a wrds-sync data dir",
             "pass --data-dir (or WRDS_SYNC_DATA_DIR) pointing to a new or empty folder, or to a data dir",

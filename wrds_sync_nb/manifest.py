@@ -84,6 +84,7 @@ class SourceState(BaseModel):
     marker: str | None = None        # the 'last updated' marker of its comment
     approx_rows: int | None = None  # the planner's row estimate
     ident: str | None = None  # oid/filenode of the table (or of the tables under a view): a reload changes it
+    columns: str | None = None  # a digest of its columns and their types: a column added, dropped or retyped
 
 # %% ../nbs/02_manifest.ipynb #acc86d16
 class TableEntry(BaseModel):
@@ -96,6 +97,8 @@ class TableEntry(BaseModel):
     schema_fingerprint: str | None = None
     partitions: dict[str, PartitionEntry] = Field(default_factory=dict)
     sources: dict[str, SourceState] = Field(default_factory=dict)  # per WRDS table of a templated source
+    definition: str | None = None  # the digest of the definition its partitions were made under
+    subset: bool | None = None     # a filtered copy or some columns of its WRDS table (None: not recorded)
 
     @property
     def rows(self) -> int: return sum(p.rows for p in self.partitions.values())
@@ -118,11 +121,15 @@ class SyncManifest(BaseModel):
     content_sha256: str | None = None
 
     def content_digest(self) -> str:
-        """SHA-256 of the canonical JSON of everything but the digest itself (an empty `sources` left out,
-        as before it existed)"""
+        """SHA-256 of the canonical JSON of everything but the digest itself (an empty `sources`, and a source
+        state's unknown `columns`, left out, as before they existed)"""
         body = self.model_dump(mode="json", exclude={"content_sha256"})
         for t in body["tables"].values():
             if not t["sources"]: del t["sources"]
+            for k in ("definition", "subset"):
+                if t[k] is None: del t[k]
+            for s in t.get("sources", {}).values():
+                if s["columns"] is None: del s["columns"]
         return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def files(self) -> dict[str, PartitionEntry]:

@@ -57,6 +57,7 @@ class RunContext:
     attempts: int = 3             # tries of a partition on a transient failure
     allow_mass_delete: bool = False
     force: bool = False           # a full sync that fetches every partition again
+    deep: bool = False            # an incremental that fingerprints every table, whatever the catalogue says
     started: float = field(default_factory=time.monotonic)
     errors: list[str] = field(default_factory=list)
     schema_errors: list[str] = field(default_factory=list)

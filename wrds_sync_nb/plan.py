@@ -11,10 +11,10 @@ from typing import Literal
 from .manifest import PartitionEntry, SourceFingerprint
 
 # %% auto #0
-__all__ = ['Action', 'MASS_REMOVAL_SHARE', 'PlanItem', 'PlanInputs', 'marker_unchanged', 'unchanged', 'reusable', 'keep_reason',
-           'plan_table', 'needs_source', 'mass_removal']
+__all__ = ['Action', 'MASS_REMOVAL_SHARE', 'PlanItem', 'Asked', 'PlanInputs', 'marker_unchanged', 'unchanged', 'reusable',
+           'keep_reason', 'plan_table', 'needs_source', 'mass_removal']
 
-# %% ../nbs/08b_plan.ipynb #8a0303c5
+# %% ../nbs/08b_plan.ipynb #140b6e7f
 Action = Literal["fetch", "keep", "remove", "refetch_damaged"]
 
 @dataclass(frozen=True)
@@ -24,8 +24,18 @@ class PlanItem:
     action: Action
     reason: str
     entry: PartitionEntry | None = None  # the local entry kept, removed or found damaged
+    rows: int | None = None              # a fetch: the rows the source's fingerprint counts
 
-# %% ../nbs/08b_plan.ipynb #b8247e24
+# %% ../nbs/08b_plan.ipynb #e53c527d
+@dataclass(frozen=True)
+class Asked:
+    "What a run is asked to do (the command's options)"
+    kind: Literal["full", "incremental"] = "incremental"
+    years: range | None = None  # a full sync's years (None: the dataset's)
+    force: bool = False         # a full sync fetching every partition again
+    deep: bool = False          # an incremental fingerprinting every table, whatever the catalogue says
+
+# %% ../nbs/08b_plan.ipynb #8ad79147
 @dataclass(frozen=True)
 class PlanInputs:
     "What a sync knows about one table when it decides"
@@ -38,6 +48,7 @@ class PlanInputs:
     source_marker: str | None = None                  # the table comment's "last updated" marker now
     stored_marker: str | None = None                  # ... and at the last sync
     force: bool = False                               # a full sync that fetches every partition again
+    redefined: bool = False                           # the table's definition changed since its last sync
     recorded: frozenset[str] = frozenset()            # keys whose source fingerprint is the recorded one
 
 # %% ../nbs/08b_plan.ipynb #fb1fdb46
@@ -47,17 +58,21 @@ def marker_unchanged(now:str|None,    # the source's marker now
     "Does the table comment say nothing changed? (No marker proves nothing.)"
     return now is not None and now == then
 
-# %% ../nbs/08b_plan.ipynb #726a9110
+# %% ../nbs/08b_plan.ipynb #01c0debb
 def unchanged(i:PlanInputs) -> bool:
     "Marker unchanged, every local file verified, every partition in range held? (keep all, ask nothing)"
-    if i.force or not marker_unchanged(i.source_marker, i.stored_marker) or not set(i.stored) <= i.verified:
+    if i.force or i.redefined or not marker_unchanged(i.source_marker, i.stored_marker):
+        return False
+    if not set(i.stored) <= i.verified:
         return False
     return i.kind == "incremental" or set(i.keys) <= set(i.stored)
 
-# %% ../nbs/08b_plan.ipynb #854f1ead
+# %% ../nbs/08b_plan.ipynb #3c53b069
 def reusable(i:PlanInputs) -> dict[str, PartitionEntry]:
     "Local entries whose recorded source fingerprint equals the source's: kept if their files verify"
-    local = i.resumed if i.force else {**i.stored, **i.resumed}  # an interrupted run's files too
+    local = (
+        i.resumed if i.force or i.redefined else {**i.stored, **i.resumed}
+    )  # an interrupted run's files too
     src = i.source or {}
     return {k: e for k, e in local.items() if k in src and e.source == src[k]}
 
@@ -70,20 +85,25 @@ def keep_reason(i:PlanInputs,  # what the sync knows
     if key in i.recorded: return "catalogue unchanged (recorded fingerprint)"
     return "source fingerprint unchanged"
 
-# %% ../nbs/08b_plan.ipynb #684ada41
+# %% ../nbs/08b_plan.ipynb #5d8bc748
 def _plan_key(i:PlanInputs, key:str, ok:dict[str, PartitionEntry]) -> PlanItem | None:
     fp, old = (i.source or {}).get(key), i.stored.get(key)
     if fp is None: return PlanItem(key, "remove", "no rows at the source any more", old) if old else None
     if key in ok:
         if key not in i.verified:
-            return PlanItem(key, "refetch_damaged", "local file differs from its checksum", ok[key])
+            return PlanItem(key, "refetch_damaged", "local file differs from its checksum", ok[key], fp.rows)
         return PlanItem(key, "keep", keep_reason(i, key), ok[key])
-    if key in i.resumed: return PlanItem(key, "fetch", "source changed since this run's checkpoint")
-    if old is None or i.force:
-        why = "fetched again (--force)" if old else "new partition at the source"
-        return PlanItem(key, "fetch", "not fetched by this run yet" if i.kind == "full" and not old else why)
+    return PlanItem(key, "fetch", _fetch_reason(i, key, fp), rows=fp.rows)
+
+def _fetch_reason(i:PlanInputs, key:str, fp:SourceFingerprint) -> str:
+    old = i.stored.get(key)
+    if key in i.resumed: return "source changed since this run's checkpoint"
+    if old is None:
+        return "not fetched by this run yet" if i.kind == "full" else "new partition at the source"
+    if i.redefined: return "the table's definition changed"
+    if i.force: return "fetched again (--force)"
     rows = f" ({old.source.rows:,} -> {fp.rows:,} rows)" if old.source and old.source.rows != fp.rows else ""
-    return PlanItem(key, "fetch", f"restated: source fingerprint changed{rows}")
+    return f"restated: source fingerprint changed{rows}"
 
 def plan_table(i:PlanInputs) -> list[PlanItem]:
     "For every partition of one table: fetch, keep, remove or refetch as damaged, with the reason"
@@ -96,13 +116,13 @@ def plan_table(i:PlanInputs) -> list[PlanItem]:
     ok = reusable(i)
     return [it for k in i.keys if (it := _plan_key(i, k, ok)) is not None]
 
-# %% ../nbs/08b_plan.ipynb #4f2ea67a
+# %% ../nbs/08b_plan.ipynb #afa6e6f9
 def needs_source(i:PlanInputs,     # what the sync knows, before fingerprints
                  keys_known:bool,  # are the partitions known without the fingerprint scan?
                  vanished:bool     # has a stored partition's source table gone?
                 ) -> bool:
     "Must the plan wait for the source's fingerprints?"
-    held = [k for k in i.keys if k in i.resumed or (k in i.stored and not i.force)]
+    held = [k for k in i.keys if k in i.resumed or (k in i.stored and not (i.force or i.redefined))]
     fresh = i.kind == "full" and keys_known and not held and not vanished
     return not fresh
 
