@@ -115,3 +115,29 @@ def test_wrds_names_show_only_whole_copies_and_say_a_clash_once(env, demo, wrds_
         con = reader.connect(data)
     assert len(caught) == 1 and "show taq's copy" in str(caught[0].message), [str(w.message) for w in caught]
     assert con.sql("select count(*) from taqm_2025.ctm_20251222").fetchone()[0] == want
+
+
+def test_vacuum_frees_space_on_a_full_disk_and_cite_says_when_files_are_gone(env, demo, wrds_db, tmpfs):
+    from datetime import date, datetime, timedelta, timezone
+
+    from conftest import fill
+
+    from wrds_sync_nb.datadir import DataDir
+    from wrds_sync_nb.history import vacuum
+    data = tmpfs / "d"
+    assert script(data, "full-sync", *FF).returncode == 0
+    demo.restate_year("ff.factors_daily", "date", 2024, "mktrf", 2.0, database=wrds_db)
+    demo.bump_comment("ff.factors_daily", date(2026, 3, 1), database=wrds_db)
+    assert script(data, "incremental", "--dataset", "fama_french").returncode == 0   # version 1's 2024: replaced
+    filler = fill(tmpfs)
+    try:
+        r = script(data, "full-sync", *FF, "--force")
+        assert r.returncode == 1, r.stderr   # the disk is full indeed: a sync cannot even take its lock
+        res = vacuum(DataDir(data), "fama_french", now=datetime.now(timezone.utc) + timedelta(days=91))
+        assert len(res.files) == 1 and res.bytes > 0
+    finally:
+        filler.unlink()
+    r = script(data, "cite", "--dataset", "fama_french", "--version", "1")
+    assert r.returncode == 0 and "are no longer in this data dir (vacuumed)" in r.stdout, r.stdout
+    con = reader.connect(data)
+    assert reader.cite(con, data_dir=None).split()[0] == script(data, "cite", "--dataset", "fama_french").stdout.split()[0]

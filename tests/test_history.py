@@ -300,3 +300,26 @@ def test_a_data_dir_of_the_previous_release_upgrades_losing_nothing(env, demo, w
     restate(demo, wrds_db, 2025, 1.1, 26)
     assert script(data, "incremental", "--dataset", "crsp").returncode == 0  # and the new release syncs on
     assert script(data, "verify", "--all").returncode == 0
+
+
+def test_migrate_carries_a_partition_the_previous_release_set_aside_as_vanished(env, demo, wrds_db, tmp_path):
+    old_pkg, data = previous_release(tmp_path), tmp_path / "d"
+    path = f"{old_pkg}{os.pathsep}{site.getsitepackages()[0]}"
+    five_years = OLD_SYNC.replace("start_year=2023", "start_year=2021")  # one year of five: past the removal guard
+    run_old = lambda kind: subprocess.run([sys.executable, "-S", "-c", five_years, demo.socket_dir, wrds_db, str(data), kind],
+                                          env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True, cwd=tmp_path)
+    assert run_old("full").returncode == 0
+    gone = sha256_file(data / "wrds/crsp/monthly/2023.parquet")
+    demo.execute("delete from crsp_a_stock.msf_v2 where extract(year from mthcaldt) = 2023", database=wrds_db)
+    demo.bump_comment("crsp.msf_v2", date(2026, 3, 2), database=wrds_db)
+    r = run_old("incremental")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not (data / "wrds/crsp/monthly/2023.parquet").exists()
+    assert [p for p in (data / "quarantine").rglob("*.parquet") if sha256_file(p) == gone]  # set aside, not lost
+    m = script(data, "migrate")
+    assert m.returncode == 0, m.stderr
+    assert script(data, "verify", "--all").returncode == 0
+    assert gone in {sha256_file(p) for p in (data / "versions").rglob("*.parquet")}
+    first = min(ManifestManager(DataLayout(data)).versions("crsp"))
+    con = reader.connect(data, ["crsp"], version=first)
+    assert con.sql("select count(*) from crsp.msf_v2 where year(mthcaldt) = 2023").fetchone()[0] > 0
