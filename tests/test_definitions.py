@@ -33,6 +33,8 @@ def test_a_redefinition_is_refused_then_replaced_and_every_partition_refetched(e
     want = demo.execute("select count(*) from comp.secd where prccd > 90", database=wrds_db)[0][0]
     assert frame.columns == ["gvkey", "iid", "datadate", "prccd"] and frame.height == want
     assert script(data, "verify", "--dataset", "secd_x").returncode == 0
+    h = script(data, "history", "--dataset", "secd_x")
+    assert "secd: definition changed; replaced" in h.stdout, h.stdout
 
 
 def test_ten_adds_at_once_into_a_new_folder_keep_all_ten(env, demo, tmp_path):

@@ -528,7 +528,7 @@ def history_lines(r:dict[str, Any]) -> list[str]:
     head = (f"version {r['version']}  {r['committed_at']:%Y-%m-%d %H:%M} UTC  {r['kind'] or ''}  {kept}  "
             f"{r['stamp']}")
     body = [
-        f"  {c['table']}: "
+        f"  {c['table']}: " + ("definition changed; " if c.get("redefined") else "")
         + "; ".join(f"{what} {spans(c[what])}" for what in ("added", "replaced", "removed") if c[what])
         + f"; rows {c['rows_before']:,} -> {c['rows_after']:,}; source marker {c['source_marker'] or 'none'}"
         for c in r["changes"]

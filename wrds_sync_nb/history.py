@@ -47,8 +47,11 @@ def table_changes(prev:SyncManifest|None,  # the version before (None: the first
     new = m.tables[table].partitions if table in m.tables else {}
     added, removed = sorted(set(new) - set(old)), sorted(set(old) - set(new))
     replaced = sorted(k for k in set(new) & set(old) if new[k].sha256 != old[k].sha256)
-    if not (added or removed or replaced): return None
-    return {"table": table, "added": added, "replaced": replaced, "removed": removed,
+    was, now = (prev.tables[table].definition if prev and table in prev.tables else None,
+                m.tables[table].definition if table in m.tables else None)
+    redefined = was is not None and now is not None and was != now
+    if not (added or removed or replaced or redefined): return None
+    return {"table": table, "added": added, "replaced": replaced, "removed": removed, "redefined": redefined,
             "rows_before": sum(e.rows for e in old.values()), "rows_after": sum(e.rows for e in new.values()),
             "source_marker": m.tables[table].source_last_updated if table in m.tables else None}
 
