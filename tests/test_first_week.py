@@ -1,0 +1,75 @@
+"""A researcher's first week (issue: first week): WRDS SQL as Tidy Finance writes it runs unchanged on the local
+copy through `raw_sql`, with the official package's pandas dtypes."""
+from collections import Counter
+from datetime import date, datetime
+from decimal import Decimal
+
+import pandas as pd
+import pytest
+from test_cli import script
+
+from wrds_sync_nb.rawsql import raw_sql
+
+
+class Captured(Exception):
+    """tidyfinance's query, captured where it would be sent to WRDS."""
+
+
+def tidyfinance_queries(monkeypatch) -> dict[str, str]:
+    """The SQL tidyfinance 1.0.0 sends to WRDS for each dataset, taken from its own code at test time: its one
+    seam for WRDS reads (`_read_sql`, documented as the place tests patch) records the query instead."""
+    tf = pytest.importorskip("tidyfinance.download_wrds")
+    seen: dict[str, str] = {}
+
+    def capture(query, con):
+        raise Captured(query)
+
+    monkeypatch.setattr(tf, "_read_sql", capture)
+    monkeypatch.setattr(tf, "get_wrds_connection", lambda *a, **k: None)
+    monkeypatch.setattr(tf, "disconnect_connection", lambda *a, **k: None)
+    for ds, extra in (("crsp_monthly", {"version": "v2"}), ("compustat_annual", {}), ("compustat_quarterly", {}),
+                      ("ccm_links", {})):
+        with pytest.raises(Captured) as got:
+            tf.download_data_wrds(ds, start_date="2023-01-01", end_date="2025-12-31", quiet=True, **extra)
+        seen[ds] = str(got.value)
+    return seen
+
+
+def norm(v):
+    """One value as both sides can agree on it: numbers rounded, datetimes at midnight as dates."""
+    if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v):
+        return None
+    if isinstance(v, (pd.Timestamp, datetime)):
+        return v.date() if (v.hour, v.minute, v.second, v.microsecond) == (0, 0, 0, 0) else v
+    if isinstance(v, (int, float, Decimal)) and not isinstance(v, bool):   # CCM's lpermno: double at WRDS, an
+        return round(float(v), 6)                                            # integer in the copy (its cast)
+    return v
+
+
+def rows(df: pd.DataFrame) -> Counter:
+    return Counter(tuple(norm(v) for v in r) for r in df.astype(object).itertuples(index=False))
+
+
+def test_tidyfinance_queries_run_unchanged_on_the_local_copy(env, demo, wrds_db, tmp_path, monkeypatch):
+    data = tmp_path / "d"
+    for args in (("crsp", "--table", "monthly", "--table", "security_info", "--table", "ccm_link"),
+                 ("compustat",)):
+        r = script(data, "full-sync", "--dataset", args[0], "--start-year", "2023", *args[1:])
+        assert r.returncode == 0, r.stderr
+    queries = tidyfinance_queries(monkeypatch)
+    conn = demo.connect(wrds_db)
+    try:
+        for ds, q in queries.items():
+            local = raw_sql(q, data_dir=data)
+            source = pd.read_sql_query(q, conn)
+            assert len(local) > 0 and list(local.columns) == list(source.columns), ds
+            assert rows(local) == rows(source), ds
+    finally:
+        conn.close()
+    monthly = raw_sql(queries["crsp_monthly"], data_dir=data)
+    assert str(monthly.shrout.dtype) == "Int64" and str(monthly.prc.dtype) == "Float64"
+    shares = monthly.shrout * 1000   # Tidy Finance's own step: thousands of shares to shares
+    assert shares.max() > 2**31 and (shares > 0).all()   # no wrap-around in 32 bits
+    annual = raw_sql(queries["compustat_annual"], data_dir=data)
+    assert str(annual["at"].dtype) == "Float64" and isinstance(annual.datadate[0], pd.Timestamp)
+    assert annual.datadate.min().date() >= date(2023, 1, 1)
