@@ -1,12 +1,13 @@
 """A researcher's first week (issue: first week): WRDS SQL as Tidy Finance writes it runs unchanged on the local
 copy through `raw_sql`, with the official package's pandas dtypes."""
+import json
 from collections import Counter
 from datetime import date, datetime
 from decimal import Decimal
 
 import pandas as pd
 import pytest
-from test_cli import script
+from test_cli import FF, script
 
 from wrds_sync_nb.rawsql import raw_sql
 
@@ -73,3 +74,23 @@ def test_tidyfinance_queries_run_unchanged_on_the_local_copy(env, demo, wrds_db,
     annual = raw_sql(queries["compustat_annual"], data_dir=data)
     assert str(annual["at"].dtype) == "Float64" and isinstance(annual.datadate[0], pd.Timestamp)
     assert annual.datadate.min().date() >= date(2023, 1, 1)
+
+
+def test_every_line_of_a_json_log_run_is_json_failures_and_summaries_included(env, tmp_path, monkeypatch):
+    data = tmp_path / "d"
+    ok = script(data, "--log-format", "json", "full-sync", *FF)
+    assert ok.returncode == 0, ok.stderr
+    monkeypatch.setenv("WRDS_PASSWORD", "wrong")
+    bad = script(data, "--log-format", "json", "incremental", "--all")
+    monkeypatch.setenv("WRDS_HOST", "127.0.0.1")
+    monkeypatch.setenv("WRDS_PORT", "9")   # nothing listens there
+    down = script(data, "--log-format", "json", "incremental", "--all")
+    status = script(data, "--log-format", "json", "status", "--json")
+    for r in (ok, bad, down, status):
+        for line in (r.stdout + r.stderr).splitlines():
+            json.loads(line)   # jq reads every line
+    evs = [json.loads(x) for x in (ok.stdout + ok.stderr).splitlines()]
+    assert any(e["event"] == "sync.command.output" and "fama_french: version 1" in e["message"] for e in evs)
+    for r in (bad, down):
+        failed = [json.loads(x) for x in r.stderr.splitlines() if json.loads(x)["event"] == "sync.command.failed"]
+        assert r.returncode == 1 and len(failed) == 1 and failed[0]["fix"], r.stderr

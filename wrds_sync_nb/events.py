@@ -23,11 +23,11 @@ __all__ = ['DISK_WARNING', 'DISK_CRITICAL', 'DISK_BLOCKED', 'LOCK_STALE', 'CHECK
            'PARTITION_QUARANTINED', 'SCHEMA_NEW_COLUMNS', 'SCHEMA_BREAKING', 'QUARANTINE_CLEANED', 'LOCK_ACQUIRED',
            'LOCK_RELEASED', 'LOCK_RECOVERED', 'LOCK_FORCED', 'QUERY_RETRY', 'QUERY_TIMEOUT', 'CONNECTED',
            'CONNECTIONS_LIMITED', 'CREDENTIALS_FILE_MODE', 'CREDENTIALS_WEAK', 'VERIFY_COMPLETED', 'BACKUP_COMPLETED',
-           'RESTORE_COMPLETED', 'DATA_DIR_MIGRATED', 'VERSION_COMMITTED', 'VERSION_UNCHANGED', 'SYNC_ESTIMATE',
-           'VACUUM_COMPLETED', 'RATE_LIMIT_WAIT', 'LOCK_WAIT', 'DATASET_ADDED', 'REDACTED', 'MIN_SECRET_CHARS',
-           'logger', 'SENTENCES', 'Alert', 'alerts_markdown', 'register_secret', 'redact', 'emit', 'listening',
-           'capture_events', 'JsonEventFormatter', 'TextEventFormatter', 'EventStreamHandler', 'configure_logging',
-           'sentence']
+           'RESTORE_COMPLETED', 'DATA_DIR_MIGRATED', 'VERSION_COMMITTED', 'VERSION_UNCHANGED', 'COMMAND_OUTPUT',
+           'COMMAND_FAILED', 'SYNC_ESTIMATE', 'VACUUM_COMPLETED', 'RATE_LIMIT_WAIT', 'LOCK_WAIT', 'DATASET_ADDED',
+           'REDACTED', 'MIN_SECRET_CHARS', 'logger', 'SENTENCES', 'Alert', 'alerts_markdown', 'register_secret',
+           'redact', 'emit', 'listening', 'capture_events', 'JsonEventFormatter', 'TextEventFormatter',
+           'EventStreamHandler', 'configure_logging', 'sentence']
 
 # %% ../nbs/01_events.ipynb #01f2707e
 @dataclass(frozen=True)
@@ -134,6 +134,8 @@ RESTORE_COMPLETED = "sync.restore.completed"
 DATA_DIR_MIGRATED = "sync.data_dir.migrated"
 VERSION_COMMITTED = "sync.version.committed"
 VERSION_UNCHANGED = "sync.version.unchanged"
+COMMAND_OUTPUT = "sync.command.output"
+COMMAND_FAILED = "sync.command.failed"
 SYNC_ESTIMATE = "sync.estimate"
 VACUUM_COMPLETED = "sync.vacuum.completed"
 RATE_LIMIT_WAIT = "wrds.rate_limit.wait"
