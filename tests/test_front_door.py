@@ -61,7 +61,7 @@ def test_add_any_table_then_incremental_all_without_datasets_option(env, demo, w
     assert "comp_secd: version 1" in r.stdout and "links: version 1" in r.stdout
     con = connect(data)
     want = demo.execute("select count(*) from comp.secd where exchg in (11, 14)", database=wrds_db)[0][0]
-    assert con.sql("select count(*) from comp.secd").fetchone()[0] == want > 0
+    assert con.sql("select count(*) from comp_secd_secd").fetchone()[0] == want > 0   # a filtered copy: its name
     lc = demo.execute("select count(*) from crsp.ccmxpf_lnkhist where linktype in ('LC', 'LU')", database=wrds_db)[0][0]
     assert con.sql("select count(*) from links_ccmxpf_lnkhist").fetchone()[0] == lc
     demo.append_days("comp.secd", "datadate", 1, database=wrds_db)
@@ -69,7 +69,7 @@ def test_add_any_table_then_incremental_all_without_datasets_option(env, demo, w
     r = script(data, "incremental", "--all")
     assert r.returncode == 0 and "comp_secd: version 2" in r.stdout, r.stdout + r.stderr
     assert "links: nothing changed at the source; still version 1" in r.stdout  # no data changed: no version
-    assert connect(data).sql("select count(*) from comp.secd").fetchone()[0] > want
+    assert connect(data).sql("select count(*) from comp_secd_secd").fetchone()[0] > want
 
 
 def test_full_sync_of_chosen_tables_and_start_years_from_the_data(env, demo, wrds_db, tmp_path):

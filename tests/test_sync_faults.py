@@ -98,8 +98,9 @@ def test_kill_9_at_random_moments_then_resume(demo, wrds_db, tmp_path):
         carried = {(t, k): e.path for t, es in uncommitted(prog).items() for k, e in es.items()  # published, not committed
                    if (data / e.path).exists() and sha256_file(data / e.path) == e.sha256}
         versions = {f.relative_to(data).as_posix() for f in (data / "versions").rglob("*") if f.is_file()}
-        if m is not None:  # the run committed: one version holds every partition
-            assert problems == [] and len(m.files()) == PARTITIONS
+        if m is not None:  # the run committed: one version holds every partition (killed before its views
+            # moved, verify says which views are stale, and the next sync re-points them)
+            assert all(p.startswith("stale view ") for p in problems) and len(m.files()) == PARTITIONS, problems
         else:  # killed before the commit: nothing visible, every published file is in the checkpoint for adoption
             assert problems == [f"dataset 'crsp' has no manifest: it has never been synced into {data}"]
             assert versions == set(carried.values())
