@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field,
                       ValidationError as PydanticValidationError, field_validator, model_validator)
 import tomli_w
-from .errors import ConfigError, DatasetNameError, UnknownDatasetError
+from .errors import ConfigError, DatasetNameError, UnknownDatasetError, did_you_mean
 from .layout import DataDirs, atomic_write_bytes, validate_name
 from .periods import GRANULARITIES, Granularity, SourceTemplate, source_name
 
@@ -188,10 +188,10 @@ class DatasetSpec(BaseModel):
 
     def table(self, name:str) -> TableSpec:
         "The table called `name`"
-        for t in self.tables:
-            if t.name == name: return t
-        names = ", ".join(t.name for t in self.tables)
-        raise UnknownDatasetError(f"dataset {self.name!r} has no table {name!r} (tables: {names})")
+        if (t := next((t for t in self.tables if t.name == name), None)) is not None: return t
+        names = [t.name for t in self.tables]
+        raise UnknownDatasetError(f"dataset {self.name!r} has no table {name!r} (tables: {', '.join(names)})",
+                                  did_you_mean(name, names, "pass one of its tables"))
 
     def year_range(self,
                    start_year:int|None=None,  # first year (default: the dataset's)
@@ -416,7 +416,8 @@ class DatasetRegistry:
         "The dataset called `name`; a bad or unknown name is a one-line error listing the known ones"
         validate_name(name)
         if name not in self._by_name:
-            raise UnknownDatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(self.names())}")
+            raise UnknownDatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(self.names())}",
+                                      did_you_mean(name, self.names(), None))
         return self._by_name[name]
 
 # %% ../nbs/02c_datasets.ipynb #e04bf1b3

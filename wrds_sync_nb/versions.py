@@ -137,8 +137,11 @@ def select_version(
     parsed = (ds, version, None) if isinstance(version, int) else parse_stamp(str(version))
     n, want = (parsed[1], parsed[2]) if parsed is not None and parsed[0] == ds else (0, None)
     m = mm.load_version(ds, n) if n > 0 else None
-    if m is None: raise UnknownDatasetError(f"{ds} has no version {version!r} (versions 1-{current.version}; "
-                                            f"`wrds-sync history --dataset {ds}` lists them)")
+    if m is None:
+        raise UnknownDatasetError(
+            f"{ds} has no version {version!r} (it has versions 1-{current.version})",
+            f"pick one of them: `wrds-sync history --dataset {ds} --all` lists them",
+        )
     if want is not None and not (m.content_sha256 or "").startswith(want):
         raise ManifestError(
             f"stamp {version} does not match version {n} of {ds} in {mm.layout.root}: this is other data",
@@ -160,9 +163,10 @@ def version_at(mm:ManifestManager,  # the manager
 
 def _none_before(mm:ManifestManager, ds:str, when:datetime) -> NoReturn:
     first = mm.load_version(ds, min(mm.versions(ds), default=1))
+    since = f"; the first is from {first.updated_at.isoformat(timespec='seconds')}" if first else ""
     raise UnknownDatasetError(
-        f"{ds} had no version at {when.isoformat(timespec='seconds')}"
-        + (f"; the first is from {first.updated_at.isoformat(timespec='seconds')}" if first else "")
+        f"{ds} had no version at {when.isoformat(timespec='seconds')}{since}",
+        f"pick a later time (`wrds-sync history --dataset {ds}` lists the versions and when)",
     )
 
 # %% ../nbs/07a_versions.ipynb #d4ea65e7
