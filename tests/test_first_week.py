@@ -94,3 +94,19 @@ def test_every_line_of_a_json_log_run_is_json_failures_and_summaries_included(en
     for r in (bad, down):
         failed = [json.loads(x) for x in r.stderr.splitlines() if json.loads(x)["event"] == "sync.command.failed"]
         assert r.returncode == 1 and len(failed) == 1 and failed[0]["fix"], r.stderr
+
+
+def test_one_naming_scheme_dataset_names_and_wrds_names(env, tmp_path):
+    from wrds_sync_nb import reader
+    from wrds_sync_nb.layout import DataLayout
+    from wrds_sync_nb.manifest import ManifestManager
+    data = tmp_path / "d"
+    r = script(data, "full-sync", "--dataset", "crsp.msf_v2", "--start-year", "2024")
+    assert r.returncode == 0 and "crsp: version 1" in r.stdout, r.stderr
+    assert list(ManifestManager(DataLayout(data)).load("crsp").tables) == ["monthly"]
+    by_wrds, ours = reader.scan("crsp", "msf_v2", data).collect(), reader.scan("crsp", "monthly", data).collect()
+    assert by_wrds.equals(ours) and ours.height > 0
+    r = script(data, "add", "crsp.msf_v2")
+    assert r.returncode == 1 and "already table monthly of dataset crsp" in r.stderr, r.stderr
+    r = script(data, "full-sync", "--dataset", "crps")
+    assert r.returncode == 1 and "did you mean 'crsp'?" in r.stderr

@@ -6,7 +6,7 @@ Docs: https://wrds-sync-nb.github.io/wrds-sync-nb/cli.html.md"""
 
 # %% ../nbs/10_cli.ipynb #f78ec243
 from __future__ import annotations
-import functools, getpass, io, json, os, signal, socket, sys, threading, traceback
+import functools, getpass, io, json, os, re, signal, socket, sys, threading, traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,8 +25,9 @@ from .catalog import (dataset_copy, description_lines, list_libraries, list_tabl
 from .client import WRDSClient
 from .config import load_config
 from .datasets import (DatasetRegistry, DatasetSpec, field_rows, partitioning, store_dataset,
-                                   stored_datasets)
-from .errors import ConfigError, CredentialsError, WRDSConnectionError, WrdsSyncError
+                                   normal_source, stored_datasets)
+from .errors import (ConfigError, CredentialsError, UnknownDatasetError, WRDSConnectionError,
+                                 WrdsSyncError)
 from .layout import DataLayout, claim_data_dir, data_dir_kind, validate_name
 from .locking import AtomicFileLock
 from .login import login as store_login
@@ -49,8 +50,8 @@ __all__ = ['app', 'Dataset', 'MaybeDataset', 'AsJson', 'out', 'F', 'StartYear', 
            'PlanJson', 'Yes', 'CONFIRM_BYTES', 'AllDatasets', 'Deep', 'MassDelete', 'EXPIRY_WARNING_DAYS', 'VerifyAll',
            'VerifyCurrent', 'AddSource', 'AddName', 'AddPartition', 'AddKey', 'AddColumns', 'AddFilter', 'AddWhere',
            'AddReplace', 'AddGranularity', 'DEMO_DATASETS', 'DEMO_YEARS', 'DemoRows', 'State', 'options', 'error_line',
-           'fail', 'handled', 'progress', 'run_line', 'full_sync', 'confirm_size', 'incremental_all', 'incremental',
-           'plan_size', 'plan_lines', 'print_plans', 'local_time', 'status_lines', 'known_layout',
+           'fail', 'handled', 'progress', 'dataset_named', 'run_line', 'full_sync', 'confirm_size', 'incremental_all',
+           'incremental', 'plan_size', 'plan_lines', 'print_plans', 'local_time', 'status_lines', 'known_layout',
            'check_credential_expiry', 'cell', 'status', 'verify_names', 'verify', 'verify_targets', 'verify_one',
            'repair', 'synced_layout', 'spans', 'history_lines', 'history', 'diff', 'cite', 'vacuum', 'migrate',
            'lock_status', 'force_unlock', 'datasets_cmd', 'libraries', 'tables', 'describe', 'comma_list',
@@ -204,6 +205,18 @@ def progress(st:State) -> Iterator[None]:
     "Show sync progress while the block runs (nothing with JSON logs)"
     with showing_progress("none" if st.log_format == "json" else "auto"): yield
 
+# %% ../nbs/10_cli.ipynb #efcd1176
+def dataset_named(reg:DatasetRegistry,  # the datasets known
+                  name:str              # `--dataset`: a dataset's name, or a WRDS table such as `comp.funda`
+                 ) -> tuple[str, list[str]|None]:
+    "The dataset (and the table, for a WRDS table's name) that `--dataset` means"
+    if not re.fullmatch(r"\w+\.\w+", name): return reg.get(name).name, None   # (a bad name: its own error)
+    if (have := reg.for_source(normal_source(name))) is None:
+        raise UnknownDatasetError(
+            f"no dataset mirrors the WRDS table {name}", f"add it first: `wrds-sync add {name}`"
+        )
+    return have[0].name, [have[1].name]
+
 # %% ../nbs/10_cli.ipynb #9e9f7b7e
 StartYear = Annotated[
     int | None, typer.Option("--start-year", help="first year (default: where the data starts)")
@@ -242,7 +255,8 @@ def full_sync(ctx:typer.Context, dataset:Dataset, start_year:StartYear=None, end
     at the source (`--force`: everything again). Resumes an interrupted run."""
     st = _state(ctx)
     reg = st.registry()
-    spec = reg.get(dataset)
+    name, picked = dataset_named(reg, dataset)   # a dataset, or a WRDS table one mirrors: `comp.funda`
+    spec, table, dataset = reg.get(name), table or picked, name
     asked = Asked("full", spec.year_range(start_year, end_year), force)  # validated before touching anything
     for t in table or []: spec.table(t)
     sm = _manager(st, registry=reg)
@@ -313,7 +327,11 @@ def incremental(ctx:typer.Context, dataset:MaybeDataset=None, all_:AllDatasets=F
         raise ConfigError("give --dataset NAME or --all", "pass exactly one of --dataset NAME or --all")
     reg = st.registry()
     added = [d.name for d in stored_datasets(st.layout)] if st.layout.root.is_dir() else []
-    names = sorted(set(synced_datasets(st.layout)) | set(added)) if all_ else [reg.get(dataset or "").name]
+    names = (
+        sorted(set(synced_datasets(st.layout)) | set(added))
+        if all_
+        else [dataset_named(reg, dataset or "")[0]]
+    )
     if all_ and not names:
         raise ConfigError(f"no dataset has been synced into {st.layout.root} yet", "run full-sync first")
     sm = _manager(st, registry=reg)
@@ -843,6 +861,12 @@ def define_added(client:WRDSClient,            # the WRDS client
                  granularity:str|None          # --granularity
                 ) -> tuple[DatasetSpec, list[str]]:
     "The definition `add` stores, and the notes that say what it chose"
+    if "." in source and name is None and (have := registry.for_source(normal_source(source))) is not None:
+        raise ConfigError(
+            f"{source} is already table {have[1].name} of dataset {have[0].name}",
+            f"sync it with `wrds-sync full-sync --dataset {have[0].name} --table {have[1].name}`, "
+            "or pass --name to add a copy of your own",
+        )
     if "." in source:
         return table_definition(client, source, name, partition_column, comma_list(key), comma_list(columns),
                                 filter_, where, granularity)

@@ -22,8 +22,8 @@ from .versions import entries, entry_file, parse_stamp, select_version, stamp
 
 # %% auto #0
 __all__ = ['Version', 'MAX_SOURCE_VIEWS', 'BUILTIN_NAMES', 'data_dir_of', 'synced_datasets', 'table_files', 'version_files',
-           'choose_versions', 'view_name', 'wrds_views', 'create_views', 'subsets', 'connect', 'scan', 'cite_lines',
-           'cite']
+           'choose_versions', 'view_name', 'wrds_views', 'create_views', 'subsets', 'connect', 'wrds_table', 'scan',
+           'cite_lines', 'cite']
 
 # %% ../nbs/09_reader.ipynb #9e94c08e
 def data_dir_of(data_dir:Path|str|None=None) -> DataLayout:
@@ -185,7 +185,7 @@ def create_views(con:duckdb.DuckDBPyConnection,  # the connection
             con.execute(f'create schema if not exists "{schema}"')
             con.execute(f'create or replace view "{schema}"."{name}" as {_body(part)}')
 
-# %% ../nbs/09_reader.ipynb #53fc96dc
+# %% ../nbs/09_reader.ipynb #33d25247
 def subsets(layout:DataLayout,   # the data dir
             m:SyncManifest       # a version read
            ) -> dict[str, bool]:
@@ -222,15 +222,32 @@ def connect(data_dir:Path|str|None=None,        # the data dir (default: $WRDS_S
                     [ds, m.version, stamp(m), m.content_sha256, m.updated_at, current, str(layout.root)])
     return con
 
-# %% ../nbs/09_reader.ipynb #4546e720
+# %% ../nbs/09_reader.ipynb #c03bb4de
+def wrds_table(layout:DataLayout,  # the data dir
+               library:str,        # a WRDS library (or one of our dataset names)
+               table:str           # a WRDS table (or one of our table names)
+              ) -> tuple[str, str] | None:
+    "Our (dataset, table) that holds WRDS table `library.table` whole, when that is not already our name"
+    mm, names = ManifestManager(layout), synced_datasets(layout)
+    if library in names and (m := mm.load(library)) is not None and table in m.tables: return None
+    for ds in sorted(names, key=lambda d: (d not in BUILTIN_NAMES, d)):
+        if (m := mm.load(ds)) is None: continue
+        whole = {t: not s for t, s in subsets(layout, m).items()}
+        hit = next((t for t, e in m.tables.items() if e.source_table == f"{library}.{table}"
+                    and whole.get(t, not e.subset)), None)
+        if hit is not None: return ds, hit
+    return None
+
+# %% ../nbs/09_reader.ipynb #45f7fc02
 def scan(dataset:str,                          # the dataset's name
          table:str,                            # the table
          data_dir:Path|str|None=None,          # the data dir (default: $WRDS_SYNC_DATA_DIR, then ./data)
          as_of:date|datetime|str|None=None,    # read the table as it was at this moment
          version:int|str|None=None             # a version number or citation stamp
         ) -> pl.LazyFrame:
-    "A polars LazyFrame over one table's files in one manifest version (union by name)"
+    "A polars LazyFrame over one table's files in one manifest version (union by name); WRDS names work too"
     layout = data_dir_of(data_dir)
+    dataset, table = wrds_table(layout, dataset, table) or (dataset, table)
     (m, current), = choose_versions(layout, [dataset], version, as_of).values()
     if table not in m.tables:
         raise UnknownDatasetError(
@@ -244,7 +261,7 @@ def scan(dataset:str,                          # the dataset's name
                                   f"run `wrds-sync verify --dataset {dataset}`")
     return pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed")
 
-# %% ../nbs/09_reader.ipynb #3d3ef138
+# %% ../nbs/09_reader.ipynb #e0c076c6
 def cite_lines(m:SyncManifest,                # the version cited
                layout:DataLayout|None=None     # its data dir, to say when its files are gone
               ) -> list[str]:
