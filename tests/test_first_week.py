@@ -110,3 +110,34 @@ def test_one_naming_scheme_dataset_names_and_wrds_names(env, tmp_path):
     assert r.returncode == 1 and "already table monthly of dataset crsp" in r.stderr, r.stderr
     r = script(data, "full-sync", "--dataset", "crps")
     assert r.returncode == 1 and "did you mean 'crsp'?" in r.stderr
+
+
+def test_the_demo_served_as_wrds_to_a_second_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    demo_dir = tmp_path / "demo"
+    wrds_sync = str(Path(sys.executable).parent / "wrds-sync")
+    server = subprocess.Popen([wrds_sync, "--data-dir", str(demo_dir), "demo", "--serve", "--rows", "2000"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        exports = []
+        while len(exports) < 7:   # the export lines come once the source is built and listening
+            line = server.stdout.readline()
+            assert line, server.stderr.read()
+            if line.startswith("export "): exports.append(line.strip())
+        env = dict(x.removeprefix("export ").split("=", 1) for x in exports)
+        r = subprocess.run([wrds_sync, "--data-dir", str(demo_dir), "demo", "--env"], capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.split("\n")[:7] == exports, r.stdout + r.stderr
+        child = {k: v for k, v in os.environ.items() if not k.startswith("WRDS_")}
+        r = subprocess.run([wrds_sync, "full-sync", "--dataset", "fama_french", "--start-year", "2024"],
+                           capture_output=True, text=True, env={**child, **env}, cwd=tmp_path)
+        assert r.returncode == 0 and "fama_french: version 1" in r.stdout, r.stderr
+        tables = raw_sql("select count(*) as n from ff.factors_daily", data_dir=env["WRDS_SYNC_DATA_DIR"])
+        assert int(tables.n[0]) > 0
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    r = subprocess.run([wrds_sync, "--data-dir", str(demo_dir), "demo", "--env"], capture_output=True, text=True)
+    assert r.returncode == 1 and "demo --serve" in r.stderr   # stopped with its server
