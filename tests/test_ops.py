@@ -79,7 +79,9 @@ def test_failing_rclone_emits_backup_failed_and_exits_1(synced, tmp_path, case):
     evs = [json.loads(x) for x in r.stderr.splitlines() if x.startswith("{")]
     failed = [e for e in evs if e["event"] == events.BACKUP_FAILED]
     assert len(failed) == 1 and failed[0]["alert"] is True
-    error = [x for x in r.stderr.splitlines() if x.startswith("error: ")]
+    assert not [x for x in r.stderr.splitlines() if not x.startswith("{")], r.stderr  # JSON lines only
+    error = [e["error"] for e in evs if e["event"] == events.COMMAND_FAILED]
+    assert len(error) == 1, r.stderr
     if case == "missing binary":
         assert "rclone is not installed" in error[0]
     else:

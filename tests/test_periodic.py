@@ -192,7 +192,9 @@ def test_kill_9_across_source_tables_then_resume(demo, wrds_db, tmp_path):
 
 def test_add_a_year_template_and_a_filtered_day_template_through_the_script(env, demo, wrds_db, tmp_path):
     data = tmp_path / "d"
-    r = script(data, "add", "optionm.opprcd{year}", "--partition-column", "date")
+    r = script(data, "add", "optionm.opprcd{year}", "--partition-column", "date")  # built in as optionmetrics
+    assert r.returncode == 1 and "--name" in r.stderr, r.stderr
+    r = script(data, "add", "optionm.opprcd{year}", "--partition-column", "date", "--name", "optionm_opprcd")
     assert r.returncode == 0 and "as dataset optionm_opprcd (table opprcd)" in r.stdout, r.stderr
     assert "one WRDS table a year: 5 found, optionm.opprcd2021 to optionm.opprcd2025" in r.stdout
     r = script(data, "add", "taqm_{year}.ctm_{date:%Y%m%d}", "--name", "taq_t1", "--filter", "sym_root=T1",

@@ -191,7 +191,7 @@ class DatasetSpec(BaseModel):
         if (t := next((t for t in self.tables if t.name == name), None)) is not None: return t
         names = [t.name for t in self.tables]
         raise UnknownDatasetError(f"dataset {self.name!r} has no table {name!r} (tables: {', '.join(names)})",
-                                  did_you_mean(name, names, "pass one of its tables"))
+                                  did_you_mean(name, names, "each dataset's tables: `wrds-sync datasets`"))
 
     def year_range(self,
                    start_year:int|None=None,  # first year (default: the dataset's)

@@ -193,6 +193,8 @@ def did_you_mean(name:str,            # what was typed
                  names:list[str],     # what exists
                  otherwise:str|None   # the fix when nothing is near (None: the error's own)
                 ) -> str | None:
-    "The fix for a misspelt name: the nearest name that exists, else `otherwise`"
+    "The fix for a misspelt name: the nearest name that exists (then `otherwise`), else `otherwise`"
     close = difflib.get_close_matches(name, names, 1)
-    return f"did you mean {close[0]!r}? (the others are listed above)" if close else otherwise
+    if not close: return otherwise
+    rest = f" Else {otherwise}" if otherwise else " (the others are listed above)"
+    return f"did you mean {close[0]!r}?{rest}"
