@@ -8,7 +8,9 @@ Fails (exit 1) on
 - a notebook holding more than 12% of the package's exported lines;
 - a private class whose only use is to be the base of one other class of its module (a class split across cells);
 - a public function or method with two or more parameters (besides self/cls) without a docments comment on
-  each parameter.
+  each parameter;
+- a demonstration cell that imports and also runs code: nbdev's docs pipeline runs every cell holding an import
+  on its own, without the demonstrations before it (keep imports in the notebook's import cell).
 Prints the figures either way: median and largest exported cells, the five longest functions, the share of
 exported cells followed by a demonstration (the next code cell is not exported) and demonstration lines per
 exported line (targets 60% and 0.35, printed but not enforced yet), and the largest notebooks.
@@ -62,6 +64,23 @@ def rhythm(nbs: Path) -> tuple[float, float, dict[str, int], list[str]]:
                 followed += bool(counted(nxt)) and not EXPORT_RE.search(nxt) and "nbdev_export" not in nxt
             elif "nbdev_export" not in src and "default_exp" not in src: demo += counted(src)
     return followed / max(exported, 1), demo / max(sum(per_nb.values()), 1), per_nb, long
+
+
+def imports_and_runs(nbs: Path) -> list[str]:
+    "Non-exported cells holding an import and top-level statements other than imports and definitions"
+    out = []
+    keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)
+    for nb in sorted(nbs.glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        if not any(EXPORT_RE.search("".join(c["source"])) for c in cells): continue   # no docs to execute
+        for i, c in enumerate(cells):
+            src = "".join(c["source"])
+            if c["cell_type"] != "code" or EXPORT_RE.search(src) or "nbdev_export()" in src: continue
+            if re.search(r"^#\|\s*eval:\s*false", src, re.M): continue
+            tree = ast.parse("\n".join(ln for ln in src.splitlines() if not ln.lstrip().startswith(("%", "!"))))
+            imports = any(isinstance(n, ast.Import | ast.ImportFrom) for n in ast.walk(tree))
+            if imports and any(not isinstance(n, keep) for n in tree.body): out.append(f"{nb.name}#{i}")
+    return out
 
 
 def comment_lines(src: str) -> set[int]:
@@ -135,6 +154,8 @@ def main() -> int:
             for k, v in top if v > MAX_SHARE * total]
     bad += [f"private base class used only to split a class: {c}" for c in chains]
     bad += [f"parameters without docments: {d}" for d in docs]
+    bad += [f"cell imports and runs code (the docs pipeline runs it alone): {w}"
+            for w in imports_and_runs(ROOT / "nbs")]
     for line in bad: print("FAIL", line)
     print("structure: ok" if not bad else f"structure: {len(bad)} problem(s)")
     return 1 if bad else 0
