@@ -23,10 +23,10 @@ from .periods import GRANULARITIES, Granularity, SourceTemplate, source_name
 # %% auto #0
 __all__ = ['IDENT_RE', 'CAST_TYPES', 'MIN_YEAR', 'Ident', 'FilterValue', 'TableName', 'Source', 'CastType', 'OPTIONMETRICS',
            'TAQ', 'PER_PERIOD_DATASETS', 'CRSP', 'CRSP_LEGACY', 'COMPUSTAT', 'FAMA_FRENCH', 'BUILTIN_DATASETS',
-           'DOCS_URL', 'TableSpec', 'covered_keys', 'checked_granularity', 'Retention', 'parse_retention',
-           'DatasetSpec', 'checked_years', 'datasets_markdown', 'partitioning', 'field_rows', 'load_datasets_toml',
+           'DOCS_URL', 'covered_keys', 'checked_granularity', 'TableSpec', 'Retention', 'parse_retention',
+           'DatasetSpec', 'checked_years', 'partitioning', 'datasets_markdown', 'field_rows', 'load_datasets_toml',
            'stored_datasets', 'DatasetRegistry', 'dataset_name_for', 'normal_source', 'local_name', 'parse_filters',
-           'typed_filters', 'datasets_toml', 'definitions_locked', 'store_dataset', 'write_datasets',
+           'typed_filters', 'datasets_toml', 'definitions_locked', 'write_datasets', 'store_dataset',
            'definition_digest']
 
 # %% ../nbs/02c_datasets.ipynb #6780ff03
@@ -62,6 +62,29 @@ def _cast(t:str) -> str:
 TableName = Annotated[str, AfterValidator(lambda v: _safe_name(v, "table"))]
 Source = Annotated[str, AfterValidator(_source)]
 CastType = Annotated[str, AfterValidator(_cast)]
+
+# %% ../nbs/02c_datasets.ipynb #6a201607
+def covered_keys(t:TableSpec) -> TableSpec:
+    "`t` if its column list (if any) includes its key and partition columns"
+    need = [*t.key_columns, *([t.partition_column] if t.partition_column else [])]
+    if t.columns is not None and (missing := [c for c in need if c not in t.columns]):
+        raise ValueError(f"columns must include key/partition columns {missing}")
+    return t
+
+# %% ../nbs/02c_datasets.ipynb #f45e533a
+def checked_granularity(t:TableSpec) -> TableSpec:
+    "`t` if its granularity fits its source and partition column; a ValueError saying which field to set"
+    tp, g = t.template.period, t.granularity
+    if g is None: return t
+    if tp is not None and GRANULARITIES.index(g) < GRANULARITIES.index(tp):
+        raise ValueError(f"granularity {g!r} is coarser than the source's tables, one a {tp}: use {tp!r}")
+    if g != (tp or "year") and t.partition_column is None:
+        raise ValueError(f"granularity {g!r} cuts along a date column: set partition_column")
+    if tp is None and t.partition_column is None:
+        raise ValueError(
+            f"granularity {g!r} needs a partition_column (a table without one is kept as one file)"
+        )
+    return t
 
 # %% ../nbs/02c_datasets.ipynb #fe4d4a9a
 class TableSpec(BaseModel):
@@ -105,29 +128,6 @@ class TableSpec(BaseModel):
     def source_for(self, key:str) -> str:
         "The WRDS table holding partition `key`"
         return source_name(self.template, key) if self.templated else self.source
-
-# %% ../nbs/02c_datasets.ipynb #6a201607
-def covered_keys(t:TableSpec) -> TableSpec:
-    "`t` if its column list (if any) includes its key and partition columns"
-    need = [*t.key_columns, *([t.partition_column] if t.partition_column else [])]
-    if t.columns is not None and (missing := [c for c in need if c not in t.columns]):
-        raise ValueError(f"columns must include key/partition columns {missing}")
-    return t
-
-# %% ../nbs/02c_datasets.ipynb #f45e533a
-def checked_granularity(t:TableSpec) -> TableSpec:
-    "`t` if its granularity fits its source and partition column; a ValueError saying which field to set"
-    tp, g = t.template.period, t.granularity
-    if g is None: return t
-    if tp is not None and GRANULARITIES.index(g) < GRANULARITIES.index(tp):
-        raise ValueError(f"granularity {g!r} is coarser than the source's tables, one a {tp}: use {tp!r}")
-    if g != (tp or "year") and t.partition_column is None:
-        raise ValueError(f"granularity {g!r} cuts along a date column: set partition_column")
-    if tp is None and t.partition_column is None:
-        raise ValueError(
-            f"granularity {g!r} needs a partition_column (a table without one is kept as one file)"
-        )
-    return t
 
 # %% ../nbs/02c_datasets.ipynb #5069f5f5
 @dataclass(frozen=True)
@@ -312,6 +312,13 @@ FAMA_FRENCH = DatasetSpec(name="fama_french", description="Fama-French factors",
     TableSpec(name="monthly", source="ff.factors_monthly", partition_column="date", key_columns=["date"])])
 BUILTIN_DATASETS: list[DatasetSpec] = [CRSP, CRSP_LEGACY, COMPUSTAT, FAMA_FRENCH, *PER_PERIOD_DATASETS]
 
+# %% ../nbs/02c_datasets.ipynb #83a34364
+def partitioning(t:TableSpec) -> str:
+    "How a table is cut into files, in words"
+    if t.templated and t.period == t.template.period: return f"its WRDS tables (a {t.period} each)"
+    if not t.partitioned: return "(one file)"
+    return f"`{t.partition_column}`" + (f" by {t.period}" if t.period != "year" else "")
+
 # %% ../nbs/02c_datasets.ipynb #9925eb77
 def datasets_markdown(datasets:list[DatasetSpec]) -> str:
     "A Markdown table of `datasets`: one row per table with its WRDS source, partitioning, key and years"
@@ -324,13 +331,6 @@ def datasets_markdown(datasets:list[DatasetSpec]) -> str:
                 f"| {years} |"
             )
     return "\n".join(rows) + "\n"
-
-# %% ../nbs/02c_datasets.ipynb #83a34364
-def partitioning(t:TableSpec) -> str:
-    "How a table is cut into files, in words"
-    if t.templated and t.period == t.template.period: return f"its WRDS tables (a {t.period} each)"
-    if not t.partitioned: return "(one file)"
-    return f"`{t.partition_column}`" + (f" by {t.period}" if t.period != "year" else "")
 
 # %% ../nbs/02c_datasets.ipynb #6e78d5f5
 def field_rows() -> list[dict[str, str]]:
@@ -495,6 +495,18 @@ def definitions_locked(dirs:DataDirs) -> Iterator[None]:
         yield
     finally: os.close(fd)
 
+# %% ../nbs/02c_datasets.ipynb #4444a94f
+def write_datasets(dirs:DataDirs,            # the data dir (its definitions locked)
+                   specs:list[DatasetSpec]   # every definition it keeps
+                  ) -> None:
+    "Write `datasets.toml` beside the old one, checked to read back as `specs`, then rename it over"
+    text = datasets_toml(specs)
+    if [
+        DatasetSpec.model_validate({"name": n, **b}) for n, b in tomllib.loads(text)["datasets"].items()
+    ] != specs:
+        raise ConfigError("the definitions do not survive a round trip through TOML", "report this as a bug")
+    atomic_write_bytes(dirs.datasets_file, text.encode())
+
 # %% ../nbs/02c_datasets.ipynb #8a6f7513
 def store_dataset(dirs:DataDirs,        # the data dir
                   spec:DatasetSpec,     # the definition to add
@@ -515,18 +527,6 @@ def store_dataset(dirs:DataDirs,        # the data dir
             )
         write_datasets(dirs, [d for n, d in old.items() if n != spec.name] + [spec])
     return dirs.datasets_file
-
-# %% ../nbs/02c_datasets.ipynb #4444a94f
-def write_datasets(dirs:DataDirs,            # the data dir (its definitions locked)
-                   specs:list[DatasetSpec]   # every definition it keeps
-                  ) -> None:
-    "Write `datasets.toml` beside the old one, checked to read back as `specs`, then rename it over"
-    text = datasets_toml(specs)
-    if [
-        DatasetSpec.model_validate({"name": n, **b}) for n, b in tomllib.loads(text)["datasets"].items()
-    ] != specs:
-        raise ConfigError("the definitions do not survive a round trip through TOML", "report this as a bug")
-    atomic_write_bytes(dirs.datasets_file, text.encode())
 
 # %% ../nbs/02c_datasets.ipynb #41e68d77
 def definition_digest(t:TableSpec) -> str:

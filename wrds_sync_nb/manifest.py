@@ -16,8 +16,8 @@ from .layout import DataLayout, atomic_write_bytes, validate_name
 
 # %% auto #0
 __all__ = ['MAX_MANIFEST_BYTES', 'utcnow', 'LockToken', 'SourceFingerprint', 'PartitionEntry', 'SourceState', 'TableEntry',
-           'SyncManifest', 'parse_manifest', 'read_manifest', 'ManifestManager', 'current_manifest', 'save_manifest',
-           'write_version', 'kept_versions']
+           'SyncManifest', 'parse_manifest', 'read_manifest', 'ManifestManager', 'kept_versions', 'current_manifest',
+           'write_version', 'save_manifest']
 
 # %% ../nbs/02_manifest.ipynb #2634b501
 def utcnow() -> datetime:
@@ -211,6 +211,14 @@ class ManifestManager:
             raise ManifestError(f"dataset {dataset!r} has no previous manifest to roll back to")
         return self.save(prev.model_copy(update={"version": current.version}))
 
+# %% ../nbs/02_manifest.ipynb #53993022
+def kept_versions(mm:ManifestManager,  # the manager
+                  dataset:str           # whose history
+                 ) -> list[int]:
+    "The version numbers in the history, oldest first"
+    d = mm.history_dir(dataset)
+    return sorted(int(p.stem) for p in d.glob("*.json") if p.stem.isdigit()) if d.is_dir() else []
+
 # %% ../nbs/02_manifest.ipynb #2d6209ce
 def current_manifest(mm:ManifestManager,  # the manager
                      dataset:str           # the dataset's name
@@ -227,6 +235,18 @@ def current_manifest(mm:ManifestManager,  # the manager
     if legacy and hint is not None and n == hint.version: return hint
     return read_manifest(ds, mm.version_path(ds, n)) if n else None
 
+# %% ../nbs/02_manifest.ipynb #22a54af4
+def write_version(mm:ManifestManager,   # the manager
+                  m:SyncManifest         # a manifest with its version and checksum set
+                 ) -> SyncManifest:
+    "Create version `m.version` in the history (never replacing one), then point the pointer at it"
+    body = (m.model_dump_json(indent=2) + "\n").encode()
+    if not atomic_write_bytes(mm.version_path(m.dataset, m.version), body, replace=False):
+        raise ManifestError(f"manifest version {m.version} of {m.dataset} was committed by another writer",
+                            "another writer bypassed the lock; rerun the sync")
+    atomic_write_bytes(mm.layout.manifest_path(m.dataset), body)
+    return m
+
 # %% ../nbs/02_manifest.ipynb #8b8ab94d
 def save_manifest(mm:ManifestManager,  # the manager
                   manifest:SyncManifest # the content, with the version it was read at
@@ -242,23 +262,3 @@ def save_manifest(mm:ManifestManager,  # the manager
         )
     new = manifest.model_copy(update={"version": on_disk + 1, "updated_at": utcnow(), "content_sha256": None})
     return write_version(mm, new.model_copy(update={"content_sha256": new.content_digest()}))
-
-# %% ../nbs/02_manifest.ipynb #22a54af4
-def write_version(mm:ManifestManager,   # the manager
-                  m:SyncManifest         # a manifest with its version and checksum set
-                 ) -> SyncManifest:
-    "Create version `m.version` in the history (never replacing one), then point the pointer at it"
-    body = (m.model_dump_json(indent=2) + "\n").encode()
-    if not atomic_write_bytes(mm.version_path(m.dataset, m.version), body, replace=False):
-        raise ManifestError(f"manifest version {m.version} of {m.dataset} was committed by another writer",
-                            "another writer bypassed the lock; rerun the sync")
-    atomic_write_bytes(mm.layout.manifest_path(m.dataset), body)
-    return m
-
-# %% ../nbs/02_manifest.ipynb #53993022
-def kept_versions(mm:ManifestManager,  # the manager
-                  dataset:str           # whose history
-                 ) -> list[int]:
-    "The version numbers in the history, oldest first"
-    d = mm.history_dir(dataset)
-    return sorted(int(p.stem) for p in d.glob("*.json") if p.stem.isdigit()) if d.is_dir() else []
