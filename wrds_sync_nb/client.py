@@ -24,10 +24,10 @@ from .errors import (CancelledError, ConnectionLimitError, CredentialsError,
                                  WRDSConnectionError, WrdsSyncError)
 
 # %% auto #0
-__all__ = ['T', 'BUILTIN_TYPES', 'S', 'BATCH_HINT_BYTES', 'RateLimiter', 'limiter_for', 'translate_error', 'is_transient',
+__all__ = ['T', 'BUILTIN_TYPES', 'S', 'BATCH_HINT_BYTES', 'RateLimiter', 'limiter_for', 'is_transient', 'translate_error',
            'sql_literal', 'render_sql', 'SessionPool', 'borrow', 'give_back', 'scoped', 'current_scope', 'WRDSSessions',
-           'cancel_queries', 'gated', 'session_opener', 'prepared', 'arrow_plain', 'run_arrow', 'connect_client',
-           'budget_lowered', 'parse_last_updated', 'table_info', 'start_stream', 'next_batch', 'stream_batches',
+           'cancel_queries', 'gated', 'prepared', 'session_opener', 'arrow_plain', 'run_arrow', 'budget_lowered',
+           'connect_client', 'parse_last_updated', 'table_info', 'start_stream', 'next_batch', 'stream_batches',
            'query_arrow_schema', 'WRDSClient']
 
 # %% ../nbs/05_client.ipynb #adaa4766
@@ -102,6 +102,11 @@ def _first_line(exc:BaseException) -> str:
                 "")
     return str(events.redact(line))[:300]
 
+# %% ../nbs/05_client.ipynb #1aff5486
+def is_transient(exc:BaseException) -> bool:
+    "Worth retrying? (A dropped connection, an unreachable server, a full connection slot)"
+    return isinstance(exc, (TransientQueryError, WRDSConnectionError))
+
 # %% ../nbs/05_client.ipynb #c1e0cba9
 def translate_error(exc:BaseException,  # the driver's exception
                     cfg:WRDSConfig,     # the connection settings
@@ -138,11 +143,6 @@ def translate_error(exc:BaseException,  # the driver's exception
     if state in _TRANSIENT_STATES or (state or "").startswith("08") or any(w in low for w in _DROP_WORDS):
         return TransientQueryError(f"{during} failed transiently on {where}: {line}")
     return QueryError(f"{during} failed on {where}: {line}")
-
-# %% ../nbs/05_client.ipynb #1aff5486
-def is_transient(exc:BaseException) -> bool:
-    "Worth retrying? (A dropped connection, an unreachable server, a full connection slot)"
-    return isinstance(exc, (TransientQueryError, WRDSConnectionError))
 
 # %% ../nbs/05_client.ipynb #5794a32c
 def sql_literal(v:Any) -> str:
@@ -343,10 +343,24 @@ def gated(client:WRDSSessions,        # whose configuration and counters
     )
     return r(attempt)
 
-# %% ../nbs/05_client.ipynb #151e8e10
-BUILTIN_TYPES = {"adbc.postgresql.type_resolver_mode": "builtin"}  # no catalogue read when a session opens
+# %% ../nbs/05_client.ipynb #6341650a
+def prepared(conn:Any,        # a new ADBC connection
+             cfg:WRDSConfig    # its statement timeout
+            ) -> Any:
+    """`conn` in autocommit mode with the statement timeout set (closed, and the error translated, if that
+    fails)"""
+    try:
+        conn.adbc_connection.set_autocommit(True)
+        with conn.cursor() as cur:
+            cur.execute(f"set statement_timeout = {int(cfg.query_timeout_seconds * 1000)}")
+    except Exception as e:
+        _quiet_close(conn)
+        raise translate_error(e, cfg, "connecting") from e
+    return conn
 
 # %% ../nbs/05_client.ipynb #223eda61
+BUILTIN_TYPES = {"adbc.postgresql.type_resolver_mode": "builtin"}  # no catalogue read when a session opens
+
 def session_opener(cfg:WRDSConfig) -> Callable[[], Any]:
     "A function opening ADBC sessions to the configured server: the first fresh, later ones clones of it"
     import adbc_driver_postgresql.dbapi as adbc
@@ -368,21 +382,6 @@ def session_opener(cfg:WRDSConfig) -> Callable[[], Any]:
         return prepared(conn, cfg)
     return open_one
 
-# %% ../nbs/05_client.ipynb #6341650a
-def prepared(conn:Any,        # a new ADBC connection
-             cfg:WRDSConfig    # its statement timeout
-            ) -> Any:
-    """`conn` in autocommit mode with the statement timeout set (closed, and the error translated, if that
-    fails)"""
-    try:
-        conn.adbc_connection.set_autocommit(True)
-        with conn.cursor() as cur:
-            cur.execute(f"set statement_timeout = {int(cfg.query_timeout_seconds * 1000)}")
-    except Exception as e:
-        _quiet_close(conn)
-        raise translate_error(e, cfg, "connecting") from e
-    return conn
-
 # %% ../nbs/05_client.ipynb #efd37080
 def arrow_plain(t:pa.Table) -> pa.Table:
     "`t` with the driver's extension columns as plain types: numeric as float64, anything else as its storage"
@@ -400,6 +399,20 @@ def run_arrow(conn:Any,    # a borrowed session
     with conn.cursor() as cur:
         cur.execute(text)
         return arrow_plain(cur.fetch_arrow_table())
+
+# %% ../nbs/05_client.ipynb #06e369b1
+def budget_lowered(client:WRDSSessions,  # the client
+                   budget:int          # its new budget
+                  ) -> None:
+    "Warn that fewer sessions than `WRDS_MAX_CONNECTIONS` will be used"
+    events.emit(
+        events.CONNECTIONS_LIMITED,
+        level="warning",
+        user=client.config.username,
+        max_connections=budget,
+        configured=client.config.max_connections,
+        role_limit=client.role_limit,
+    )
 
 # %% ../nbs/05_client.ipynb #fa235ea5
 S = TypeVar("S", bound=WRDSSessions)
@@ -430,20 +443,6 @@ def connect_client(client:S) -> S:
     events.emit(events.CONNECTED, host=cfg.host, port=cfg.port, database=cfg.database, user=cfg.username,
                 server_version_num=client.server_version_num, max_connections=pool.budget)
     return client
-
-# %% ../nbs/05_client.ipynb #06e369b1
-def budget_lowered(client:WRDSSessions,  # the client
-                   budget:int          # its new budget
-                  ) -> None:
-    "Warn that fewer sessions than `WRDS_MAX_CONNECTIONS` will be used"
-    events.emit(
-        events.CONNECTIONS_LIMITED,
-        level="warning",
-        user=client.config.username,
-        max_connections=budget,
-        configured=client.config.max_connections,
-        role_limit=client.role_limit,
-    )
 
 # %% ../nbs/05_client.ipynb #598f5e40
 def _fetch_frame(client:WRDSSessions,                          # the client
