@@ -52,9 +52,9 @@ __all__ = ['app', 'Dataset', 'MaybeDataset', 'AsJson', 'out', 'F', 'StartYear', 
            'AddReplace', 'AddGranularity', 'DEMO_DATASETS', 'DEMO_YEARS', 'DemoRows', 'Serve', 'ServeEnv', 'State',
            'options', 'error_line', 'fail', 'handled', 'progress', 'dataset_named', 'run_line', 'full_sync',
            'confirm_size', 'incremental_all', 'incremental', 'plan_size', 'plan_lines', 'print_plans', 'local_time',
-           'status_lines', 'known_layout', 'check_credential_expiry', 'cell', 'status', 'verify_names', 'verify',
-           'verify_targets', 'verify_one', 'repair', 'synced_layout', 'spans', 'history_lines', 'history', 'diff',
-           'cite', 'vacuum', 'migrate', 'lock_status', 'force_unlock', 'datasets_cmd', 'libraries', 'tables',
+           'status_lines', 'known_layout', 'check_credential_expiry', 'cell', 'status', 'verify_names',
+           'verify_targets', 'verify_one', 'verify', 'repair', 'synced_layout', 'spans', 'history_lines', 'history',
+           'diff', 'cite', 'vacuum', 'migrate', 'lock_status', 'force_unlock', 'datasets_cmd', 'libraries', 'tables',
            'describe', 'comma_list', 'define_added', 'add', 'login', 'backup_cmd', 'restore_cmd', 'drill_cmd',
            'claim_demo_dir', 'ccm_book_equity', 'demo_queries', 'demo', 'demo_exports', 'running_demo', 'print_exports',
            'serve_demo', 'main']
@@ -157,6 +157,12 @@ def fail(msg:str,            # the error line
     if code == 2: _LOCK_HELD.set()
     raise typer.Exit(code)
 
+# %% ../nbs/10_cli.ipynb #d1f4bc5b
+def _state(ctx:typer.Context|None=None) -> State:
+    "The global options of the running command"
+    obj = ctx.find_object(State) if ctx is not None else None
+    return obj if isinstance(obj, State) else State(Path("data"), None, "text", False)
+
 # %% ../nbs/10_cli.ipynb #b119a281
 def handled(fn:F) -> F:
     "Run a command; WrdsSyncError -> one line + its exit code; anything else -> one line, exit 1"
@@ -172,12 +178,6 @@ def handled(fn:F) -> F:
             if verbose: traceback.print_exc()
             fail(f"unexpected {type(e).__name__}: {events.redact(str(e))} (rerun with -v for the traceback)")
     return wrapper  # type: ignore[return-value]
-
-# %% ../nbs/10_cli.ipynb #d1f4bc5b
-def _state(ctx:typer.Context|None=None) -> State:
-    "The global options of the running command"
-    obj = ctx.find_object(State) if ctx is not None else None
-    return obj if isinstance(obj, State) else State(Path("data"), None, "text", False)
 
 # %% ../nbs/10_cli.ipynb #b591053f
 def _client() -> WRDSClient:
@@ -491,6 +491,21 @@ def verify_names(layout:DataLayout,         # the data dir
                           "sync a dataset first, or pass the right --data-dir")
     return names, one is not None
 
+# %% ../nbs/10_cli.ipynb #4d7278f7
+def verify_targets(layout:DataLayout) -> list[str]:
+    "Datasets with a manifest, and dataset folders under wrds/ without one"
+    folders = {d.name for d in layout.wrds_dir.iterdir() if d.is_dir()} if layout.wrds_dir.is_dir() else set()
+    return sorted(set(synced_datasets(layout)) | folders)
+
+# %% ../nbs/10_cli.ipynb #6a1a45dd
+def verify_one(sm:SyncManager,           # the manager (no client needed)
+               name:str,                 # the dataset
+               current_only:bool=False   # only the current version
+              ) -> list[str]:
+    "The problems of one dataset; a damaged manifest is one of them, not the end of the run"
+    try: return check_integrity(sm, name, current_only)
+    except WrdsSyncError as e: return [f"{e.what} (fix: {e.fix})"]
+
 # %% ../nbs/10_cli.ipynb #35f84da2
 VerifyAll = Annotated[bool, typer.Option("--all", help="every synced dataset")]
 VerifyCurrent = Annotated[bool, typer.Option(
@@ -515,21 +530,6 @@ def verify(ctx:typer.Context, dataset:MaybeDataset=None, all_:VerifyAll=False, c
             out.print(f"{name}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
             for p in problems: out.print(f"  {p}")
     if any(report.values()): raise typer.Exit(1)
-
-# %% ../nbs/10_cli.ipynb #4d7278f7
-def verify_targets(layout:DataLayout) -> list[str]:
-    "Datasets with a manifest, and dataset folders under wrds/ without one"
-    folders = {d.name for d in layout.wrds_dir.iterdir() if d.is_dir()} if layout.wrds_dir.is_dir() else set()
-    return sorted(set(synced_datasets(layout)) | folders)
-
-# %% ../nbs/10_cli.ipynb #6a1a45dd
-def verify_one(sm:SyncManager,           # the manager (no client needed)
-               name:str,                 # the dataset
-               current_only:bool=False   # only the current version
-              ) -> list[str]:
-    "The problems of one dataset; a damaged manifest is one of them, not the end of the run"
-    try: return check_integrity(sm, name, current_only)
-    except WrdsSyncError as e: return [f"{e.what} (fix: {e.fix})"]
 
 # %% ../nbs/10_cli.ipynb #9804ec03
 @app.command()
