@@ -101,12 +101,11 @@ def where_sql(t:TableSpec,        # the table
     if t.where: conds.append(f"({t.where.replace('%', '%%')})")  # the user's own SQL, run as written
     return (" where " + " and ".join(conds) if conds else ""), params
 
-# %% ../nbs/08a_queries.ipynb #0326a023
+# %% ../nbs/08a_queries.ipynb #864f1977
 # a range of the key's first column, [from, to); from None: everything below `to`, and NULL (which the
 # validator then reports as a null in the key, whichever stream fetched it)
 Range = tuple[int | None, int]
 
-# %% ../nbs/08a_queries.ipynb #864f1977
 def data_sql(t:TableSpec,               # the table
              cols:list[ColumnType],     # the columns, as they travel
              key:str|int|None,          # the partition key (a year; None: the whole table)
