@@ -35,9 +35,9 @@ from .sources import (SourceTable, adapted_columns, to_fingerprint, readable_sou
                                   find_sources, kept_fingerprints)
 
 # %% auto #0
-__all__ = ['TableRun', 'source_key', 'cols_for', 'split_ranges', 'check_schema', 'partition_keys', 'run_years', 'plain_run',
+__all__ = ['TableRun', 'source_key', 'cols_for', 'split_ranges', 'check_schema', 'run_years', 'partition_keys', 'plain_run',
            'templated_run', 'describe_run', 'fingerprints_in', 'fingerprint_source', 'fetch_fingerprints', 'keys_found',
-           'Fingerprints', 'vanished']
+           'vanished', 'Fingerprints']
 
 # %% ../nbs/08c_tablerun.ipynb #2941096f
 @dataclass(frozen=True)
@@ -132,19 +132,6 @@ def check_schema(schemas:SchemaRegistry,  # the data dir's schema registry
                         columns=drift.new_columns)
     schemas.register_schema(ds, table.name, actual)
 
-# %% ../nbs/08c_tablerun.ipynb #bd775a9c
-def partition_keys(spec:DatasetSpec,                     # the dataset
-                   table:TableSpec,                      # the table
-                   kind:Literal["full", "incremental"],  # full or incremental
-                   years:range|None,                     # the full sync's years
-                   stored:dict[str, PartitionEntry],     # the manifest's partitions of the table
-                   today:date|None=None                  # the date to count from (default: today)
-                  ) -> list[str]:
-    "The partition keys (years) a run covers"
-    if not table.partitioned: return [ALL_PARTITION]
-    years = run_years(spec, kind, years, stored, today)
-    return [ALL_PARTITION] if years is None else [str(y) for y in years]
-
 # %% ../nbs/08c_tablerun.ipynb #46d64169
 def run_years(spec:DatasetSpec,                      # the dataset
               kind:Literal["full", "incremental"],   # full or incremental
@@ -159,6 +146,19 @@ def run_years(spec:DatasetSpec,                      # the dataset
     this_year = (today or date.today()).year
     return range(min(known) if known else spec.default_start_year,
                  min(this_year, spec.max_year or this_year) + 1)
+
+# %% ../nbs/08c_tablerun.ipynb #bd775a9c
+def partition_keys(spec:DatasetSpec,                     # the dataset
+                   table:TableSpec,                      # the table
+                   kind:Literal["full", "incremental"],  # full or incremental
+                   years:range|None,                     # the full sync's years
+                   stored:dict[str, PartitionEntry],     # the manifest's partitions of the table
+                   today:date|None=None                  # the date to count from (default: today)
+                  ) -> list[str]:
+    "The partition keys (years) a run covers"
+    if not table.partitioned: return [ALL_PARTITION]
+    years = run_years(spec, kind, years, stored, today)
+    return [ALL_PARTITION] if years is None else [str(y) for y in years]
 
 # %% ../nbs/08c_tablerun.ipynb #f6aad922
 _PER_YEAR = {
@@ -280,6 +280,11 @@ def keys_found(tr:TableRun,                              # the table
             and source_key(tr.table, k) not in tr.skipped}
     return sorted(set(source) | held)
 
+# %% ../nbs/08c_tablerun.ipynb #6baf7d92
+def vanished(tr:TableRun) -> list[str]:
+    "Partitions in range whose source table is no longer in the catalogue (a templated source's)"
+    return [k for k in tr.keys if tr.table.templated and source_key(tr.table, k) not in tr.found]
+
 # %% ../nbs/08c_tablerun.ipynb #b8bc5a7e
 class Fingerprints:
     """The source's fingerprints as the fingerprint thread computes them: one scan, or one per source table
@@ -320,8 +325,3 @@ class Fingerprints:
     def failed(self) -> BaseException | None:
         "The error of a scan that failed, if one did"
         return next((e for f in self.parts.values() if f.done() and (e := f.exception()) is not None), None)
-
-# %% ../nbs/08c_tablerun.ipynb #6baf7d92
-def vanished(tr:TableRun) -> list[str]:
-    "Partitions in range whose source table is no longer in the catalogue (a templated source's)"
-    return [k for k in tr.keys if tr.table.templated and source_key(tr.table, k) not in tr.found]
