@@ -197,10 +197,9 @@ def subsets(layout:DataLayout,   # the data dir
     said = {x.name: bool(x.filters or x.where or x.columns is not None) for x in spec.tables}
     return {**said, **recorded}
 
-# %% ../nbs/09_reader.ipynb #1a9b99c1
+# %% ../nbs/09_reader.ipynb #d9c293ea
 BUILTIN_NAMES = frozenset(d.name for d in BUILTIN_DATASETS)   # their copies keep a WRDS name first
 
-# %% ../nbs/09_reader.ipynb #d9c293ea
 def connect(data_dir:Path|str|None=None,        # the data dir (default: $WRDS_SYNC_DATA_DIR, then ./data)
             datasets:Sequence[str]|None=None,    # only these (default: every synced dataset)
             database:str=":memory:",             # a DuckDB file to keep the views in
