@@ -24,7 +24,7 @@ from .storage import Quarantine, point_view
 # %% auto #0
 __all__ = ['STAMP_RE', 'VIEW_RE', 'VERSION_NAME_RE', 'entry_file', 'entries', 'file_ids', 'load_versions', 'expiries',
            'retained_versions', 'stamp', 'parse_stamp', 'as_datetime', 'select_version', 'version_at', 'view_files',
-           'is_view', 'refresh_views', 'remove_empty_folders', 'legacy_candidates', 'link_version', 'needs_migration',
+           'is_view', 'remove_empty_folders', 'refresh_views', 'legacy_candidates', 'link_version', 'needs_migration',
            'migrate_dataset', 'migrate_data_dir']
 
 # %% ../nbs/07a_versions.ipynb #a7301d4a
@@ -201,6 +201,13 @@ def is_view(layout:DataLayout,  # the data dir
     if any(os.path.samefile(v, f) for v in same): return True
     return bool(same) and layout.version_path(dataset, table, f.stem, sha256_file(f)).exists()
 
+# %% ../nbs/07a_versions.ipynb #1f57fcb9
+def remove_empty_folders(root:Path) -> None:
+    "Remove empty table folders under `root` and their empty `year=` folders (never through a link)"
+    tables = [d for d in root.iterdir() if d.is_dir() and not d.is_symlink()] if root.is_dir() else []
+    for d in [y for t in tables for y in t.glob("year=*") if y.is_dir() and not y.is_symlink()] + tables:
+        if not any(d.iterdir()): d.rmdir()
+
 # %% ../nbs/07a_versions.ipynb #51180d88
 def refresh_views(layout:DataLayout,  # the data dir
                   m:SyncManifest      # the current version
@@ -225,13 +232,6 @@ def refresh_views(layout:DataLayout,  # the data dir
     for t, f in view_files(layout, ds):
         if f not in want and is_view(layout, ds, t, f): f.unlink()
     remove_empty_folders(layout.dataset_dir(ds))
-
-# %% ../nbs/07a_versions.ipynb #1f57fcb9
-def remove_empty_folders(root:Path) -> None:
-    "Remove empty table folders under `root` and their empty `year=` folders (never through a link)"
-    tables = [d for d in root.iterdir() if d.is_dir() and not d.is_symlink()] if root.is_dir() else []
-    for d in [y for t in tables for y in t.glob("year=*") if y.is_dir() and not y.is_symlink()] + tables:
-        if not any(d.iterdir()): d.rmdir()
 
 # %% ../nbs/07a_versions.ipynb #5ddfad88
 def legacy_candidates(layout:DataLayout,  # the data dir
