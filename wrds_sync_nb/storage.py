@@ -163,8 +163,11 @@ def spill(path:Path,                           # the spill file to create (must 
          ) -> int:
     "Write `batches` to an LZ4 Arrow IPC file (a temporary, never published); returns the rows"
     rows = 0
+    try: fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+    except OSError as e:   # a name already taken is not ours to remove
+        if e.errno == errno.ENOSPC: raise DiskSpaceError(f"no space left on device for {path.name}") from e
+        raise
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
         with (os.fdopen(fd, "wb") as f,
               pa.ipc.new_stream(f, schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w):
             for b in batches:
