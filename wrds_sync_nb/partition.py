@@ -34,8 +34,8 @@ from .tablerun import TableRun, cols_for, split_ranges
 from .validation import PartitionRules, StreamValidator
 
 # %% auto #0
-__all__ = ['SPLIT_MIN_ROWS', 'RunContext', 'is_intact', 'holds_partition', 'table_entry', 'Staged', 'stage', 'partition_batches',
-           'range_batches', 'key_fix', 'validate', 'journal', 'publish_partition', 'include', 'checkpoint_partition',
+__all__ = ['SPLIT_MIN_ROWS', 'RunContext', 'is_intact', 'holds_partition', 'table_entry', 'partition_batches', 'range_batches',
+           'Staged', 'stage', 'key_fix', 'validate', 'journal', 'publish_partition', 'include', 'checkpoint_partition',
            'sync_partition']
 
 # %% ../nbs/08d_partition.ipynb #3200e76a
@@ -76,6 +76,9 @@ def is_intact(layout:DataLayout,    # the data dir
     return stat.S_ISREG(st.st_mode) and st.st_size == e.bytes and sha256_file(path) == e.sha256
 
 # %% ../nbs/08d_partition.ipynb #bce06fa2
+def _day(v: Any) -> Any:
+    return v.date() if isinstance(v, datetime) else v  # a timestamp statistic, as its date
+
 def holds_partition(layout:DataLayout,   # the data dir
                     t:TableSpec,           # the table
                     key:str,               # the partition it should hold
@@ -93,15 +96,47 @@ def holds_partition(layout:DataLayout,   # the data dir
     )
 
 # %% ../nbs/08d_partition.ipynb #5b0acef6
-def _day(v: Any) -> Any:
-    return v.date() if isinstance(v, datetime) else v  # a timestamp statistic, as its date
-
-
 def table_entry(m:SyncManifest,    # the manifest to update
                 t:TableSpec        # the table
                ) -> TableEntry:
     "The manifest's entry for `t`, added if it has none yet"
     return m.tables.setdefault(t.name, TableEntry(source_table=t.source, partition_column=t.partition_column))
+
+# %% ../nbs/08d_partition.ipynb #29c4f905
+SPLIT_MIN_ROWS = (
+    100_000  # a smaller partition is one query: ranges would cost more round trips than they save
+)
+
+
+def partition_batches(ctx:RunContext,                 # the run
+                      tr:TableRun,                    # the table
+                      key:str,                        # the partition
+                      within:Range|None               # a range of the key's first column (None: all of it)
+                     ) -> Iterator[pa.RecordBatch]:
+    "The rows of one partition (or one range of it) as they stream, in the stored schema"
+    sql, params = data_sql(tr.table, cols_for(ctx.client, tr, key), key, within)
+    return (conform(b, tr.schema) for b in ctx.client.iter_batches(sql, params, ctx.batch_rows))
+
+# %% ../nbs/08d_partition.ipynb #5ff62722
+def range_batches(
+    ctx: RunContext,  # the run
+    tr: TableRun,  # the table
+    staged: Path,  # the partition's staging file (the ranges' files go beside it)
+    key: str,  # the partition
+    ranges: list[Range],  # ranges of the key's first column, in order
+) -> Iterator[pa.RecordBatch]:
+    "Fetch `ranges` at once, each into its own spill file, then give their rows in order"
+    parts = [
+        staged.with_name(f"{staged.stem}.{i}{staged.suffix}") for i in range(len(ranges))
+    ]  # temporary names too
+    try:
+        with ThreadPoolExecutor(len(ranges), thread_name_prefix="range", initializer=scoped,
+                                initargs=(current_scope(),)) as pool:
+            for f in [pool.submit(spill, part, partition_batches(ctx, tr, key, r), tr.schema)
+                      for part, r in zip(parts, ranges, strict=True)]: f.result()
+        for part in parts: yield from unspill(part)
+    finally:
+        for part in parts: part.unlink(missing_ok=True)
 
 # %% ../nbs/08d_partition.ipynb #2253ac8b
 @dataclass
@@ -142,42 +177,6 @@ def stage(ctx:RunContext,            # the run
                                    partition=key)
         raise
     return Staged(staged, wf, check)
-
-# %% ../nbs/08d_partition.ipynb #29c4f905
-SPLIT_MIN_ROWS = (
-    100_000  # a smaller partition is one query: ranges would cost more round trips than they save
-)
-
-
-def partition_batches(ctx:RunContext,                 # the run
-                      tr:TableRun,                    # the table
-                      key:str,                        # the partition
-                      within:Range|None               # a range of the key's first column (None: all of it)
-                     ) -> Iterator[pa.RecordBatch]:
-    "The rows of one partition (or one range of it) as they stream, in the stored schema"
-    sql, params = data_sql(tr.table, cols_for(ctx.client, tr, key), key, within)
-    return (conform(b, tr.schema) for b in ctx.client.iter_batches(sql, params, ctx.batch_rows))
-
-# %% ../nbs/08d_partition.ipynb #5ff62722
-def range_batches(
-    ctx: RunContext,  # the run
-    tr: TableRun,  # the table
-    staged: Path,  # the partition's staging file (the ranges' files go beside it)
-    key: str,  # the partition
-    ranges: list[Range],  # ranges of the key's first column, in order
-) -> Iterator[pa.RecordBatch]:
-    "Fetch `ranges` at once, each into its own spill file, then give their rows in order"
-    parts = [
-        staged.with_name(f"{staged.stem}.{i}{staged.suffix}") for i in range(len(ranges))
-    ]  # temporary names too
-    try:
-        with ThreadPoolExecutor(len(ranges), thread_name_prefix="range", initializer=scoped,
-                                initargs=(current_scope(),)) as pool:
-            for f in [pool.submit(spill, part, partition_batches(ctx, tr, key, r), tr.schema)
-                      for part, r in zip(parts, ranges, strict=True)]: f.result()
-        for part in parts: yield from unspill(part)
-    finally:
-        for part in parts: part.unlink(missing_ok=True)
 
 # %% ../nbs/08d_partition.ipynb #4798fda1
 def key_fix(t:TableSpec,          # the table
