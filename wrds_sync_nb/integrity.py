@@ -23,8 +23,9 @@ from .versions import (VERSION_NAME_RE, entries, entry_file, is_view, load_versi
                                    refresh_views, retained_versions)
 
 # %% auto #0
-__all__ = ['versions_to_check', 'entry_problem', 'check_integrity', 'problems_in', 'stray_files', 'stale_views', 'sync_running',
-           'settled_stale_views', 'definition_changes', 'kept_manifests', 'repair_pointer', 'repair_manifest']
+__all__ = ['versions_to_check', 'entry_problem', 'stray_files', 'problems_in', 'stale_views', 'sync_running',
+           'settled_stale_views', 'definition_changes', 'check_integrity', 'kept_manifests', 'repair_pointer',
+           'repair_manifest']
 
 # %% ../nbs/08g_integrity.ipynb #1c532938
 def versions_to_check(d:DataDir,     # the data dir
@@ -74,24 +75,23 @@ def entry_problem(layout:DataLayout,   # the data dir
                 f"schema of {rel} ({e.schema_fingerprint}) is not in the schema registry")
     return None
 
-# %% ../nbs/08g_integrity.ipynb #d9e6f238
-def check_integrity(d:DataDir,         # the data dir
-                    dataset:str,            # the dataset's name
-                    current_only:bool=False # only the current version (default: every retained one)
-                   ) -> list[str]:
-    "Every problem with the local copy of `dataset`, one line each; emits an event per problem"
-    ds = validate_name(dataset)
-    check_no_links(d.layout)
-    versions, found = versions_to_check(d, ds, current_only)
-    files = problems_in(d, ds, versions, found)
-    if versions:
-        current = max(versions, key=lambda m: m.version)
-        found += [(events.MANIFEST_MISMATCH, p) for p in settled_stale_views(d, current)]
-        found += [(events.MANIFEST_MISMATCH, p) for p in definition_changes(d, current)]
-    for event, line in found: events.emit(event, dataset=ds, problem=line)
-    events.emit(events.VERIFY_COMPLETED, dataset=ds, versions=[m.version for m in versions], files=files,
-                problems=len(found))
-    return [line for _, line in found]
+# %% ../nbs/08g_integrity.ipynb #98ef9cf3
+def stray_files(layout:DataLayout,  # the data dir
+                ds:str              # the dataset's name
+               ) -> list[tuple[str, str]]:
+    "An (event, line) per file under `wrds/<ds>/` or `versions/<ds>/` that the tool did not put there"
+    out, top = [], layout.dataset_dir(ds)
+    for root, ok in (
+        (top, lambda f: is_view(layout, ds, f.relative_to(top).parts[0], f)),
+        (layout.versions_dir / ds, lambda f: VERSION_NAME_RE.fullmatch(f.name) is not None and f.is_file()),
+    ):
+        for f in sorted(root.rglob("*")) if root.is_dir() else []:
+            if (f.is_file() or f.is_symlink()) and not is_temp_name(f.name) and not ok(f):
+                out.append(
+                    (events.MANIFEST_MISMATCH,
+                     f"unknown file {layout.relative(f)}: not a version wrds-sync wrote")
+                )
+    return out
 
 # %% ../nbs/08g_integrity.ipynb #3ed97145
 def problems_in(d:DataDir,               # the data dir
@@ -122,24 +122,6 @@ def problems_in(d:DataDir,               # the data dir
                 )
     found += stray_files(d.layout, ds)
     return len(seen)
-
-# %% ../nbs/08g_integrity.ipynb #98ef9cf3
-def stray_files(layout:DataLayout,  # the data dir
-                ds:str              # the dataset's name
-               ) -> list[tuple[str, str]]:
-    "An (event, line) per file under `wrds/<ds>/` or `versions/<ds>/` that the tool did not put there"
-    out, top = [], layout.dataset_dir(ds)
-    for root, ok in (
-        (top, lambda f: is_view(layout, ds, f.relative_to(top).parts[0], f)),
-        (layout.versions_dir / ds, lambda f: VERSION_NAME_RE.fullmatch(f.name) is not None and f.is_file()),
-    ):
-        for f in sorted(root.rglob("*")) if root.is_dir() else []:
-            if (f.is_file() or f.is_symlink()) and not is_temp_name(f.name) and not ok(f):
-                out.append(
-                    (events.MANIFEST_MISMATCH,
-                     f"unknown file {layout.relative(f)}: not a version wrds-sync wrote")
-                )
-    return out
 
 # %% ../nbs/08g_integrity.ipynb #25f59174
 def stale_views(layout:DataLayout,   # the data dir
@@ -190,6 +172,25 @@ def definition_changes(d:DataDir,        # the data dir
             f"`wrds-sync incremental --dataset {m.dataset}` to fetch it under the new one)"
             for t, e in m.tables.items() if t in {x.name for x in spec.tables}
             and e.definition is not None and e.definition != definition_digest(spec.table(t))]
+
+# %% ../nbs/08g_integrity.ipynb #d9e6f238
+def check_integrity(d:DataDir,         # the data dir
+                    dataset:str,            # the dataset's name
+                    current_only:bool=False # only the current version (default: every retained one)
+                   ) -> list[str]:
+    "Every problem with the local copy of `dataset`, one line each; emits an event per problem"
+    ds = validate_name(dataset)
+    check_no_links(d.layout)
+    versions, found = versions_to_check(d, ds, current_only)
+    files = problems_in(d, ds, versions, found)
+    if versions:
+        current = max(versions, key=lambda m: m.version)
+        found += [(events.MANIFEST_MISMATCH, p) for p in settled_stale_views(d, current)]
+        found += [(events.MANIFEST_MISMATCH, p) for p in definition_changes(d, current)]
+    for event, line in found: events.emit(event, dataset=ds, problem=line)
+    events.emit(events.VERIFY_COMPLETED, dataset=ds, versions=[m.version for m in versions], files=files,
+                problems=len(found))
+    return [line for _, line in found]
 
 # %% ../nbs/08g_integrity.ipynb #2f2ebff2
 def kept_manifests(d:DataDir,  # the data dir
