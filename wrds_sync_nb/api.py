@@ -27,12 +27,18 @@ from .integrity import check_integrity
 from .sync import SyncManager
 
 # %% auto #0
-__all__ = ['wrds_client', 'close', 'target_dir', 'list_libraries', 'list_tables', 'describe_table', 'add_table', 'resolve',
+__all__ = ['close', 'wrds_client', 'target_dir', 'list_libraries', 'list_tables', 'describe_table', 'add_table', 'resolve',
            'Synced', 'run', 'sync', 'status', 'verify']
 
 # %% ../nbs/10b_api.ipynb #dd8e2ad0
-_SHARED: dict[str, Any] = {}
+_SHARED: dict[str, Any] = {}   # the session's client and the settings it was made with
 
+def close() -> None:
+    "Close the shared WRDS sessions now (they are closed at exit anyway)"
+    if (c := _SHARED.pop("client", None)) is not None: c.close()
+    _SHARED.pop("config", None)
+
+# %% ../nbs/10b_api.ipynb #332c04e5
 def wrds_client() -> WRDSClient:
     "The WRDS client this Python session shares (opened on first use; rebuilt when the settings change)"
     cfg = load_config()
@@ -41,12 +47,6 @@ def wrds_client() -> WRDSClient:
         _SHARED.update(config=cfg, client=WRDSClient(cfg))
     client: WRDSClient = _SHARED["client"]
     return client
-
-# %% ../nbs/10b_api.ipynb #332c04e5
-def close() -> None:
-    "Close the shared WRDS sessions now (they are closed at exit anyway)"
-    if (c := _SHARED.pop("client", None)) is not None: c.close()
-    _SHARED.pop("config", None)
 
 # %% ../nbs/10b_api.ipynb #8a431e4f
 atexit.register(close)
