@@ -34,9 +34,9 @@ from .sources import recorded_sources
 from .tablerun import Fingerprints, TableRun, describe_run, keys_found, vanished
 
 # %% auto #0
-__all__ = ['remove_vanished', 'quarantine_damaged', 'apply_plan', 'check_mass_removal', 'plan_inputs', 'with_source',
+__all__ = ['remove_vanished', 'quarantine_damaged', 'apply_plan', 'check_mass_removal', 'redefined', 'plan_inputs', 'with_source',
            'record_failure', 'skip_unreadable', 'fetch_with_retries', 'fetch_partitions', 'partition_streams',
-           'run_streams', 'finish_table', 'redefined', 'catalogue_inputs', 'plan_run', 'sync_table']
+           'run_streams', 'finish_table', 'catalogue_inputs', 'plan_run', 'sync_table']
 
 # %% ../nbs/08e_tablesync.ipynb #6c1bdd66
 def remove_vanished(ctx:RunContext,     # the run
@@ -100,6 +100,13 @@ def check_mass_removal(ctx:RunContext,       # the run
         f"if WRDS really withdrew that data, rerun with --allow-mass-delete; if it is reloading "
         f"{src}, rerun later",
     )
+
+# %% ../nbs/08e_tablesync.ipynb #b370f2d9
+def redefined(entry:TableEntry|None,  # the table in the current manifest
+              table:TableSpec         # its definition now
+             ) -> bool:
+    "Was the copy made under another definition? (A copy from before definitions were recorded: no)"
+    return entry is not None and entry.definition is not None and entry.definition != definition_digest(table)
 
 # %% ../nbs/08e_tablesync.ipynb #1c4e2986
 def plan_inputs(ctx:RunContext,  # the run
@@ -264,13 +271,6 @@ def finish_table(ctx:RunContext,  # the run
     nfailed = len(failed)
     events.emit(events.TABLE_COMPLETED, dataset=ctx.spec.name, table=tr.table.name, fetched=fetched - nfailed,
                 failed=nfailed)
-
-# %% ../nbs/08e_tablesync.ipynb #b370f2d9
-def redefined(entry:TableEntry|None,  # the table in the current manifest
-              table:TableSpec         # its definition now
-             ) -> bool:
-    "Was the copy made under another definition? (A copy from before definitions were recorded: no)"
-    return entry is not None and entry.definition is not None and entry.definition != definition_digest(table)
 
 # %% ../nbs/08e_tablesync.ipynb #19835fa5
 def catalogue_inputs(layout:DataLayout,          # the data dir
