@@ -210,6 +210,7 @@ def remove_empty_layout(layout:DataLayout,  # a data dir this run created
         layout.staging_dir,
         layout.tmp_dir,
         layout.wrds_dir,
+        layout.versions_dir,
         layout.manifests_dir,
         layout.schemas_dir,
         layout.progress_dir,
