@@ -51,7 +51,7 @@ __all__ = ['app', 'Dataset', 'MaybeDataset', 'AsJson', 'out', 'F', 'StartYear', 
            'VerifyCurrent', 'AddSource', 'AddName', 'AddPartition', 'AddKey', 'AddColumns', 'AddFilter', 'AddWhere',
            'AddReplace', 'AddGranularity', 'DEMO_DATASETS', 'DEMO_YEARS', 'DemoRows', 'Serve', 'ServeEnv', 'State',
            'options', 'error_line', 'fail', 'handled', 'progress', 'dataset_named', 'run_line', 'full_sync',
-           'confirm_size', 'incremental_all', 'incremental', 'plan_size', 'plan_lines', 'print_plans', 'local_time',
+           'plan_size', 'confirm_size', 'incremental_all', 'incremental', 'plan_lines', 'print_plans', 'local_time',
            'status_lines', 'known_layout', 'check_credential_expiry', 'cell', 'status', 'verify_names',
            'verify_targets', 'verify_one', 'verify', 'repair', 'synced_layout', 'spans', 'history_lines', 'history',
            'diff', 'cite', 'vacuum', 'migrate', 'lock_status', 'force_unlock', 'datasets_cmd', 'libraries', 'tables',
@@ -271,6 +271,12 @@ def full_sync(ctx:typer.Context, dataset:Dataset, start_year:StartYear=None, end
     with progress(st): m = sm.full_sync(dataset, start_year, end_year, table, force, ask)
     out.print(run_line(was.version if was else None, m))
 
+# %% ../nbs/10_cli.ipynb #8733f491
+def plan_size(plans:dict[str, list[PlanItem]]) -> tuple[int, int]:
+    "Rows and (estimated) bytes a dataset's plans would download"
+    rows = sum(it.rows or 0 for plan in plans.values() for it in plan if it.action != "keep")
+    return rows, estimate_bytes(rows, None)
+
 # %% ../nbs/10_cli.ipynb #d92c08c1
 def confirm_size(sm:SyncManager,           # the manager (connected, the lock held)
                  dataset:str,              # the dataset
@@ -341,12 +347,6 @@ def incremental(ctx:typer.Context, dataset:MaybeDataset=None, all_:AllDatasets=F
     code = incremental_all(sm, st, names, deep)
     if code == 2: _LOCK_HELD.set()  # another holder's lock stopped (at least) one dataset: cron may retry
     if code: raise typer.Exit(code)
-
-# %% ../nbs/10_cli.ipynb #8733f491
-def plan_size(plans:dict[str, list[PlanItem]]) -> tuple[int, int]:
-    "Rows and (estimated) bytes a dataset's plans would download"
-    rows = sum(it.rows or 0 for plan in plans.values() for it in plan if it.action != "keep")
-    return rows, estimate_bytes(rows, None)
 
 # %% ../nbs/10_cli.ipynb #1fbef608
 def plan_lines(dataset:str,                          # the dataset planned
@@ -998,6 +998,9 @@ def claim_demo_dir(layout:DataLayout) -> None:
     claim_data_dir(layout, "demo")
 
 # %% ../nbs/10_cli.ipynb #561cc922
+DEMO_DATASETS = ("crsp", "compustat", "fama_french")
+DEMO_YEARS = (2016, 2025)
+
 def ccm_book_equity(data_dir:Path) -> Any:
     """Compustat book equity per firm-year with its CRSP PERMNO, merged through the CCM link table (a polars
     LazyFrame)"""
@@ -1051,8 +1054,6 @@ def demo_queries(data_dir:Path) -> None:
     out.print(str(per_year.sort("fyear").collect()))
 
 # %% ../nbs/10_cli.ipynb #363d20b4
-DEMO_DATASETS = ("crsp", "compustat", "fama_french")
-DEMO_YEARS = (2016, 2025)
 DemoRows = Annotated[
     int, typer.Option("--rows", help="approximate rows of CRSP daily in the demo source", min=1000)
 ]
