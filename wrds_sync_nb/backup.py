@@ -23,7 +23,7 @@ from .versions import migrate_dataset, needs_migration, refresh_views
 
 # %% auto #0
 __all__ = ['FILTERS', 'DATA_FILTERS', 'RESTORE_FILTERS', 'rclone_binary', 'rclone', 'dataset_locks', 'BackupResult',
-           'check_local', 'current_generation', 'send_generation', 'promote', 'backup', 'restore', 'rebuild_views']
+           'check_local', 'current_generation', 'send_generation', 'promote', 'backup', 'rebuild_views', 'restore']
 
 # %% ../nbs/09a_backup.ipynb #2c4faad2
 FILTERS = ["--filter", "+ /versions/**", "--filter", "+ /manifests/*.json", "--filter",
@@ -182,6 +182,17 @@ def backup(data_dir:Path|str,              # the data dir
                 seconds=round(res.seconds, 3))
     return res
 
+# %% ../nbs/09a_backup.ipynb #49587670
+def rebuild_views(sm:SyncManager,   # the manager of the restored data dir
+                  names:list[str]   # its datasets
+                 ) -> None:
+    "Re-create the `wrds/` views of restored datasets, upgrading any of an earlier release"
+    for ds in names:
+        try:
+            if needs_migration(sm.manifests, ds): migrate_dataset(sm.manifests, ds)
+            if (m := sm.manifests.load(ds)) is not None: refresh_views(sm.layout, m)
+        except ManifestError: continue  # verify reports it
+
 # %% ../nbs/09a_backup.ipynb #fcbab882
 def restore(remote:str,  # the rclone remote
             to:Path|str  # an empty folder
@@ -207,14 +218,3 @@ def restore(remote:str,  # the rclone remote
     events.emit(events.RESTORE_COMPLETED, remote=remote, to=str(target), datasets=names, files=files,
                 bytes=size, seconds=round(res.seconds, 3), ok=res.ok)
     return res
-
-# %% ../nbs/09a_backup.ipynb #49587670
-def rebuild_views(sm:SyncManager,   # the manager of the restored data dir
-                  names:list[str]   # its datasets
-                 ) -> None:
-    "Re-create the `wrds/` views of restored datasets, upgrading any of an earlier release"
-    for ds in names:
-        try:
-            if needs_migration(sm.manifests, ds): migrate_dataset(sm.manifests, ds)
-            if (m := sm.manifests.load(ds)) is not None: refresh_views(sm.layout, m)
-        except ManifestError: continue  # verify reports it

@@ -17,8 +17,8 @@ from .periods import KEY_RE
 __all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'ADDED_DATASETS', 'DATA_DIR_MARKER', 'LAYOUT_FORMAT', 'DataDirKind',
            'OUR_NAMES', 'validate_name', 'partition_key', 'view_relpath', 'is_temp_name', 'DataDirs', 'DataLayout',
            'ensure_folders', 'resolve_stored', 'new_quarantine_path', 'fsync_dir', 'temp_path_for', 'publish_file',
-           'atomic_write_bytes', 'create_exclusive', 'sha256_file', 'internal_dirs', 'check_no_links', 'data_dir_kind',
-           'claim_data_dir', 'write_marker', 'layout_format']
+           'create_exclusive', 'atomic_write_bytes', 'sha256_file', 'internal_dirs', 'check_no_links', 'data_dir_kind',
+           'write_marker', 'claim_data_dir', 'layout_format']
 
 # %% ../nbs/01a_layout.ipynb #b3e4d54e
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -175,6 +175,25 @@ def publish_file(tmp:Path,    # the fsynced temporary file
     os.replace(tmp, target)
     fsync_dir(target.parent)
 
+# %% ../nbs/01a_layout.ipynb #bd823e55
+def create_exclusive(tmp:Path,    # a complete, fsynced file
+                     target:Path  # the name it should get, unless taken
+                    ) -> bool:
+    "Give `tmp` the name `target` unless that name exists (then `tmp` is removed); True if it did"
+    try: os.link(tmp, target)
+    except FileExistsError:
+        tmp.unlink()
+        return False
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK): raise
+        if os.path.lexists(target):
+            tmp.unlink()
+            return False
+        os.rename(tmp, target)
+    else: tmp.unlink()
+    fsync_dir(target.parent)
+    return True
+
 # %% ../nbs/01a_layout.ipynb #d474b1c2
 def atomic_write_bytes(
     target: Path,  # the file to create or replace
@@ -200,25 +219,6 @@ def atomic_write_bytes(
         if e.errno == errno.ENOSPC:
             raise DiskSpaceError(f"no space left on device while writing {target}") from e
         raise
-
-# %% ../nbs/01a_layout.ipynb #bd823e55
-def create_exclusive(tmp:Path,    # a complete, fsynced file
-                     target:Path  # the name it should get, unless taken
-                    ) -> bool:
-    "Give `tmp` the name `target` unless that name exists (then `tmp` is removed); True if it did"
-    try: os.link(tmp, target)
-    except FileExistsError:
-        tmp.unlink()
-        return False
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK): raise
-        if os.path.lexists(target):
-            tmp.unlink()
-            return False
-        os.rename(tmp, target)
-    else: tmp.unlink()
-    fsync_dir(target.parent)
-    return True
 
 # %% ../nbs/01a_layout.ipynb #b2893392
 def sha256_file(path:Path,         # the file
@@ -283,6 +283,14 @@ def data_dir_kind(layout:DataLayout) -> DataDirKind | None:
     except (OSError, ValueError, KeyError, TypeError): return None
     return "demo" if kind == "demo" else "data"
 
+# %% ../nbs/01a_layout.ipynb #c5865ad1
+def write_marker(layout:DataLayout,  # the data dir
+                 kind:DataDirKind,   # what it is for
+                 fmt:int             # its layout format
+                ) -> None:
+    "Write the data dir's marker file"
+    atomic_write_bytes(layout.root / DATA_DIR_MARKER, json.dumps({"kind": kind, "format": fmt}).encode())
+
 # %% ../nbs/01a_layout.ipynb #0e7a13a7
 def claim_data_dir(layout:DataLayout,        # the data dir
                    kind:DataDirKind="data"   # what it is for
@@ -303,14 +311,6 @@ def claim_data_dir(layout:DataLayout,        # the data dir
     ).exists():  # a data dir of an earlier release stays format 1 until migrated
         write_marker(layout, found or kind, 1 if found else LAYOUT_FORMAT)
     return found or kind
-
-# %% ../nbs/01a_layout.ipynb #c5865ad1
-def write_marker(layout:DataLayout,  # the data dir
-                 kind:DataDirKind,   # what it is for
-                 fmt:int             # its layout format
-                ) -> None:
-    "Write the data dir's marker file"
-    atomic_write_bytes(layout.root / DATA_DIR_MARKER, json.dumps({"kind": kind, "format": fmt}).encode())
 
 # %% ../nbs/01a_layout.ipynb #33e18a59
 def layout_format(layout:DataLayout) -> int:
