@@ -19,6 +19,22 @@ from rich import box
 from rich.console import Console
 from rich.filesize import decimal as human_bytes
 from rich.table import Table
+
+# %% auto #0
+__all__ = ['app', 'Dataset', 'MaybeDataset', 'AsJson', 'out', 'F', 'StartYear', 'EndYear', 'Tables', 'Force', 'DryRun',
+           'PlanJson', 'Yes', 'CONFIRM_BYTES', 'AllDatasets', 'Deep', 'MassDelete', 'EXPIRY_WARNING_DAYS', 'VerifyAll',
+           'VerifyCurrent', 'AddSource', 'AddName', 'AddPartition', 'AddKey', 'AddColumns', 'AddFilter', 'AddWhere',
+           'AddReplace', 'AddGranularity', 'DEMO_DATASETS', 'DEMO_YEARS', 'DemoRows', 'Serve', 'ServeEnv', 'State',
+           'options', 'error_line', 'fail', 'handled', 'progress', 'dataset_named', 'run_line', 'full_sync',
+           'plan_size', 'confirm_size', 'incremental_all', 'incremental', 'plan_lines', 'print_plans', 'local_time',
+           'status_lines', 'known_layout', 'check_credential_expiry', 'cell', 'status', 'verify_names',
+           'verify_targets', 'verify_one', 'verify', 'repair', 'synced_layout', 'spans', 'history_lines', 'history',
+           'diff', 'cite', 'vacuum', 'migrate', 'lock_status', 'force_unlock', 'datasets_cmd', 'libraries', 'tables',
+           'describe', 'comma_list', 'define_added', 'add', 'login', 'backup_cmd', 'restore_cmd', 'drill_cmd',
+           'claim_demo_dir', 'ccm_book_equity', 'demo_queries', 'demo', 'demo_exports', 'running_demo', 'print_exports',
+           'serve_demo', 'main']
+
+# %% ../nbs/10_cli.ipynb #3578bc79
 from . import __version__, events
 from .catalog import (dataset_copy, description_lines, list_libraries, list_tables,
                                   source_description, table_definition)
@@ -44,20 +60,6 @@ from .queries import readable_tables
 from .sync import SyncManager, plan_dataset
 from .versions import migrate_data_dir, migrate_dataset
 from .history import diff_versions, history_rows, vacuum as vacuum_dataset
-
-# %% auto #0
-__all__ = ['app', 'Dataset', 'MaybeDataset', 'AsJson', 'out', 'F', 'StartYear', 'EndYear', 'Tables', 'Force', 'DryRun',
-           'PlanJson', 'Yes', 'CONFIRM_BYTES', 'AllDatasets', 'Deep', 'MassDelete', 'EXPIRY_WARNING_DAYS', 'VerifyAll',
-           'VerifyCurrent', 'AddSource', 'AddName', 'AddPartition', 'AddKey', 'AddColumns', 'AddFilter', 'AddWhere',
-           'AddReplace', 'AddGranularity', 'DEMO_DATASETS', 'DEMO_YEARS', 'DemoRows', 'Serve', 'ServeEnv', 'State',
-           'options', 'error_line', 'fail', 'handled', 'progress', 'dataset_named', 'run_line', 'full_sync',
-           'plan_size', 'confirm_size', 'incremental_all', 'incremental', 'plan_lines', 'print_plans', 'local_time',
-           'status_lines', 'known_layout', 'check_credential_expiry', 'cell', 'status', 'verify_names',
-           'verify_targets', 'verify_one', 'verify', 'repair', 'synced_layout', 'spans', 'history_lines', 'history',
-           'diff', 'cite', 'vacuum', 'migrate', 'lock_status', 'force_unlock', 'datasets_cmd', 'libraries', 'tables',
-           'describe', 'comma_list', 'define_added', 'add', 'login', 'backup_cmd', 'restore_cmd', 'drill_cmd',
-           'claim_demo_dir', 'ccm_book_equity', 'demo_queries', 'demo', 'demo_exports', 'running_demo', 'print_exports',
-           'serve_demo', 'main']
 
 # %% ../nbs/10_cli.ipynb #faef7eda
 @dataclass

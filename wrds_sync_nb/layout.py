@@ -56,28 +56,27 @@ def is_temp_name(name:str) -> bool:
 
 # %% ../nbs/01a_layout.ipynb #29427c9f
 class DataDirs:
-    "The folders of one data dir"
+    "The folders of one data dir, and the bookkeeping files each dataset has in them"
     def __init__(self, root:Path|str):
         self.root = Path(root).expanduser().absolute()
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"the data dir {self.root} is a file, not a folder",
                               "pass --data-dir (or WRDS_SYNC_DATA_DIR) pointing to a folder")
         r = self.root
-        self.wrds_dir, self.manifests_dir, self.schemas_dir, self.versions_dir = (r / "wrds", r / "manifests",
-                                                                                  r / "schemas",
-                                                                                  r / "versions")
-        self.locks_dir, self.progress_dir, self.quarantine_dir = (r / "locks", r / "sync_progress",
-                                                                  r / "quarantine")
-        self.backups_dir, self.tmp_dir = r / "backups", r / "tmp"
+        self.wrds_dir, self.versions_dir, self.manifests_dir = r / "wrds", r / "versions", r / "manifests"
+        self.schemas_dir, self.locks_dir, self.progress_dir = r / "schemas", r / "locks", r / "sync_progress"
+        self.quarantine_dir, self.backups_dir, self.tmp_dir = r / "quarantine", r / "backups", r / "tmp"
         self.staging_dir = self.tmp_dir / "staging"
         self.datasets_file = r / ADDED_DATASETS  # tables added with `wrds-sync add`, read by every command
     def __repr__(self) -> str: return f"{type(self).__name__}({str(self.root)!r})"
 
     def relative(self, path: Path) -> str:
         return Path(path).absolute().relative_to(self.root).as_posix()  # as manifests store it
-
     def resolve(self, rel: str) -> Path:
         return resolve_stored(self, rel)  # a stored path, never outside the data dir
+    def manifest_path(self, dataset:str) -> Path: return self.manifests_dir / f"{validate_name(dataset)}.json"
+    def lock_path(self, dataset:str) -> Path: return self.locks_dir / f"{validate_name(dataset)}.lock"
+    def progress_path(self, dataset:str) -> Path: return self.progress_dir / f"{validate_name(dataset)}.json"
 
 # %% ../nbs/01a_layout.ipynb #aa72fab7
 class DataLayout(DataDirs):
@@ -88,37 +87,28 @@ class DataLayout(DataDirs):
                   table:str           # the table
                  ) -> Path:
         return self.dataset_dir(dataset) / validate_name(table, "table")
-    def partition_path(
-        self,
-        dataset: str,  # the dataset's name
-        table: str,  # the table
-        key: str | int | None,  # the partition: a key (`2024`, `2024-06-12`), a year, or None (unpartitioned)
-    ) -> Path:  # the partition's view under wrds/
+    def partition_path(self, dataset:str,  # the dataset's name
+                       table:str,          # the table
+                       key:str|int|None    # a key (`2024`, `2024-06-12`), a year, or None (unpartitioned)
+                      ) -> Path:
+        "The partition's view under wrds/"
         return self.table_dir(dataset, table) / view_relpath(key)
-    def manifest_path(self, dataset:str) -> Path: return self.manifests_dir / f"{validate_name(dataset)}.json"
-    def version_path(
-        self,
-        dataset: str,  # the dataset's name
-        table: str,  # the table
-        key: str,  # the partition key (a year or 'all')
-        sha256: str,  # the file's SHA-256
-    ) -> Path:  # where the immutable file of one partition version lives: named by its content
-        return (
-            self.versions_dir
-            / validate_name(dataset)
-            / validate_name(table, "table")
-            / f"{key}-{sha256[:16]}.parquet"
-        )
+    def version_path(self, dataset:str,  # the dataset's name
+                     table:str,          # the table
+                     key:str,            # the partition key (a year or 'all')
+                     sha256:str          # the file's SHA-256
+                    ) -> Path:
+        "Where the immutable file of one partition version lives: named by its content"
+        folder = self.versions_dir / validate_name(dataset) / validate_name(table, "table")
+        return folder / f"{key}-{sha256[:16]}.parquet"
     def schema_path(self, dataset:str,  # the dataset's name
                     table:str           # the table
                    ) -> Path:
         return self.schemas_dir / validate_name(dataset) / f"{validate_name(table, 'table')}.json"
-    def lock_path(self, dataset:str) -> Path: return self.locks_dir / f"{validate_name(dataset)}.lock"
     def staging_table_dir(self, dataset:str,  # the dataset's name
                           table:str           # the table
                          ) -> Path:
         return self.staging_dir / validate_name(dataset) / validate_name(table, "table")
-    def progress_path(self, dataset:str) -> Path: return self.progress_dir / f"{validate_name(dataset)}.json"
 
 # %% ../nbs/01a_layout.ipynb #35a1c66b
 def ensure_folders(layout:DataLayout) -> DataLayout:

@@ -12,6 +12,13 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
+
+# %% auto #0
+__all__ = ['SyncManager', 'recover_journal', 'start_run', 'sync_tables', 'sync_one_table', 'run_sync', 'remove_empty_layout',
+           'pause_run', 'finish_run', 'same_data', 'keep_checks', 'commit_version', 'check_slo', 'report_run',
+           'with_tables', 'synced_tables', 'plan_dataset', 'table_plan', 'described']
+
+# %% ../nbs/08f_sync.ipynb #c7602a34
 from . import events
 from wrds_sync_nb.checkpoint import (
     Checkpoint,
@@ -40,11 +47,6 @@ from .tablerun import TableRun, fetch_fingerprints, keys_found, plain_run, templ
 from .tablesync import (catalogue_inputs, partition_streams, redefined, run_streams, sync_table,
                                     with_source)
 from .versions import file_ids, migrate_dataset, needs_migration, refresh_views
-
-# %% auto #0
-__all__ = ['SyncManager', 'recover_journal', 'start_run', 'sync_tables', 'sync_one_table', 'run_sync', 'remove_empty_layout',
-           'pause_run', 'finish_run', 'same_data', 'keep_checks', 'commit_version', 'check_slo', 'report_run',
-           'with_tables', 'synced_tables', 'plan_dataset', 'table_plan', 'described']
 
 # %% ../nbs/08f_sync.ipynb #8b92df3e
 class SyncManager(DataDir):
