@@ -8,6 +8,7 @@ import polars as pl
 from wrds_sync_nb.client import WRDSClient
 from wrds_sync_nb.datasets import DatasetRegistry
 from wrds_sync_nb.periods import source_patterns
+from wrds_sync_nb.pgtypes import qualified
 from wrds_sync_nb.queries import select_list, where_sql
 from wrds_sync_nb.sync import SyncManager
 
@@ -58,7 +59,7 @@ def source_frame(demo, database: str, dataset: str, table: str, years: range | N
     conn = demo.connect(database)
     try:
         with conn.cursor() as cur:
-            cur.execute(f'select {select_list(t, cols)} from "{t.source_schema}"."{t.source_table}"{w}', p)
+            cur.execute(f'select {select_list(t, cols)} from {qualified(*t.source.split("."))}{w}', p)
             rows = cur.fetchall()
             names = [d[0] for d in cur.description]
     finally:

@@ -34,7 +34,7 @@ __all__ = ['app', 'Dataset', 'MaybeDataset', 'AsJson', 'out', 'F', 'StartYear', 
            'claim_demo_dir', 'ccm_book_equity', 'demo_queries', 'demo', 'demo_exports', 'running_demo', 'print_exports',
            'serve_demo', 'main']
 
-# %% ../nbs/10_cli.ipynb #3578bc79
+# %% ../nbs/10_cli.ipynb #22751237
 from . import __version__, events
 from .catalog import (dataset_copy, description_lines, list_libraries, list_tables,
                                   source_description, table_definition)

@@ -21,13 +21,13 @@ from .layout import DataDirs, atomic_write_bytes, validate_name
 from .periods import GRANULARITIES, Granularity, SourceTemplate, source_name
 
 # %% auto #0
-__all__ = ['IDENT_RE', 'CAST_TYPES', 'MIN_YEAR', 'Ident', 'FilterValue', 'TableName', 'Source', 'CastType', 'OPTIONMETRICS',
-           'TAQ', 'PER_PERIOD_DATASETS', 'CRSP', 'CRSP_LEGACY', 'COMPUSTAT', 'FAMA_FRENCH', 'BUILTIN_DATASETS',
-           'DOCS_URL', 'covered_keys', 'checked_granularity', 'TableSpec', 'Retention', 'parse_retention',
-           'DatasetSpec', 'checked_years', 'partitioning', 'datasets_markdown', 'field_rows', 'load_datasets_toml',
-           'stored_datasets', 'DatasetRegistry', 'dataset_name_for', 'normal_source', 'local_name', 'parse_filters',
-           'typed_filters', 'datasets_toml', 'definitions_locked', 'write_datasets', 'store_dataset',
-           'definition_digest']
+__all__ = ['IDENT_RE', 'CAST_TYPES', 'MIN_YEAR', 'Ident', 'FilterValue', 'TableName', 'Source', 'CastType', 'DatasetName',
+           'RetentionText', 'OPTIONMETRICS', 'TAQ', 'PER_PERIOD_DATASETS', 'CRSP', 'CRSP_LEGACY', 'COMPUSTAT',
+           'FAMA_FRENCH', 'BUILTIN_DATASETS', 'DOCS_URL', 'covered_keys', 'checked_granularity', 'TableSource',
+           'TableSpec', 'Retention', 'parse_retention', 'distinct_tables', 'DatasetSpec', 'checked_years',
+           'partitioning', 'datasets_markdown', 'field_rows', 'load_datasets_toml', 'stored_datasets',
+           'DatasetRegistry', 'dataset_name_for', 'normal_source', 'local_name', 'parse_filters', 'typed_filters',
+           'datasets_toml', 'definitions_locked', 'write_datasets', 'store_dataset', 'definition_digest']
 
 # %% ../nbs/02c_datasets.ipynb #6780ff03
 IDENT_RE = re.compile(r"[a-z_][a-z0-9_$]{0,62}")
@@ -86,33 +86,17 @@ def checked_granularity(t:TableSpec) -> TableSpec:
         )
     return t
 
-# %% ../nbs/02c_datasets.ipynb #fe4d4a9a
-class TableSpec(BaseModel):
-    "One table of a dataset and where it comes from on WRDS"
+# %% ../nbs/02c_datasets.ipynb #5ffbeded
+class TableSource(BaseModel):
+    "Where a table comes from on WRDS: its source, and how it is cut into partitions"
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: TableName = Field(description="the table's local name (files, views)")
     source: Source = Field(description="`schema.table` on WRDS, or a template of one table per year or day: "
                                        "`optionm.opprcd{year}`, `taqm_{year}.ctm_{date:%Y%m%d}`")
     partition_column: Ident | None = Field(None, description="a date column: one file per year (or "
                                            "`granularity`) of it (none: one file, or one per source table)")
-    granularity: Granularity | None = Field(None, description=
-        "the partition period: `year`, `month` or `day` (default: year, or a templated source's period)")
-    key_columns: list[Ident] = Field(default_factory=list, description=
-        "columns unique per row, checked before publishing (empty: no check)")
-    columns: list[Ident] | None = Field(None, description="columns to take (none: every column)")
-    casts: dict[Ident, CastType] = Field(default_factory=dict, description=
-        f"column -> type cast on the server ({', '.join(CAST_TYPES)})")
-    filters: dict[Ident, FilterValue | list[FilterValue]] = Field(default_factory=dict, description=
-        "column -> value or list of values kept")
-    where: str | None = Field(None, description=
-        "an SQL condition run on WRDS as written, for what `filters` cannot say")
-    numeric: Literal["float64", "decimal"] = Field("float64", description=
-        "what a `numeric` without precision becomes")
-    description: str = Field("", description="a note shown by `wrds-sync datasets`")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> TableSpec: return checked_granularity(covered_keys(self))
-
+    granularity: Granularity | None = Field(None, description="the partition period: `year`, `month` or "
+                                            "`day` (default: year, or a templated source's period)")
     @property
     def template(self) -> SourceTemplate: return SourceTemplate.parse(self.source)
     @property
@@ -120,14 +104,29 @@ class TableSpec(BaseModel):
     @property
     def period(self) -> Granularity: return self.granularity or self.template.period or "year"
     @property
-    def source_schema(self) -> str: return self.source.split(".")[0]
-    @property
-    def source_table(self) -> str: return self.source.split(".")[1]
-    @property
     def partitioned(self) -> bool: return self.partition_column is not None or self.templated
     def source_for(self, key:str) -> str:
         "The WRDS table holding partition `key`"
         return source_name(self.template, key) if self.templated else self.source
+
+# %% ../nbs/02c_datasets.ipynb #fe4d4a9a
+class TableSpec(TableSource):
+    "One table of a dataset: where it comes from on WRDS, and what of it is kept"
+    key_columns: list[Ident] = Field([], description="columns unique per row, checked before publishing "
+                                     "(empty: no check)")
+    columns: list[Ident] | None = Field(None, description="columns to take (none: every column)")
+    casts: dict[Ident, CastType] = Field({}, description=
+        f"column -> type cast on the server ({', '.join(CAST_TYPES)})")
+    filters: dict[Ident, FilterValue | list[FilterValue]] = Field({}, description=
+        "column -> value or list of values kept")
+    where: str | None = Field(None, description="an SQL condition run on WRDS as written, for what `filters` "
+                                                "cannot say")
+    numeric: Literal["float64", "decimal"] = Field("float64", description=
+        "what a `numeric` without precision becomes")
+    description: str = Field("", description="a note shown by `wrds-sync datasets`")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TableSpec: return checked_granularity(covered_keys(self))
 
 # %% ../nbs/02c_datasets.ipynb #5069f5f5
 @dataclass(frozen=True)
@@ -156,11 +155,28 @@ def parse_retention(text:str) -> Retention:
     if m.group(1): return Retention("all")
     return Retention("days" if m.group(3).startswith("d") else "versions", int(m.group(2)))
 
+# %% ../nbs/02c_datasets.ipynb #04e03737
+DatasetName = Annotated[str, AfterValidator(lambda v: _safe_name(v, "dataset"))]
+RetentionText = Annotated[str, AfterValidator(lambda v: str(parse_retention(v)) and v)]
+
+def distinct_tables(d:DatasetSpec) -> DatasetSpec:
+    "`d` if it has at least one table and no table name twice; a ValueError otherwise"
+    if not d.tables: raise ValueError("a dataset needs at least one table")
+    names = [t.name for t in d.tables]
+    if len(set(names)) != len(names): raise ValueError(f"duplicate table names in {names}")
+    return d
+
+def _table_named(d:DatasetSpec, name:str) -> TableSpec:
+    if (t := next((t for t in d.tables if t.name == name), None)) is not None: return t
+    names = [t.name for t in d.tables]
+    raise UnknownDatasetError(f"dataset {d.name!r} has no table {name!r} (tables: {', '.join(names)})",
+                              did_you_mean(name, names, "each dataset's tables: `wrds-sync datasets`"))
+
 # %% ../nbs/02c_datasets.ipynb #41a089e0
 class DatasetSpec(BaseModel):
     "A named group of tables synced, locked and versioned together"
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = Field(description="the dataset's name (lowercase letters, digits, `_`)")
+    name: DatasetName = Field(description="the dataset's name (lowercase letters, digits, `_`)")
     description: str = Field("", description="a note shown by `wrds-sync datasets`")
     tables: list[TableSpec] = Field(description="its tables (`[[datasets.NAME.tables]]`)")
     default_start_year: int = Field(MIN_YEAR, description=
@@ -169,30 +185,18 @@ class DatasetSpec(BaseModel):
     successor: str | None = Field(None, description="the dataset to use instead for later years")
     schedule: Literal["daily", "none"] = Field("none", description="`daily`: `status` says late when no sync "
                                                "succeeded since 8 AM New York")
-    retention: Annotated[str, AfterValidator(lambda v: str(parse_retention(v)) and v)] = Field(
-        "90 days", description="how long replaced versions are kept: `all`, `N days` or `N versions`")
+    retention: RetentionText = Field("90 days", description=
+        "how long replaced versions are kept: `all`, `N days` or `N versions`")
     deep_check_days: int = Field(7, ge=0, description="each WRDS table of a product kept per year or day is "
                                  "fingerprinted again at least every N days, a share each night (0: never)")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v:str) -> str: return _safe_name(v, "dataset")
+    @model_validator(mode="after")
+    def _tables(self) -> DatasetSpec: return distinct_tables(self)
     @property
     def retention_policy(self) -> Retention: return parse_retention(self.retention)
-    @model_validator(mode="after")
-    def _tables(self) -> DatasetSpec:
-        if not self.tables: raise ValueError("a dataset needs at least one table")
-        names = [t.name for t in self.tables]
-        if len(set(names)) != len(names): raise ValueError(f"duplicate table names in {names}")
-        return self
-
     def table(self, name:str) -> TableSpec:
-        "The table called `name`"
-        if (t := next((t for t in self.tables if t.name == name), None)) is not None: return t
-        names = [t.name for t in self.tables]
-        raise UnknownDatasetError(f"dataset {self.name!r} has no table {name!r} (tables: {', '.join(names)})",
-                                  did_you_mean(name, names, "each dataset's tables: `wrds-sync datasets`"))
-
+        "The table called `name`; a one-line error listing the tables otherwise"
+        return _table_named(self, name)
     def year_range(self,
                    start_year:int|None=None,  # first year (default: the dataset's)
                    end_year:int|None=None,    # last year (default: this year, or the source's last)

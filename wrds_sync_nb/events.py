@@ -119,7 +119,7 @@ SCHEMA_NEW_COLUMNS = "sync.schema.new_columns"
 SCHEMA_BREAKING = "sync.schema.breaking"
 QUARANTINE_CLEANED = "sync.quarantine.cleaned"
 
-# %% ../nbs/01_events.ipynb #d0d0c568
+# %% ../nbs/01_events.ipynb #aaa29efb
 LOCK_ACQUIRED = "sync.lock.acquired"
 LOCK_RELEASED = "sync.lock.released"
 LOCK_RECOVERED = "sync.lock.recovered"

@@ -277,7 +277,7 @@ def source_years(client:WRDSClient,               # the WRDS client
     pc = quote_ident(table.partition_column or "")
     lo, hi = client.execute_query(
         f"select extract(year from min({pc}))::int as lo, extract(year from max({pc}))::int as hi "
-        f"from {qualified(table.source_schema, table.source_table)}{w}",
+        f"from {qualified(*table.source.split('.'))}{w}",
         p,
     ).row(0)
     have = [y for y in years if lo is not None and lo <= y <= hi] + [

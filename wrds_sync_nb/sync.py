@@ -18,7 +18,7 @@ __all__ = ['SyncManager', 'recover_journal', 'start_run', 'sync_tables', 'sync_o
            'pause_run', 'finish_run', 'same_data', 'keep_checks', 'commit_version', 'check_slo', 'report_run',
            'with_tables', 'synced_tables', 'plan_dataset', 'table_plan', 'described']
 
-# %% ../nbs/08f_sync.ipynb #c7602a34
+# %% ../nbs/08f_sync.ipynb #65897de8
 from . import events
 from wrds_sync_nb.checkpoint import (
     Checkpoint,
@@ -343,7 +343,8 @@ def table_plan(layout:DataLayout,      # the data dir
               ) -> list[PlanItem]:
     "What a run would do with one table now (fingerprints asked for only where the run would ask for them)"
     asked = asked or Asked()
-    info = None if table.templated else client.get_table_info(table.source_schema, table.source_table)
+    sch, _, tab = table.source.partition(".")
+    info = None if table.templated else client.get_table_info(sch, tab)
     i = replace(catalogue_inputs(layout, info, entry), kind=asked.kind, force=asked.force,
                 redefined=redefined(entry, table))
     if asked.kind == "incremental" and info is not None and not asked.deep and unchanged(i):

@@ -312,7 +312,8 @@ def sync_table(ctx:RunContext,   # the run
               ) -> None:
     "Plan and sync one table"
     ds, entry = ctx.spec.name, ctx.manifest.tables.get(table.name)
-    info = None if table.templated else ctx.client.get_table_info(table.source_schema, table.source_table)
+    sch, _, tab = table.source.partition(".")
+    info = None if table.templated else ctx.client.get_table_info(sch, tab)
     quick = ctx.kind == "incremental" and not ctx.deep   # the catalogue may settle it
     if quick and info is not None and not redefined(entry, table) and unchanged(
             catalogue_inputs(ctx.layout, info, entry)):
