@@ -9,9 +9,8 @@ from __future__ import annotations
 import re, threading, time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import partial
-from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 import polars as pl
 import pyarrow as pa
@@ -26,9 +25,9 @@ from .errors import (CancelledError, ConnectionLimitError, CredentialsError,
 # %% auto #0
 __all__ = ['T', 'BUILTIN_TYPES', 'S', 'BATCH_HINT_BYTES', 'RateLimiter', 'limiter_for', 'is_transient', 'translate_error',
            'sql_literal', 'render_sql', 'SessionPool', 'borrow', 'give_back', 'scoped', 'current_scope', 'WRDSSessions',
-           'cancel_queries', 'gated', 'prepared', 'session_opener', 'arrow_plain', 'run_arrow', 'budget_lowered',
-           'connect_client', 'parse_last_updated', 'table_info', 'start_stream', 'next_batch', 'stream_batches',
-           'query_arrow_schema', 'WRDSClient']
+           'pool_of', 'cancel_queries', 'gated', 'prepared', 'session_opener', 'arrow_plain', 'run_arrow',
+           'budget_lowered', 'connect_client', 'parse_last_updated', 'table_info', 'start_stream', 'next_batch',
+           'stream_batches', 'query_arrow_schema', 'WRDSClient']
 
 # %% ../nbs/05_client.ipynb #adaa4766
 class RateLimiter:
@@ -107,7 +106,28 @@ def is_transient(exc:BaseException) -> bool:
     "Worth retrying? (A dropped connection, an unreachable server, a full connection slot)"
     return isinstance(exc, (TransientQueryError, WRDSConnectionError))
 
-# %% ../nbs/05_client.ipynb #c1e0cba9
+# %% ../nbs/05_client.ipynb #ac56b5be
+def _stopped_or_refused(state:str|None, low:str, line:str, cfg:WRDSConfig,
+                        during:str) -> WrdsSyncError | None:
+    "A query stopped (our cancel, the timeout) or a session refused (the role's limit, the login), else None"
+    where = f"{cfg.host}:{cfg.port}/{cfg.database}"
+    if state == "57014" and "user request" in low:  # our own cancel (Ctrl-C, or another stream failed)
+        return CancelledError(f"{during} was cancelled because the run stopped")
+    if state == "57014" or "canceling statement due to statement timeout" in low:
+        return QueryTimeoutError(f"{during} ran past the {cfg.query_timeout_seconds:g}s statement timeout "
+                                 "and was cancelled on the server")
+    if state == "53300" or "too many connections" in low:
+        return ConnectionLimitError(
+            f"WRDS at {where} refused a new session for user {cfg.username!r}: {line}",
+            "close other sessions of this account (notebooks, other syncs), or lower "
+            f"WRDS_MAX_CONNECTIONS (now {cfg.max_connections})")
+    if (state or "").startswith("28") or (state is None and any(w in low for w in _AUTH_WORDS)):
+        return CredentialsError(f"WRDS at {where} rejected the credentials of user {cfg.username!r}: {line}",
+                                "check the username and password (pgpass, WRDS_PASSWORD or keyring); "
+                                "WRDS passwords expire yearly, rotate it at wrds-www.wharton.upenn.edu")
+    return None
+
+# %% ../nbs/05_client.ipynb #22d4e161
 def translate_error(exc:BaseException,  # the driver's exception
                     cfg:WRDSConfig,     # the connection settings
                     during:str          # what was running, for the message
@@ -116,25 +136,7 @@ def translate_error(exc:BaseException,  # the driver's exception
     if isinstance(exc, WrdsSyncError): return exc
     state, line = _sqlstate(exc), _first_line(exc)
     low, where = str(getattr(exc, "orig", None) or exc).lower(), f"{cfg.host}:{cfg.port}/{cfg.database}"
-    if (
-        state == "57014" and "user request" in low
-    ):  # our own cancel (Ctrl-C, or another stream failed): not a timeout
-        return CancelledError(f"{during} was cancelled because the run stopped")
-    if state == "57014" or "canceling statement due to statement timeout" in low:
-        return QueryTimeoutError(
-            f"{during} ran past the {cfg.query_timeout_seconds:g}s statement timeout and was cancelled on "
-            "the server"
-        )
-    if state == "53300" or "too many connections" in low:
-        return ConnectionLimitError(
-            f"WRDS at {where} refused a new session for user {cfg.username!r}: {line}",
-            "close other sessions of this account (notebooks, other syncs), or lower "
-            f"WRDS_MAX_CONNECTIONS (now {cfg.max_connections})",
-        )
-    if (state or "").startswith("28") or (state is None and any(w in low for w in _AUTH_WORDS)):
-        return CredentialsError(f"WRDS at {where} rejected the credentials of user {cfg.username!r}: {line}",
-                                "check the username and password (pgpass, WRDS_PASSWORD or keyring); "
-                                "WRDS passwords expire yearly, rotate it at wrds-www.wharton.upenn.edu")
+    if (err := _stopped_or_refused(state, low, line, cfg, during)) is not None: return err
     if state == "42501" or "permission denied" in low:
         return PermissionDeniedError(f"{during} on {where} was refused: {line}")
     if state in _NAME_FIXES: return QueryError(f"{during} failed on {where}: {line}", _NAME_FIXES[state])
@@ -170,14 +172,10 @@ def render_sql(sql:str,                                      # SQL with `%(name)
 # %% ../nbs/05_client.ipynb #74cc81ce
 class SessionPool:
     "At most `budget` ADBC sessions, reused; thread-safe"
-    def __init__(
-        self,
-        open_session: Callable[[], Any],  # opens one session
-        budget: int,  # the most open at once
-        on_limit: Callable[[int], None]
-        | None = None,  # told the new budget when the server's limit lowers it
-        broken: Callable[[BaseException], bool] = lambda e: True,
-    ):  # does this error leave the session unusable?
+    def __init__(self, open_session:Callable[[], Any],               # opens one session
+                 budget:int,                                       # the most open at once
+                 on_limit:Callable[[int], None]|None=None,         # told the budget the server's limit leaves
+                 broken:Callable[[BaseException], bool]=lambda e: True):  # does this error spoil the session?
         self.open_session, self.budget, self.on_limit, self.broken = open_session, budget, on_limit, broken
         self.idle: list[Any] = []
         self.opened = 0      # sessions open now (idle or borrowed)
@@ -267,9 +265,7 @@ class WRDSSessions:
     def __init__(self, config:WRDSConfig):
         self.config = config
         self.pool: SessionPool | None = None
-        self.queries = 0            # server round trips that passed the rate limit
-        self.rows_streamed = 0
-        self.server_version_num = 0
+        self.queries = self.rows_streamed = self.server_version_num = 0  # round trips (rate-limited), rows
         self.role_limit: int | None = None
         self.stopping = threading.Event()  # set by `cancel`: waits end, running queries are cancelled
         self.busy: dict[Any, str | None] = {}  # sessions running a query now, and the scope running it
@@ -277,33 +273,35 @@ class WRDSSessions:
     def __repr__(self) -> str: return f"{type(self).__name__}({self.config.describe()!r})"
 
     def __enter__(self) -> Self: return self.connect()
-    def __exit__(self, et:type[BaseException]|None, ev:BaseException|None, tb:TracebackType|None) -> None:
-        self.close()
+    def __exit__(self, *exc:object) -> None: self.close()
     def connect(self) -> Self:
-        """Resolve credentials, open the first session, read the server's version and the role's limit
-        (fails fast, one line)"""
+        "Resolve credentials, open the first session, learn the server and the role's limit (fails fast)"
         return connect_client(self)
     def close(self) -> None:
         "Return every session to the server (borrowed ones as they come back)"
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
-    def connected_pool(self) -> SessionPool:
-        "The session pool, connecting first if needed"
-        return cast(SessionPool, self.connect().pool)
-    @contextmanager
-    def session(self) -> Iterator[Any]:
+        if self.pool is not None: self.pool.close()
+        self.pool = None
+    def session(self) -> AbstractContextManager[Any]:
         "Borrow a session: `with client.session() as conn: ...` (`cancel` can reach its query)"
-        with self.connected_pool().session() as conn:
-            self.busy[conn] = current_scope()
-            try: yield conn
-            finally: self.busy.pop(conn, None)
+        return _busy_session(self)
 
     def cancel(self, stop:bool=True,     # Ctrl-C: also end every wait until the next run clears `stopping`
                scope:str|None=None   # only the queries run in this scope (None: every query)
               ) -> None:
         "Cancel the queries running (of one scope)"
         cancel_queries(self, stop, scope)
+
+# %% ../nbs/05_client.ipynb #1b140acd
+def pool_of(client:WRDSSessions) -> SessionPool:
+    "The client's session pool, connecting first if needed"
+    return cast(SessionPool, client.connect().pool)
+
+@contextmanager
+def _busy_session(client:WRDSSessions) -> Iterator[Any]:
+    with pool_of(client).session() as conn:
+        client.busy[conn] = current_scope()
+        try: yield conn
+        finally: client.busy.pop(conn, None)
 
 # %% ../nbs/05_client.ipynb #7ef33c72
 def cancel_queries(client:WRDSSessions,  # the client
@@ -549,7 +547,7 @@ def stream_batches(client:WRDSSessions,              # the client
                    batch_rows:int=250_000            # the largest batch handed out
                   ) -> Iterator[pa.RecordBatch]:
     "Stream the result of `sql` as Arrow record batches; memory is bounded by the batch, not the result"
-    text, pool = render_sql(sql, params), client.connected_pool()
+    text, pool = render_sql(sql, params), pool_of(client)
     def start() -> tuple[Any, Any, Any, pa.RecordBatch | None]:
         conn = borrow(pool)
         try: return (conn, *start_stream(conn, text))

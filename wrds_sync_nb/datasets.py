@@ -14,7 +14,7 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field,
-                      ValidationError as PydanticValidationError, field_validator, model_validator)
+                      ValidationError as PydanticValidationError, model_validator)
 import tomli_w
 from .errors import ConfigError, DatasetNameError, UnknownDatasetError, did_you_mean
 from .layout import DataDirs, atomic_write_bytes, validate_name
@@ -86,7 +86,7 @@ def checked_granularity(t:TableSpec) -> TableSpec:
         )
     return t
 
-# %% ../nbs/02c_datasets.ipynb #5ffbeded
+# %% ../nbs/02c_datasets.ipynb #ca8b28c9
 class TableSource(BaseModel):
     "Where a table comes from on WRDS: its source, and how it is cut into partitions"
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -155,7 +155,7 @@ def parse_retention(text:str) -> Retention:
     if m.group(1): return Retention("all")
     return Retention("days" if m.group(3).startswith("d") else "versions", int(m.group(2)))
 
-# %% ../nbs/02c_datasets.ipynb #04e03737
+# %% ../nbs/02c_datasets.ipynb #28e6eb48
 DatasetName = Annotated[str, AfterValidator(lambda v: _safe_name(v, "dataset"))]
 RetentionText = Annotated[str, AfterValidator(lambda v: str(parse_retention(v)) and v)]
 
