@@ -140,33 +140,18 @@ def choice_notes(d:TableDescription,          # the table (a template's newest)
                  found:dict[str, SourceTable]|None=None  # a template's tables
                 ) -> list[str]:
     "What was chosen for the user, and how to choose otherwise"
-    notes = (
-        [
-            f"one WRDS table a {t.template.period}: {len(found)} found, {found[min(found)].name} to "
-            f"{found[max(found)].name}"
-            + (
-                "; a day without a table (a market holiday) is no partition"
-                if t.template.period == "day"
-                else ""
-            )
-        ]
-        if t is not None and t.templated and found
-        else []
-    )
+    notes, column = [], d.partition_column
+    if t is not None and t.templated and found:
+        day = ("; a day without a table (a market holiday) is no partition"
+               if t.template.period == "day" else "")
+        notes.append(f"one WRDS table a {t.template.period}: {len(found)} found, {found[min(found)].name} to "
+                     f"{found[max(found)].name}{day}")
     if partition_column is None and t is not None and t.templated:
-        notes.append(
-            f"each WRDS table is a partition, its rows checked against {d.partition_column} "
-            "(--partition-column chooses another)"
-            if d.partition_column
-            else "each WRDS table is a partition"
-        )
+        notes.append(f"each WRDS table is a partition, its rows checked against {column} (--partition-column "
+                     "chooses another)" if column else "each WRDS table is a partition")
     elif partition_column is None:
-        notes.append(
-            f"partitioned by the year of {d.partition_column} (its date column; --partition-column chooses "
-            "another)"
-            if d.partition_column
-            else "kept as one file: it has no date column"
-        )
+        notes.append(f"partitioned by the year of {column} (its date column; --partition-column chooses "
+                     "another)" if column else "kept as one file: it has no date column")
     if not key: notes.append("no key given: rows are not checked for duplicates (--key COL,COL checks them)")
     if where: notes.append(f"the condition runs on WRDS as written: {where}")
     return notes
@@ -210,26 +195,15 @@ def table_definition(
     source = normal_source(source)
     d, found = source_description(client, source)
     if not d.readable:
-        raise PermissionDeniedError(
-            f"this WRDS account may not read {source}: its subscription does not include it"
-        )
+        raise PermissionDeniedError(f"this WRDS account may not read {source}: its subscription does not "
+                                    "include it")
     raw = parse_filters(filters or [])
-    types = checked_columns(
-        d,
-        [*(key or []), *(columns or []), *raw, *([partition_column] if partition_column else [])],
-        partition_column,
-    )
+    named = [*(key or []), *(columns or []), *raw, *([partition_column] if partition_column else [])]
+    types = checked_columns(d, named, partition_column)
     try:
-        t = TableSpec(
-            name=local_name(source),
-            source=source,
-            partition_column=partition_column or d.partition_column,
-            key_columns=key or [],
-            columns=columns,
-            filters=typed_filters(raw, types),
-            where=where,
-            granularity=granularity,
-        )
+        t = TableSpec(name=local_name(source), source=source, key_columns=key or [], columns=columns,
+                      partition_column=partition_column or d.partition_column, where=where,
+                      filters=typed_filters(raw, types), granularity=granularity)
         spec = DatasetSpec(name=name or dataset_name_for(t.source), tables=[t], description=d.comment or "")
     except PydanticValidationError as e:
         raise ConfigError(e.errors()[0]["msg"].removeprefix("Value error, "), "correct the option") from None
