@@ -25,7 +25,7 @@ __all__ = ['LOCK_TIMEOUT_HOURS', 'REFRESH_INTERVAL_SECONDS', 'MALFORMED_GRACE_SE
            'process_start_ticks', 'boot_id', 'is_pid_alive', 'ForeignLockFileError', 'read_lock', 'AtomicFileLock',
            'lock_guard', 'create_lock_file', 'disk_full', 'judge_token', 'judge_lock_file', 'lock_identity',
            'recover_stale_lock', 'clean_recovery_leftovers', 'holder', 'held_message', 'owned_token', 'LockStatus',
-           'LockHeartbeat', 'atomic_lock']
+           'beat', 'LockHeartbeat', 'atomic_lock']
 
 # %% ../nbs/03_locking.ipynb #881e1057
 LOCK_TIMEOUT_HOURS = 4
@@ -88,8 +88,7 @@ _fsync = os.fsync  # module-level so tests can observe it with a wrapper
 
 class AtomicFileLock:
     "Single-writer lock on `lock_dir/<dataset>.lock`, created with O_CREAT|O_EXCL|O_NOFOLLOW"
-    LOCK_TIMEOUT_HOURS = LOCK_TIMEOUT_HOURS
-    REFRESH_INTERVAL_SECONDS = REFRESH_INTERVAL_SECONDS
+    LOCK_TIMEOUT_HOURS, REFRESH_INTERVAL_SECONDS = LOCK_TIMEOUT_HOURS, REFRESH_INTERVAL_SECONDS
     MIN_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 0.01, 0.5
 
     def __init__(self, lock_dir:Path,             # folder holding lock files (created 0o700 if missing)
@@ -97,15 +96,13 @@ class AtomicFileLock:
                  writer_id:str|None=None,         # who is writing, for humans; default pid@host
                  lock_timeout:timedelta|None=None # expiry after acquire/refresh; default 4 h
                 ):
-        self.dataset = validate_name(dataset)
-        self.lock_dir = Path(lock_dir)
+        self.dataset, self.lock_dir = validate_name(dataset), Path(lock_dir)
         self.path = self.lock_dir / f"{self.dataset}.lock"
         self.guard_path = self.lock_dir / f".{self.dataset}.lock.guard"
         self.writer_id = writer_id or f"pid{os.getpid()}@{HOSTNAME}"
         self.lock_timeout = lock_timeout or timedelta(hours=self.LOCK_TIMEOUT_HOURS)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.path)!r}, writer_id={self.writer_id!r})"
+    def __repr__(self) -> str: return f"AtomicFileLock({str(self.path)!r}, writer_id={self.writer_id!r})"
     def new_token(self) -> LockToken:
         "A fresh token naming this process and writer (not yet on disk)"
         now = utcnow()
@@ -121,9 +118,6 @@ class AtomicFileLock:
     def refresh(self, token:LockToken) -> LockToken:
         "Extend the lock's expiry (atomic replace); fails if the lock is no longer ours"
         return _refresh_lock(self, token)
-    def verify(self, token:LockToken) -> None:
-        "Raise LockOwnershipError unless the lock on disk is still `token`'s"
-        with lock_guard(self): owned_token(self, token)
     def status(self) -> LockStatus: return _lock_status(self)
     def force_unlock(self, by:str) -> LockStatus: return _force_remove(self, by)
 
@@ -385,6 +379,22 @@ def _force_remove(lock:AtomicFileLock,  # the lock
                 holder_writer=t.writer_id if t else None)
     return st
 
+# %% ../nbs/03_locking.ipynb #c54e5ba8
+def beat(hb:LockHeartbeat) -> None:
+    "The heartbeat's thread: refresh every `hb.interval` seconds until stopped, or until the lock is lost"
+    while not hb.stopped.wait(hb.interval):
+        try:
+            hb.token = hb.lock.refresh(hb.token)
+            hb.refreshes += 1
+        except LockOwnershipError as e:
+            hb.lost = e
+            events.emit(events.SYNC_FAILED, level="error", dataset=hb.lock.dataset,
+                        reason=f"lock lost: {e.what}")
+            return
+        except OSError as e:  # a transient filesystem error: try again next beat, expiry leaves room
+            events.emit(events.LOCK_STALE, level="warning", dataset=hb.lock.dataset,
+                        reason=f"refresh failed: {e}")
+
 # %% ../nbs/03_locking.ipynb #55a8f970
 class LockHeartbeat:
     "Refreshes a held lock from a background thread until stopped"
@@ -395,36 +405,23 @@ class LockHeartbeat:
         self.interval = lock.REFRESH_INTERVAL_SECONDS if interval is None else interval
         self.lost: LockOwnershipError | None = None
         self.refreshes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lock-heartbeat-{lock.dataset}", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.token = self.lock.refresh(self.token)
-                self.refreshes += 1
-            except LockOwnershipError as e:
-                self.lost = e
-                events.emit(events.SYNC_FAILED, level="error", dataset=self.lock.dataset,
-                            reason=f"lock lost: {e.what}")
-                return
-            except OSError as e:  # a transient filesystem error: try again next beat, expiry leaves room
-                events.emit(events.LOCK_STALE, level="warning", dataset=self.lock.dataset,
-                            reason=f"refresh failed: {e}")
+        self.stopped = threading.Event()
+        self._thread = threading.Thread(target=beat, args=(self,), name=f"lock-heartbeat-{lock.dataset}",
+                                        daemon=True)
 
     def start(self) -> LockHeartbeat:
         self._thread.start()
         return self
     def stop(self) -> LockToken:
         "Stop refreshing; returns the latest token"
-        self._stop.set()
+        self.stopped.set()
         if self._thread.is_alive(): self._thread.join()
         return self.token
 
     def ensure_held(self) -> None:
         "Raise LockOwnershipError if the lock was lost, or is not ours on disk now"
         if self.lost is not None: raise self.lost
-        self.lock.verify(self.token)
+        with lock_guard(self.lock): owned_token(self.lock, self.token)
 
 # %% ../nbs/03_locking.ipynb #0d0c1e8d
 @contextmanager
