@@ -33,6 +33,7 @@ REFRESH_INTERVAL_SECONDS = 60
 MALFORMED_GRACE_SECONDS = 30
 MAX_LOCK_FILE_BYTES = 64 * 1024
 HOSTNAME = socket.gethostname()
+_fsync = os.fsync  # module-level so tests can observe it with a wrapper
 
 def process_start_ticks(pid:int) -> int | None:
     "When `pid` started, in hundredths of a second since the epoch (psutil; None if there is no such process)"
@@ -84,8 +85,6 @@ def read_lock(path:Path) -> tuple[LockToken, os.stat_result]:
         raise MalformedLockFileError(f"lock file {path} is malformed ({where}: {err['msg']})") from None
 
 # %% ../nbs/03_locking.ipynb #7738b222
-_fsync = os.fsync  # module-level so tests can observe it with a wrapper
-
 class AtomicFileLock:
     "Single-writer lock on `lock_dir/<dataset>.lock`, created with O_CREAT|O_EXCL|O_NOFOLLOW"
     LOCK_TIMEOUT_HOURS, REFRESH_INTERVAL_SECONDS = LOCK_TIMEOUT_HOURS, REFRESH_INTERVAL_SECONDS
@@ -94,8 +93,7 @@ class AtomicFileLock:
     def __init__(self, lock_dir:Path,             # folder holding lock files (created 0o700 if missing)
                  dataset:str,                     # dataset name, validated
                  writer_id:str|None=None,         # who is writing, for humans; default pid@host
-                 lock_timeout:timedelta|None=None # expiry after acquire/refresh; default 4 h
-                ):
+                 lock_timeout:timedelta|None=None): # expiry after acquire/refresh; default 4 h
         self.dataset, self.lock_dir = validate_name(dataset), Path(lock_dir)
         self.path = self.lock_dir / f"{self.dataset}.lock"
         self.guard_path = self.lock_dir / f".{self.dataset}.lock.guard"
@@ -105,10 +103,9 @@ class AtomicFileLock:
     def __repr__(self) -> str: return f"AtomicFileLock({str(self.path)!r}, writer_id={self.writer_id!r})"
     def new_token(self) -> LockToken:
         "A fresh token naming this process and writer (not yet on disk)"
-        now = utcnow()
         return LockToken(dataset=self.dataset, pid=os.getpid(), hostname=HOSTNAME, writer_id=self.writer_id,
                          nonce=secrets.token_hex(16), process_start=process_start_ticks(os.getpid()),
-                         boot_id=boot_id(), acquired_at=now, expires_at=now + self.lock_timeout)
+                         boot_id=boot_id(), acquired_at=(now := utcnow()), expires_at=now + self.lock_timeout)
     def acquire(self, timeout_seconds:float=30) -> LockToken:
         "Take the lock, waiting up to `timeout_seconds`; raises LockAcquisitionError naming the holder"
         return _acquire_lock(self, timeout_seconds)

@@ -287,19 +287,12 @@ def vanished(tr:TableRun) -> list[str]:
 
 # %% ../nbs/08c_tablerun.ipynb #b8bc5a7e
 class Fingerprints:
-    """The source's fingerprints as the fingerprint thread computes them: one scan, or one per source table
-    in key order"""
+    "The source's fingerprints as the scans finish: one scan, or one per source table in key order"
     def __init__(self, pool:ThreadPoolExecutor, client:WRDSClient, tr:TableRun):
-        self.tr = tr
+        self.tr, scans = tr, [s for s in tr.found.values() if s.name in tr.scan]
         self.parts: dict[str, Future[dict[str, SourceFingerprint]]] = (
-            {
-                s.key: pool.submit(fingerprint_source, client, tr, s)
-                for s in tr.found.values()
-                if s.name in tr.scan
-            }
-            if tr.table.templated
-            else {"": pool.submit(fetch_fingerprints, client, tr)}
-        )
+            {s.key: pool.submit(fingerprint_source, client, tr, s) for s in scans} if tr.table.templated
+            else {"": pool.submit(fetch_fingerprints, client, tr)})
 
     def _part(self, key:str) -> Future[dict[str, SourceFingerprint]] | None:
         return self.parts.get(source_key(self.tr.table, key)) if self.tr.table.templated else self.parts[""]
@@ -310,13 +303,8 @@ class Fingerprints:
     def known(self, key:str) -> SourceFingerprint | None:
         "Partition `key`'s fingerprint if it is there already (never waits)"
         f = self._part(key)
-        return (
-            self.tr.kept.get(key)
-            if f is None
-            else f.result().get(key)
-            if f.done() and f.exception() is None
-            else None
-        )
+        if f is None: return self.tr.kept.get(key)
+        return f.result().get(key) if f.done() and f.exception() is None else None
     def all(self) -> dict[str, SourceFingerprint]:
         "Every partition's fingerprint (waiting for every scan)"
         out = dict(self.tr.kept)
