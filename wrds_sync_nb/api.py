@@ -104,7 +104,22 @@ def add_table(
     )
     return spec
 
-# %% ../nbs/10b_api.ipynb #ec539462
+# %% ../nbs/10b_api.ipynb #38cdf491
+_TABLE_ONLY = ("partition_column", "key", "granularity")   # add_table's options for one WRDS table
+
+def _our_dataset(reg:DatasetRegistry, name:str, tables:list[str]|None, adding:dict[str, Any],
+                 data_dir:Path|str|None) -> tuple[str, list[str]|None]:
+    "A dataset given by our name: itself, or a filtered copy of it (`name=` with filters, columns or where)"
+    if adding.get("name") and not any(adding.get(k) is not None for k in _TABLE_ONLY):
+        have = adding["name"] in reg.names()
+        return (adding["name"] if have else add_table(name, data_dir=data_dir, **adding).name), tables
+    if given := [k for k, v in adding.items() if v is not None]:
+        raise ConfigError(f"{', '.join(given)} apply to a table given by its WRDS name",
+                          "name the table as on WRDS (e.g. comp.secd), or use the settings of dataset "
+                          f"{name!r}")
+    return reg.get(name).name, tables
+
+# %% ../nbs/10b_api.ipynb #b57627e7
 def resolve(reg:DatasetRegistry,       # the datasets known
             name:str,                  # a dataset or LIBRARY.TABLE
             tables:list[str]|None,     # tables asked for
@@ -112,23 +127,7 @@ def resolve(reg:DatasetRegistry,       # the datasets known
             data_dir:Path|str|None     # the data dir
            ) -> tuple[str, list[str]|None]:
     "The dataset and tables `name` means, adding a WRDS table when no dataset has it"
-    if "." not in name:
-        copying = adding.get("name") and not any(
-            adding.get(k) is not None for k in ("partition_column", "key", "granularity")
-        )
-        if copying:
-            return (
-                adding["name"]
-                if adding["name"] in reg.names()
-                else add_table(name, data_dir=data_dir, **adding).name
-            ), tables
-        if any(v is not None for v in adding.values()):
-            raise ConfigError(
-                f"{', '.join(k for k, v in adding.items() if v is not None)} apply to a table given by its "
-                "WRDS name",
-                f"name the table as on WRDS (e.g. comp.secd), or use the settings of dataset {name!r}",
-            )
-        return reg.get(name).name, tables
+    if "." not in name: return _our_dataset(reg, name, tables, adding, data_dir)
     src, named, given = normal_source(name), adding.get("name"), any(v is not None for v in adding.values())
     if named and named in reg.names(): return named, tables  # added before (a notebook cell run again)
     if (found := None if named else reg.for_source(src)) is not None:

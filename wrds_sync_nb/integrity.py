@@ -25,7 +25,7 @@ from .versions import (VERSION_NAME_RE, entries, entry_file, is_view, load_versi
 # %% auto #0
 __all__ = ['versions_to_check', 'entry_problem', 'stray_files', 'problems_in', 'stale_views', 'sync_running',
            'settled_stale_views', 'definition_changes', 'check_integrity', 'kept_manifests', 'repair_pointer',
-           'repair_manifest']
+           'restore_version', 'repair_manifest']
 
 # %% ../nbs/08g_integrity.ipynb #1c532938
 def versions_to_check(d:DataDir,     # the data dir
@@ -227,7 +227,26 @@ def repair_pointer(d:DataDir,   # the data dir (the lock held)
     return (f"{ds}: the manifest (version {current.version}) is intact; rewrote its pointer "
             f"{d.layout.relative(path)}")
 
-# %% ../nbs/08g_integrity.ipynb #75aaf2fc
+# %% ../nbs/08g_integrity.ipynb #3fe6efe1
+def restore_version(d:DataDir,         # the data dir (the lock held)
+                    good:SyncManifest  # the newest intact version
+                   ) -> tuple[int, list[str]]:
+    """Commit `good` again as the next version, less the partitions whose files changed, the damaged versions
+    set aside; the new number and what was left out"""
+    ds, seen = good.dataset, kept_versions(d.manifests, good.dataset)
+    dropped = [f"{t}/{k}" for t, k, e in entries(good) if not is_intact(d.layout, e)]
+    for t, te in good.tables.items():
+        te.partitions = {k: e for k, e in te.partitions.items() if f"{t}/{k}" not in dropped}
+    for n in [v for v in seen if v > good.version or not _readable(d, ds, v)]:
+        d.quarantine.put(d.manifests.version_path(ds, n), ds, "manifest",
+                         "damaged manifest version set aside by repair")
+    version = max([*seen, good.version]) + 1
+    new = good.model_copy(update={"version": version, "updated_at": utcnow(), "content_sha256": None})
+    committed = write_version(d.manifests, new.model_copy(update={"content_sha256": new.content_digest()}))
+    refresh_views(d.layout, committed)
+    return version, dropped
+
+# %% ../nbs/08g_integrity.ipynb #8277af12
 def repair_manifest(d:DataDir,  # the data dir (no client needed)
                     dataset:str      # the dataset whose manifest is damaged
                    ) -> str:
@@ -238,30 +257,11 @@ def repair_manifest(d:DataDir,  # the data dir (no client needed)
         try:
             if (m := d.manifests.load(ds)) is not None: return repair_pointer(d, m)
         except ManifestError: pass
-        kept = kept_manifests(d, ds)
-        if not kept:
-            raise ManifestError(
-                f"{ds}: no intact manifest version is kept; nothing was changed",
-                "restore the data dir from backup (`wrds-sync restore`), or run a full sync into a new data "
-                "dir",
-            )
-        good, seen = kept[0], kept_versions(d.manifests, ds)
-        dropped = [f"{t}/{k}" for t, k, e in entries(good) if not is_intact(d.layout, e)]
-        for t, te in good.tables.items():
-            te.partitions = {k: e for k, e in te.partitions.items() if f"{t}/{k}" not in dropped}
-        for n in [v for v in seen if v > good.version or not _readable(d, ds, v)]:
-            d.quarantine.put(d.manifests.version_path(ds, n), ds, "manifest",
-                             "damaged manifest version set aside by repair")
-        version = max([*seen, good.version]) + 1
-        new = good.model_copy(update={"version": version, "updated_at": utcnow(), "content_sha256": None})
-        refresh_views(
-            d.layout,
-            write_version(d.manifests, new.model_copy(update={"content_sha256": new.content_digest()})),
-        )
-    left = (
-        f"; left out {len(dropped)} partition(s) whose files changed ({', '.join(dropped)}): the next sync "
-        "fetches them"
-        if dropped
-        else ""
-    )
-    return f"{ds}: restored manifest version {good.version} as version {version}{left}"
+        if not (kept := kept_manifests(d, ds)):
+            raise ManifestError(f"{ds}: no intact manifest version is kept; nothing was changed",
+                                "restore the data dir from backup (`wrds-sync restore`), or run a full sync "
+                                "into a new data dir")
+        version, dropped = restore_version(d, kept[0])
+    left = (f"; left out {len(dropped)} partition(s) whose files changed ({', '.join(dropped)}): the next "
+            "sync fetches them" if dropped else "")
+    return f"{ds}: restored manifest version {kept[0].version} as version {version}{left}"

@@ -25,7 +25,7 @@ from .storage import Quarantine, point_view
 __all__ = ['STAMP_RE', 'VIEW_RE', 'VERSION_NAME_RE', 'entry_file', 'entries', 'file_ids', 'load_versions', 'expiries',
            'retained_versions', 'stamp', 'parse_stamp', 'as_datetime', 'select_version', 'version_at', 'view_files',
            'is_view', 'remove_empty_folders', 'refresh_views', 'legacy_candidates', 'link_version', 'needs_migration',
-           'migrate_dataset', 'migrate_data_dir']
+           'link_versions', 'migrate_dataset', 'migrate_data_dir']
 
 # %% ../nbs/07a_versions.ipynb #a7301d4a
 def entry_file(layout:DataLayout,  # the data dir
@@ -275,20 +275,14 @@ def needs_migration(mm:ManifestManager,  # the manager
         or any(not e.path.startswith("versions/") for *_, e in entries(m))
     )
 
-# %% ../nbs/07a_versions.ipynb #107046f9
-def migrate_dataset(mm:ManifestManager,  # the manager (the dataset's lock held)
-                    dataset:str           # the dataset's name
-                   ) -> int:
-    "Upgrade one dataset in place, losing nothing; returns how many files got a version name"
-    layout, ds = mm.layout, validate_name(dataset)
-    pointer = read_manifest(ds, layout.manifest_path(ds))
-    if pointer is not None and pointer.version not in mm.versions(
-        ds
-    ):  # a release before the manifest history
-        atomic_write_bytes(mm.version_path(ds, pointer.version), layout.manifest_path(ds).read_bytes(),
-                           replace=False)
-    versions, _ = load_versions(mm, ds)
-    found, linked = legacy_candidates(layout, ds), 0
+# %% ../nbs/07a_versions.ipynb #e9b920b6
+def link_versions(layout:DataLayout,                         # the data dir
+                  versions:list[SyncManifest],               # every version of one dataset
+                  found:dict[tuple[str, str, str], Path]     # the files an earlier release kept
+                 ) -> int:
+    """Give each file the versions list its version name, from `found`; refuses, changing nothing, when one is
+    nowhere. Returns how many were linked"""
+    ds = versions[0].dataset if versions else ""
     lost = [(m.version, t, k) for m in versions for t, k, e in entries(m)
             if not layout.version_path(ds, t, k, e.sha256).exists() and (t, k, e.sha256) not in found]
     if lost:
@@ -296,14 +290,27 @@ def migrate_dataset(mm:ManifestManager,  # the manager (the dataset's lock held)
         raise ManifestError(
             f"cannot upgrade {ds}: the file of {t}/{k} that version {ver} lists is nowhere in the "
             f"data dir ({len(lost)} missing in all); nothing was changed",
-            "restore the data dir from a backup of the previous release, then run `wrds-sync migrate` again",
-        )
+            "restore the data dir from a backup of the previous release, then run `wrds-sync migrate` again")
+    linked = 0
     for m in versions:
         for t, k, e in entries(m):
             target, src = layout.version_path(ds, t, k, e.sha256), found.get((t, k, e.sha256))
             if not target.exists() and src is not None:
                 link_version(src, target)
                 linked += 1
+    return linked
+
+# %% ../nbs/07a_versions.ipynb #4174be0b
+def migrate_dataset(mm:ManifestManager,  # the manager (the dataset's lock held)
+                    dataset:str           # the dataset's name
+                   ) -> int:
+    "Upgrade one dataset in place, losing nothing; returns how many files got a version name"
+    layout, ds = mm.layout, validate_name(dataset)
+    pointer = read_manifest(ds, layout.manifest_path(ds))
+    if pointer is not None and pointer.version not in mm.versions(ds):  # a release before the history
+        atomic_write_bytes(mm.version_path(ds, pointer.version), layout.manifest_path(ds).read_bytes(),
+                           replace=False)
+    linked = link_versions(layout, load_versions(mm, ds)[0], legacy_candidates(layout, ds))
     current = mm.load(ds)
     if current is not None and any(not e.path.startswith("versions/") for *_, e in entries(current)):
         moved = current.model_copy(deep=True)
