@@ -104,7 +104,7 @@ def add_table(
     )
     return spec
 
-# %% ../nbs/10b_api.ipynb #38cdf491
+# %% ../nbs/10b_api.ipynb #c6c03126
 _TABLE_ONLY = ("partition_column", "key", "granularity")   # add_table's options for one WRDS table
 
 def _our_dataset(reg:DatasetRegistry, name:str, tables:list[str]|None, adding:dict[str, Any],
@@ -119,7 +119,7 @@ def _our_dataset(reg:DatasetRegistry, name:str, tables:list[str]|None, adding:di
                           f"{name!r}")
     return reg.get(name).name, tables
 
-# %% ../nbs/10b_api.ipynb #b57627e7
+# %% ../nbs/10b_api.ipynb #8ecb2ebd
 def resolve(reg:DatasetRegistry,       # the datasets known
             name:str,                  # a dataset or LIBRARY.TABLE
             tables:list[str]|None,     # tables asked for

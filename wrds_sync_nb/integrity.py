@@ -227,7 +227,7 @@ def repair_pointer(d:DataDir,   # the data dir (the lock held)
     return (f"{ds}: the manifest (version {current.version}) is intact; rewrote its pointer "
             f"{d.layout.relative(path)}")
 
-# %% ../nbs/08g_integrity.ipynb #3fe6efe1
+# %% ../nbs/08g_integrity.ipynb #d07455ee
 def restore_version(d:DataDir,         # the data dir (the lock held)
                     good:SyncManifest  # the newest intact version
                    ) -> tuple[int, list[str]]:
@@ -246,7 +246,7 @@ def restore_version(d:DataDir,         # the data dir (the lock held)
     refresh_views(d.layout, committed)
     return version, dropped
 
-# %% ../nbs/08g_integrity.ipynb #8277af12
+# %% ../nbs/08g_integrity.ipynb #458e8867
 def repair_manifest(d:DataDir,  # the data dir (no client needed)
                     dataset:str      # the dataset whose manifest is damaged
                    ) -> str:

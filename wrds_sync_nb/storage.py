@@ -62,31 +62,31 @@ class WrittenFile:
     sha256: str
     schema: pa.Schema
 
-# %% ../nbs/07_storage.ipynb #e1f70a60
+# %% ../nbs/07_storage.ipynb #7ced8fb6
+def _produce(batches:Iterable[pa.RecordBatch], q:queue.Queue[Any], stop:threading.Event, done:object) -> None:
+    "Put `batches` on `q` until they end or `stop` is set; an error goes on `q` too, then `done`"
+    it = iter(batches)
+    try:
+        for b in it:
+            while not stop.is_set():
+                try:
+                    q.put(b, timeout=0.1)
+                    break
+                except queue.Full: continue
+            if stop.is_set(): break
+    except BaseException as e: q.put(e)  # handed to the consumer, raised there
+    finally:
+        if (close := getattr(it, "close", None)) is not None: close()
+        q.put(done)
+
+# %% ../nbs/07_storage.ipynb #5b91ea3b
 def prefetch(batches:Iterable[pa.RecordBatch],  # the record batches
              depth:int=2                        # batches read ahead at most
             ) -> Iterator[pa.RecordBatch]:
     "Pull `batches` in a background thread, at most `depth` ahead, so reading and encoding overlap"
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     done, stop = object(), threading.Event()
-    def produce() -> None:
-        it = iter(batches)
-        try:
-            for b in it:
-                while not stop.is_set():
-                    try:
-                        q.put(b, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set(): break
-        except BaseException as e:  # handed to the consumer, raised there
-            q.put(e)
-        finally:
-            close = getattr(it, "close", None)
-            if close is not None: close()
-            q.put(done)
-    t = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+    t = threading.Thread(target=_produce, args=(batches, q, stop, done), name="batch-prefetch", daemon=True)
     t.start()
     try:
         while True:
@@ -118,12 +118,12 @@ def rebatch(batches:Iterable[pa.RecordBatch],  # record batches of any sizes
             buf, held = rest.to_batches(), rest.num_rows
     if held: yield pa.Table.from_batches(buf)
 
-# %% ../nbs/07_storage.ipynb #ec836844
+# %% ../nbs/07_storage.ipynb #deca1a4c
 # rows per row group: DuckDB writes 122,880; measured peak memory per stream 250k: +118 MB, 100k: +57 MB
 ROW_GROUP_ROWS = 100_000
 ZSTD_LEVEL = 3  # measured on 5M CRSP daily rows: level 1 253 MB, 3 228 MB (+8% client CPU), 6 216 MB (+45%)
 
-
+# %% ../nbs/07_storage.ipynb #3a650f88
 def write_parquet_stream(
     path: Path,  # staging file to create (must not exist)
     batches: Iterable[pa.RecordBatch],  # the record batches
@@ -148,9 +148,7 @@ def write_parquet_stream(
     except BaseException as e:
         try: sink.close()
         except OSError: pass
-        if (
-            isinstance(e, OSError) and e.errno == errno.ENOSPC
-        ):  # the caller quarantines (or removes) the partial file
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # the caller quarantines the partial file
             raise DiskSpaceError(f"no space left on device while writing {path.name}") from e
         path.unlink(missing_ok=True)
         raise
@@ -221,6 +219,18 @@ def point_view(version:Path,  # an immutable version file
     except OSError: shutil.copyfile(version, tmp, follow_symlinks=False)
     publish_file(tmp, view)
 
+# %% ../nbs/07_storage.ipynb #0bfd857e
+def _new_entry(layout:DataLayout, dataset:str, operation:str, reason:str, **details:Any) -> Path:
+    entry = new_quarantine_path(layout, dataset, operation)
+    entry.mkdir(parents=True)
+    note = {"dataset": dataset, "operation": operation, "reason": reason,
+            "at": datetime.now(timezone.utc).isoformat(), **details}
+    try: atomic_write_bytes(entry / "note.json", json.dumps(note, indent=2, default=str).encode())
+    except BaseException:
+        shutil.rmtree(entry, ignore_errors=True)
+        raise
+    return entry
+
 # %% ../nbs/07_storage.ipynb #81ef7b99
 QUARANTINE_DAYS = 7
 
@@ -235,15 +245,7 @@ class Quarantine:
                   **details:Any   # more fields for the note
                  ) -> Path:
         "Create a quarantine folder with its note (nothing is left behind if the note cannot be written)"
-        entry = new_quarantine_path(self.layout, dataset, operation)
-        entry.mkdir(parents=True)
-        note = {"dataset": dataset, "operation": operation, "reason": reason,
-                "at": datetime.now(timezone.utc).isoformat(), **details}
-        try: atomic_write_bytes(entry / "note.json", json.dumps(note, indent=2, default=str).encode())
-        except BaseException:
-            shutil.rmtree(entry, ignore_errors=True)
-            raise
-        return entry
+        return _new_entry(self.layout, dataset, operation, reason, **details)
 
     def put(self, path:Path,       # the file set aside (moved, never copied)
             dataset:str,           # the dataset's name

@@ -275,7 +275,7 @@ def needs_migration(mm:ManifestManager,  # the manager
         or any(not e.path.startswith("versions/") for *_, e in entries(m))
     )
 
-# %% ../nbs/07a_versions.ipynb #e9b920b6
+# %% ../nbs/07a_versions.ipynb #dbe3d189
 def link_versions(layout:DataLayout,                         # the data dir
                   versions:list[SyncManifest],               # every version of one dataset
                   found:dict[tuple[str, str, str], Path]     # the files an earlier release kept
@@ -300,7 +300,7 @@ def link_versions(layout:DataLayout,                         # the data dir
                 linked += 1
     return linked
 
-# %% ../nbs/07a_versions.ipynb #4174be0b
+# %% ../nbs/07a_versions.ipynb #f8b6778c
 def migrate_dataset(mm:ManifestManager,  # the manager (the dataset's lock held)
                     dataset:str           # the dataset's name
                    ) -> int:
