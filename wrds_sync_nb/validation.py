@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 from .periods import key_bounds
 
 # %% auto #0
-__all__ = ['PartitionRules', 'DataValidator', 'count_true', 'adjacent_duplicates', 'outside', 'StreamValidator',
-           'stream_validate']
+__all__ = ['PartitionRules', 'missing_columns', 'failure_lines', 'DataValidator', 'count_true', 'adjacent_duplicates', 'outside',
+           'StreamValidator', 'stream_validate']
 
 # %% ../nbs/02b_validation.ipynb #83f9ac7e
 @dataclass
@@ -34,6 +34,32 @@ class PartitionRules:
         "The dates `[first, next)` every row's date column must fall in (None: no date rule)"
         return None if self.date_column is None or self.period is None else key_bounds(str(self.period))
 
+# %% ../nbs/02b_validation.ipynb #cc3e1370
+def missing_columns(rules:PartitionRules,  # what the partition must satisfy
+                    names:list[str]        # the partition's columns
+                   ) -> list[str]:
+    "A line per key or partition column the partition lacks"
+    out = [f"missing key column {c!r}" for c in rules.key_columns if c not in names]
+    if rules.date_column is not None and rules.date_column not in names:
+        out.append(f"missing partition column {rules.date_column!r}")
+    return out
+
+def failure_lines(r:PartitionRules,  # the rules
+                  rows:int,          # rows in the partition
+                  null_keys:int,     # rows with a null in the key
+                  duplicates:int,    # rows repeating a key
+                  outside:int        # rows whose date is outside the period (or null)
+                 ) -> list[str]:
+    "The rules that failed, one readable line each (both validators say it in these words)"
+    keys, out = ", ".join(r.key_columns), []
+    if rows == 0 and not r.allow_empty: out.append("partition is empty")
+    if r.expected_rows is not None and rows != r.expected_rows:
+        out.append(f"{rows} rows written but the source reported {r.expected_rows}")
+    if null_keys: out.append(f"{null_keys} rows with a null in key ({keys})")
+    if duplicates: out.append(f"{duplicates} duplicate rows on key ({keys})")
+    if outside: out.append(f"{outside} rows with {r.date_column} outside {r.period} or null")
+    return out
+
 # %% ../nbs/02b_validation.ipynb #1226e929
 class DataValidator:
     "Checks a partition against `PartitionRules`; returns the failures as readable lines"
@@ -42,13 +68,8 @@ class DataValidator:
                  rules:PartitionRules                  # what the partition must satisfy
                 ) -> list[str]:
         lf = pl.scan_parquet(data) if isinstance(data, Path) else data.lazy()
-        names = lf.collect_schema().names()
-        failures = [f"missing key column {c!r}" for c in rules.key_columns if c not in names]
-        if rules.date_column is not None and rules.date_column not in names:
-            failures.append(f"missing partition column {rules.date_column!r}")
-        if failures: return failures
-        keys = rules.key_columns
-        aggs = [pl.len().alias("rows")]
+        if failures := missing_columns(rules, lf.collect_schema().names()): return failures
+        keys, aggs = rules.key_columns, [pl.len().alias("rows")]
         if keys:
             aggs.append(pl.any_horizontal([pl.col(k).is_null() for k in keys]).sum().alias("null_keys"))
             aggs.append(pl.struct(keys).n_unique().alias("unique_keys"))
@@ -57,18 +78,8 @@ class DataValidator:
             aggs.append((d.is_null() | (d < b[0]) | (d >= b[1])).sum().alias("outside"))
         stats = lf.select(aggs).collect(engine="streaming").row(0, named=True)
         rows = stats["rows"]
-        if rows == 0 and not rules.allow_empty: failures.append("partition is empty")
-        if rules.expected_rows is not None and rows != rules.expected_rows:
-            failures.append(f"{rows} rows written but the source reported {rules.expected_rows}")
-        if stats.get("null_keys"):
-            failures.append(f"{stats['null_keys']} rows with a null in key ({', '.join(keys)})")
-        if keys and rows and stats["unique_keys"] != rows:
-            failures.append(f"{rows - stats['unique_keys']} duplicate rows on key ({', '.join(keys)})")
-        if stats.get("outside"):
-            failures.append(
-                f"{stats['outside']} rows with {rules.date_column} outside {rules.period} or null"
-            )
-        return failures
+        dups = rows - stats["unique_keys"] if keys and rows else 0
+        return failure_lines(rules, rows, stats.get("null_keys") or 0, dups, stats.get("outside") or 0)
 
 # %% ../nbs/02b_validation.ipynb #c4464a8b
 def count_true(mask:pa.Array) -> int:
@@ -105,10 +116,7 @@ class StreamValidator:
     def update(self, batch:pa.RecordBatch|pa.Table) -> None:
         "Account for one batch (or a table of batches)"
         r, n, names = self.rules, batch.num_rows, batch.schema.names
-        if self.rows == 0 and not self.missing:
-            self.missing = [f"missing key column {c!r}" for c in r.key_columns if c not in names]
-            if r.date_column is not None and r.date_column not in names:
-                self.missing.append(f"missing partition column {r.date_column!r}")
+        if self.rows == 0 and not self.missing: self.missing = missing_columns(r, names)
         self.rows += n
         if self.missing or n == 0: return
         keys = [batch.column(c) for c in r.key_columns]
@@ -123,16 +131,8 @@ class StreamValidator:
 
     def failures(self) -> list[str]:
         "The rules that failed, in the same words as `DataValidator`"
-        r, keys = self.rules, ", ".join(self.rules.key_columns)
         if self.missing: return list(self.missing)
-        out = []
-        if self.rows == 0 and not r.allow_empty: out.append("partition is empty")
-        if r.expected_rows is not None and self.rows != r.expected_rows:
-            out.append(f"{self.rows} rows written but the source reported {r.expected_rows}")
-        if self.null_keys: out.append(f"{self.null_keys} rows with a null in key ({keys})")
-        if self.duplicates: out.append(f"{self.duplicates} duplicate rows on key ({keys})")
-        if self.outside: out.append(f"{self.outside} rows with {r.date_column} outside {r.period} or null")
-        return out
+        return failure_lines(self.rules, self.rows, self.null_keys, self.duplicates, self.outside)
 
 # %% ../nbs/02b_validation.ipynb #bdf60423
 def stream_validate(frame:pl.DataFrame,      # the partition
