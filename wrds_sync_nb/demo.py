@@ -7,6 +7,7 @@ Docs: https://wrds-sync-nb.github.io/wrds-sync-nb/demo.html.md"""
 # %% ../nbs/05a_demo.ipynb #bbbe3af0
 from __future__ import annotations
 import re, warnings
+from contextlib import closing
 from datetime import date
 from pathlib import Path
 from collections.abc import Callable
@@ -22,12 +23,12 @@ from .periods import SourceTemplate, key_of, source_name
 
 # %% auto #0
 __all__ = ['DEMO_UPDATED', 'SUPERUSER', 'DEMO_ROLE', 'DEMO_ROLE_LIMIT', 'DEMO_PASSWORD', 'DEMO_TABLES', 'DEMO_FAMILIES',
-           'DemoServer', 'DemoSpan', 'u', 'num', 'ret', 'DemoTable', 'wrds_comment', 'DemoFamily', 'family_table',
-           'family_tables', 'database_exists', 'clone_database', 'is_demo_name', 'demo_names', 'row_counts',
-           'demo_span', 'selected_tables', 'create_table', 'create_tables', 'require_password', 'grant_reader',
-           'demo_config', 'build_demo', 'demo_table', 'append_days', 'bump_comment', 'restate_year', 'delete_year',
-           'add_column', 'drop_column', 'retype_column', 'stored_span', 'add_period_table', 'reload_table',
-           'demo_environment', 'DemoSource']
+           'pgserver_in', 'DemoServer', 'DemoSpan', 'u', 'num', 'ret', 'DemoTable', 'wrds_comment', 'DemoFamily',
+           'family_table', 'family_tables', 'database_exists', 'clone_database', 'is_demo_name', 'demo_names',
+           'row_counts', 'demo_span', 'selected_tables', 'create_table', 'create_tables', 'require_password',
+           'grant_reader', 'demo_config', 'build_demo', 'demo_table', 'column_names', 'append_days', 'bump_comment',
+           'restate_year', 'delete_year', 'add_column', 'drop_column', 'retype_column', 'stored_span',
+           'add_period_table', 'reload_table', 'demo_environment', 'DemoSource']
 
 # %% ../nbs/05a_demo.ipynb #23cd71c8
 DEMO_UPDATED = date(2026, 2, 6)
@@ -41,6 +42,14 @@ DEMO_ROLE_LIMIT, DEMO_PASSWORD = (
 # %% ../nbs/05a_demo.ipynb #223a77cf
 def _server_uri_host(uri:str) -> str: return parse_qs(urlparse(uri).query)["host"][0]
 
+# %% ../nbs/05a_demo.ipynb #167c614f
+def pgserver_in(root:Path) -> Any:
+    "A pgserver PostgreSQL whose data and socket are in `root`, started (or the one already running there)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset (cron, CI)
+        from pgserver.postgres_server import get_server
+        return get_server(root, cleanup_mode="stop")
+
 # %% ../nbs/05a_demo.ipynb #eebc7ba8
 class DemoServer:
     "A pgserver PostgreSQL in `root`, started or reused"
@@ -52,16 +61,12 @@ class DemoServer:
         "Start the server (or attach to the one already running in `root`)"
         if self._server is None:
             self.root.mkdir(parents=True, exist_ok=True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset (cron, CI)
-                from pgserver.postgres_server import get_server
-                self._server = get_server(self.root, cleanup_mode="stop")
+            self._server = pgserver_in(self.root)
         return self
     def stop(self) -> None:
         "Stop the server if this process started it"
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
+        if self._server is not None: self._server.cleanup()
+        self._server = None
     @property
     def socket_dir(self) -> str: return _server_uri_host(self.start()._server.get_uri())
     def connect(self, database:str="postgres") -> Any:
@@ -74,12 +79,18 @@ class DemoServer:
                 database:str="wrds"         # the database to run it in
                ) -> list[tuple[Any, ...]]:
         "Run one statement on `database` as the superuser; returns the rows, if any"
-        conn = self.connect(database)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                return cur.fetchall() if cur.description else []
-        finally: conn.close()
+        with closing(self.connect(database)) as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+# %% ../nbs/05a_demo.ipynb #4b1bd770
+def _weekdays(lo:str, hi:str) -> str:
+    "SQL for the weekdays `lo..hi` (two SQL date expressions) with their row key `k`"
+    return (
+        f"(select d::date as dt, (d::date - date '1900-01-01') as k from generate_series({lo}, {hi}, "
+        "interval '1 day') d "
+        f"where extract(isodow from d) < 6)"
+    )
 
 # %% ../nbs/05a_demo.ipynb #fe975dc3
 @dataclass(frozen=True)
@@ -97,23 +108,16 @@ class DemoSpan:
     def firms(self) -> str:
         return f"(select g as permno, g - 10000 as i from generate_series(10001, {10000 + self.n_firms}) g)"
     @property
-    def days(self) -> str:
-        return (
-            "(select d::date as dt, (d::date - date '1900-01-01') as k from generate_series(date "
-            f"'{self.start}', "
-            f"date '{self.end}', interval '1 day') d where extract(isodow from d) < 6)"
-        )
+    def days(self) -> str: return _weekdays(f"date '{self.start}'", f"date '{self.end}'")
     @property
     def month_ends(self) -> str:
+        "Each month's last weekday `dt` (its row key `k`) and last calendar day `cal`"
         last = "date_trunc('month', mm) + interval '1 month' - interval '1 day'"
-        return (
-            "(select m.me as dt, (m.me - date '1900-01-01') as k, m.cal as cal from (select (select "
-            "max(x)::date from "
-            f"generate_series(date_trunc('month', mm), {last}, interval '1 day') x where extract(isodow from "
-            "x) < 6) as me, "
-            f"({last})::date as cal from generate_series(date '{self.start}', date '{self.end}', interval '1 "
-            "month') mm) m)"
-        )
+        weekday = (f"(select max(x)::date from generate_series(date_trunc('month', mm), {last}, interval "
+                   "'1 day') x where extract(isodow from x) < 6)")
+        months = f"generate_series(date '{self.start}', date '{self.end}', interval '1 month') mm"
+        return (f"(select m.me as dt, (m.me - date '1900-01-01') as k, m.cal as cal from "
+                f"(select {weekday} as me, ({last})::date as cal from {months}) m)")
 
 # %% ../nbs/05a_demo.ipynb #691b497e
 def u(g:DemoSpan,            # the span (its seed and row key)
@@ -317,15 +321,6 @@ def _s34(g:DemoSpan) -> str:
         substr(md5(f.permno::text), 1, 8)::varchar(8) as cusip,
         floor(1000000 * {u(g, 81, "f.i * 10000 + y")})::float8 as shares
         from {g.firms} f cross join generate_series({g.start.year}, {g.end.year}) y"""
-
-# %% ../nbs/05a_demo.ipynb #4b1bd770
-def _weekdays(lo:str, hi:str) -> str:
-    "SQL for the weekdays `lo..hi` (two SQL date expressions) with their row key `k`"
-    return (
-        f"(select d::date as dt, (d::date - date '1900-01-01') as k from generate_series({lo}, {hi}, "
-        "interval '1 day') d "
-        f"where extract(isodow from d) < 6)"
-    )
 
 # %% ../nbs/05a_demo.ipynb #065eb521
 def _opprcd(g:DemoSpan, key:str) -> str:
@@ -703,6 +698,15 @@ def demo_table(name:str) -> DemoTable:
         if (k := key_of(SourceTemplate.parse(t), sch, tab)) is not None: return family_table(t, k)[1]
     raise ConfigError(f"{name!r} is not a demo table")
 
+# %% ../nbs/05a_demo.ipynb #d7fbb9c7
+def column_names(src:DemoServer,       # the server
+                 table:str,            # schema.table
+                 database:str="wrds"   # the demo database
+                ) -> list[str]:
+    "The columns of `table`, in order"
+    return [r[0] for r in src.execute("select attname from pg_attribute where attrelid = %s::regclass and "
+                                      "attnum > 0 and not attisdropped order by attnum", (table,), database)]
+
 # %% ../nbs/05a_demo.ipynb #c1f2f9d5
 def append_days(src:DemoServer,      # the server
                 table:str,           # schema.table
@@ -712,15 +716,7 @@ def append_days(src:DemoServer,      # the server
                ) -> int:
     "Append `days` business days after the last date, copying the last day's rows; returns rows added"
     t, dc = qualified(*table.split(".")), quote_ident(date_column)
-    cols = [
-        r[0]
-        for r in src.execute(
-            "select attname from pg_attribute where attrelid = %s::regclass and attnum > 0 "
-            "and not attisdropped order by attnum",
-            (table,),
-            database,
-        )
-    ]
+    cols = column_names(src, table, database)
     added = 0
     for _ in range(days):
         last = src.execute(f"select max({dc}) from {t}", database=database)[0][0]
@@ -850,23 +846,13 @@ def reload_table(src:DemoServer,       # the server
     spec, (sch, tab) = demo_table(table), table.split(".")
     home, old = qualified(spec.base or sch, tab), quote_ident(f"{tab}_old")
     c = quote_ident(column)
-    cols = [
-        r[0]
-        for r in src.execute(
-            "select attname from pg_attribute where attrelid = %s::regclass and attnum > 0 "
-            "and not attisdropped order by attnum",
-            (f"{spec.base or sch}.{tab}",),
-            database,
-        )
-    ]
+    cols = column_names(src, f"{spec.base or sch}.{tab}", database)
     body = ", ".join(f"{c} * %s as {c}" if x == column else quote_ident(x) for x in cols)
     src.execute(f"alter table {home} rename to {old}", database=database)
     src.execute(f"create table {home} as select {body} from {qualified(spec.base or sch, tab + '_old')}",
                 (factor,), database)
     if spec.base:
-        src.execute(
-            f"create or replace view {qualified(sch, tab)} as select * from {home}", database=database
-        )
+        src.execute(f"create or replace view {qualified(sch, tab)} as select * from {home}", None, database)
     src.execute(f"drop table {qualified(spec.base or sch, tab + '_old')}", database=database)
     src.execute(f"analyze {home}", database=database)
     grant_reader(src, database, {table: spec})
