@@ -21,18 +21,19 @@ from rich.filesize import decimal as human_bytes
 from rich.table import Table
 
 # %% auto #0
-__all__ = ['app', 'Dataset', 'MaybeDataset', 'AsJson', 'out', 'F', 'StartYear', 'EndYear', 'Tables', 'Force', 'DryRun',
-           'PlanJson', 'Yes', 'CONFIRM_BYTES', 'AllDatasets', 'Deep', 'MassDelete', 'EXPIRY_WARNING_DAYS', 'VerifyAll',
-           'VerifyCurrent', 'AddSource', 'AddName', 'AddPartition', 'AddKey', 'AddColumns', 'AddFilter', 'AddWhere',
-           'AddReplace', 'AddGranularity', 'DEMO_DATASETS', 'DEMO_YEARS', 'DemoRows', 'Serve', 'ServeEnv', 'State',
-           'options', 'error_line', 'fail', 'handled', 'progress', 'dataset_named', 'run_line', 'full_sync',
-           'plan_size', 'confirm_size', 'incremental_all', 'incremental', 'plan_lines', 'print_plans', 'local_time',
-           'status_lines', 'known_layout', 'check_credential_expiry', 'cell', 'status', 'verify_names',
-           'verify_targets', 'verify_one', 'verify', 'repair', 'synced_layout', 'spans', 'history_lines', 'history',
-           'diff', 'cite', 'vacuum', 'migrate', 'lock_status', 'force_unlock', 'datasets_cmd', 'libraries', 'tables',
-           'describe', 'comma_list', 'define_added', 'add', 'login', 'backup_cmd', 'restore_cmd', 'drill_cmd',
-           'claim_demo_dir', 'ccm_book_equity', 'demo_queries', 'demo', 'demo_exports', 'running_demo', 'print_exports',
-           'serve_demo', 'main']
+__all__ = ['app', 'Dataset', 'MaybeDataset', 'AsJson', 'out', 'DataDirOpt', 'DatasetsOpt', 'LogFormat', 'Verbose', 'LockTimeout',
+           'Version', 'F', 'StartYear', 'EndYear', 'Tables', 'Force', 'DryRun', 'PlanJson', 'Yes', 'CONFIRM_BYTES',
+           'AllDatasets', 'Deep', 'MassDelete', 'EXPIRY_WARNING_DAYS', 'VerifyAll', 'VerifyCurrent', 'Check', 'Fields',
+           'AddSource', 'AddName', 'AddPartition', 'AddKey', 'AddColumns', 'AddFilter', 'AddWhere', 'AddReplace',
+           'AddGranularity', 'DEMO_DATASETS', 'DEMO_YEARS', 'DemoRows', 'Serve', 'ServeEnv', 'State', 'options',
+           'error_line', 'fail', 'handled', 'progress', 'dataset_named', 'run_line', 'full_sync', 'plan_size',
+           'confirm_size', 'incremental_all', 'incremental', 'plan_lines', 'print_plans', 'local_time', 'status_lines',
+           'known_layout', 'check_credential_expiry', 'cell', 'status', 'verify_names', 'verify_targets', 'verify_one',
+           'verify', 'repair', 'synced_layout', 'spans', 'history_lines', 'history', 'diff', 'cite', 'vacuum',
+           'migrate', 'lock_status', 'confirm_unlock', 'force_unlock', 'table_rows', 'datasets_cmd', 'libraries',
+           'tables', 'describe', 'comma_list', 'define_added', 'add', 'login', 'backup_cmd', 'restore_cmd', 'drill_cmd',
+           'claim_demo_dir', 'ccm_book_equity', 'demo_queries', 'run_demo', 'demo', 'demo_exports', 'running_demo',
+           'print_exports', 'serve_demo', 'main']
 
 # %% ../nbs/10_cli.ipynb #22751237
 from . import __version__, events
@@ -45,7 +46,7 @@ from .datasets import (DatasetRegistry, DatasetSpec, field_rows, partitioning, s
 from .errors import (ConfigError, CredentialsError, UnknownDatasetError, WRDSConnectionError,
                                  WrdsSyncError)
 from .layout import DataLayout, claim_data_dir, data_dir_kind, validate_name
-from .locking import AtomicFileLock
+from .locking import AtomicFileLock, LockStatus
 from .login import login as store_login
 from .manifest import ManifestManager, SyncManifest
 from .periods import fold_keys
@@ -105,30 +106,23 @@ def _version(value:bool) -> None:
         typer.echo(f"wrds-sync {__version__}")
         raise typer.Exit()
 
-# %% ../nbs/10_cli.ipynb #c7923c11
+# %% ../nbs/10_cli.ipynb #815e3b8f
+DataDirOpt = Annotated[Path, typer.Option("--data-dir", envvar="WRDS_SYNC_DATA_DIR", help="the data dir")]
+DatasetsOpt = Annotated[Path | None, typer.Option("--datasets", envvar="WRDS_SYNC_DATASETS",
+                                                  help="TOML file with extra dataset definitions")]
+LogFormat = Annotated[str, typer.Option("--log-format",
+                                        help="text or json (one JSON event per line on stderr)")]
+Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="debug events and tracebacks")]
+LockTimeout = Annotated[float, typer.Option("--lock-timeout", min=0,
+                                            help="seconds to wait for a dataset lock held by another sync")]
+Version = Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")]
+
+# %% ../nbs/10_cli.ipynb #e28cfa5c
 @app.callback()
-def options(
-    ctx: typer.Context,
-    data_dir: Annotated[
-        Path, typer.Option("--data-dir", envvar="WRDS_SYNC_DATA_DIR", help="the data dir")
-    ] = Path("data"),
-    datasets: Annotated[
-        Path | None,
-        typer.Option("--datasets", envvar="WRDS_SYNC_DATASETS",
-                     help="TOML file with extra dataset definitions"),
-    ] = None,
-    log_format: Annotated[
-        str, typer.Option("--log-format", help="text or json (one JSON event per line on stderr)")
-    ] = "text",
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="debug events and tracebacks")] = False,
-    lock_timeout: Annotated[
-        float,
-        typer.Option("--lock-timeout", min=0, help="seconds to wait for a dataset lock held by another sync"),
-    ] = 30.0,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
-    ] = False,
-) -> None:
+def options(ctx:typer.Context, data_dir:DataDirOpt=Path("data"), datasets:DatasetsOpt=None,
+            log_format:LogFormat="text", verbose:Verbose=False, lock_timeout:LockTimeout=30.0,
+            version:Version=False) -> None:
     "Keep a faithful, verifiable local Parquet copy of WRDS data."
     if log_format not in ("text", "json"):
         raise typer.BadParameter(f"unknown log format {log_format!r}; use text or json",
@@ -713,70 +707,63 @@ def lock_status(ctx: typer.Context, as_json: AsJson = False) -> None:
                ["dataset", "held", "stale", "pid", "host", "writer", "acquired", "expires", "reason"])
     )
 
-# %% ../nbs/10_cli.ipynb #a03b966b
+# %% ../nbs/10_cli.ipynb #d53a5b02
+def confirm_unlock(name:str,      # the dataset
+                   s:LockStatus   # who holds its lock
+                  ) -> None:
+    "Ask, on a terminal, for the dataset's name before its lock is removed; a ConfigError otherwise"
+    if not sys.stdin.isatty():
+        raise ConfigError("refusing to force-unlock without a terminal to confirm on", "pass --yes")
+    t = s.token
+    who = (f"pid {t.pid} on {t.hostname} (writer {t.writer_id}), since {t.acquired_at:%Y-%m-%d %H:%M}"
+           if t else s.reason)
+    typer.echo(f"{name} is locked by {who}; stale: {s.stale}.", err=True)
+    if typer.prompt("Type the dataset name to remove the lock") != name:
+        raise ConfigError("confirmation did not match; the lock was left in place",
+                          "type the dataset name exactly")
+
+# %% ../nbs/10_cli.ipynb #bb2fd297
 @app.command("force-unlock")
 @handled
-def force_unlock(
-    ctx: typer.Context,
-    dataset: Dataset,
-    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
-) -> None:
+def force_unlock(ctx:typer.Context, dataset:Dataset,
+                 yes:Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")]=False
+                ) -> None:
     "Remove a dataset's lock whoever holds it (asks you to type the dataset name unless --yes)."
     st = _state(ctx)
-    name = (
-        st.registry().get(dataset).name
-        if dataset in st.registry().names()
-        else DataLayout(st.data_dir).lock_path(dataset).stem
-    )
+    name = (st.registry().get(dataset).name if dataset in st.registry().names()
+            else DataLayout(st.data_dir).lock_path(dataset).stem)
     lock = AtomicFileLock(st.layout.locks_dir, name)
-    s = lock.status()
-    if not s.held:
+    if not (s := lock.status()).held:
         out.print(f"{name}: not locked")
         return
-    if not yes:
-        if not sys.stdin.isatty():
-            raise ConfigError("refusing to force-unlock without a terminal to confirm on", "pass --yes")
-        t = s.token
-        who = (
-            f"pid {t.pid} on {t.hostname} (writer {t.writer_id}), since {t.acquired_at:%Y-%m-%d %H:%M}"
-            if t
-            else s.reason
-        )
-        typer.echo(f"{name} is locked by {who}; stale: {s.stale}.", err=True)
-        if typer.prompt("Type the dataset name to remove the lock") != name:
-            raise ConfigError("confirmation did not match; the lock was left in place",
-                              "type the dataset name exactly")
+    if not yes: confirm_unlock(name, s)
     by = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
     lock.force_unlock(by=by)
     out.print(f"{name}: lock removed (by {by})")
 
-# %% ../nbs/10_cli.ipynb #a3a50af9
+# %% ../nbs/10_cli.ipynb #658d077b
+Check = Annotated[bool, typer.Option(
+    "--check", help="ask WRDS (one connection) whether this account can read each table")]
+Fields = Annotated[bool, typer.Option(
+    "--fields", help="list the fields a definition in a datasets TOML file may have")]
+
+def table_rows(reg:DatasetRegistry) -> list[dict[str, Any]]:
+    "A row per table of every dataset known: its WRDS source, partitioning, key and years"
+    return [{"dataset": d.name, "table": t.name, "source": t.source,
+             "partition_by": partitioning(t).replace("`", ""), "key": ", ".join(t.key_columns),
+             "years": f"{d.default_start_year}-{d.max_year or ''}"}
+            for d in reg for t in d.tables]
+
+# %% ../nbs/10_cli.ipynb #e9527bd5
 @app.command("datasets")
 @handled
-def datasets_cmd(
-    ctx: typer.Context,
-    check: Annotated[
-        bool,
-        typer.Option("--check", help="ask WRDS (one connection) whether this account can read each table"),
-    ] = False,
-    fields: Annotated[
-        bool, typer.Option("--fields", help="list the fields a definition in a datasets TOML file may have")
-    ] = False,
-) -> None:
+def datasets_cmd(ctx:typer.Context, check:Check=False, fields:Fields=False) -> None:
     "The built-in, added and configured datasets, their tables and WRDS sources."
     if fields:
-        out.print(
-            _table("fields of [datasets.NAME] and [[datasets.NAME.tables]]", field_rows(),
-                   ["in", "field", "default", "meaning"])
-        )
+        out.print(_table("fields of [datasets.NAME] and [[datasets.NAME.tables]]", field_rows(),
+                         ["in", "field", "default", "meaning"]))
         return
-    rows = [
-        {"dataset": d.name, "table": t.name, "source": t.source,
-         "partition_by": partitioning(t).replace("`", ""), "key": ", ".join(t.key_columns),
-         "years": f"{d.default_start_year}-{d.max_year or ''}"}
-        for d in _state(ctx).registry()
-        for t in d.tables
-    ]
+    rows = table_rows(_state(ctx).registry())
     cols = ["dataset", "table", "source", "partition_by", "key", "years"]
     if check:
         with _client() as client: state = readable_tables(client, sorted({r["source"] for r in rows}))
@@ -1055,7 +1042,26 @@ def demo_queries(data_dir:Path) -> None:
         pl.col("ceq").median().alias("median_ceq"))
     out.print(str(per_year.sort("fyear").collect()))
 
-# %% ../nbs/10_cli.ipynb #363d20b4
+# %% ../nbs/10_cli.ipynb #36c2dbf4
+def run_demo(st:State,  # the command's state (a demo data dir)
+             rows:int   # approximate rows of CRSP daily
+            ) -> None:
+    "Build the demo source, full-sync the demo datasets from it, and verify them (the source stopped after)"
+    from wrds_sync_nb.demo import DemoSource
+    src = DemoSource(st.layout.root / "demo_source").start()
+    try:
+        out.print(f"demo source: PostgreSQL in {src.root}, building about {rows:,} CRSP daily rows ...")
+        src.build("wrds", daily_rows=rows, start_year=DEMO_YEARS[0], end_year=DEMO_YEARS[1])
+        with WRDSClient(src.config("wrds")) as client:
+            sm = _manager(st, client=client)
+            for ds in DEMO_DATASETS:
+                with progress(st): out.print(summary_line(sm.full_sync(ds, *DEMO_YEARS)))
+            problems = {ds: check_integrity(sm, ds) for ds in DEMO_DATASETS}
+    finally: src.stop()
+    if any(problems.values()): raise WrdsSyncError(f"verification found problems: {problems}")
+    out.print(f"verified {len(DEMO_DATASETS)} datasets: every file matches its manifest")
+
+# %% ../nbs/10_cli.ipynb #5551af80
 DemoRows = Annotated[
     int, typer.Option("--rows", help="approximate rows of CRSP daily in the demo source", min=1000)
 ]
@@ -1070,25 +1076,11 @@ ServeEnv = Annotated[bool, typer.Option("--env", help="the export lines for the 
 def demo(ctx:typer.Context, rows:DemoRows=500_000, serve:Serve=False, env:ServeEnv=False) -> None:
     "Sync CRSP, Compustat and Fama-French from an embedded WRDS-shaped PostgreSQL: no account, no network."
     import time
-    from wrds_sync_nb.demo import DemoSource
     st, t0 = _state(ctx), time.monotonic()
     if env: return print_exports(st.layout, running_demo(st.layout))
     claim_demo_dir(st.layout)
     if serve: return serve_demo(st.layout, rows)
-    src = DemoSource(st.layout.root / "demo_source").start()
-    try:
-        out.print(f"demo source: PostgreSQL in {src.root}, building about {rows:,} CRSP daily rows ...")
-        src.build("wrds", daily_rows=rows, start_year=DEMO_YEARS[0], end_year=DEMO_YEARS[1])
-        with WRDSClient(src.config("wrds")) as client:
-            sm = _manager(st, client=client)
-            for ds in DEMO_DATASETS:
-                with progress(st): m = sm.full_sync(ds, *DEMO_YEARS)
-                out.print(summary_line(m))
-            problems = {ds: check_integrity(sm, ds) for ds in DEMO_DATASETS}
-    finally:
-        src.stop()
-    if any(problems.values()): raise WrdsSyncError(f"verification found problems: {problems}")
-    out.print(f"verified {len(DEMO_DATASETS)} datasets: every file matches its manifest")
+    run_demo(st, rows)
     for r in table_status(st.layout, st.registry()):
         if r["table"]: out.print("\n".join(status_lines(r)))
     demo_queries(st.layout.root)
