@@ -36,7 +36,7 @@ from .validation import PartitionRules, StreamValidator
 # %% auto #0
 __all__ = ['SPLIT_MIN_ROWS', 'RunContext', 'is_intact', 'holds_partition', 'table_entry', 'partition_batches', 'range_batches',
            'Staged', 'stage', 'key_fix', 'validate', 'journal', 'publish_partition', 'include', 'checkpoint_partition',
-           'sync_partition']
+           'commit_partition', 'sync_partition']
 
 # %% ../nbs/08d_partition.ipynb #3200e76a
 @dataclass
@@ -271,7 +271,29 @@ def checkpoint_partition(ctx:RunContext,       # the run
     p.partitions_fetched += 1
     save_checkpoint(ctx.layout, p)
 
-# %% ../nbs/08d_partition.ipynb #49209fac
+# %% ../nbs/08d_partition.ipynb #1694e995
+def commit_partition(ctx:RunContext,       # the run
+                     tr:TableRun,          # the table being synced
+                     key:str,              # the partition key
+                     s:Staged,             # the staged partition
+                     fp:SourceFingerprint  # the source's fingerprint of it
+                    ) -> PartitionEntry:
+    """Validate, journal, publish and include a staged partition: one stream at a time, as the checkpoint and
+    the next manifest are shared"""
+    with ctx.lock:
+        try:
+            entry = validate(ctx, tr, key, s, fp)
+            journal(ctx, tr.table, key, entry)
+            publish_partition(ctx, tr.table, key, s.path, entry)
+        # a full disk at the journal, say: the staged file goes (a journaled entry needs its file to count)
+        except BaseException:
+            s.path.unlink(missing_ok=True)
+            raise
+        include(ctx, tr.table, key, entry)
+        checkpoint_partition(ctx, tr.table, key, entry)
+    return entry
+
+# %% ../nbs/08d_partition.ipynb #a5f64d2e
 def sync_partition(
     ctx: RunContext,  # the run
     tr: TableRun,  # the table being synced
@@ -291,17 +313,7 @@ def sync_partition(
     if fp is None:
         s.path.unlink(missing_ok=True)
         return None
-    with ctx.lock:  # one stream at a time through the commit steps: the progress file and manifest are shared
-        try:
-            entry = validate(ctx, tr, key, s, fp)
-            journal(ctx, tr.table, key, entry)
-            publish_partition(ctx, tr.table, key, s.path, entry)
-        # a full disk at the journal, say: the staged file goes (a journaled entry needs its file to count)
-        except BaseException:
-            s.path.unlink(missing_ok=True)
-            raise
-        include(ctx, tr.table, key, entry)
-        checkpoint_partition(ctx, tr.table, key, entry)
+    entry = commit_partition(ctx, tr, key, s, fp)
     secs = time.monotonic() - t0
     events.emit(events.PARTITION_COMPLETED, dataset=ctx.spec.name, table=tr.table.name, partition=key,
                 rows=entry.rows, bytes=entry.bytes, seconds=round(secs, 3),

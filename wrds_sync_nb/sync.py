@@ -68,8 +68,7 @@ class SyncManager(DataDir):
                   end_year:int|None=None,        # last year (default: this year, or the dataset's last)
                   tables:list[str]|None=None,    # only these tables (default: every table)
                   force:bool=False,              # fetch every partition again (default: only what changed)
-                  before:Callable[[], None]|None=None  # called under the lock, before any download
-                 ) -> SyncManifest:
+                  before:Callable[[], None]|None=None) -> SyncManifest: # under the lock, before any download
         "Sync the tables of `dataset` for the years given (resuming an interrupted full sync)"
         spec = self.registry.get(dataset)
         years = spec.year_range(start_year, end_year)
@@ -77,8 +76,7 @@ class SyncManager(DataDir):
 
     def incremental_sync(self, dataset:str,            # dataset name
                          tables:list[str]|None=None,   # only these of the tables synced so far (default: all)
-                         deep:bool=False               # fingerprint every table, whatever the catalogue says
-                        ) -> SyncManifest:
+                         deep:bool=False) -> SyncManifest:  # fingerprint every table, catalogue or not
         "Fetch only what changed at the source in the tables synced so far (a full sync if there was none)"
         spec, m = self.registry.get(dataset), self.manifests.load(dataset)
         if m is None: return self.full_sync(dataset, tables=tables)
@@ -162,7 +160,27 @@ def sync_one_table(ctx:RunContext,    # the run
                     error=e.what)
     finally: scoped(outer)
 
-# %% ../nbs/08f_sync.ipynb #e2320363
+# %% ../nbs/08f_sync.ipynb #a6d0a441
+def _locked_run(sm:SyncManager, spec:DatasetSpec, kind:Literal["full", "incremental"], years:range|None,
+                hb:LockHeartbeat, force:bool, deep:bool, before:Callable[[], None]|None) -> RunContext:
+    "The run, the dataset's lock held: connect, check, recover what a killed run left, sync, commit"
+    assert sm.client is not None
+    sm.client.stopping.clear()  # a run stopped earlier (Ctrl-C in a notebook) does not stop this one
+    sm.client.connect()
+    check_same_filesystem(sm.layout)
+    sm.quarantine.clean()
+    check_readable(sm.client, spec)
+    if before is not None: before()   # e.g. the size of a big pull, asked on a terminal
+    recover_journal(sm, spec)
+    ctx = start_run(sm, spec, kind, years, hb, force, deep)
+    try: sync_tables(ctx, years)
+    except BaseException as e:
+        pause_run(ctx, e)
+        raise
+    finish_run(ctx)
+    return ctx
+
+# %% ../nbs/08f_sync.ipynb #df14c7e4
 def run_sync(sm:SyncManager,                       # the sync manager
              spec:DatasetSpec,                     # the dataset
              kind:Literal["full", "incremental"],  # full or incremental
@@ -180,19 +198,7 @@ def run_sync(sm:SyncManager,                       # the sync manager
     claim_data_dir(sm.layout)  # a folder holding other things is refused before the lock file lands in it
     try:
         with locked(sm, spec.name) as hb:  # before the first connection: waiting on a lock costs no Duo push
-            sm.client.stopping.clear()  # a run stopped earlier (Ctrl-C in a notebook) does not stop this one
-            sm.client.connect()
-            check_same_filesystem(sm.layout)
-            sm.quarantine.clean()
-            check_readable(sm.client, spec)
-            if before is not None: before()   # e.g. the size of a big pull, asked on a terminal
-            recover_journal(sm, spec)
-            ctx = start_run(sm, spec, kind, years, hb, force, deep)
-            try: sync_tables(ctx, years)
-            except BaseException as e:
-                pause_run(ctx, e)
-                raise
-            finish_run(ctx)
+            ctx = _locked_run(sm, spec, kind, years, hb, force, deep, before)
     except (CredentialsError, WRDSConnectionError, PermissionDeniedError):
         if fresh: remove_empty_layout(sm.layout, spec.name)  # a refused first login leaves no trace
         raise

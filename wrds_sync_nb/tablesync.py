@@ -305,7 +305,24 @@ def plan_run(ctx:RunContext,      # the run
         save_checkpoint(ctx.layout, ctx.checkpoint)
     return tr, todo
 
-# %% ../nbs/08e_tablesync.ipynb #ad6c0bbb
+# %% ../nbs/08e_tablesync.ipynb #baef8f9d
+def _plan_and_fetch(ctx:RunContext, tr:TableRun) -> tuple[TableRun, int]:
+    "Fingerprint the table on a thread of its own while it is planned and its partitions fetched"
+    pool = ThreadPoolExecutor(1, thread_name_prefix="fingerprint", initializer=scoped,
+                              initargs=(current_scope(),))
+    fps = Fingerprints(pool, ctx.client, tr)
+    try:
+        tr, todo = plan_run(ctx, tr, fps)
+        fetch_partitions(ctx, tr, todo, fps)
+    except BaseException as e:   # Ctrl-C or a failure: cancel the fingerprint scan instead of waiting
+        stop = isinstance(e, KeyboardInterrupt)
+        ctx.client.cancel(stop=stop, scope=None if stop else current_scope())
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return tr, len(todo)
+
+# %% ../nbs/08e_tablesync.ipynb #9d68538f
 def sync_table(ctx:RunContext,   # the run
                table:TableSpec,  # the table
                years:range|None  # the partition years (None: the whole table)
@@ -327,17 +344,5 @@ def sync_table(ctx:RunContext,   # the run
         if not tr.keys:
             finish_table(ctx, tr, 0)
             return  # the source has no rows in the years asked for
-    pool = ThreadPoolExecutor(1, thread_name_prefix="fingerprint", initializer=scoped,
-                              initargs=(current_scope(),))
-    fps = Fingerprints(pool, ctx.client, tr)
-    try:
-        tr, todo = plan_run(ctx, tr, fps)
-        fetch_partitions(ctx, tr, todo, fps)
-    # Ctrl-C or a failure: cancel the fingerprint scan (this table's queries) instead of waiting
-    except BaseException as e:
-        stop = isinstance(e, KeyboardInterrupt)
-        ctx.client.cancel(stop=stop, scope=None if stop else current_scope())
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    finish_table(ctx, tr, len(todo))
+    tr, fetched = _plan_and_fetch(ctx, tr)
+    finish_table(ctx, tr, fetched)
