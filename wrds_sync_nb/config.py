@@ -9,22 +9,30 @@ from __future__ import annotations
 import os, stat
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
-from pydantic import (AliasChoices, Field, SecretStr, ValidationError as PydanticValidationError,
-                      field_validator)
+from pydantic import (AfterValidator, AliasChoices, Field, SecretStr,
+                      ValidationError as PydanticValidationError)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from . import events
 from .errors import ConfigError, CredentialsError
 
 # %% auto #0
-__all__ = ['WRDS_HOST', 'WRDS_PORT', 'WRDSConfig', 'load_config', 'pgpass_path', 'pgpass_entry', 'password_from_pgpass',
+__all__ = ['WRDS_HOST', 'WRDS_PORT', 'Host', 'WRDSConfig', 'load_config', 'pgpass_path', 'pgpass_entry', 'password_from_pgpass',
            'password_from_keyring', 'resolve_credentials', 'libpq_params', 'libpq_uri']
 
-# %% ../nbs/04_config.ipynb #616587bf
+# %% ../nbs/04_config.ipynb #635c8fef
 WRDS_HOST = "wrds-pgdata.wharton.upenn.edu"
 WRDS_PORT = 9737
 
+def _host(v:str) -> str:
+    if not v.strip():
+        raise ValueError("is empty; set it to the WRDS host (wrds-pgdata.wharton.upenn.edu) or unset it")
+    return v
+
+Host = Annotated[str, AfterValidator(_host)]   # a host name, or the folder of a Unix socket
+
+# %% ../nbs/04_config.ipynb #616587bf
 class WRDSConfig(BaseSettings):
     "How to reach WRDS (or any PostgreSQL shaped like it)"
     model_config = SettingsConfigDict(env_prefix="WRDS_", extra="forbid", populate_by_name=True)
@@ -32,7 +40,7 @@ class WRDSConfig(BaseSettings):
         None, validation_alias=AliasChoices("username", "WRDS_USERNAME", "WRDS_USER", "WRDS_ID")
     )
     password: SecretStr | None = None
-    host: str = WRDS_HOST
+    host: Host = WRDS_HOST
     port: int = Field(WRDS_PORT, ge=1, le=65535)
     database: str = "wrds"
     sslmode: str = "require"
@@ -47,13 +55,6 @@ class WRDSConfig(BaseSettings):
     application_name: str = "wrds-sync-nb"
     keyring_service: str = "wrds"
     fingerprint_method: Literal["auto", "md5"] = "auto"    # md5: the fallback of servers before PostgreSQL 14
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, v:str) -> str:
-        if not v.strip():
-            raise ValueError("is empty; set it to the WRDS host (wrds-pgdata.wharton.upenn.edu) or unset it")
-        return v
 
     @property
     def is_unix_socket(self) -> bool: return self.host.startswith("/")

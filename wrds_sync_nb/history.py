@@ -20,7 +20,7 @@ from .errors import (DiskSpaceError, LockAcquisitionError, ManifestError, Unknow
                                  did_you_mean)
 from .locking import AtomicFileLock, lock_guard
 from .layout import validate_name
-from .manifest import ManifestManager, SyncManifest
+from .manifest import ManifestManager, PartitionEntry, SyncManifest
 from .checkpoint import load_checkpoint, uncommitted
 from .datadir import DataDir, locked, retention_of
 from wrds_sync_nb.versions import (
@@ -35,8 +35,8 @@ from wrds_sync_nb.versions import (
 )
 
 # %% auto #0
-__all__ = ['table_changes', 'check_table', 'history_rows', 'key_diff', 'diff_versions', 'VacuumResult', 'vacuum_candidates',
-           'guard_only', 'take_lock', 'vacuum', 'storage_bytes']
+__all__ = ['table_changes', 'check_table', 'history_rows', 'key_diff', 'partition_diff', 'diff_versions', 'VacuumResult',
+           'vacuum_candidates', 'guard_only', 'take_lock', 'vacuum', 'storage_bytes']
 
 # %% ../nbs/09c_history.ipynb #004d2eb6
 def table_changes(prev:SyncManifest|None,  # the version before (None: the first)
@@ -121,7 +121,23 @@ def key_diff(old:list[Path],      # the partition's files in the older version (
         added, removed, changed = con.execute(q).fetchone() or (0, 0, 0)
     return {"keys_added": int(added), "keys_removed": int(removed), "keys_changed": int(changed)}
 
-# %% ../nbs/09c_history.ipynb #1eb20cc9
+# %% ../nbs/09c_history.ipynb #b2082eae
+def partition_diff(d:DataDir,                    # the data dir
+                   ds:str,                       # the dataset
+                   t:str,                        # the table
+                   k:str,                        # the partition
+                   old:dict[str, PartitionEntry], # the table's partitions in the older version
+                   new:dict[str, PartitionEntry], # ... and in the newer one
+                   keys:list[str]                # the key columns (empty: compare whole rows)
+                  ) -> dict[str, Any]:
+    "How one partition changed between two versions: added, removed or replaced, rows, and key counts"
+    files = [[entry_file(d.layout, ds, t, k, p[k])] if k in p else [] for p in (old, new)]
+    counts = key_diff(files[0], files[1], keys) if all(f.exists() for fs in files for f in fs) else {}
+    status = "added" if k not in old else "removed" if k not in new else "replaced"
+    return {"table": t, "partition": k, "status": status, "rows_from": old[k].rows if k in old else 0,
+            "rows_to": new[k].rows if k in new else 0, **counts}
+
+# %% ../nbs/09c_history.ipynb #3aa49939
 def diff_versions(d:DataDir,       # the data dir (its registry gives the key columns)
                   dataset:str,          # the dataset's name
                   a:int,                # the older version
@@ -139,21 +155,12 @@ def diff_versions(d:DataDir,       # the data dir (its registry gives the key co
     spec = d.registry.get(ds) if ds in d.registry.names() else None
     out = []
     for t in sorted(set(va.tables) | set(vb.tables)):
-        pa_, pb = (v.tables[t].partitions if t in v.tables else {} for v in (va, vb))
-        keys = (
-            [c.lower() for c in spec.table(t).key_columns]
-            if spec and t in {x.name for x in spec.tables}
-            else []
-        )
-        for k in sorted(set(pa_) | set(pb)):
-            if (table and t != table) or (k in pa_ and k in pb and pa_[k].sha256 == pb[k].sha256): continue
-            files = [[entry_file(d.layout, ds, t, k, p[k])] if k in p else [] for p in (pa_, pb)]
-            counts = key_diff(files[0], files[1], keys) if all(f.exists() for fs in files for f in fs) else {}
-            status = "added" if k not in pa_ else "removed" if k not in pb else "replaced"
-            out.append(
-                {"table": t, "partition": k, "status": status, "rows_from": pa_[k].rows if k in pa_ else 0,
-                 "rows_to": pb[k].rows if k in pb else 0, **counts}
-            )
+        if table and t != table: continue
+        old, new = (v.tables[t].partitions if t in v.tables else {} for v in (va, vb))
+        defined = spec is not None and t in {x.name for x in spec.tables}
+        keys = [c.lower() for c in spec.table(t).key_columns] if spec is not None and defined else []
+        out += [partition_diff(d, ds, t, k, old, new, keys) for k in sorted(set(old) | set(new))
+                if not (k in old and k in new and old[k].sha256 == new[k].sha256)]
     return out
 
 # %% ../nbs/09c_history.ipynb #8e31c29a

@@ -104,13 +104,10 @@ def choose_versions(layout:DataLayout,                  # the data dir
     stamps = [version] if isinstance(version, str) else list(version) if isinstance(version, Sequence) else []
     by_stamp = {p[0]: s for s in stamps if (p := parse_stamp(s)) is not None}
     if len(by_stamp) != len(stamps):
-        raise ConfigError(
-            f"version={version!r} is not a citation stamp like wrds-sync:crsp@12:3f2a9c1d8e7b",
-            "pass version=<number> with one dataset, or the stamp `wrds_sync_nb.cite()` printed",
-        )
-    names = (
-        [validate_name(d) for d in datasets] if datasets else (sorted(by_stamp) or synced_datasets(layout))
-    )
+        raise ConfigError(f"version={version!r} is not a citation stamp like wrds-sync:crsp@12:3f2a9c1d8e7b",
+                          "pass version=<number> with one dataset, or the stamp `wrds_sync_nb.cite()` "
+                          "printed")
+    names = [validate_name(d) for d in datasets] if datasets else sorted(by_stamp) or synced_datasets(layout)
     if isinstance(version, int) and len(names) != 1:
         raise ConfigError(f"version={version} is a version number, and numbers are per dataset",
                           "pass datasets=['<one dataset>'] with it, or use as_of=")
