@@ -6,13 +6,12 @@ Docs: https://wrds-sync-nb.github.io/wrds-sync-nb/checkpoint.html.md"""
 
 # %% ../nbs/08_checkpoint.ipynb #77ef9b1e
 from __future__ import annotations
-import hashlib, json
 from datetime import datetime
 from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticValidationError
 from .errors import ManifestError
 from .layout import DataLayout, atomic_write_bytes
-from .manifest import PartitionEntry, SourceState, SyncManifest, utcnow
+from .manifest import PartitionEntry, SourceState, SyncManifest, canonical_sha256, utcnow
 from .periods import key_year
 
 # %% auto #0
@@ -51,8 +50,7 @@ class Checkpoint(BaseModel):
 
     def content_digest(self) -> str:
         "SHA-256 of the canonical JSON of everything but the digest itself"
-        body = self.model_dump(mode="json", exclude={"content_sha256"})
-        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        return canonical_sha256(self.model_dump(mode="json", exclude={"content_sha256"}))
 
     @property
     def years_completed(self) -> list[int]:

@@ -346,7 +346,7 @@ def field_rows() -> list[dict[str, str]]:
             rows.append({"in": where, "field": name, "default": default, "meaning": f.description or ""})
     return rows
 
-# %% ../nbs/02c_datasets.ipynb #5ac6f7d1
+# %% ../nbs/02c_datasets.ipynb #03e8bd4d
 class _DatasetsFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     datasets: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -358,6 +358,7 @@ def _loc(loc:tuple[Any, ...]) -> str:
     for x in loc: out += f"[{x}]" if isinstance(x, int) else (f".{x}" if out else str(x))
     return out
 
+# %% ../nbs/02c_datasets.ipynb #7312ba58
 def load_datasets_toml(path:Path) -> list[DatasetSpec]:
     "Parse a user datasets file; any problem is a `ConfigError` naming the file and the key"
     path = Path(path)

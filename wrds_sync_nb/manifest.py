@@ -9,20 +9,25 @@ from __future__ import annotations
 import hashlib, json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticValidationError
 from .errors import ManifestError
 from .layout import DataLayout, atomic_write_bytes, validate_name
 
 # %% auto #0
-__all__ = ['MAX_MANIFEST_BYTES', 'utcnow', 'LockToken', 'SourceFingerprint', 'PartitionEntry', 'SourceState', 'TableEntry',
-           'SyncManifest', 'parse_manifest', 'read_manifest', 'ManifestManager', 'kept_versions', 'current_manifest',
-           'write_version', 'save_manifest']
+__all__ = ['MAX_MANIFEST_BYTES', 'utcnow', 'canonical_sha256', 'LockToken', 'SourceFingerprint', 'PartitionEntry', 'SourceState',
+           'TableEntry', 'SyncManifest', 'parse_manifest', 'read_manifest', 'ManifestManager', 'kept_versions',
+           'roll_back', 'current_manifest', 'write_version', 'save_manifest']
 
 # %% ../nbs/02_manifest.ipynb #2634b501
 def utcnow() -> datetime:
     "The current time, timezone-aware UTC"
     return datetime.now(timezone.utc)
+
+# %% ../nbs/02_manifest.ipynb #ce5ed0d9
+def canonical_sha256(body:Any) -> str:
+    "SHA-256 of `body` as canonical JSON (keys sorted, no spaces): equal content, equal digest"
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 # %% ../nbs/02_manifest.ipynb #674a6396
 class LockToken(BaseModel):
@@ -130,7 +135,7 @@ class SyncManifest(BaseModel):
                 if t[k] is None: del t[k]
             for s in t.get("sources", {}).values():
                 if s["columns"] is None: del s["columns"]
-        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        return canonical_sha256(body)
 
     def files(self) -> dict[str, PartitionEntry]:
         "Every published file, by its relative path"
@@ -174,10 +179,9 @@ class ManifestManager:
     "Load and save dataset manifests: every version kept, immutable, under `manifests/history/<dataset>/`"
     def __init__(self, layout:DataLayout): self.layout = layout
 
-    def prev_path(self, dataset: str) -> Path:
+    def prev_path(self, dataset:str) -> Path:
         return self.layout.manifest_path(dataset).with_suffix(".json.prev")  # releases before vintages
-
-    def history_dir(self, dataset: str) -> Path:
+    def history_dir(self, dataset:str) -> Path:
         return self.layout.manifests_dir / "history" / validate_name(dataset)
     def version_path(self, dataset:str,  # the dataset's name
                      n:int               # the version number
@@ -192,8 +196,7 @@ class ManifestManager:
         "Version `n` of the dataset's manifest, or None if the history has no such version"
         return read_manifest(validate_name(dataset), self.version_path(dataset, n))
 
-    def versions(self, dataset: str) -> list[int]:
-        return kept_versions(self, dataset)  # every version number, oldest first
+    def versions(self, dataset:str) -> list[int]: return kept_versions(self, dataset)  # oldest first
 
     def load_or_new(self, dataset:str) -> SyncManifest:
         "The current manifest, or an empty version-0 one"
@@ -205,11 +208,7 @@ class ManifestManager:
 
     def rollback(self, dataset:str) -> SyncManifest:
         "Commit the content of the version before the current one as a new version"
-        current = self.load(dataset)
-        prev = self.load_version(dataset, current.version - 1) if current and current.version > 1 else None
-        if current is None or prev is None:
-            raise ManifestError(f"dataset {dataset!r} has no previous manifest to roll back to")
-        return self.save(prev.model_copy(update={"version": current.version}))
+        return roll_back(self, dataset)
 
 # %% ../nbs/02_manifest.ipynb #53993022
 def kept_versions(mm:ManifestManager,  # the manager
@@ -218,6 +217,17 @@ def kept_versions(mm:ManifestManager,  # the manager
     "The version numbers in the history, oldest first"
     d = mm.history_dir(dataset)
     return sorted(int(p.stem) for p in d.glob("*.json") if p.stem.isdigit()) if d.is_dir() else []
+
+# %% ../nbs/02_manifest.ipynb #4236684c
+def roll_back(mm:ManifestManager,  # the manager
+              dataset:str          # the dataset's name
+             ) -> SyncManifest:
+    "Commit the content of the version before the current one as the next version"
+    current = mm.load(dataset)
+    prev = mm.load_version(dataset, current.version - 1) if current and current.version > 1 else None
+    if current is None or prev is None:
+        raise ManifestError(f"dataset {dataset!r} has no previous manifest to roll back to")
+    return mm.save(prev.model_copy(update={"version": current.version}))
 
 # %% ../nbs/02_manifest.ipynb #2d6209ce
 def current_manifest(mm:ManifestManager,  # the manager
