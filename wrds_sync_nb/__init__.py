@@ -1,9 +1,32 @@
 __version__ = "0.1.0"
 
 # The front door (see nbs/10b_api.ipynb): `import wrds_sync_nb as w; w.sync("crsp"); w.connect()`.
-from .api import Synced, add_table, close, describe_table, list_libraries, list_tables, status, sync, verify, wrds_client
-from .rawsql import get_table, raw_sql
-from .reader import cite, connect, scan
+# Each name is imported when first used, so that the `wrds-sync` command does not load polars, pandas and DuckDB
+# for commands that never read data (`--help`, `status`, `lock-status`).
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Synced", "add_table", "cite", "close", "connect", "describe_table", "get_table", "list_libraries",
-           "list_tables", "raw_sql", "scan", "status", "sync", "verify", "wrds_client"]
+_HOME = {"Synced": "api", "add_table": "api", "close": "api", "describe_table": "api", "diff": "api",
+         "history": "api", "list_libraries": "api", "list_tables": "api", "status": "api", "sync": "api",
+         "verify": "api", "wrds_client": "api", "get_table": "rawsql", "raw_sql": "rawsql", "cite": "reader",
+         "connect": "reader", "scan": "reader"}
+__all__ = ["Synced", "add_table", "cite", "close", "connect", "describe_table", "diff", "get_table", "history",
+           "list_libraries", "list_tables", "raw_sql", "scan", "status", "sync", "verify", "wrds_client"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME: raise AttributeError(f"module 'wrds_sync_nb' has no attribute {name!r}")
+    value = getattr(import_module(f"wrds_sync_nb.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOME])
+
+
+if TYPE_CHECKING:
+    from .api import (Synced, add_table, close, describe_table, diff, history, list_libraries, list_tables, status,
+                      sync, verify, wrds_client)
+    from .rawsql import get_table, raw_sql
+    from .reader import cite, connect, scan

@@ -12,23 +12,24 @@ from pathlib import Path
 from typing import Any
 import polars as pl
 from . import catalog
-from .catalog import TableDescription, dataset_copy, table_definition
+from .catalog import dataset_copy, description_lines, table_definition
 from .client import WRDSClient
 from .config import load_config
 from .datasets import (BUILTIN_DATASETS, DatasetRegistry, DatasetSpec, dataset_name_for,
-                                   normal_source, store_dataset)
+                                   named_read, normal_source, store_dataset)
 from .errors import ConfigError
 from .layout import DataLayout, claim_data_dir
-from .manifest import SyncManifest
+from .manifest import ManifestManager, SyncManifest
 from .progress import DisplayKind, showing_progress
 from .reader import data_dir_of, synced_datasets
 from .status import status_rows, summary_line
 from .integrity import check_integrity
 from .sync import SyncManager
+from .history import diff_versions, history_rows
 
 # %% auto #0
 __all__ = ['close', 'wrds_client', 'target_dir', 'list_libraries', 'list_tables', 'describe_table', 'add_table', 'resolve',
-           'Synced', 'run', 'sync', 'status', 'verify']
+           'Synced', 'run', 'sync', 'status', 'verify', 'history', 'diff']
 
 # %% ../nbs/10b_api.ipynb #dd8e2ad0
 _SHARED: dict[str, Any] = {}   # the session's client and the settings it was made with
@@ -68,9 +69,12 @@ def list_tables(library:str) -> list[str]:
 # %% ../nbs/10b_api.ipynb #e938187c
 def describe_table(library:str,  # the library, e.g. `crsp`
                    table:str     # the table, e.g. `msf_v2`
-                  ) -> TableDescription:
-    "Columns (name, nullable, type, comment), approximate rows, comment and update marker of a WRDS table"
-    return catalog.table_description(wrds_client(), library.lower(), table.lower())
+                  ) -> pl.DataFrame:
+    """Every column of a WRDS table (name, nullable, type, comment), as the official package gives them; its
+    approximate rows, comment, update marker and partition column are printed first"""
+    d = catalog.table_description(wrds_client(), library.lower(), table.lower())
+    print("\n".join(description_lines(d)))
+    return d.columns
 
 # %% ../nbs/10b_api.ipynb #636e158e
 def add_table(
@@ -213,3 +217,35 @@ def verify(dataset:str|None=None,         # one dataset (default: every synced o
         ds: check_integrity(sm, ds, current_only)
         for ds in ([dataset] if dataset else synced_datasets(layout))
     }
+
+# %% ../nbs/10b_api.ipynb #40f1986c
+def history(dataset:str,                  # a dataset, or a WRDS table one mirrors (`crsp.msf_v2`)
+            table:str|None=None,          # only versions that changed this table
+            every:bool=False,             # also versions that changed no data
+            data_dir:Path|str|None=None   # the data dir (default: $WRDS_SYNC_DATA_DIR, then ./data)
+           ) -> pl.DataFrame:
+    """A row per version and table it changed: when, how (full or incremental), its stamp, the partitions
+    added, replaced and removed, rows before and after, and the source marker"""
+    layout = data_dir_of(data_dir)
+    ds, picked = named_read(DatasetRegistry.load(data_dir=layout.root), dataset)
+    out: list[dict[str, Any]] = []
+    for r in history_rows(ManifestManager(layout), ds, table or picked, every):
+        head = {k: v for k, v in r.items() if k != "changes"}
+        out += [{**head, **ch} for ch in r["changes"]] or [head]
+    return pl.from_dicts(out, infer_schema_length=None)
+
+# %% ../nbs/10b_api.ipynb #9a165670
+def diff(dataset:str,                 # a dataset, or a WRDS table one mirrors
+         a:int,                       # the older version
+         b:int,                       # the newer version
+         table:str|None=None,         # only this table
+         data_dir:Path|str|None=None  # the data dir (default: $WRDS_SYNC_DATA_DIR, then ./data)
+        ) -> pl.DataFrame:
+    "A row per partition that differs between versions `a` and `b`: added, removed or replaced, rows, keys"
+    layout = data_dir_of(data_dir)
+    reg = DatasetRegistry.load(data_dir=layout.root)
+    ds, picked = named_read(reg, dataset)
+    rows = diff_versions(SyncManager(None, layout, reg), ds, a, b, table or picked)
+    empty = {"table": pl.String, "partition": pl.String, "status": pl.String, "rows_from": pl.Int64,
+             "rows_to": pl.Int64}
+    return pl.from_dicts(rows, infer_schema_length=None) if rows else pl.DataFrame(schema=empty)

@@ -41,10 +41,11 @@ from .catalog import (dataset_copy, description_lines, list_libraries, list_tabl
                                   source_description, table_definition)
 from .client import WRDSClient
 from .config import load_config
-from .datasets import (DatasetRegistry, DatasetSpec, field_rows, partitioning, store_dataset,
+from .datasets import (DatasetRegistry, DatasetSpec, field_rows, named_read, partitioning,
+                                   store_dataset,
                                    normal_source, stored_datasets)
 from .errors import (ConfigError, CredentialsError, UnknownDatasetError, WRDSConnectionError,
-                                 WrdsSyncError)
+                                 WrdsSyncError, os_error)
 from .layout import DataLayout, claim_data_dir, data_dir_kind, validate_name
 from .locking import AtomicFileLock, LockStatus
 from .login import login as store_login
@@ -167,8 +168,9 @@ def handled(fn:F) -> F:
         verbose = _state(kwargs.get("ctx")).verbose
         try: return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort): raise
-        except WrdsSyncError as e:
+        except (WrdsSyncError, OSError) as raised:
             if verbose: traceback.print_exc()
+            e = os_error(raised) if isinstance(raised, OSError) else raised
             fail(e.what if out.json else str(e), e.exit_code, e.fix)
         except Exception as e:
             if verbose: traceback.print_exc()
@@ -398,18 +400,18 @@ def local_time(iso:str|None) -> str:
 
 # %% ../nbs/10_cli.ipynb #31f58565
 def status_lines(r:dict[str, Any]) -> list[str]:
-    "One table's status in two short lines: when and how fresh, then what is on disk"
+    """One table's status in short lines: when and how fresh; the dates and what is on disk; older versions
+    kept, and a run that was stopped, if any"""
     state = r["freshness"] + ("" if r["lock"] == "free" else f"; lock {r['lock']}")
-    if r["table"] is None: return [f"{r['dataset']}: {state}"]
+    stopped = [f"    {r['interrupted']}"] if r.get("interrupted") else []
+    if r["table"] is None: return [f"{r['dataset']}: {state}", *stopped]
     head = (f"{r['dataset']}/{r['table']} v{r['version']}: synced {local_time(r['last_sync'])}, "
             f"source {r['source_updated'] or '?'}, {state}")
-    older = (
-        f" (older versions kept: {human_bytes(r['older_versions_bytes'])})"
-        if r["older_versions_bytes"]
-        else ""
-    )
-    return [head,
-            f"    {r['partitions']:,} partition(s), {r['rows']:,} rows, {human_bytes(r['bytes'])}{older}"]
+    dates = f"{r['first_date']} to {r['last_date']}, " if r.get("first_date") else ""
+    kept = r["older_versions_bytes"]
+    older = [f"    older versions kept: {human_bytes(kept)}"] if kept else []
+    held = f"{r['partitions']:,} partition(s), {r['rows']:,} rows, {human_bytes(r['bytes'])}"
+    return [head, f"    {dates}{held}", *older, *stopped]
 
 # %% ../nbs/10_cli.ipynb #646e8679
 def known_layout(st:State) -> DataLayout:
@@ -451,21 +453,23 @@ def _table(title:str, rows:list[dict[str, Any]], cols:list[str]) -> Table:
 # %% ../nbs/10_cli.ipynb #91dde14d
 @app.command()
 @handled
-def status(ctx: typer.Context, as_json: AsJson = False) -> None:
-    "What is synced: partitions, rows, sizes, version, last sync, source marker, lateness and lock per table."
+def status(ctx:typer.Context, dataset:MaybeDataset=None, as_json:AsJson=False) -> None:
+    "What is synced: dates, partitions, rows, sizes, version, last sync, source marker, lateness, lock."
     st = _state(ctx)
     rows = table_status(known_layout(st), st.registry())
+    if dataset is not None:   # one dataset, or the table mirroring a WRDS table
+        ds, picked = named_read(st.registry(), dataset)
+        rows = [r for r in rows if r["dataset"] == ds and picked in (None, r["table"])]
     days = check_credential_expiry()
     if as_json:
-        typer.echo(
-            json.dumps(
-                {"data_dir": str(st.layout.root), "password_days_left": days, "tables": rows},
-                indent=out.indent,
-            )
-        )
+        typer.echo(json.dumps({"data_dir": str(st.layout.root), "password_days_left": days, "tables": rows},
+                              indent=out.indent))
         return
     out.print(f"wrds-sync status: {st.layout.root}")
-    for r in rows: out.print("\n".join(status_lines(r)))
+    told: set[str] = set()   # an interrupted run is said once per dataset
+    for r in rows:
+        out.print("\n".join(status_lines({**r, "interrupted": None} if r["dataset"] in told else r)))
+        told.add(r["dataset"])
     if days is not None: out.print(f"WRDS password expires in {days} days")
 
 # %% ../nbs/10_cli.ipynb #6dde53b0
@@ -582,9 +586,10 @@ def history(
     all_: Annotated[bool, typer.Option("--all", help="also versions that changed no data")] = False,
     as_json: AsJson = False,
 ) -> None:
-    """List a dataset's versions: when, what changed (partitions added, replaced, removed; rows; source
-    marker)."""
-    rows = history_rows(ManifestManager(synced_layout(_state(ctx))), validate_name(dataset), table, all_)
+    "List a dataset's versions: when, what changed (partitions added, replaced, removed; rows; marker)."
+    st = _state(ctx)
+    ds, picked = named_read(st.registry(), dataset)   # `crsp.msf_v2`: crsp's monthly
+    rows = history_rows(ManifestManager(synced_layout(st)), ds, table or picked, all_)
     if as_json:
         typer.echo(json.dumps(rows, indent=out.indent, default=str))
         return
@@ -601,21 +606,17 @@ def diff(ctx:typer.Context, dataset:Dataset,
     """Which partitions changed between two versions and, per partition, how many keys were added, removed,
     changed."""
     st = _state(ctx)
-    rows = diff_versions(SyncManager(None, synced_layout(st), st.registry()), validate_name(dataset), from_,
-                         to, table)
+    ds, picked = named_read(st.registry(), dataset)
+    rows = diff_versions(SyncManager(None, synced_layout(st), st.registry()), ds, from_, to, table or picked)
     if as_json:
         typer.echo(json.dumps(rows, indent=out.indent))
         return
     for r in rows:
-        keys = (
-            f"; keys +{r['keys_added']:,} -{r['keys_removed']:,} ~{r['keys_changed']:,}"
-            if "keys_added" in r
-            else ""
-        )
-        out.print(
-            f"{r['table']}/{r['partition']} {r['status']}: rows {r['rows_from']:,} -> {r['rows_to']:,}{keys}"
-        )
-    if not rows: out.print(f"versions {from_} and {to} of {dataset} hold the same data")
+        keys = (f"; keys +{r['keys_added']:,} -{r['keys_removed']:,} ~{r['keys_changed']:,}"
+                if "keys_added" in r else "")
+        rows_moved = f"rows {r['rows_from']:,} -> {r['rows_to']:,}"
+        out.print(f"{r['table']}/{r['partition']} {r['status']}: {rows_moved}{keys}")
+    if not rows: out.print(f"versions {from_} and {to} of {ds} hold the same data")
 
 # %% ../nbs/10_cli.ipynb #b04f6d2b
 @app.command()
@@ -633,9 +634,9 @@ def cite(
     "Print a stable stamp of exactly the data read, for a paper's replication package."
     from wrds_sync_nb.reader import cite as cite_text
 
-    typer.echo(
-        cite_text([validate_name(d) for d in dataset], synced_layout(_state(ctx)).root, as_of, version)
-    )
+    st = _state(ctx)
+    names = list(dict.fromkeys(named_read(st.registry(), d)[0] for d in dataset))   # WRDS names too
+    typer.echo(cite_text(names, synced_layout(st).root, as_of, version))
 
 # %% ../nbs/10_cli.ipynb #2610e21e
 @app.command()

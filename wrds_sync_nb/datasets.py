@@ -26,8 +26,9 @@ __all__ = ['IDENT_RE', 'CAST_TYPES', 'MIN_YEAR', 'Ident', 'FilterValue', 'TableN
            'FAMA_FRENCH', 'BUILTIN_DATASETS', 'DOCS_URL', 'covered_keys', 'checked_granularity', 'TableSource',
            'TableSpec', 'Retention', 'parse_retention', 'distinct_tables', 'DatasetSpec', 'checked_years',
            'partitioning', 'datasets_markdown', 'field_rows', 'load_datasets_toml', 'stored_datasets',
-           'DatasetRegistry', 'dataset_name_for', 'normal_source', 'local_name', 'parse_filters', 'typed_filters',
-           'datasets_toml', 'definitions_locked', 'write_datasets', 'store_dataset', 'definition_digest']
+           'DatasetRegistry', 'dataset_name_for', 'normal_source', 'named_read', 'local_name', 'parse_filters',
+           'typed_filters', 'datasets_toml', 'definitions_locked', 'write_datasets', 'store_dataset',
+           'definition_digest']
 
 # %% ../nbs/02c_datasets.ipynb #6780ff03
 IDENT_RE = re.compile(r"[a-z_][a-z0-9_$]{0,62}")
@@ -438,6 +439,17 @@ def normal_source(source:str) -> str:
     """A source as typed, in lowercase outside its placeholders (`OPTIONM.OPPRCD{year}` ->
     `optionm.opprcd{year}`)"""
     return re.sub(r"[^{}]+(?=\{|$)|(?<=\})[^{}]+", lambda m: m[0].lower(), source.strip())
+
+# %% ../nbs/02c_datasets.ipynb #6eea1ac5
+def named_read(reg:DatasetRegistry,  # the datasets known
+               name:str              # ours, or a WRDS table's name such as `crsp.msf_v2`
+              ) -> tuple[str, str | None]:
+    "The dataset a read names (and the table, for a WRDS table's name); our names as they are"
+    if "." not in name: return validate_name(name), None
+    if (have := reg.for_source(normal_source(name))) is None:
+        raise UnknownDatasetError(f"no dataset mirrors the WRDS table {name}",
+                                  f"add it first: `wrds-sync add {name}`")
+    return have[0].name, have[1].name
 
 # %% ../nbs/02c_datasets.ipynb #9c638d4d
 def local_name(source:str) -> str:

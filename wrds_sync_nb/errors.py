@@ -6,7 +6,7 @@ Docs: https://wrds-sync-nb.github.io/wrds-sync-nb/errors.html.md"""
 
 # %% ../nbs/00_errors.ipynb #1e9f539f
 from __future__ import annotations
-import difflib, sys
+import difflib, errno, sys
 
 # %% auto #0
 __all__ = ['UNSUPPORTED_PLATFORM', 'WrdsSyncError', 'LockError', 'LockAcquisitionError', 'LockRecoveryError',
@@ -14,7 +14,7 @@ __all__ = ['UNSUPPORTED_PLATFORM', 'WrdsSyncError', 'LockError', 'LockAcquisitio
            'CredentialsError', 'WRDSConnectionError', 'ConnectionLimitError', 'QueryError', 'QueryTimeoutError',
            'PermissionDeniedError', 'TransientQueryError', 'CancelledError', 'DataError', 'SchemaError',
            'MassRemovalError', 'ChecksumMismatchError', 'DiskSpaceError', 'ValidationError', 'ManifestError',
-           'SyncIncompleteError', 'BackupError', 'PartitionValidationError', 'did_you_mean']
+           'SyncIncompleteError', 'BackupError', 'PartitionValidationError', 'did_you_mean', 'os_error']
 
 # %% ../nbs/00_errors.ipynb #4a5fccfb
 UNSUPPORTED_PLATFORM = (
@@ -198,3 +198,24 @@ def did_you_mean(name:str,            # what was typed
     if not close: return otherwise
     rest = f" Else {otherwise}" if otherwise else " (the others are listed above)"
     return f"did you mean {close[0]!r}?{rest}"
+
+# %% ../nbs/00_errors.ipynb #6914cf3d
+_OS_FIXES = {
+    errno.EROFS: ("the filesystem is read-only",
+                  "use a data dir on a writable filesystem (--data-dir or WRDS_SYNC_DATA_DIR), or remount "
+                  "it"),
+    errno.EACCES: ("permission denied",
+                   "run as the user who owns the data dir, or give this user access to it"),
+    errno.EPERM: ("operation not permitted", "run as the user who owns the data dir"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space under your quota, or move --data-dir"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "pass --data-dir pointing to a folder"),
+}
+
+def os_error(e:OSError) -> WrdsSyncError:
+    "Our one-line error for an OS error on a file or folder: the path, what went wrong and what to do"
+    where = e.filename or "a file of the data dir"
+    if e.errno == errno.ENOSPC:
+        return DiskSpaceError(f"no space left on the device of {where}")
+    cause, fix = _OS_FIXES.get(e.errno or 0, (e.strerror or type(e).__name__, None))
+    return ConfigError(f"cannot use {where}: {cause}",
+                       fix or "check the path and its permissions, then rerun")

@@ -16,13 +16,13 @@ from .datasets import DatasetRegistry, DatasetSpec
 from .errors import WrdsSyncError
 from .layout import DataLayout
 from .locking import AtomicFileLock
-from .manifest import ManifestManager, SyncManifest
+from .manifest import ManifestManager, SyncManifest, TableEntry
 from .reader import synced_datasets
 from .history import storage_bytes
 
 # %% auto #0
-__all__ = ['NY', 'previous_8am_new_york', 'freshness', 'lock_state', 'dataset_rows', 'checked_view', 'status_rows',
-           'summary_line']
+__all__ = ['NY', 'previous_8am_new_york', 'freshness', 'lock_state', 'date_range', 'interrupted_run', 'dataset_rows',
+           'checked_view', 'status_rows', 'summary_line']
 
 # %% ../nbs/09d_status.ipynb #4fd6a409
 NY = ZoneInfo("America/New_York")
@@ -53,6 +53,27 @@ def lock_state(layout:DataLayout,  # the data dir
     lock = AtomicFileLock(layout.locks_dir, ds).status() if layout.locks_dir.exists() else None
     return "free" if lock is None or not lock.held else (f"stale ({lock.reason})" if lock.stale else "held")
 
+# %% ../nbs/09d_status.ipynb #875981a4
+def date_range(t:TableEntry) -> tuple[str | None, str | None]:
+    "The first and last date the table holds, from its partitions' source fingerprints (None: not known)"
+    fps = [e.source for e in t.partitions.values() if e.source is not None]
+    firsts, lasts = [f.min_date for f in fps if f.min_date], [f.max_date for f in fps if f.max_date]
+    return (min(firsts) if firsts else None), (max(lasts) if lasts else None)
+
+# %% ../nbs/09d_status.ipynb #049eae8a
+def interrupted_run(ds:str,             # the dataset
+                    cp:Checkpoint|None, # its last run's checkpoint
+                    lock:str            # its lock's state: a run holding it is running, not interrupted
+                   ) -> str | None:
+    "What a run stopped before its end left behind, and the command that resumes it (None: none was)"
+    if cp is None or cp.status == "completed" or (cp.status == "running" and lock == "held"): return None
+    done, left = sum(len(k) for k in cp.completed.values()), sum(len(k) for k in cp.remaining.values())
+    years = f" --start-year {cp.start_year} --end-year {cp.end_year}" if cp.start_year is not None else ""
+    again = f"full-sync --dataset {ds}{years}" if cp.kind == "full" else f"incremental --dataset {ds}"
+    how = "was stopped" if cp.status in ("running", "paused") else "failed"
+    return (f"a {cp.kind} sync {how} at {cp.last_checkpoint:%Y-%m-%d %H:%M} UTC with {done} partition(s) "
+            f"checkpointed" + (f", {left} to go" if left else "") + f": resume with `wrds-sync {again}`")
+
 # %% ../nbs/09d_status.ipynb #ddc4a062
 def dataset_rows(
     ds: str,  # the dataset's name
@@ -60,22 +81,21 @@ def dataset_rows(
     lock: str,  # free, held or stale
     fresh: str,  # fresh, late or no schedule
     sizes: dict[str, tuple[int, int]] | None = None,  # per table: current bytes, bytes of older versions kept
+    interrupted: str | None = None,  # what an interrupted run left, and how to resume it
 ) -> list[dict[str, Any]]:
     "The status rows of one dataset: one per table, or one saying it was never synced"
+    tail = {"lock": lock, "freshness": fresh, "interrupted": interrupted}
     if m is None:
-        return [
-            {"dataset": ds, "table": None, "partitions": 0, "rows": 0, "bytes": 0, "older_versions_bytes": 0,
-             "version": None, "last_sync": None, "kind": None, "source_updated": None, "lock": lock,
-             "freshness": "never synced"}
-        ]
+        return [{"dataset": ds, "table": None, "partitions": 0, "rows": 0, "bytes": 0,
+                 "older_versions_bytes": 0, "version": None, "last_sync": None, "kind": None,
+                 "source_updated": None, "first_date": None, "last_date": None, **tail,
+                 "freshness": "never synced"}]
     synced = m.last_sync_at.isoformat(timespec="seconds") if m.last_sync_at else None
-    return [
-        {"dataset": ds, "table": tname, "partitions": len(t.partitions), "rows": t.rows, "bytes": t.bytes,
-         "older_versions_bytes": (sizes or {}).get(tname, (0, 0))[1], "version": m.version,
-         "last_sync": synced, "kind": m.last_sync_kind, "source_updated": t.source_last_updated, "lock": lock,
-         "freshness": fresh}
-        for tname, t in sorted(m.tables.items())
-    ]
+    return [{"dataset": ds, "table": tname, "partitions": len(t.partitions), "rows": t.rows, "bytes": t.bytes,
+             "older_versions_bytes": (sizes or {}).get(tname, (0, 0))[1], "version": m.version,
+             "last_sync": synced, "kind": m.last_sync_kind, "source_updated": t.source_last_updated,
+             "first_date": date_range(t)[0], "last_date": date_range(t)[1], **tail}
+            for tname, t in sorted(m.tables.items())]
 
 # %% ../nbs/09d_status.ipynb #310ca170
 def checked_view(m:SyncManifest|None,  # the current version
@@ -96,18 +116,18 @@ def status_rows(layout:DataLayout,         # the data dir
     "One row per dataset table: what is published, when it was synced, the lock and freshness"
     now, mm, rows = now or datetime.now(NY), ManifestManager(layout), []
     for ds in sorted(set(registry.names()) | set(synced_datasets(layout))):
-        lock = lock_state(layout, ds)
-        try: m = checked_view(mm.load(ds), load_checkpoint(layout, ds)) if layout.root.is_dir() else None
+        lock, cp = lock_state(layout, ds), None
+        try:
+            cp = load_checkpoint(layout, ds) if layout.root.is_dir() else None
+            m = checked_view(mm.load(ds), cp) if layout.root.is_dir() else None
         except WrdsSyncError:  # a damaged dataset is shown as damaged; the others are still listed
-            rows += [
-                {**dataset_rows(ds, None, lock, "")[0],
-                 "freshness": f"damaged: run wrds-sync repair --dataset {ds}"}
-            ]
+            rows += [{**dataset_rows(ds, None, lock, "")[0],
+                      "freshness": f"damaged: run wrds-sync repair --dataset {ds}"}]
             continue
-        fresh = (
-            freshness(registry.get(ds) if ds in registry.names() else None, m, now) if m is not None else ""
-        )
-        rows += dataset_rows(ds, m, lock, fresh, storage_bytes(mm, ds) if m is not None else None)
+        spec = registry.get(ds) if ds in registry.names() else None
+        fresh = freshness(spec, m, now) if m is not None else ""
+        rows += dataset_rows(ds, m, lock, fresh, storage_bytes(mm, ds) if m is not None else None,
+                             interrupted_run(ds, cp, lock))
     return rows
 
 # %% ../nbs/09d_status.ipynb #4e9d4254
