@@ -141,3 +141,59 @@ def test_the_demo_served_as_wrds_to_a_second_process(tmp_path):
         server.wait(timeout=60)
     r = subprocess.run([wrds_sync, "--data-dir", str(demo_dir), "demo", "--env"], capture_output=True, text=True)
     assert r.returncode == 1 and "demo --serve" in r.stderr   # stopped with its server
+
+
+def test_a_read_only_data_dir_is_one_line_naming_the_path_the_cause_and_the_fix(env, tmp_path):
+    import os
+    import subprocess
+    data, mnt = tmp_path / "d", tmp_path / "ro"
+    assert script(data, "full-sync", *FF).returncode == 0
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root (CI runs as root)")
+    mnt.mkdir()
+    if subprocess.run(["mount", "--bind", str(data), str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here")
+    try:
+        r = subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot remount read-only here: {r.stderr.strip()}")
+        r = script(mnt, "incremental", "--dataset", "fama_french")
+        assert r.returncode == 1 and "unexpected" not in r.stderr, r.stderr
+        line = r.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"error: cannot use {mnt}/") and "the filesystem is read-only" in line, line
+        assert "Fix: use a data dir on a writable filesystem" in line
+        assert script(mnt, "status").returncode == 0   # reading needs no write
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_status_shows_dates_and_a_failed_run_with_the_command_that_resumes_it(env, tmp_path):
+    data = tmp_path / "d"
+    assert script(data, "full-sync", *FF).returncode == 0
+    r = script(data, "status", "--dataset", "ff.factors_monthly")
+    assert r.returncode == 0 and "fama_french/monthly v1" in r.stdout and "fama_french/daily" not in r.stdout
+    assert "2021-01-29 to 2025-12-31, 5 partition(s)" in r.stdout, r.stdout   # month ends of the demo
+    # a key that is not unique at the source: the run ends with its partitions failed, its checkpoint kept
+    assert script(data, "add", "comp.secd", "--name", "secd_dup", "--key", "gvkey").returncode == 0
+    failed = script(data, "full-sync", "--dataset", "secd_dup", "--start-year", "2024", "--end-year", "2025")
+    assert failed.returncode == 1 and "duplicate rows on key (gvkey)" in failed.stderr, failed.stderr
+    r = script(data, "status", "--dataset", "secd_dup")
+    assert "secd_dup: never synced" in r.stdout
+    assert "a full sync failed at " in r.stdout and "0 partition(s) checkpointed" in r.stdout, r.stdout
+    assert "resume with `wrds-sync full-sync --dataset secd_dup --start-year 2024 --end-year 2025`" in r.stdout
+    rows = json.loads(script(data, "status", "--json", "--dataset", "secd_dup").stdout)["tables"]
+    assert rows[0]["interrupted"].startswith("a full sync failed")
+
+
+def test_history_and_diff_take_wrds_names_and_give_dataframes(env, tmp_path):
+    import wrds_sync_nb as w
+    data = tmp_path / "d"
+    assert script(data, "full-sync", *FF).returncode == 0
+    r = script(data, "history", "--dataset", "ff.factors_daily")
+    assert r.returncode == 0 and "daily: added 2021-2025" in r.stdout and "monthly" not in r.stdout, r.stdout
+    h = w.history("ff.factors_daily", data_dir=data)
+    assert h["table"].to_list() == ["daily"] and h["added"].to_list() == [["2021", "2022", "2023", "2024", "2025"]]
+    d = w.diff("fama_french", 1, 1, data_dir=data)
+    assert d.height == 0 and d.columns[:3] == ["table", "partition", "status"]
+    with pytest.raises(Exception, match="fama_french has no version 7"):
+        w.diff("fama_french", 1, 7, data_dir=data)

@@ -248,3 +248,13 @@ def test_the_ccm_merge_of_the_demo_is_one_permno_per_firm_year(env, demo, tmp_pa
         pl.scan_parquet(data / "wrds/crsp/ccm_link/all.parquet"), on="gvkey").collect()
     links = pl.read_parquet(data / "wrds/crsp/ccm_link/all.parquet")
     assert links.group_by("gvkey").len()["len"].max() > 1 and naive.height > be.height  # the awkward cases are there
+
+
+def test_every_front_door_name_stays_the_apis_after_all_modules_load():
+    import importlib
+    import pkgutil
+    import wrds_sync_nb as w
+    for m in pkgutil.iter_modules(w.__path__):   # sync, status, history... share names with the API's functions
+        if m.name != "__main__": importlib.import_module(f"wrds_sync_nb.{m.name}")
+    for name in w.__all__:
+        assert callable(getattr(w, name)) and getattr(w, name).__module__ != f"wrds_sync_nb.{name}", name

@@ -218,7 +218,7 @@ def verify(dataset:str|None=None,         # one dataset (default: every synced o
         for ds in ([dataset] if dataset else synced_datasets(layout))
     }
 
-# %% ../nbs/10b_api.ipynb #40f1986c
+# %% ../nbs/10b_api.ipynb #04b7a598
 def history(dataset:str,                  # a dataset, or a WRDS table one mirrors (`crsp.msf_v2`)
             table:str|None=None,          # only versions that changed this table
             every:bool=False,             # also versions that changed no data
@@ -234,7 +234,7 @@ def history(dataset:str,                  # a dataset, or a WRDS table one mirro
         out += [{**head, **ch} for ch in r["changes"]] or [head]
     return pl.from_dicts(out, infer_schema_length=None)
 
-# %% ../nbs/10b_api.ipynb #9a165670
+# %% ../nbs/10b_api.ipynb #17ae0c9b
 def diff(dataset:str,                 # a dataset, or a WRDS table one mirrors
          a:int,                       # the older version
          b:int,                       # the newer version

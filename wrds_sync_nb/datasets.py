@@ -440,7 +440,7 @@ def normal_source(source:str) -> str:
     `optionm.opprcd{year}`)"""
     return re.sub(r"[^{}]+(?=\{|$)|(?<=\})[^{}]+", lambda m: m[0].lower(), source.strip())
 
-# %% ../nbs/02c_datasets.ipynb #6eea1ac5
+# %% ../nbs/02c_datasets.ipynb #b245032d
 def named_read(reg:DatasetRegistry,  # the datasets known
                name:str              # ours, or a WRDS table's name such as `crsp.msf_v2`
               ) -> tuple[str, str | None]:

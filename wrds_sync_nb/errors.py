@@ -199,7 +199,7 @@ def did_you_mean(name:str,            # what was typed
     rest = f" Else {otherwise}" if otherwise else " (the others are listed above)"
     return f"did you mean {close[0]!r}?{rest}"
 
-# %% ../nbs/00_errors.ipynb #6914cf3d
+# %% ../nbs/00_errors.ipynb #03f7b936
 _OS_FIXES = {
     errno.EROFS: ("the filesystem is read-only",
                   "use a data dir on a writable filesystem (--data-dir or WRDS_SYNC_DATA_DIR), or remount "

@@ -53,14 +53,14 @@ def lock_state(layout:DataLayout,  # the data dir
     lock = AtomicFileLock(layout.locks_dir, ds).status() if layout.locks_dir.exists() else None
     return "free" if lock is None or not lock.held else (f"stale ({lock.reason})" if lock.stale else "held")
 
-# %% ../nbs/09d_status.ipynb #875981a4
+# %% ../nbs/09d_status.ipynb #8025e579
 def date_range(t:TableEntry) -> tuple[str | None, str | None]:
     "The first and last date the table holds, from its partitions' source fingerprints (None: not known)"
     fps = [e.source for e in t.partitions.values() if e.source is not None]
     firsts, lasts = [f.min_date for f in fps if f.min_date], [f.max_date for f in fps if f.max_date]
     return (min(firsts) if firsts else None), (max(lasts) if lasts else None)
 
-# %% ../nbs/09d_status.ipynb #049eae8a
+# %% ../nbs/09d_status.ipynb #2b8fd33c
 def interrupted_run(ds:str,             # the dataset
                     cp:Checkpoint|None, # its last run's checkpoint
                     lock:str            # its lock's state: a run holding it is running, not interrupted
@@ -77,7 +77,7 @@ def interrupted_run(ds:str,             # the dataset
 # %% ../nbs/09d_status.ipynb #ddc4a062
 def dataset_rows(
     ds: str,  # the dataset's name
-    m: SyncManifest | None,  # its manifest (None: never synced)
+    m: SyncManifest | None,  # its manifest (None, or no table yet: never synced)
     lock: str,  # free, held or stale
     fresh: str,  # fresh, late or no schedule
     sizes: dict[str, tuple[int, int]] | None = None,  # per table: current bytes, bytes of older versions kept
@@ -85,7 +85,7 @@ def dataset_rows(
 ) -> list[dict[str, Any]]:
     "The status rows of one dataset: one per table, or one saying it was never synced"
     tail = {"lock": lock, "freshness": fresh, "interrupted": interrupted}
-    if m is None:
+    if m is None or not m.tables:
         return [{"dataset": ds, "table": None, "partitions": 0, "rows": 0, "bytes": 0,
                  "older_versions_bytes": 0, "version": None, "last_sync": None, "kind": None,
                  "source_updated": None, "first_date": None, "last_date": None, **tail,
