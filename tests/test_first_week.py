@@ -197,3 +197,17 @@ def test_history_and_diff_take_wrds_names_and_give_dataframes(env, tmp_path):
     assert d.height == 0 and d.columns[:3] == ["table", "partition", "status"]
     with pytest.raises(Exception, match="fama_french has no version 7"):
         w.diff("fama_french", 1, 7, data_dir=data)
+
+
+def test_commands_that_read_no_data_load_no_dataframe_library(env, tmp_path):
+    import subprocess
+    import sys
+    data = tmp_path / "d"
+    assert script(data, "full-sync", *FF).returncode == 0
+    code = ("import sys; from wrds_sync_nb.cli import main\n"
+            "try: main(sys.argv[1:])\nexcept SystemExit: pass\n"
+            "print('loaded:', [m for m in ('polars', 'pyarrow', 'duckdb', 'pandas') if m in sys.modules])")
+    for args in (["--help"], ["status"], ["lock-status"], ["status", "--dataset", "ff.factors_daily"]):
+        r = subprocess.run([sys.executable, "-c", code, "--data-dir", str(data), *args], capture_output=True,
+                           text=True)
+        assert r.stdout.strip().splitlines()[-1] == "loaded: []", (args, r.stdout[-300:], r.stderr[-300:])

@@ -253,6 +253,7 @@ def test_the_ccm_merge_of_the_demo_is_one_permno_per_firm_year(env, demo, tmp_pa
 def test_every_front_door_name_stays_the_apis_after_all_modules_load():
     import importlib
     import pkgutil
+
     import wrds_sync_nb as w
     for m in pkgutil.iter_modules(w.__path__):   # sync, status, history... share names with the API's functions
         if m.name != "__main__": importlib.import_module(f"wrds_sync_nb.{m.name}")

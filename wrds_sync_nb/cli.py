@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 from rich import box
 from rich.console import Console
@@ -37,31 +37,26 @@ __all__ = ['app', 'Dataset', 'MaybeDataset', 'AsJson', 'out', 'DataDirOpt', 'Dat
 
 # %% ../nbs/10_cli.ipynb #22751237
 from . import __version__, events
-from .catalog import (dataset_copy, description_lines, list_libraries, list_tables,
-                                  source_description, table_definition)
-from .client import WRDSClient
 from .config import load_config
-from .datasets import (DatasetRegistry, DatasetSpec, field_rows, named_read, partitioning,
-                                   store_dataset,
-                                   normal_source, stored_datasets)
+from .datasets import (DatasetRegistry, DatasetSpec, field_rows, named_read, normal_source,
+                                   partitioning, store_dataset, stored_datasets)
 from .errors import (ConfigError, CredentialsError, UnknownDatasetError, WRDSConnectionError,
                                  WrdsSyncError, os_error)
 from .layout import DataLayout, claim_data_dir, data_dir_kind, validate_name
 from .locking import AtomicFileLock, LockStatus
-from .login import login as store_login
 from .manifest import ManifestManager, SyncManifest
 from .periods import fold_keys
 from .progress import showing_progress
 from .reader import synced_datasets
 from .status import status_rows as table_status, summary_line
 from .datadir import locked
-from .integrity import check_integrity, repair_manifest
 from .plan import Asked, PlanItem
 from .storage import estimate_bytes
-from .queries import readable_tables
-from .sync import SyncManager, plan_dataset
 from .versions import migrate_data_dir, migrate_dataset
 from .history import diff_versions, history_rows, vacuum as vacuum_dataset
+if TYPE_CHECKING:   # imported where used: `--help`, `status` and `lock-status` never load polars or pyarrow
+    from wrds_sync_nb.client import WRDSClient
+    from wrds_sync_nb.sync import SyncManager
 
 # %% ../nbs/10_cli.ipynb #faef7eda
 @dataclass
@@ -180,12 +175,14 @@ def handled(fn:F) -> F:
 # %% ../nbs/10_cli.ipynb #b591053f
 def _client() -> WRDSClient:
     "A client for the configured WRDS (environment, pgpass, keyring)"
+    from wrds_sync_nb.client import WRDSClient
     return WRDSClient(load_config())
 
 # %% ../nbs/10_cli.ipynb #83feecf1
 def _manager(st: State, with_client: bool = True, registry: DatasetRegistry | None = None,
              client: WRDSClient | None = None) -> SyncManager:
     "A SyncManager for the command; SLOs can be tightened with WRDS_SYNC_FULL_SLO_SECONDS / _INCREMENTAL_"
+    from wrds_sync_nb.sync import SyncManager
     sm = SyncManager(client or (_client() if with_client else None), st.layout, registry or st.registry(),
                      writer_id=f"wrds-sync:{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}",
                      lock_timeout_seconds=st.lock_timeout)
@@ -252,6 +249,7 @@ def full_sync(ctx:typer.Context, dataset:Dataset, start_year:StartYear=None, end
               yes:Yes=False) -> None:
     """Download the tables of a dataset for a range of years; a table already synced fetches only what changed
     at the source (`--force`: everything again). Resumes an interrupted run."""
+    from wrds_sync_nb.sync import plan_dataset
     st = _state(ctx)
     reg = st.registry()
     name, picked = dataset_named(reg, dataset)   # a dataset, or a WRDS table one mirrors: `comp.funda`
@@ -282,6 +280,7 @@ def confirm_size(sm:SyncManager,           # the manager (connected, the lock he
                  tables:list[str]|None     # its tables (None: all)
                 ) -> None:
     "Estimate a full sync of the tables not synced yet; on a terminal, ask before a big one"
+    from wrds_sync_nb.sync import plan_dataset
     m = sm.manifests.load(dataset)
     fresh = [t.name for t in sm.registry.get(dataset).tables
              if (not tables or t.name in tables) and (m is None or t.name not in m.tables)]
@@ -327,6 +326,7 @@ MassDelete = Annotated[bool, typer.Option("--allow-mass-delete",
 def incremental(ctx:typer.Context, dataset:MaybeDataset=None, all_:AllDatasets=False, dry_run:DryRun=False,
                 as_json:PlanJson=False, allow_mass_delete:MassDelete=False, deep:Deep=False) -> None:
     "Fetch only what changed at the source since the last sync (`--all`: every synced or added dataset)."
+    from wrds_sync_nb.sync import plan_dataset
     st = _state(ctx)
     if all_ == (dataset is not None):
         raise ConfigError("give --dataset NAME or --all", "pass exactly one of --dataset NAME or --all")
@@ -503,6 +503,7 @@ def verify_one(sm:SyncManager,           # the manager (no client needed)
                current_only:bool=False   # only the current version
               ) -> list[str]:
     "The problems of one dataset; a damaged manifest is one of them, not the end of the run"
+    from wrds_sync_nb.integrity import check_integrity
     try: return check_integrity(sm, name, current_only)
     except WrdsSyncError as e: return [f"{e.what} (fix: {e.fix})"]
 
@@ -517,6 +518,7 @@ def verify(ctx:typer.Context, dataset:MaybeDataset=None, all_:VerifyAll=False, c
            as_json:AsJson=False) -> None:
     """Check every file of every kept version against its manifest (size, SHA-256, rows, schema); no WRDS
     connection needed."""
+    from wrds_sync_nb.integrity import check_integrity
     st = _state(ctx)
     reg = st.registry()
     names, named = verify_names(st.layout, reg, dataset, all_)
@@ -537,6 +539,7 @@ def verify(ctx:typer.Context, dataset:MaybeDataset=None, all_:VerifyAll=False, c
 def repair(ctx:typer.Context, dataset:Dataset) -> None:
     """Restore a damaged manifest from the newest intact version kept; says what it did. No WRDS connection
     needed."""
+    from wrds_sync_nb.integrity import repair_manifest
     st = _state(ctx)
     out.print(repair_manifest(_manager(st, with_client=False), validate_name(dataset)))
 
@@ -605,6 +608,7 @@ def diff(ctx:typer.Context, dataset:Dataset,
          as_json:AsJson = False) -> None:
     """Which partitions changed between two versions and, per partition, how many keys were added, removed,
     changed."""
+    from wrds_sync_nb.sync import SyncManager
     st = _state(ctx)
     ds, picked = named_read(st.registry(), dataset)
     rows = diff_versions(SyncManager(None, synced_layout(st), st.registry()), ds, from_, to, table or picked)
@@ -760,6 +764,7 @@ def table_rows(reg:DatasetRegistry) -> list[dict[str, Any]]:
 @handled
 def datasets_cmd(ctx:typer.Context, check:Check=False, fields:Fields=False) -> None:
     "The built-in, added and configured datasets, their tables and WRDS sources."
+    from wrds_sync_nb.queries import readable_tables
     if fields:
         out.print(_table("fields of [datasets.NAME] and [[datasets.NAME.tables]]", field_rows(),
                          ["in", "field", "default", "meaning"]))
@@ -777,6 +782,7 @@ def datasets_cmd(ctx:typer.Context, check:Check=False, fields:Fields=False) -> N
 @handled
 def libraries(ctx: typer.Context, as_json: AsJson = False) -> None:
     "The WRDS libraries (schemas) this account can use."
+    from wrds_sync_nb.catalog import list_libraries
     with _client() as client: names = list_libraries(client)
     typer.echo(json.dumps(names) if as_json else "\n".join(names))
 
@@ -786,6 +792,7 @@ def libraries(ctx: typer.Context, as_json: AsJson = False) -> None:
 def tables(ctx:typer.Context, library:Annotated[str, typer.Argument(help="a WRDS library, e.g. crsp")],
            as_json:AsJson = False) -> None:
     "The tables and views of a WRDS library."
+    from wrds_sync_nb.catalog import list_tables
     with _client() as client: names = list_tables(client, library.lower())
     typer.echo(json.dumps(names) if as_json else "\n".join(names))
 
@@ -802,6 +809,7 @@ def describe(
     as_json: AsJson = False,
 ) -> None:
     "A WRDS table's columns (name, nullable, type, comment), approximate rows, comment and update marker."
+    from wrds_sync_nb.catalog import description_lines, source_description
     with _client() as client: d, found = source_description(client, source)
     if as_json:
         typer.echo(json.dumps({**d.to_dict(), "tables": [s.name for s in found.values()]}, indent=out.indent))
@@ -852,6 +860,7 @@ def define_added(client:WRDSClient,            # the WRDS client
                  granularity:str|None          # --granularity
                 ) -> tuple[DatasetSpec, list[str]]:
     "The definition `add` stores, and the notes that say what it chose"
+    from wrds_sync_nb.catalog import dataset_copy, table_definition
     if "." in source and name is None and (have := registry.for_source(normal_source(source))) is not None:
         raise ConfigError(
             f"{source} is already table {have[1].name} of dataset {have[0].name}",
@@ -906,6 +915,7 @@ def login(
     ] = False,
 ) -> None:
     "Ask for the WRDS username and password once, check them with one connection, and store them."
+    from wrds_sync_nb.login import login as store_login
     cfg = load_config()
     user = username or typer.prompt("WRDS username", default=cfg.username or getpass.getuser())
     password = (
@@ -1048,6 +1058,8 @@ def run_demo(st:State,  # the command's state (a demo data dir)
              rows:int   # approximate rows of CRSP daily
             ) -> None:
     "Build the demo source, full-sync the demo datasets from it, and verify them (the source stopped after)"
+    from wrds_sync_nb.integrity import check_integrity
+    from wrds_sync_nb.client import WRDSClient
     from wrds_sync_nb.demo import DemoSource
     src = DemoSource(st.layout.root / "demo_source").start()
     try:

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-import duckdb
 from . import events
-from .pgtypes import quote_ident
 from .errors import (DiskSpaceError, LockAcquisitionError, ManifestError, UnknownDatasetError,
                                  did_you_mean)
 from .locking import AtomicFileLock, lock_guard
@@ -102,6 +100,8 @@ def key_diff(old:list[Path],      # the partition's files in the older version (
              keys:list[str]       # the key columns (empty: compare whole rows)
             ) -> dict[str, int]:
     "Rows added, removed and changed between two sets of Parquet files, by key"
+    from wrds_sync_nb.pgtypes import quote_ident
+    import duckdb
     def src(fs:list[Path]) -> str | None:
         return f"read_parquet([{', '.join(repr(str(f)) for f in fs)}], union_by_name = true)" if fs else None
     with duckdb.connect() as con:

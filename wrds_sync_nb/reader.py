@@ -10,8 +10,7 @@ import os, warnings
 from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
-import duckdb
-import polars as pl
+from typing import TYPE_CHECKING
 from . import events
 from .datasets import BUILTIN_DATASETS, DatasetRegistry
 from .errors import ConfigError, ManifestError, UnknownDatasetError, WrdsSyncError
@@ -19,6 +18,9 @@ from .layout import DataLayout, check_no_links, validate_name
 from .manifest import ManifestManager, SyncManifest
 from .periods import SourceTemplate, source_name
 from .versions import entries, entry_file, parse_stamp, select_version, stamp
+if TYPE_CHECKING:
+    import duckdb
+    import polars as pl
 
 # %% auto #0
 __all__ = ['Version', 'MAX_SOURCE_VIEWS', 'BUILTIN_NAMES', 'data_dir_of', 'synced_datasets', 'table_files', 'version_files',
@@ -205,6 +207,7 @@ def connect(data_dir:Path|str|None=None,        # the data dir (default: $WRDS_S
            ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with a view per synced table (also under its WRDS name), over one version per
     dataset"""
+    import duckdb
     layout = data_dir_of(data_dir)
     chosen = choose_versions(layout, datasets, version, as_of)
     con, taken = duckdb.connect(database), dict[str, str]()
@@ -242,6 +245,7 @@ def scan(dataset:str,                          # the dataset's name
          version:int|str|None=None             # a version number or citation stamp
         ) -> pl.LazyFrame:
     "A polars LazyFrame over one table's files in one manifest version (union by name); WRDS names work too"
+    import polars as pl
     layout = data_dir_of(data_dir)
     dataset, table = wrds_table(layout, dataset, table) or (dataset, table)
     (m, current), = choose_versions(layout, [dataset], version, as_of).values()
@@ -297,6 +301,7 @@ def cite(
     version: Version = None,  # a version number (one dataset) or citation stamp(s)
 ) -> str:
     "The citation text of exactly the data read: one stamp per dataset, with its date and source markers"
+    import duckdb
     if isinstance(source, duckdb.DuckDBPyConnection):   # what that connection reads, from its own data dir
         rows = source.execute("select stamp, data_dir from wrds_sync_versions order by dataset").fetchall()
         version, source, data_dir = [r[0] for r in rows], None, data_dir or (rows[0][1] if rows else None)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib, json
 from datetime import datetime
 from pathlib import Path
-import polars as pl
-import pyarrow as pa
+from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticValidationError
 from .errors import ManifestError
 from .layout import DataLayout, atomic_write_bytes
 from .manifest import utcnow
+if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
 
 # %% auto #0
 __all__ = ['Column', 'DatasetSchema', 'SchemaDrift', 'SchemaVersion', 'read_history', 'SchemaRegistry']
@@ -40,6 +42,7 @@ class DatasetSchema(BaseModel):
         return cls.from_polars(df.collect_schema())
     @classmethod
     def from_arrow(cls, schema:pa.Schema) -> DatasetSchema:
+        import polars as pl
         return cls.from_dataframe(pl.from_arrow(schema.empty_table()))  # type: ignore[arg-type]
 
     @property

@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import Any, TYPE_CHECKING
 from . import events
 from .errors import ConfigError, DiskSpaceError
 from .layout import (DataLayout, atomic_write_bytes, check_no_links, create_exclusive, fsync_dir,
                                  new_quarantine_path, publish_file, temp_path_for)
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # %% auto #0
 __all__ = ['ROW_GROUP_ROWS', 'ZSTD_LEVEL', 'QUARANTINE_DAYS', 'WARN_PCT', 'CRITICAL_PCT', 'BLOCKED_PCT', 'HashingFile',
@@ -106,6 +106,7 @@ def rebatch(batches:Iterable[pa.RecordBatch],  # record batches of any sizes
             rows:int                           # the size of every table but the last
            ) -> Iterator[pa.Table]:
     "The same rows as tables of exactly `rows` (the last may be shorter), sharing the batches' memory"
+    import pyarrow as pa
     buf: list[pa.RecordBatch] = []
     held = 0
     for b in batches:
@@ -132,6 +133,7 @@ def write_parquet_stream(
     on_batch: Callable[[pa.Table], None] | None = None,  # sees every row group (validation)
 ) -> WrittenFile:
     "Stream `batches` into a zstd Parquet file at `path`, fsync it, and return its rows, size and SHA-256"
+    import pyarrow as pa, pyarrow.parquet as pq
     path.parent.mkdir(parents=True, exist_ok=True)
     sink = HashingFile(path)
     rows = 0
@@ -160,6 +162,7 @@ def spill(path:Path,                           # the spill file to create (must 
           schema:pa.Schema                     # their schema
          ) -> int:
     "Write `batches` to an LZ4 Arrow IPC file (a temporary, never published); returns the rows"
+    import pyarrow as pa
     rows = 0
     try: fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
     except OSError as e:   # a name already taken is not ours to remove
@@ -184,6 +187,7 @@ def spill(path:Path,                           # the spill file to create (must 
 # %% ../nbs/07_storage.ipynb #49167a8c
 def unspill(path:Path) -> Iterator[pa.RecordBatch]:
     "The batches of a spill file, in order"
+    import pyarrow as pa
     with pa.OSFile(str(path), "rb") as f: yield from pa.ipc.open_stream(f)
 
 # %% ../nbs/07_storage.ipynb #f34a3e2e
