@@ -211,3 +211,23 @@ def test_commands_that_read_no_data_load_no_dataframe_library(env, tmp_path):
         r = subprocess.run([sys.executable, "-c", code, "--data-dir", str(data), *args], capture_output=True,
                            text=True)
         assert r.stdout.strip().splitlines()[-1] == "loaded: []", (args, r.stdout[-300:], r.stderr[-300:])
+
+
+def test_a_big_partitions_progress_moves_by_rows_before_it_completes(env, tmp_path):
+    import io
+
+    from wrds_sync_nb import events
+    from wrds_sync_nb.client import WRDSClient
+    from wrds_sync_nb.config import load_config
+    from wrds_sync_nb.progress import TerminalDisplay
+    from wrds_sync_nb.sync import SyncManager
+    seen, screen = [], io.StringIO()
+    display = TerminalDisplay(screen)
+    with WRDSClient(load_config()) as client, events.listening(seen.append), events.listening(display):
+        SyncManager(client, tmp_path / "d", batch_rows=200).full_sync("crsp", 2024, 2024, tables=["daily"])
+    display.close()
+    moves = [e["rows"] for e in seen if e["event"] == events.PARTITION_PROGRESS and e["partition"] == "2024"]
+    done = next(e for e in seen if e["event"] == events.PARTITION_COMPLETED and e["partition"] == "2024")
+    assert len(moves) > 2 and moves == sorted(moves) and moves[-1] == done["rows"], moves
+    assert seen.index(done) > max(i for i, e in enumerate(seen) if e["event"] == events.PARTITION_PROGRESS)
+    assert f"{done['rows']:,} rows" in screen.getvalue()

@@ -19,15 +19,15 @@ from urllib.parse import quote
 __all__ = ['DISK_WARNING', 'DISK_CRITICAL', 'DISK_BLOCKED', 'LOCK_STALE', 'CHECKSUM_MISMATCH', 'BACKUP_FAILED',
            'CREDENTIAL_EXPIRING', 'MANIFEST_MISMATCH', 'DURATION_SLO_BREACH', 'DATA_LATE', 'MASS_REMOVAL', 'ALERTS',
            'SYNC_STARTED', 'SYNC_COMPLETED', 'SYNC_FAILED', 'TABLE_STARTED', 'TABLE_UNCHANGED', 'TABLE_COMPLETED',
-           'PARTITION_STARTED', 'PARTITION_COMPLETED', 'PARTITION_SKIPPED', 'PARTITION_FAILED', 'PARTITION_REMOVED',
-           'PARTITION_QUARANTINED', 'SCHEMA_NEW_COLUMNS', 'SCHEMA_BREAKING', 'QUARANTINE_CLEANED', 'LOCK_ACQUIRED',
-           'LOCK_RELEASED', 'LOCK_RECOVERED', 'LOCK_FORCED', 'QUERY_RETRY', 'QUERY_TIMEOUT', 'CONNECTED',
-           'CONNECTIONS_LIMITED', 'CREDENTIALS_FILE_MODE', 'CREDENTIALS_WEAK', 'VERIFY_COMPLETED', 'BACKUP_COMPLETED',
-           'RESTORE_COMPLETED', 'DATA_DIR_MIGRATED', 'VERSION_COMMITTED', 'VERSION_UNCHANGED', 'COMMAND_OUTPUT',
-           'COMMAND_FAILED', 'SYNC_ESTIMATE', 'VACUUM_COMPLETED', 'RATE_LIMIT_WAIT', 'LOCK_WAIT', 'DATASET_ADDED',
-           'REDACTED', 'MIN_SECRET_CHARS', 'logger', 'SENTENCES', 'Alert', 'alerts_markdown', 'register_secret',
-           'redact', 'emit', 'listening', 'capture_events', 'JsonEventFormatter', 'TextEventFormatter',
-           'EventStreamHandler', 'configure_logging', 'sentence']
+           'PARTITION_STARTED', 'PARTITION_COMPLETED', 'PARTITION_PROGRESS', 'PARTITION_SKIPPED', 'PARTITION_FAILED',
+           'PARTITION_REMOVED', 'PARTITION_QUARANTINED', 'SCHEMA_NEW_COLUMNS', 'SCHEMA_BREAKING', 'QUARANTINE_CLEANED',
+           'LOCK_ACQUIRED', 'LOCK_RELEASED', 'LOCK_RECOVERED', 'LOCK_FORCED', 'QUERY_RETRY', 'QUERY_TIMEOUT',
+           'CONNECTED', 'CONNECTIONS_LIMITED', 'CREDENTIALS_FILE_MODE', 'CREDENTIALS_WEAK', 'VERIFY_COMPLETED',
+           'BACKUP_COMPLETED', 'RESTORE_COMPLETED', 'DATA_DIR_MIGRATED', 'VERSION_COMMITTED', 'VERSION_UNCHANGED',
+           'COMMAND_OUTPUT', 'COMMAND_FAILED', 'SYNC_ESTIMATE', 'VACUUM_COMPLETED', 'RATE_LIMIT_WAIT', 'LOCK_WAIT',
+           'DATASET_ADDED', 'REDACTED', 'MIN_SECRET_CHARS', 'logger', 'SENTENCES', 'Alert', 'alerts_markdown',
+           'register_secret', 'redact', 'emit', 'listening', 'capture_events', 'JsonEventFormatter',
+           'TextEventFormatter', 'EventStreamHandler', 'configure_logging', 'sentence']
 
 # %% ../nbs/01_events.ipynb #01f2707e
 @dataclass(frozen=True)
@@ -111,6 +111,7 @@ TABLE_UNCHANGED = "sync.table.unchanged"
 TABLE_COMPLETED = "sync.table.completed"
 PARTITION_STARTED = "sync.partition.started"
 PARTITION_COMPLETED = "sync.partition.completed"
+PARTITION_PROGRESS = "sync.partition.progress"   # rows streamed so far (debug: for the displays)
 PARTITION_SKIPPED = "sync.partition.skipped"
 PARTITION_FAILED = "sync.partition.failed"
 PARTITION_REMOVED = "sync.partition.removed"

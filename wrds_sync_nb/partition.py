@@ -35,8 +35,8 @@ from .validation import PartitionRules, StreamValidator
 
 # %% auto #0
 __all__ = ['SPLIT_MIN_ROWS', 'RunContext', 'is_intact', 'holds_partition', 'table_entry', 'partition_batches', 'range_batches',
-           'Staged', 'stage', 'key_fix', 'validate', 'journal', 'publish_partition', 'include', 'checkpoint_partition',
-           'commit_partition', 'sync_partition']
+           'Staged', 'counted', 'stage', 'key_fix', 'validate', 'journal', 'publish_partition', 'include',
+           'checkpoint_partition', 'commit_partition', 'sync_partition']
 
 # %% ../nbs/08d_partition.ipynb #3200e76a
 @dataclass
@@ -146,6 +146,21 @@ class Staged:
     written: WrittenFile
     check: StreamValidator
 
+# %% ../nbs/08d_partition.ipynb #92d2efc4
+def counted(check:StreamValidator,  # the partition's validator, which sees every row group
+            dataset:str,            # the dataset
+            table:str,              # the table
+            key:str                 # the partition
+           ) -> Callable[[pa.Table], None]:
+    "`check.update`, saying as it goes how many rows have streamed (so a big partition's progress moves)"
+    seen = [0]
+    def update(t:pa.Table) -> None:
+        check.update(t)
+        seen[0] += t.num_rows
+        events.emit(events.PARTITION_PROGRESS, level="debug", dataset=dataset, table=table, partition=key,
+                    rows=seen[0])
+    return update
+
 # %% ../nbs/08d_partition.ipynb #2e74a01d
 def stage(ctx:RunContext,            # the run
           tr:TableRun,               # the table being synced
@@ -159,17 +174,15 @@ def stage(ctx:RunContext,            # the run
     ctx.disk.check(estimate_bytes(rows_hint, bytes_per_row))
     events.emit(events.PARTITION_STARTED, level="debug", dataset=ds, table=table.name, partition=key,
                 rows=rows_hint)
-    staged = (
-        ctx.layout.staging_table_dir(ds, table.name)
-        / f"{key}.parquet.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    )
+    name = f"{key}.parquet.{os.getpid()}.{secrets.token_hex(4)}.tmp"   # a temporary name: never a view's
+    staged = ctx.layout.staging_table_dir(ds, table.name) / name
     period = None if key == ALL_PARTITION else key
-    check, schema = (StreamValidator(PartitionRules(table.key_columns, table.partition_column, period)),
-                     tr.schema)
+    check = StreamValidator(PartitionRules(table.key_columns, table.partition_column, period))
     ranges = split_ranges(ctx.client, tr, key, split) if split > 1 and rows_hint >= SPLIT_MIN_ROWS else None
     batches = range_batches(ctx, tr, staged, key, ranges) if ranges else partition_batches(ctx, tr, key, None)
     try:
-        wf = write_parquet_stream(staged, batches, schema, ctx.batch_rows, on_batch=check.update)
+        wf = write_parquet_stream(staged, batches, tr.schema, ctx.batch_rows,
+                                  on_batch=counted(check, ds, table.name, key))
     except DiskSpaceError:
         with ctx.lock:
             if staged.exists():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os, sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 from rich.filesize import decimal as human_bytes
 from . import events
@@ -21,18 +21,22 @@ __all__ = ['WAITS', 'DONE', 'DisplayKind', 'Tally', 'table_key', 'Display', 'Pla
 # %% ../nbs/08h_progress.ipynb #f96564d0
 @dataclass
 class Tally:
-    "One table's progress: partitions done of total, rows and bytes written"
+    "One table's progress: partitions done of total, rows and bytes written, rows of partitions streaming"
     total: int = 0
     done: int = 0
     rows: int = 0
     bytes: int = 0
     unchanged: int = 0
+    streaming: dict[str, int] = field(default_factory=dict)   # partition -> rows so far
 
     def add(self, e:dict[str, Any]) -> None:
         "Count a completed, skipped or failed partition"
         self.done += 1
         self.rows += int(e.get("rows") or 0)
         self.bytes += int(e.get("bytes") or 0)
+        self.streaming.pop(str(e.get("partition")), None)
+    @property
+    def rows_seen(self) -> int: return self.rows + sum(self.streaming.values())   # written and in flight
 
 # %% ../nbs/08h_progress.ipynb #f382b692
 def table_key(e:dict[str, Any]) -> str: return f"{e.get('dataset', '')}/{e.get('table', '')}"
@@ -54,6 +58,9 @@ class Display:
         elif ev in DONE and key in self.tallies and e.get("partition") is not None:
             self.tallies[key].add(e)
             self._advance(key, self.tallies[key], e)
+        elif ev == events.PARTITION_PROGRESS and key in self.tallies:
+            self.tallies[key].streaming[str(e.get("partition"))] = int(e.get("rows") or 0)
+            self._streaming(key, self.tallies[key])
         elif ev == events.TABLE_COMPLETED and key in self.tallies: self._finish(key, self.tallies.pop(key))
         elif ev == events.TABLE_UNCHANGED:
             self.say(f"{key}: unchanged at the source (marker {e.get('last_updated')})")
@@ -61,6 +68,7 @@ class Display:
             self.say(events.sentence(e))
     def _start(self, key:str, t:Tally) -> None: ...
     def _advance(self, key:str, t:Tally, e:dict[str, Any]) -> None: ...
+    def _streaming(self, key:str, t:Tally) -> None: ...   # rows of partitions in flight moved
     def _finish(self, key:str, t:Tally) -> None: ...
     def say(self, text:str) -> None: ...
     def close(self) -> None: ...
@@ -111,7 +119,9 @@ class TerminalDisplay(Display):
     def _advance(self, key:str, t:Tally, e:dict[str, Any]) -> None:
         rate = f", {e['rows_per_second']:,} rows/s" if e.get("rows_per_second") else ""
         self.bars.update(self.tasks[key], completed=t.done,
-                         info=f"{t.rows:>12,} rows {human_bytes(t.bytes):>9}{rate}")
+                         info=f"{t.rows_seen:>12,} rows {human_bytes(t.bytes):>9}{rate}")
+    def _streaming(self, key:str, t:Tally) -> None:
+        self.bars.update(self.tasks[key], info=f"{t.rows_seen:>12,} rows {human_bytes(t.bytes):>9}")
     def _finish(self, key:str, t:Tally) -> None: self.bars.update(self.tasks[key], completed=t.total)
     def say(self, text:str) -> None: self.bars.console.print(text, highlight=False, markup=False)
     def close(self) -> None: self.bars.stop()
@@ -127,8 +137,10 @@ class NotebookDisplay(Display):
         from tqdm.auto import tqdm
         self.bars[key] = tqdm(total=t.total, desc=key, unit="partition")
     def _advance(self, key:str, t:Tally, e:dict[str, Any]) -> None:
-        self.bars[key].set_postfix_str(f"{t.rows:,} rows, {human_bytes(t.bytes)}", refresh=False)
+        self.bars[key].set_postfix_str(f"{t.rows_seen:,} rows, {human_bytes(t.bytes)}", refresh=False)
         self.bars[key].update(t.done - self.bars[key].n)
+    def _streaming(self, key:str, t:Tally) -> None:
+        self.bars[key].set_postfix_str(f"{t.rows_seen:,} rows, {human_bytes(t.bytes)}")
     def _finish(self, key:str, t:Tally) -> None: self.bars.pop(key).close()
     def say(self, text:str) -> None: print(text, flush=True)
     def close(self) -> None:
