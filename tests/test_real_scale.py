@@ -199,3 +199,25 @@ def test_dry_runs_give_partitions_rows_and_bytes_before_a_big_pull(env, tmp_path
     assert script(tmp_path, "full-sync", *FF).returncode == 0
     r = script(tmp_path, "full-sync", *FF, "--dry-run")
     assert "daily: keep 5 (source marker unchanged" in r.stdout, r.stdout   # the evidence it rests on
+
+
+def test_status_and_connect_read_the_current_version_only_whatever_the_number_of_versions(env, tmp_path,
+                                                                                          monkeypatch):
+    from wrds_sync_nb import manifest, reader
+    from wrds_sync_nb.datasets import DatasetRegistry
+    from wrds_sync_nb.status import status_rows
+    data = tmp_path / "d"
+    assert script(data, "full-sync", *FF).returncode == 0
+    mm = ManifestManager(DataLayout(data))
+    m = mm.load("fama_french")
+    for _ in range(60):   # 61 versions in the history
+        m = mm.save(m)
+    parsed: list[str] = []
+    real = manifest.parse_manifest
+    monkeypatch.setattr(manifest, "parse_manifest", lambda ds, data, where: parsed.append(where) or real(ds, data, where))
+    rows = status_rows(DataLayout(data), DatasetRegistry.load())
+    assert {r["version"] for r in rows if r["dataset"] == "fama_french"} == {61}
+    assert len(parsed) <= 3, parsed   # the pointer and the current version, not the 60 before it
+    parsed.clear()
+    assert reader.connect(data).sql("select count(*) from ff.factors_monthly").fetchone()[0] > 0
+    assert len(parsed) <= 3, parsed

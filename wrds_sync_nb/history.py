@@ -17,7 +17,7 @@ from . import events
 from .errors import (DiskSpaceError, LockAcquisitionError, ManifestError, UnknownDatasetError,
                                  did_you_mean)
 from .locking import AtomicFileLock, lock_guard
-from .layout import validate_name
+from .layout import DataLayout, validate_name
 from .manifest import ManifestManager, PartitionEntry, SyncManifest
 from .checkpoint import load_checkpoint, uncommitted
 from .datadir import DataDir, locked, retention_of
@@ -242,16 +242,16 @@ def vacuum(d:DataDir,                       # the data dir (no client needed)
     return res
 
 # %% ../nbs/09c_history.ipynb #a418b0c5
-def storage_bytes(mm:ManifestManager,  # the data dir's manifests
-                  dataset:str           # the dataset's name
+def storage_bytes(layout:DataLayout,     # the data dir
+                  current:SyncManifest   # the dataset's current version
                  ) -> dict[str, tuple[int, int]]:
-    "Per table: (bytes of the current version's files, bytes of its older version files still on disk)"
-    versions, _ = load_versions(mm, dataset)
-    if not versions: return {}
-    cur = {entry_file(mm.layout, dataset, t, k, e): (t, e.bytes) for t, k, e in entries(versions[-1])}
-    older = {(t, entry_file(mm.layout, dataset, t, k, e)) for m in versions[:-1] for t, k, e in entries(m)}
-    out = {t: (sum(b for tt, b in cur.values() if tt == t), 0) for t in versions[-1].tables}
-    for t, f in older:
-        if f not in cur and f.is_file():
-            out[t] = (out.get(t, (0, 0))[0], out.get(t, (0, 0))[1] + f.stat().st_size)
+    "Per table: (bytes of the current version's files, bytes of its other version files still on disk)"
+    ds = current.dataset
+    cur = {entry_file(layout, ds, t, k, e) for t, k, e in entries(current)}
+    out = {}
+    for t, te in current.tables.items():
+        folder = layout.versions_dir / ds / t
+        others = [f for f in folder.glob("*.parquet") if f not in cur and VERSION_NAME_RE.fullmatch(f.name)
+                  and f.is_file() and not f.is_symlink()] if folder.is_dir() else []
+        out[t] = (te.bytes, sum(f.stat().st_size for f in others))
     return out

@@ -146,7 +146,7 @@ class Staged:
     written: WrittenFile
     check: StreamValidator
 
-# %% ../nbs/08d_partition.ipynb #92d2efc4
+# %% ../nbs/08d_partition.ipynb #6e3d906f
 def counted(check:StreamValidator,  # the partition's validator, which sees every row group
             dataset:str,            # the dataset
             table:str,              # the table

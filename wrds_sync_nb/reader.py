@@ -116,8 +116,9 @@ def choose_versions(layout:DataLayout,                  # the data dir
     mm, out = ManifestManager(layout), {}
     for ds in names:
         try:
-            cur = mm.load(ds)
-            m = select_version(mm, ds, by_stamp.get(ds, version if isinstance(version, int) else None), as_of)
+            cur, wanted = mm.load(ds), by_stamp.get(ds, version if isinstance(version, int) else None)
+            asked = wanted is not None or as_of is not None
+            m = select_version(mm, ds, wanted, as_of) if asked or cur is None else cur
         except ManifestError as e:
             if datasets or by_stamp: raise
             warnings.warn(f"{ds} left out: {e.what}; {e.fix}", stacklevel=3)

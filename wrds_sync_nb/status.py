@@ -126,7 +126,7 @@ def status_rows(layout:DataLayout,         # the data dir
             continue
         spec = registry.get(ds) if ds in registry.names() else None
         fresh = freshness(spec, m, now) if m is not None else ""
-        rows += dataset_rows(ds, m, lock, fresh, storage_bytes(mm, ds) if m is not None else None,
+        rows += dataset_rows(ds, m, lock, fresh, storage_bytes(layout, m) if m is not None else None,
                              interrupted_run(ds, cp, lock))
     return rows
 
