@@ -14,6 +14,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pytest
 from test_cli import script
 
@@ -62,8 +63,8 @@ def test_time_travel_after_a_restatement_and_wrds_names(env, demo, wrds_db, tmp_
     assert float(reader.connect(data, as_of=before).sql(SUM_2024).fetchone()[0]) == pytest.approx(old)
     assert float(reader.connect(data, as_of=before.isoformat()).sql(SUM_2024).fetchone()[0]) == pytest.approx(old)
     assert float(con.sql(SUM_2024).fetchone()[0]) == pytest.approx(old)  # the open connection keeps its version
-    lazy = reader.scan("crsp", "daily", data, as_of=before).filter(reader.pl.col("dlycaldt").dt.year() == 2024)
-    assert float(lazy.select(reader.pl.col("dlyprc").sum()).collect().item()) == pytest.approx(old)
+    lazy = reader.scan("crsp", "daily", data, as_of=before).filter(pl.col("dlycaldt").dt.year() == 2024)
+    assert float(lazy.select(pl.col("dlyprc").sum()).collect().item()) == pytest.approx(old)
     assert new != pytest.approx(old)
 
 
@@ -164,7 +165,8 @@ def test_a_reader_holding_an_old_version_survives_restatements_and_vacuum(env, d
 READ_EVERYTHING = textwrap.dedent("""
     import json, os, pwd, sys
     from datetime import datetime, timezone
-    import polars as pl
+    import duckdb, polars as pl, pyarrow.parquet   # the library imports these where used: here, before the switch
+    import wrds_sync_nb.integrity, wrds_sync_nb.sync   # (the commands' own, likewise: /root is not theirs to read)
     from typer.testing import CliRunner
     from wrds_sync_nb import reader
     from wrds_sync_nb.cli import app
@@ -282,7 +284,7 @@ def test_a_data_dir_of_the_previous_release_upgrades_losing_nothing(env, demo, w
                                           env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True, cwd=tmp_path)
     r = run_old("full")
     assert r.returncode == 0, r.stderr[-2000:]
-    first = float(reader.duckdb.sql(f"select sum(dlyprc) from '{data}/wrds/crsp/daily/2024.parquet'").fetchone()[0])
+    first = float(duckdb.sql(f"select sum(dlyprc) from '{data}/wrds/crsp/daily/2024.parquet'").fetchone()[0])
     restate(demo, wrds_db, 2024, 1.4, 25)
     r = run_old("incremental")
     assert r.returncode == 0, r.stderr
