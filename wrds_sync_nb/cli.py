@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools, getpass, io, json, os, re, signal, socket, sys, threading, traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -67,6 +67,7 @@ class State:
     log_format: str
     verbose: bool
     lock_timeout: float = 30.0
+    closing: ExitStack = field(default_factory=ExitStack)   # run when the command ends (its WRDS sessions)
     @property
     def layout(self) -> DataLayout: return DataLayout(self.data_dir)
     def registry(self) -> DatasetRegistry: return DatasetRegistry.load(self.datasets_file, self.data_dir)
@@ -126,6 +127,7 @@ def options(ctx:typer.Context, data_dir:DataDirOpt=Path("data"), datasets:Datase
     events.configure_logging(log_format, verbose, stream=sys.stderr)
     if log_format == "text" and not verbose: events.logger.setLevel("WARNING")  # quiet cron mail; -v for more
     ctx.obj = State(data_dir, datasets, log_format, verbose, lock_timeout)
+    ctx.call_on_close(ctx.obj.closing.close)
     out.json = log_format == "json"   # every line the command writes is then one JSON object
 
 # %% ../nbs/10_cli.ipynb #3cf058b5
@@ -183,7 +185,10 @@ def _manager(st: State, with_client: bool = True, registry: DatasetRegistry | No
              client: WRDSClient | None = None) -> SyncManager:
     "A SyncManager for the command; SLOs can be tightened with WRDS_SYNC_FULL_SLO_SECONDS / _INCREMENTAL_"
     from wrds_sync_nb.sync import SyncManager
-    sm = SyncManager(client or (_client() if with_client else None), st.layout, registry or st.registry(),
+    if client is None and with_client:   # the command's own: its sessions go back to WRDS when it ends
+        client = _client()
+        st.closing.callback(client.close)
+    sm = SyncManager(client, st.layout, registry or st.registry(),
                      writer_id=f"wrds-sync:{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}",
                      lock_timeout_seconds=st.lock_timeout)
     for kind in ("FULL", "INCREMENTAL"):
