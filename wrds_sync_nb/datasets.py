@@ -23,8 +23,8 @@ from .periods import GRANULARITIES, Granularity, SourceTemplate, source_name
 # %% auto #0
 __all__ = ['IDENT_RE', 'CAST_TYPES', 'MIN_YEAR', 'Ident', 'FilterValue', 'TableName', 'Source', 'CastType', 'DatasetName',
            'RetentionText', 'OPTIONMETRICS', 'TAQ', 'PER_PERIOD_DATASETS', 'CRSP', 'CRSP_LEGACY', 'COMPUSTAT',
-           'FAMA_FRENCH', 'BUILTIN_DATASETS', 'DOCS_URL', 'covered_keys', 'checked_granularity', 'TableSource',
-           'TableSpec', 'Retention', 'parse_retention', 'distinct_tables', 'DatasetSpec', 'checked_years',
+           'FAMA_FRENCH', 'BUILTIN_DATASETS', 'DOCS_URL', 'TableSource', 'TableSpec', 'covered_keys',
+           'checked_granularity', 'Retention', 'parse_retention', 'DatasetSpec', 'distinct_tables', 'checked_years',
            'partitioning', 'datasets_markdown', 'field_rows', 'load_datasets_toml', 'stored_datasets',
            'DatasetRegistry', 'dataset_name_for', 'normal_source', 'named_read', 'local_name', 'parse_filters',
            'typed_filters', 'datasets_toml', 'definitions_locked', 'write_datasets', 'store_dataset',
@@ -63,29 +63,6 @@ def _cast(t:str) -> str:
 TableName = Annotated[str, AfterValidator(lambda v: _safe_name(v, "table"))]
 Source = Annotated[str, AfterValidator(_source)]
 CastType = Annotated[str, AfterValidator(_cast)]
-
-# %% ../nbs/02c_datasets.ipynb #6a201607
-def covered_keys(t:TableSpec) -> TableSpec:
-    "`t` if its column list (if any) includes its key and partition columns"
-    need = [*t.key_columns, *([t.partition_column] if t.partition_column else [])]
-    if t.columns is not None and (missing := [c for c in need if c not in t.columns]):
-        raise ValueError(f"columns must include key/partition columns {missing}")
-    return t
-
-# %% ../nbs/02c_datasets.ipynb #f45e533a
-def checked_granularity(t:TableSpec) -> TableSpec:
-    "`t` if its granularity fits its source and partition column; a ValueError saying which field to set"
-    tp, g = t.template.period, t.granularity
-    if g is None: return t
-    if tp is not None and GRANULARITIES.index(g) < GRANULARITIES.index(tp):
-        raise ValueError(f"granularity {g!r} is coarser than the source's tables, one a {tp}: use {tp!r}")
-    if g != (tp or "year") and t.partition_column is None:
-        raise ValueError(f"granularity {g!r} cuts along a date column: set partition_column")
-    if tp is None and t.partition_column is None:
-        raise ValueError(
-            f"granularity {g!r} needs a partition_column (a table without one is kept as one file)"
-        )
-    return t
 
 # %% ../nbs/02c_datasets.ipynb #ca8b28c9
 class TableSource(BaseModel):
@@ -129,6 +106,29 @@ class TableSpec(TableSource):
     @model_validator(mode="after")
     def _consistent(self) -> TableSpec: return checked_granularity(covered_keys(self))
 
+# %% ../nbs/02c_datasets.ipynb #6a201607
+def covered_keys(t:TableSpec) -> TableSpec:
+    "`t` if its column list (if any) includes its key and partition columns"
+    need = [*t.key_columns, *([t.partition_column] if t.partition_column else [])]
+    if t.columns is not None and (missing := [c for c in need if c not in t.columns]):
+        raise ValueError(f"columns must include key/partition columns {missing}")
+    return t
+
+# %% ../nbs/02c_datasets.ipynb #f45e533a
+def checked_granularity(t:TableSpec) -> TableSpec:
+    "`t` if its granularity fits its source and partition column; a ValueError saying which field to set"
+    tp, g = t.template.period, t.granularity
+    if g is None: return t
+    if tp is not None and GRANULARITIES.index(g) < GRANULARITIES.index(tp):
+        raise ValueError(f"granularity {g!r} is coarser than the source's tables, one a {tp}: use {tp!r}")
+    if g != (tp or "year") and t.partition_column is None:
+        raise ValueError(f"granularity {g!r} cuts along a date column: set partition_column")
+    if tp is None and t.partition_column is None:
+        raise ValueError(
+            f"granularity {g!r} needs a partition_column (a table without one is kept as one file)"
+        )
+    return t
+
 # %% ../nbs/02c_datasets.ipynb #5069f5f5
 @dataclass(frozen=True)
 class Retention:
@@ -159,19 +159,6 @@ def parse_retention(text:str) -> Retention:
 # %% ../nbs/02c_datasets.ipynb #28e6eb48
 DatasetName = Annotated[str, AfterValidator(lambda v: _safe_name(v, "dataset"))]
 RetentionText = Annotated[str, AfterValidator(lambda v: str(parse_retention(v)) and v)]
-
-def distinct_tables(d:DatasetSpec) -> DatasetSpec:
-    "`d` if it has at least one table and no table name twice; a ValueError otherwise"
-    if not d.tables: raise ValueError("a dataset needs at least one table")
-    names = [t.name for t in d.tables]
-    if len(set(names)) != len(names): raise ValueError(f"duplicate table names in {names}")
-    return d
-
-def _table_named(d:DatasetSpec, name:str) -> TableSpec:
-    if (t := next((t for t in d.tables if t.name == name), None)) is not None: return t
-    names = [t.name for t in d.tables]
-    raise UnknownDatasetError(f"dataset {d.name!r} has no table {name!r} (tables: {', '.join(names)})",
-                              did_you_mean(name, names, "each dataset's tables: `wrds-sync datasets`"))
 
 # %% ../nbs/02c_datasets.ipynb #41a089e0
 class DatasetSpec(BaseModel):
@@ -205,6 +192,20 @@ class DatasetSpec(BaseModel):
                   ) -> range:
         "The partition years to sync, checked against what the source can have"
         return checked_years(self, start_year, end_year, (today or date.today()).year)
+
+# %% ../nbs/02c_datasets.ipynb #9ddf5823
+def distinct_tables(d:DatasetSpec) -> DatasetSpec:
+    "`d` if it has at least one table and no table name twice; a ValueError otherwise"
+    if not d.tables: raise ValueError("a dataset needs at least one table")
+    names = [t.name for t in d.tables]
+    if len(set(names)) != len(names): raise ValueError(f"duplicate table names in {names}")
+    return d
+
+def _table_named(d:DatasetSpec, name:str) -> TableSpec:
+    if (t := next((t for t in d.tables if t.name == name), None)) is not None: return t
+    names = [t.name for t in d.tables]
+    raise UnknownDatasetError(f"dataset {d.name!r} has no table {name!r} (tables: {', '.join(names)})",
+                              did_you_mean(name, names, "each dataset's tables: `wrds-sync datasets`"))
 
 # %% ../nbs/02c_datasets.ipynb #91c9cb27
 def checked_years(d:DatasetSpec,        # the dataset

@@ -25,7 +25,7 @@ __all__ = ['LOCK_TIMEOUT_HOURS', 'REFRESH_INTERVAL_SECONDS', 'MALFORMED_GRACE_SE
            'process_start_ticks', 'boot_id', 'is_pid_alive', 'ForeignLockFileError', 'read_lock', 'AtomicFileLock',
            'lock_guard', 'create_lock_file', 'disk_full', 'judge_token', 'judge_lock_file', 'lock_identity',
            'recover_stale_lock', 'clean_recovery_leftovers', 'holder', 'held_message', 'owned_token', 'LockStatus',
-           'beat', 'LockHeartbeat', 'atomic_lock']
+           'LockHeartbeat', 'beat', 'atomic_lock']
 
 # %% ../nbs/03_locking.ipynb #881e1057
 LOCK_TIMEOUT_HOURS = 4
@@ -376,22 +376,6 @@ def _force_remove(lock:AtomicFileLock,  # the lock
                 holder_writer=t.writer_id if t else None)
     return st
 
-# %% ../nbs/03_locking.ipynb #c54e5ba8
-def beat(hb:LockHeartbeat) -> None:
-    "The heartbeat's thread: refresh every `hb.interval` seconds until stopped, or until the lock is lost"
-    while not hb.stopped.wait(hb.interval):
-        try:
-            hb.token = hb.lock.refresh(hb.token)
-            hb.refreshes += 1
-        except LockOwnershipError as e:
-            hb.lost = e
-            events.emit(events.SYNC_FAILED, level="error", dataset=hb.lock.dataset,
-                        reason=f"lock lost: {e.what}")
-            return
-        except OSError as e:  # a transient filesystem error: try again next beat, expiry leaves room
-            events.emit(events.LOCK_STALE, level="warning", dataset=hb.lock.dataset,
-                        reason=f"refresh failed: {e}")
-
 # %% ../nbs/03_locking.ipynb #55a8f970
 class LockHeartbeat:
     "Refreshes a held lock from a background thread until stopped"
@@ -419,6 +403,22 @@ class LockHeartbeat:
         "Raise LockOwnershipError if the lock was lost, or is not ours on disk now"
         if self.lost is not None: raise self.lost
         with lock_guard(self.lock): owned_token(self.lock, self.token)
+
+# %% ../nbs/03_locking.ipynb #c54e5ba8
+def beat(hb:LockHeartbeat) -> None:
+    "The heartbeat's thread: refresh every `hb.interval` seconds until stopped, or until the lock is lost"
+    while not hb.stopped.wait(hb.interval):
+        try:
+            hb.token = hb.lock.refresh(hb.token)
+            hb.refreshes += 1
+        except LockOwnershipError as e:
+            hb.lost = e
+            events.emit(events.SYNC_FAILED, level="error", dataset=hb.lock.dataset,
+                        reason=f"lock lost: {e.what}")
+            return
+        except OSError as e:  # a transient filesystem error: try again next beat, expiry leaves room
+            events.emit(events.LOCK_STALE, level="warning", dataset=hb.lock.dataset,
+                        reason=f"refresh failed: {e}")
 
 # %% ../nbs/03_locking.ipynb #0d0c1e8d
 @contextmanager
