@@ -270,10 +270,10 @@ def include(ctx:RunContext,            # the run
 
 # %% ../nbs/08d_partition.ipynb #24fc686b
 def checkpoint_partition(ctx:RunContext,       # the run
-               table:TableSpec,      # the table
-               key:str,              # the partition key
-               entry:PartitionEntry  # the manifest entry
-              ) -> None:
+                         table:TableSpec,      # the table
+                         key:str,              # the partition key
+                         entry:PartitionEntry  # the manifest entry
+                        ) -> None:
     "Move a published partition from pending to completed in the checkpoint"
     p = ctx.checkpoint
     p.completed.setdefault(table.name, {})[key] = entry
