@@ -11,8 +11,8 @@ Fails (exit 1) on
   each parameter;
 - a demonstration cell that imports and also runs code: nbdev's docs pipeline runs every cell holding an import
   on its own, without the demonstrations before it (keep imports in the notebook's import cell).
-- under 60% of exported cells followed by a demonstration (the next code cell is not exported), or under 0.35
-  demonstration lines per exported line.
+- under 60% of exported cells followed by a demonstration (the next code cell is neither exported nor hidden),
+  or under 0.35 demonstration lines per exported line (hidden cells do not count: a reader never sees them).
 Prints the figures either way: median and largest exported cells, the five longest functions, the rhythm
 figures above, and the largest notebooks.
 """
@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 EXPORT_RE = re.compile(r"^#\|\s*export[si]?\b", re.M)
+HIDE_RE = re.compile(r"^#\|\s*hide\b", re.M)
 
 
 def counted(src: str) -> int:
@@ -50,6 +51,11 @@ def exported_cells(nbs: Path) -> list[tuple[int, str]]:
     return sorted(out, reverse=True)
 
 
+def shown(src: str) -> bool:
+    "A demonstration a reader sees: not hidden (test imports, fixtures' plumbing), not the export call"
+    return HIDE_RE.search(src) is None and "nbdev_export" not in src
+
+
 def rhythm(nbs: Path) -> tuple[float, float, dict[str, int], list[str]]:
     "Demonstrated share of exported cells, demonstration lines per exported line, lines per notebook, long lines"
     followed = exported = demo = 0
@@ -63,8 +69,8 @@ def rhythm(nbs: Path) -> tuple[float, float, dict[str, int], list[str]]:
                 exported += 1
                 per_nb[nb.name] = per_nb.get(nb.name, 0) + counted(src)
                 nxt = code[i + 1] if i + 1 < len(code) else ""
-                followed += bool(counted(nxt)) and not EXPORT_RE.search(nxt) and "nbdev_export" not in nxt
-            elif "nbdev_export" not in src and "default_exp" not in src: demo += counted(src)
+                followed += bool(counted(nxt)) and not EXPORT_RE.search(nxt) and shown(nxt)
+            elif shown(src) and "default_exp" not in src: demo += counted(src)
     return followed / max(exported, 1), demo / max(sum(per_nb.values()), 1), per_nb, long
 
 
