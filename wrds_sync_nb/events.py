@@ -17,17 +17,18 @@ from urllib.parse import quote
 
 # %% auto #0
 __all__ = ['DISK_WARNING', 'DISK_CRITICAL', 'DISK_BLOCKED', 'LOCK_STALE', 'CHECKSUM_MISMATCH', 'BACKUP_FAILED',
-           'CREDENTIAL_EXPIRING', 'MANIFEST_MISMATCH', 'DURATION_SLO_BREACH', 'DATA_LATE', 'MASS_REMOVAL', 'ALERTS',
-           'SYNC_STARTED', 'SYNC_COMPLETED', 'SYNC_FAILED', 'TABLE_STARTED', 'TABLE_UNCHANGED', 'TABLE_COMPLETED',
-           'PARTITION_STARTED', 'PARTITION_COMPLETED', 'PARTITION_PROGRESS', 'PARTITION_SKIPPED', 'PARTITION_FAILED',
-           'PARTITION_REMOVED', 'PARTITION_QUARANTINED', 'SCHEMA_NEW_COLUMNS', 'SCHEMA_BREAKING', 'QUARANTINE_CLEANED',
-           'LOCK_ACQUIRED', 'LOCK_RELEASED', 'LOCK_RECOVERED', 'LOCK_FORCED', 'QUERY_RETRY', 'QUERY_TIMEOUT',
-           'CONNECTED', 'CONNECTIONS_LIMITED', 'CREDENTIALS_FILE_MODE', 'CREDENTIALS_WEAK', 'VERIFY_COMPLETED',
-           'BACKUP_COMPLETED', 'RESTORE_COMPLETED', 'DATA_DIR_MIGRATED', 'VERSION_COMMITTED', 'VERSION_UNCHANGED',
-           'COMMAND_OUTPUT', 'COMMAND_FAILED', 'SYNC_ESTIMATE', 'VACUUM_COMPLETED', 'RATE_LIMIT_WAIT', 'LOCK_WAIT',
-           'DATASET_ADDED', 'REDACTED', 'MIN_SECRET_CHARS', 'logger', 'SENTENCES', 'Alert', 'alerts_markdown',
-           'register_secret', 'redact', 'emit', 'listening', 'capture_events', 'JsonEventFormatter',
-           'TextEventFormatter', 'EventStreamHandler', 'configure_logging', 'sentence']
+           'CREDENTIAL_EXPIRING', 'MANIFEST_MISMATCH', 'DURATION_SLO_BREACH', 'DATA_LATE', 'MASS_REMOVAL',
+           'ICEBERG_BEHIND', 'ALERTS', 'SYNC_STARTED', 'SYNC_COMPLETED', 'SYNC_FAILED', 'TABLE_STARTED',
+           'TABLE_UNCHANGED', 'TABLE_COMPLETED', 'PARTITION_STARTED', 'PARTITION_COMPLETED', 'PARTITION_PROGRESS',
+           'PARTITION_SKIPPED', 'PARTITION_FAILED', 'PARTITION_REMOVED', 'PARTITION_QUARANTINED', 'SCHEMA_NEW_COLUMNS',
+           'SCHEMA_BREAKING', 'QUARANTINE_CLEANED', 'LOCK_ACQUIRED', 'LOCK_RELEASED', 'LOCK_RECOVERED', 'LOCK_FORCED',
+           'QUERY_RETRY', 'QUERY_TIMEOUT', 'CONNECTED', 'CONNECTIONS_LIMITED', 'CREDENTIALS_FILE_MODE',
+           'CREDENTIALS_WEAK', 'VERIFY_COMPLETED', 'BACKUP_COMPLETED', 'RESTORE_COMPLETED', 'DATA_DIR_MIGRATED',
+           'VERSION_COMMITTED', 'VERSION_UNCHANGED', 'COMMAND_OUTPUT', 'COMMAND_FAILED', 'SYNC_ESTIMATE',
+           'VACUUM_COMPLETED', 'RATE_LIMIT_WAIT', 'LOCK_WAIT', 'DATASET_ADDED', 'ICEBERG_PUBLISHED', 'REDACTED',
+           'MIN_SECRET_CHARS', 'logger', 'SENTENCES', 'Alert', 'alerts_markdown', 'register_secret', 'redact', 'emit',
+           'listening', 'capture_events', 'JsonEventFormatter', 'TextEventFormatter', 'EventStreamHandler',
+           'configure_logging', 'sentence']
 
 # %% ../nbs/01_events.ipynb #01f2707e
 @dataclass(frozen=True)
@@ -50,11 +51,10 @@ MANIFEST_MISMATCH = "sync.manifest.mismatch"
 DURATION_SLO_BREACH = "sync.duration.slo_breach"
 DATA_LATE = "sync.data.late"
 MASS_REMOVAL = "sync.mass_removal.blocked"
+ICEBERG_BEHIND = "sync.iceberg.behind"
 
 # %% ../nbs/01_events.ipynb #7fc19bd4
-ALERTS: dict[str, Alert] = {
-    a.event: a
-    for a in [
+ALERTS: dict[str, Alert] = {a.event: a for a in [
         Alert(DISK_WARNING, "warning", "data dir's filesystem more than 80% full",
               "data-storage.qmd#disk-watermarks"),
         Alert(DISK_CRITICAL, "error", "data dir's filesystem more than 90% full",
@@ -80,8 +80,9 @@ ALERTS: dict[str, Alert] = {
               "wrds-credentials.qmd#late-data"),
         Alert(MASS_REMOVAL, "error", "an incremental would remove a whole table, or more than 20% of its "
               "partitions: stopped before touching anything", "data-storage.qmd#mass-removal"),
-    ]
-}
+        Alert(ICEBERG_BEHIND, "warning", "a table's Iceberg metadata is not at the version just committed "
+              "(the data is; engines read the version before)", "iceberg.qmd#behind"),
+]}
 
 # %% ../nbs/01_events.ipynb #d33f5e3e
 def alerts_markdown() -> str:
@@ -144,6 +145,7 @@ VACUUM_COMPLETED = "sync.vacuum.completed"
 RATE_LIMIT_WAIT = "wrds.rate_limit.wait"
 LOCK_WAIT = "sync.lock.wait"
 DATASET_ADDED = "sync.dataset.added"
+ICEBERG_PUBLISHED = "sync.iceberg.published"
 
 # %% ../nbs/01_events.ipynb #dca6aa08
 REDACTED = "***"

@@ -21,6 +21,7 @@ from .layout import DataLayout, validate_name
 from .manifest import ManifestManager, PartitionEntry, SyncManifest
 from .checkpoint import load_checkpoint, uncommitted
 from .datadir import DataDir, locked, retention_of
+from .iceberg import publish, publish_or_warn, unreferenced_files
 from wrds_sync_nb.versions import (
     VERSION_NAME_RE,
     entries,
@@ -227,15 +228,19 @@ def vacuum(d:DataDir,                       # the data dir (no client needed)
            dry_run:bool=False,                   # only say what would go
            now:datetime|None=None                # the time to judge at (default: now)
           ) -> VacuumResult:
-    "Remove the version files the dataset's retention no longer keeps, under its lock"
+    "Remove the version files the retention no longer keeps (Iceberg snapshots first), under the lock"
     ds, now = validate_name(dataset), now or datetime.now(timezone.utc)
     with ExitStack() as held:
         full = not take_lock(held, d, ds)
         gone, kept = vacuum_candidates(d, ds, grace, now)
-        size = sum(f.stat().st_size for f in gone)
         if not dry_run:
             if not full and (cur := d.manifests.load(ds)) is not None: refresh_views(d.layout, cur)
+            if not full: publish(d.layout, ds, keep=kept)  # Iceberg snapshots expire before their files go
+        gone += unreferenced_files(d.layout, ds, grace, now)  # Iceberg metadata nothing names any more
+        size = sum(f.stat().st_size for f in gone)
+        if not dry_run:
             for f in gone: f.unlink()
+            if full: publish_or_warn(d.layout, ds, keep=kept)  # in the space just freed
     res = VacuumResult(ds, [d.layout.relative(f) for f in gone], size, kept)
     if not dry_run:
         events.emit(events.VACUUM_COMPLETED, dataset=ds, files=len(gone), bytes=size, kept_versions=kept)

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from . import events
 from .datadir import DataDir, locked, retention_of
 from .datasets import definition_digest
+from .iceberg import iceberg_problems, publish
 from .errors import ManifestError
 from .locking import AtomicFileLock
 from .layout import (DataLayout, atomic_write_bytes, check_no_links, is_temp_name, sha256_file,
@@ -25,7 +26,7 @@ from .versions import (VERSION_NAME_RE, entries, entry_file, is_view, load_versi
 # %% auto #0
 __all__ = ['versions_to_check', 'entry_problem', 'stray_files', 'problems_in', 'stale_views', 'sync_running',
            'settled_stale_views', 'definition_changes', 'check_integrity', 'kept_manifests', 'repair_pointer',
-           'restore_version', 'repair_manifest']
+           'restore_version', 'republished', 'repair_manifest']
 
 # %% ../nbs/08g_integrity.ipynb #1c532938
 def versions_to_check(d:DataDir,     # the data dir
@@ -187,6 +188,8 @@ def check_integrity(d:DataDir,         # the data dir
         current = max(versions, key=lambda m: m.version)
         found += [(events.MANIFEST_MISMATCH, p) for p in settled_stale_views(d, current)]
         found += [(events.MANIFEST_MISMATCH, p) for p in definition_changes(d, current)]
+        settled = [] if sync_running(d, ds) else iceberg_problems(d.layout, current)  # a sync publishes next
+        found += [(events.MANIFEST_MISMATCH, p) for p in settled]
     for event, line in found: events.emit(event, dataset=ds, problem=line)
     events.emit(events.VERIFY_COMPLETED, dataset=ds, versions=[m.version for m in versions], files=files,
                 problems=len(found))
@@ -246,6 +249,18 @@ def restore_version(d:DataDir,         # the data dir (the lock held)
     refresh_views(d.layout, committed)
     return version, dropped
 
+# %% ../nbs/08g_integrity.ipynb #b8a7332d
+def republished(d:DataDir,  # the data dir (the lock held)
+                ds:str      # the dataset
+               ) -> str:
+    "Bring the dataset's Iceberg tables current; what it did, as the end of repair's sentence"
+    if (m := d.manifests.load(ds)) is None: return ""
+    before = iceberg_problems(d.layout, m)
+    publish(d.layout, ds)
+    if after := iceberg_problems(d.layout, m):
+        return f"; Iceberg: {len(after)} table(s) not at version {m.version} (`wrds-sync verify` says why)"
+    return f"; Iceberg: {len(before)} table(s) brought to version {m.version}" if before else ""
+
 # %% ../nbs/08g_integrity.ipynb #458e8867
 def repair_manifest(d:DataDir,  # the data dir (no client needed)
                     dataset:str      # the dataset whose manifest is damaged
@@ -255,13 +270,14 @@ def repair_manifest(d:DataDir,  # the data dir (no client needed)
     ds = validate_name(dataset)
     with locked(d, ds):
         try:
-            if (m := d.manifests.load(ds)) is not None: return repair_pointer(d, m)
+            if (m := d.manifests.load(ds)) is not None: return repair_pointer(d, m) + republished(d, ds)
         except ManifestError: pass
         if not (kept := kept_manifests(d, ds)):
             raise ManifestError(f"{ds}: no intact manifest version is kept; nothing was changed",
                                 "restore the data dir from backup (`wrds-sync restore`), or run a full sync "
                                 "into a new data dir")
         version, dropped = restore_version(d, kept[0])
+        ice = republished(d, ds)
     left = (f"; left out {len(dropped)} partition(s) whose files changed ({', '.join(dropped)}): the next "
             "sync fetches them" if dropped else "")
-    return f"{ds}: restored manifest version {kept[0].version} as version {version}{left}"
+    return f"{ds}: restored manifest version {kept[0].version} as version {version}{left}{ice}"

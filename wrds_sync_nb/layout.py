@@ -66,7 +66,8 @@ class DataDirs:
         self.wrds_dir, self.versions_dir, self.manifests_dir = r / "wrds", r / "versions", r / "manifests"
         self.schemas_dir, self.locks_dir, self.progress_dir = r / "schemas", r / "locks", r / "sync_progress"
         self.quarantine_dir, self.backups_dir, self.tmp_dir = r / "quarantine", r / "backups", r / "tmp"
-        self.staging_dir = self.tmp_dir / "staging"
+        self.staging_dir, self.iceberg_dir = self.tmp_dir / "staging", r / "iceberg"
+        self.iceberg_catalog = self.iceberg_dir / "catalog.db"  # the Iceberg tables (see `iceberg`)
         self.datasets_file = r / ADDED_DATASETS  # tables added with `wrds-sync add`, read by every command
     def __repr__(self) -> str: return f"{type(self).__name__}({str(self.root)!r})"
 
@@ -77,6 +78,11 @@ class DataDirs:
     def manifest_path(self, dataset:str) -> Path: return self.manifests_dir / f"{validate_name(dataset)}.json"
     def lock_path(self, dataset:str) -> Path: return self.locks_dir / f"{validate_name(dataset)}.lock"
     def progress_path(self, dataset:str) -> Path: return self.progress_dir / f"{validate_name(dataset)}.json"
+    def iceberg_table_dir(self, dataset:str,  # the dataset's name
+                          table:str           # the table
+                         ) -> Path:
+        "The Iceberg table's location: its metadata folder is under it, its data files are our versions"
+        return self.iceberg_dir / validate_name(dataset) / validate_name(table, "table")
 
 # %% ../nbs/01a_layout.ipynb #aa72fab7
 class DataLayout(DataDirs):
@@ -238,6 +244,7 @@ OUR_NAMES = {
     "tmp",
     "drills",
     "demo_source",
+    "iceberg",
     DATA_DIR_MARKER,
     ADDED_DATASETS,
 }  # a folder holding only these is ours to claim
@@ -247,7 +254,7 @@ def internal_dirs(layout:DataLayout) -> list[Path]:
     "The folders the tool creates inside a data dir"
     return [layout.wrds_dir, layout.versions_dir, layout.manifests_dir, layout.schemas_dir, layout.locks_dir,
             layout.progress_dir, layout.quarantine_dir, layout.backups_dir, layout.tmp_dir,
-            layout.staging_dir, layout.tmp_dir / "snapshots", layout.root / "drills"]
+            layout.staging_dir, layout.tmp_dir / "snapshots", layout.root / "drills", layout.iceberg_dir]
 
 # %% ../nbs/01a_layout.ipynb #d142657a
 def check_no_links(layout:DataLayout) -> None:

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from . import events
 from .checkpoint import Checkpoint, save_checkpoint
+from .iceberg import field_ids, with_field_ids
 from .client import WRDSClient, current_scope, scoped
 from .datasets import DatasetSpec, TableSpec
 from .errors import ChecksumMismatchError, DiskSpaceError, PartitionValidationError
@@ -35,8 +36,8 @@ from .validation import PartitionRules, StreamValidator
 
 # %% auto #0
 __all__ = ['SPLIT_MIN_ROWS', 'RunContext', 'is_intact', 'holds_partition', 'table_entry', 'partition_batches', 'range_batches',
-           'Staged', 'counted', 'stage', 'key_fix', 'validate', 'journal', 'publish_partition', 'include',
-           'checkpoint_partition', 'commit_partition', 'sync_partition']
+           'Staged', 'counted', 'file_schema', 'stage', 'key_fix', 'validate', 'journal', 'publish_partition',
+           'include', 'checkpoint_partition', 'commit_partition', 'sync_partition']
 
 # %% ../nbs/08d_partition.ipynb #3200e76a
 @dataclass
@@ -161,6 +162,14 @@ def counted(check:StreamValidator,  # the partition's validator, which sees ever
                     rows=seen[0])
     return update
 
+# %% ../nbs/08d_partition.ipynb #db2b3429
+def file_schema(ctx:RunContext,  # the run
+                tr:TableRun      # the table being synced
+               ) -> pa.Schema:
+    "The schema a partition's file is written with: the table's columns, each with its Iceberg field ID"
+    ids = field_ids(ctx.schemas.history(ctx.spec.name, tr.table.name), tr.schema.names)
+    return with_field_ids(tr.schema, ids)
+
 # %% ../nbs/08d_partition.ipynb #2e74a01d
 def stage(ctx:RunContext,            # the run
           tr:TableRun,               # the table being synced
@@ -181,7 +190,7 @@ def stage(ctx:RunContext,            # the run
     ranges = split_ranges(ctx.client, tr, key, split) if split > 1 and rows_hint >= SPLIT_MIN_ROWS else None
     batches = range_batches(ctx, tr, staged, key, ranges) if ranges else partition_batches(ctx, tr, key, None)
     try:
-        wf = write_parquet_stream(staged, batches, tr.schema, ctx.batch_rows,
+        wf = write_parquet_stream(staged, batches, file_schema(ctx, tr), ctx.batch_rows,
                                   on_batch=counted(check, ds, table.name, key))
     except DiskSpaceError:
         with ctx.lock:

@@ -47,6 +47,7 @@ from .tablerun import TableRun, fetch_fingerprints, keys_found, plain_run, templ
 from .tablesync import (catalogue_inputs, partition_streams, redefined, run_streams, sync_table,
                                     with_source)
 from .versions import file_ids, migrate_dataset, needs_migration, refresh_views
+from .iceberg import publish_or_warn
 
 # %% ../nbs/08f_sync.ipynb #8b92df3e
 class SyncManager(DataDir):
@@ -270,6 +271,7 @@ def keep_checks(ctx:RunContext,        # a run that changed no data
                               for n, t in ctx.manifest.tables.items()}
     ctx.manifest = current
     refresh_views(ctx.layout, current)  # a damaged file refetched as it was: its view points at it again
+    publish_or_warn(ctx.layout, ctx.spec.name)  # Iceberg tables a crash left behind are brought current
     events.emit(events.VERSION_UNCHANGED, dataset=ctx.spec.name, version=current.version)
 
 # %% ../nbs/08f_sync.ipynb #589ee8c4
@@ -278,6 +280,7 @@ def commit_version(ctx:RunContext) -> None:
     ctx.heartbeat.ensure_held()
     ctx.manifest = ctx.manifests.save(ctx.manifest)
     refresh_views(ctx.layout, ctx.manifest)
+    publish_or_warn(ctx.layout, ctx.spec.name)  # the Iceberg tables follow (see `iceberg`)
     events.emit(events.VERSION_COMMITTED, dataset=ctx.spec.name, version=ctx.manifest.version,
                 files=len(ctx.manifest.files()))
 
