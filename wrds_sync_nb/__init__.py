@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 _HOME = {"Synced": "api", "add_table": "api", "close": "api", "describe_table": "api", "diff": "api",
          "history": "api", "list_libraries": "api", "list_tables": "api", "status": "api", "sync": "api",
          "verify": "api", "wrds_client": "api", "get_table": "rawsql", "raw_sql": "rawsql", "cite": "reader",
-         "connect": "reader", "scan": "reader"}
+         "connect": "reader", "scan": "reader", "iceberg_table": "iceberg"}
 __all__ = ["Synced", "add_table", "cite", "close", "connect", "describe_table", "diff", "get_table", "history",
-           "list_libraries", "list_tables", "raw_sql", "scan", "status", "sync", "verify", "wrds_client"]
+           "iceberg_table", "list_libraries", "list_tables", "raw_sql", "scan", "status", "sync", "verify",
+           "wrds_client"]
 
 
 def _load(name: str) -> Any:
@@ -49,5 +50,6 @@ sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:
     from .api import (Synced, add_table, close, describe_table, diff, history, list_libraries, list_tables, status,
                       sync, verify, wrds_client)
+    from .iceberg import iceberg_table
     from .rawsql import get_table, raw_sql
     from .reader import cite, connect, scan

@@ -20,6 +20,7 @@ from .reader import synced_datasets
 from .integrity import check_integrity
 from .sync import SyncManager
 from .versions import migrate_dataset, needs_migration, refresh_views
+from .iceberg import publish_or_warn
 
 # %% auto #0
 __all__ = ['FILTERS', 'DATA_FILTERS', 'RESTORE_FILTERS', 'rclone_binary', 'rclone', 'dataset_locks', 'BackupResult',
@@ -186,11 +187,12 @@ def backup(data_dir:Path|str,              # the data dir
 def rebuild_views(sm:SyncManager,   # the manager of the restored data dir
                   names:list[str]   # its datasets
                  ) -> None:
-    "Re-create the `wrds/` views of restored datasets, upgrading any of an earlier release"
+    "Re-create the `wrds/` views and Iceberg tables of restored datasets, upgrading any of an earlier release"
     for ds in names:
         try:
             if needs_migration(sm.manifests, ds): migrate_dataset(sm.manifests, ds)
             if (m := sm.manifests.load(ds)) is not None: refresh_views(sm.layout, m)
+            publish_or_warn(sm.layout, ds)  # Iceberg metadata names absolute paths: written afresh here
         except ManifestError: continue  # verify reports it
 
 # %% ../nbs/09a_backup.ipynb #fcbab882

@@ -30,10 +30,10 @@ __all__ = ['app', 'Dataset', 'MaybeDataset', 'AsJson', 'out', 'DataDirOpt', 'Dat
            'confirm_size', 'incremental_all', 'incremental', 'plan_lines', 'print_plans', 'local_time', 'status_lines',
            'known_layout', 'check_credential_expiry', 'cell', 'status', 'verify_names', 'verify_targets', 'verify_one',
            'verify', 'repair', 'synced_layout', 'spans', 'history_lines', 'history', 'diff', 'cite', 'vacuum',
-           'migrate', 'lock_status', 'confirm_unlock', 'force_unlock', 'table_rows', 'datasets_cmd', 'libraries',
-           'tables', 'describe', 'comma_list', 'define_added', 'add', 'login', 'backup_cmd', 'restore_cmd', 'drill_cmd',
-           'claim_demo_dir', 'ccm_book_equity', 'demo_queries', 'run_demo', 'demo', 'demo_exports', 'running_demo',
-           'print_exports', 'serve_demo', 'main']
+           'iceberg', 'migrate', 'lock_status', 'confirm_unlock', 'force_unlock', 'table_rows', 'datasets_cmd',
+           'libraries', 'tables', 'describe', 'comma_list', 'define_added', 'add', 'login', 'backup_cmd', 'restore_cmd',
+           'drill_cmd', 'claim_demo_dir', 'ccm_book_equity', 'demo_queries', 'run_demo', 'demo', 'demo_exports',
+           'running_demo', 'print_exports', 'serve_demo', 'main']
 
 # %% ../nbs/10_cli.ipynb #22751237
 from . import __version__, events
@@ -53,6 +53,7 @@ from .datadir import locked
 from .plan import Asked, PlanItem
 from .storage import estimate_bytes
 from .versions import migrate_data_dir, migrate_dataset
+from .iceberg import publish_or_warn
 from .history import diff_versions, history_rows, vacuum as vacuum_dataset
 if TYPE_CHECKING:   # imported where used: `--help`, `status` and `lock-status` never load polars or pyarrow
     from wrds_sync_nb.client import WRDSClient
@@ -674,6 +675,23 @@ def vacuum(
             f"{', '.join(map(str, r.kept_versions))}"
         )
 
+# %% ../nbs/10_cli.ipynb #70bb9830
+@app.command()
+@handled
+def iceberg(
+    ctx: typer.Context,
+    dataset: Annotated[list[str] | None,
+                       typer.Option("--dataset", help="dataset name (repeatable; default: all)")] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="write each table's metadata afresh from the "
+                                          "manifests (a data dir copied into another folder)")] = False,
+) -> None:
+    "Publish each synced table as an Iceberg table (one snapshot per version, tagged v<N>), under the lock."
+    from wrds_sync_nb.iceberg import republish
+    st = _state(ctx)
+    for line in republish(_manager(st, with_client=False), dataset or synced_datasets(synced_layout(st)),
+                          rebuild):
+        out.print(line)
+
 # %% ../nbs/10_cli.ipynb #d373bb94
 @app.command()
 @handled
@@ -682,7 +700,10 @@ def migrate(ctx:typer.Context) -> None:
     st = _state(ctx)
     sm = _manager(st, with_client=False)
     def one(ds:str) -> int:
-        with locked(sm, ds): return migrate_dataset(sm.manifests, ds)
+        with locked(sm, ds):
+            n = migrate_dataset(sm.manifests, ds)
+            publish_or_warn(sm.layout, ds)  # and its Iceberg tables published
+            return n
     done = migrate_data_dir(synced_layout(st), synced_datasets(st.layout), one)
     for ds, n in done.items(): out.print(f"{ds}: {n} file(s) given a version name")
 

@@ -19,6 +19,7 @@ from .locking import AtomicFileLock
 from .manifest import ManifestManager, SyncManifest, TableEntry
 from .reader import synced_datasets
 from .history import storage_bytes
+from .iceberg import metadata_files
 
 # %% auto #0
 __all__ = ['NY', 'previous_8am_new_york', 'freshness', 'lock_state', 'date_range', 'interrupted_run', 'dataset_rows',
@@ -126,8 +127,10 @@ def status_rows(layout:DataLayout,         # the data dir
             continue
         spec = registry.get(ds) if ds in registry.names() else None
         fresh = freshness(spec, m, now) if m is not None else ""
-        rows += dataset_rows(ds, m, lock, fresh, storage_bytes(layout, m) if m is not None else None,
-                             interrupted_run(ds, cp, lock))
+        ice = metadata_files(layout, ds) if m is not None else {}  # each table's Iceberg metadata file
+        sizes = storage_bytes(layout, m) if m is not None else None
+        rows += [{**r, "iceberg_metadata": ice.get(r["table"])}
+                 for r in dataset_rows(ds, m, lock, fresh, sizes, interrupted_run(ds, cp, lock))]
     return rows
 
 # %% ../nbs/09d_status.ipynb #4e9d4254
