@@ -15,23 +15,23 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 # %% auto #0
-__all__ = ['FIELD_ID_KEY', 'CATALOG_NAME', 'VERSION_PROP', 'FILES_PROP', 'AVRO_CODEC', 'SHARED_CATALOG_ENV', 'field_ids',
-           'with_field_ids', 'name_mapping', 'open_catalog', 'TableFiles', 'table_files', 'files_digest', 'snapshot_id',
-           'files_of', 'partition_spec', 'partition_value', 'data_file', 'initial_metadata', 'live_entries',
-           'schema_for', 'write_manifest_file', 'next_manifests', 'new_snapshot', 'ref', 'version_updates', 'tagged',
-           'agrees', 'expire_updates', 'write_metadata', 'point_catalog', 'catalog_location', 'load_current',
-           'fresh_metadata', 'publish_table', 'published_versions', 'check_folders', 'share', 'publish', 'republish',
-           'publish_or_warn', 'table_problem', 'iceberg_problems', 'metadata_files', 'iceberg_table',
+__all__ = ['FIELD_ID_KEY', 'CATALOG_NAME', 'VERSION_PROP', 'FILES_PROP', 'AVRO_CODEC', 'MANIFEST_FILES', 'SHARED_CATALOG_ENV',
+           'field_ids', 'with_field_ids', 'name_mapping', 'open_catalog', 'metadata_files', 'TableFiles', 'table_files',
+           'files_digest', 'snapshot_id', 'files_of', 'partition_spec', 'partition_value', 'data_file',
+           'initial_metadata', 'live_entries', 'schema_for', 'write_manifest_file', 'next_manifests', 'new_snapshot',
+           'ref', 'version_updates', 'usable', 'Versions', 'tagged', 'trusted', 'expire_updates', 'write_metadata',
+           'point_catalog', 'catalog_location', 'load_current', 'fresh_metadata', 'publish_table', 'check_folders',
+           'share', 'publish', 'republish', 'publish_or_warn', 'table_problem', 'iceberg_problems', 'iceberg_table',
            'load_duckdb_iceberg', 'named_files', 'unreferenced_files']
 
-# %% ../nbs/07c_iceberg.ipynb #b808b683
+# %% ../nbs/07c_iceberg.ipynb #17415e70
 from . import events
 from .datadir import DataDir, locked
-from .errors import ConfigError, UnknownDatasetError, WrdsSyncError
+from .errors import ConfigError, ManifestError, UnknownDatasetError, WrdsSyncError
 from .layout import DataDirs, DataLayout, atomic_write_bytes, validate_name
 from .manifest import ManifestManager, SyncManifest, TableEntry
 from .schema import SchemaRegistry, SchemaVersion
-from .versions import entry_file, load_versions
+from .versions import entries, entry_file
 if TYPE_CHECKING:   # imported where used: a sync that publishes nothing new never loads pyiceberg
     import pyarrow as pa
     from pyiceberg.catalog.sql import SqlCatalog
@@ -91,6 +91,20 @@ def open_catalog(dirs:DataDirs,          # the data dir
     dirs.iceberg_dir.mkdir(exist_ok=True)
     return SqlCatalog(CATALOG_NAME, uri=f"sqlite:///file:{quote(str(db))}?uri=true",
                       warehouse=dirs.iceberg_dir.as_uri())
+
+# %% ../nbs/07c_iceberg.ipynb #85711b65
+def metadata_files(dirs:DataDirs,  # the data dir
+                   ds:str          # the dataset
+                  ) -> dict[str, str]:
+    "Each table's current Iceberg metadata file (none before the first publication)"
+    from contextlib import closing
+    if not dirs.iceberg_catalog.is_file(): return {}
+    sql = ("select table_name, metadata_location from iceberg_tables where catalog_name = ? "
+           "and table_namespace = ?")
+    try:
+        with closing(sqlite3.connect(f"file:{quote(str(dirs.iceberg_catalog))}?mode=ro", uri=True)) as c:
+            return dict(c.execute(sql, (CATALOG_NAME, ds)).fetchall())
+    except sqlite3.Error: return {}   # not a catalog (yet): nothing to name
 
 # %% ../nbs/07c_iceberg.ipynb #44e3c324
 @dataclass(frozen=True)
@@ -199,8 +213,9 @@ def initial_metadata(location:str,        # the table's location
         default_spec_id=spec.spec_id, last_partition_id=max([f.field_id for f in spec.fields], default=999),
         properties=props, sort_orders=[UNSORTED_SORT_ORDER], default_sort_order_id=0, last_sequence_number=0)
 
-# %% ../nbs/07c_iceberg.ipynb #b66d52a6
+# %% ../nbs/07c_iceberg.ipynb #1fcd5b98
 AVRO_CODEC: Literal["deflate"] = "deflate"  # the Avro name of Iceberg's default compression (gzip)
+MANIFEST_FILES = 100  # files per manifest a snapshot adds (a restated day rewrites 100 entries, not a table's)
 
 def live_entries(meta:TableMetadata,  # the table
                  io:FileIO             # how its files are read
@@ -261,7 +276,7 @@ def next_manifests(meta:TableMetadata,   # the table
                                        deleted=[e for e in es if e.data_file.file_path in removed]))
     return out
 
-# %% ../nbs/07c_iceberg.ipynb #4548abbc
+# %% ../nbs/07c_iceberg.ipynb #56fed119
 def new_snapshot(meta:TableMetadata,  # the table
                  io:FileIO,            # how its files are read and written
                  sid:int,              # the snapshot's ID
@@ -278,7 +293,8 @@ def new_snapshot(meta:TableMetadata,  # the table
     parent, ssc = meta.current_snapshot(), SnapshotSummaryCollector()
     removed = {p for p in live if p not in tf.files}
     manifests = next_manifests(meta, io, schema, sid, live, removed, written)
-    if added: manifests.append(write_manifest_file(meta, io, schema, sid, written, added=added))
+    for i in range(0, len(added), MANIFEST_FILES):   # small manifests: a restated partition rewrites one
+        manifests.append(write_manifest_file(meta, io, schema, sid, written, added=added[i:i + MANIFEST_FILES]))
     for p in removed: ssc.remove_file(live[p][1].data_file, schema, meta.spec())
     for d in added: ssc.add_file(d, schema, meta.spec())
     op = Operation.OVERWRITE if removed and added else Operation.DELETE if removed else Operation.APPEND
@@ -331,31 +347,59 @@ def version_updates(meta:TableMetadata,   # the table, at the version before
         ups.append(SetCurrentSchemaUpdate(schema_id=schema.schema_id))
     return ups + [AddSnapshotUpdate(snapshot=snap), ref("main", sid, branch=True), ref(tag, sid)]
 
-# %% ../nbs/07c_iceberg.ipynb #1762245b
+# %% ../nbs/07c_iceberg.ipynb #1f4d3de0
+def usable(layout:DataLayout,      # the data dir
+           ds:str,                 # the dataset
+           n:int,                  # a version
+           seen:dict[str, bool]    # files checked so far: on disk at their size?
+          ) -> SyncManifest | None:
+    "Version `n`, if it can be read and its files are all on disk at their sizes"
+    try: m = ManifestManager(layout).load_version(ds, n)
+    except ManifestError: return None
+    def here(p:Path, size:int) -> bool: return seen.setdefault(str(p), p.is_file() and p.stat().st_size == size)
+    ok = m is not None and all(here(entry_file(layout, ds, t, k, e), e.bytes) for t, k, e in entries(m))
+    return m if ok else None
+
+class Versions:
+    "A dataset's versions to publish, each read (and its files checked) once, when first needed"
+    def __init__(self, layout:DataLayout, ds:str, keep:Iterable[int]|None=None):
+        self.layout, self.ds, self._got, self._seen = layout, ds, {}, {}  # type: ignore[var-annotated]
+        wanted = None if keep is None else set(keep)
+        self.numbers = [n for n in ManifestManager(layout).versions(ds) if wanted is None or n in wanted]
+    def get(self, n:int) -> SyncManifest | None:
+        "Version `n`, or None if it is not to be published"
+        if n not in self._got: self._got[n] = usable(self.layout, self.ds, n, self._seen)
+        return self._got[n]  # type: ignore[no-any-return]
+
+# %% ../nbs/07c_iceberg.ipynb #766718b1
 def tagged(meta:TableMetadata) -> dict[int, Snapshot | None]:
     "The snapshot each `v<N>` tag names, by version number"
     return {int(n[1:]): meta.snapshot_by_id(r.snapshot_id) for n, r in meta.refs.items()
             if re.fullmatch(r"v\d+", n)}
 
-def agrees(meta:TableMetadata,           # the table's metadata
-           location:str,                 # where the table should be
-           wanted:dict[int, TableFiles]  # the versions to publish
-          ) -> bool:
-    "Does `meta` sit at `location`, and does each tag of a version to publish name that version's files?"
-    def same(n:int, s:Snapshot|None) -> bool:
-        return s is not None and files_of(s) == files_digest(wanted[n].files)
-    return meta.location == location and all(same(n, s) for n, s in tagged(meta).items() if n in wanted)
+def trusted(meta:TableMetadata|None,  # the table's metadata (None: none readable)
+            location:str,             # where the table should be
+            vs:Versions,              # the versions to publish
+            table:str                 # the table
+           ) -> int | None:
+    "The newest version `meta` holds, if it can be extended: at `location`, that version's files tagged"
+    if meta is None or meta.location != location: return None
+    tags = tagged(meta)
+    if (n := max((n for n in tags if n in vs.numbers), default=None)) is None: return None
+    m = vs.get(n)
+    ok = m is not None and files_of(tags[n]) == files_digest(table_files(vs.layout, m, table).files)
+    return n if ok else None
 
-# %% ../nbs/07c_iceberg.ipynb #05334a42
-def expire_updates(meta:TableMetadata,            # the table's metadata
-                   wanted:dict[int, TableFiles]   # the versions to publish
+# %% ../nbs/07c_iceberg.ipynb #3d455c98
+def expire_updates(meta:TableMetadata,   # the table's metadata
+                   keep:Iterable[int]    # the versions published
                   ) -> list[TableUpdate]:
     "Remove the tags of versions not published, and the snapshots nothing else names"
     from pyiceberg.table.update import RemoveSnapshotRefUpdate, RemoveSnapshotsUpdate
-    gone = {f"v{n}" for n in tagged(meta) if n not in wanted}
+    gone = {f"v{n}" for n in set(tagged(meta)) - set(keep)}
     if not gone: return []
-    keep = {r.snapshot_id for name, r in meta.refs.items() if name not in gone}
-    drop = [s.snapshot_id for s in meta.snapshots if s.snapshot_id not in keep]
+    named = {r.snapshot_id for name, r in meta.refs.items() if name not in gone}
+    drop = [s.snapshot_id for s in meta.snapshots if s.snapshot_id not in named]
     ups: list[TableUpdate] = [RemoveSnapshotRefUpdate(ref_name=n) for n in sorted(gone)]
     return ups + ([RemoveSnapshotsUpdate(snapshot_ids=drop)] if drop else [])
 
@@ -423,70 +467,52 @@ def load_current(cat:SqlCatalog,  # the data dir's catalog
     try: return FromInputFile.table_metadata(PyArrowFileIO().new_input(loc)), loc
     except Exception: return None, loc   # unreadable (damaged, or gone): rebuilt from the manifests
 
-# %% ../nbs/07c_iceberg.ipynb #f0c7533a
-def fresh_metadata(layout:DataLayout,                     # the data dir
-                   versions:list[SyncManifest],   # the versions to publish
-                   table:str,                     # the table
-                   wanted:dict[int, TableFiles],  # its files in each
-                   ids:dict[str, int]             # its field IDs
-                  ) -> TableMetadata:
-    "A new table's metadata: the columns of the newest file of the newest version, no snapshot"
+# %% ../nbs/07c_iceberg.ipynb #a0c204b3
+def fresh_metadata(layout:DataLayout,   # the data dir
+                   vs:Versions,         # the versions to publish
+                   table:str,           # the table
+                   ids:dict[str, int]   # its field IDs
+                  ) -> TableMetadata | None:
+    "A new table's metadata, its columns those of the newest file of the newest version (None: no file yet)"
     import pyarrow.parquet as pq
     from pyiceberg.io.pyarrow import pyarrow_to_schema
-    ds, last = versions[-1].dataset, wanted[max(wanted)]
-    newest = last.newest or next((w.newest for w in reversed(wanted.values()) if w.newest), None)
-    if newest is None: raise ConfigError(f"{ds}.{table} has no file in any version to take its columns from")
-    schema = pyarrow_to_schema(pq.read_schema(newest), name_mapping=name_mapping(ids))
-    te = next(m.tables[table] for m in reversed(versions) if table in m.tables)
-    return initial_metadata(str(layout.iceberg_table_dir(ds, table)), ds, schema, partition_spec(schema, te),
-                            ids)
+    for m in (m for n in reversed(vs.numbers) if (m := vs.get(n)) is not None and table in m.tables):
+        if (newest := table_files(layout, m, table).newest) is None: continue
+        schema = pyarrow_to_schema(pq.read_schema(newest), name_mapping=name_mapping(ids))
+        return initial_metadata(str(layout.iceberg_table_dir(vs.ds, table)), vs.ds, schema,
+                                partition_spec(schema, m.tables[table]), ids)
+    return None
 
-# %% ../nbs/07c_iceberg.ipynb #d5efe293
-def publish_table(layout:DataLayout,                 # the data dir (the dataset's lock held)
-                  cat:SqlCatalog,            # its catalog
-                  versions:list[SyncManifest],  # the versions to publish, oldest first
-                  table:str,                 # the table
-                  rebuild:bool=False         # write its metadata afresh from the manifests
-                 ) -> str:
-    "Bring the table's Iceberg metadata to `versions`; returns its metadata file"
+# %% ../nbs/07c_iceberg.ipynb #d5cf47c8
+def publish_table(layout:DataLayout,  # the data dir (the dataset's lock held)
+                  cat:SqlCatalog,     # its catalog
+                  vs:Versions,        # the versions to publish
+                  table:str,          # the table
+                  rebuild:bool=False  # write its metadata afresh from the manifests
+                 ) -> str | None:
+    "Bring the table's Iceberg metadata to the versions; returns its metadata file (None: nothing to publish)"
     from pyiceberg.io.pyarrow import PyArrowFileIO
     from pyiceberg.table.update import update_table_metadata
-    ds, io = versions[0].dataset, PyArrowFileIO()
-    first = next(i for i, m in enumerate(versions) if table in m.tables)
-    wanted = {m.version: table_files(layout, m, table) for m in versions[first:]}
-    ids = field_ids(SchemaRegistry(layout).history(ds, table))
-    location = str(layout.iceberg_table_dir(ds, table))
+    ds, io, ids = vs.ds, PyArrowFileIO(), field_ids(SchemaRegistry(layout).history(vs.ds, table))
     cur, old = load_current(cat, ds, table)
-    fresh = cur is None or rebuild or not agrees(cur, location, wanted)
-    meta = fresh_metadata(layout, versions, table, wanted, ids) if fresh or cur is None else cur
-    done = max((n for n in tagged(meta) if n in wanted), default=0)
+    done = None if rebuild else trusted(cur, str(layout.iceberg_table_dir(ds, table)), vs, table)
+    meta = cur if done is not None and cur is not None else fresh_metadata(layout, vs, table, ids)
+    if meta is None: return old
     written: list[str] = []
     cache: dict[str, tuple[DataFile, Schema]] = {}
-    if ups := expire_updates(meta, wanted): meta = update_table_metadata(meta, tuple(ups))
-    todo = [n for n in sorted(wanted) if n > done]
-    for n in todo:
-        meta = update_table_metadata(meta, tuple(version_updates(meta, io, ds, table, wanted[n], ids, cache,
-                                                                 written)))
-    if old is not None and not (fresh or ups or todo): return old
+    if ups := expire_updates(meta, vs.numbers): meta = update_table_metadata(meta, tuple(ups))
+    added = 0
+    for n in (n for n in vs.numbers if n > (done or 0)):
+        if (m := vs.get(n)) is None or (table not in m.tables and meta.current_snapshot() is None): continue
+        tf = table_files(layout, m, table)
+        meta = update_table_metadata(meta, tuple(version_updates(meta, io, ds, table, tf, ids, cache, written)))
+        added += 1
+    if old is not None and done is not None and not (ups or added): return old
     new = write_metadata(meta, old, written)
     point_catalog(cat, ds, table, old, new)
     return new
 
-# %% ../nbs/07c_iceberg.ipynb #13ce684d
-def published_versions(layout:DataLayout,                  # the data dir
-                       ds:str,                     # the dataset
-                       keep:Iterable[int]|None=None  # only these (default: those whose files are all on disk)
-                      ) -> list[SyncManifest]:
-    "The versions to publish, oldest first"
-    versions, _bad = load_versions(ManifestManager(layout), ds)  # an unreadable version is verify's to report
-    if keep is not None: return [m for m in versions if m.version in set(keep)]
-    seen: dict[str, bool] = {}
-    def here(p:Path, size:int) -> bool:   # on disk, at its size (a truncated file is not published)
-        return seen.setdefault(str(p), p.is_file() and p.stat().st_size == size)
-    return [m for m in versions
-            if all(here(entry_file(layout, ds, t, k, e), e.bytes) for t, te in m.tables.items()
-                   for k, e in te.partitions.items())]
-
+# %% ../nbs/07c_iceberg.ipynb #bd07e986
 def check_folders(layout:DataLayout,     # the data dir
                   ds:str,                # the dataset
                   tables:Iterable[str]   # its tables
@@ -520,7 +546,7 @@ def share(ds:str,                 # the dataset
                           + (why.replace(str(pw), "***") if pw else why),
                           f"check {SHARED_CATALOG_ENV} and that its user may create tables there") from None
 
-# %% ../nbs/07c_iceberg.ipynb #2185c882
+# %% ../nbs/07c_iceberg.ipynb #9f93610d
 def publish(layout:DataLayout,                       # the data dir (the dataset's lock held)
             dataset:str,                     # the dataset
             keep:Iterable[int]|None=None,    # only these versions (vacuum's)
@@ -528,14 +554,16 @@ def publish(layout:DataLayout,                       # the data dir (the dataset
            ) -> dict[str, str]:
     "Bring the dataset's Iceberg tables to its versions; returns each table's metadata file"
     ds = validate_name(dataset)
-    versions = published_versions(layout, ds, keep)
-    if not versions: return {}
-    tables = sorted({t for m in versions for t in m.tables})
+    vs = Versions(layout, ds, keep)
+    newest = next((m for n in reversed(vs.numbers) if (m := vs.get(n)) is not None), None)
+    tables = sorted(set(newest.tables if newest else ()) | set(metadata_files(layout, ds)))
+    if not tables: return {}
     check_folders(layout, ds, tables)
     cat = open_catalog(layout)
-    out = {t: publish_table(layout, cat, versions, t, rebuild) for t in tables}
+    out = {t: p for t in tables if (p := publish_table(layout, cat, vs, t, rebuild)) is not None}
     share(ds, out)
-    events.emit(events.ICEBERG_PUBLISHED, dataset=ds, version=versions[-1].version, tables=len(out))
+    events.emit(events.ICEBERG_PUBLISHED, dataset=ds, version=newest.version if newest else None,
+                tables=len(out))
     return out
 
 # %% ../nbs/07c_iceberg.ipynb #803fd786
@@ -593,20 +621,7 @@ def iceberg_problems(layout:DataLayout,  # the data dir
     found = {t: table_problem(layout, m, t, cat) for t in sorted(m.tables)}
     return [f"{m.dataset}.{t}: {p} ({fix})" for t, p in found.items() if p]
 
-# %% ../nbs/07c_iceberg.ipynb #1070e5c9
-def metadata_files(dirs:DataDirs,  # the data dir
-                   ds:str          # the dataset
-                  ) -> dict[str, str]:
-    "Each table's current Iceberg metadata file (none before the first publication)"
-    from contextlib import closing
-    if not dirs.iceberg_catalog.is_file(): return {}
-    sql = ("select table_name, metadata_location from iceberg_tables where catalog_name = ? "
-           "and table_namespace = ?")
-    try:
-        with closing(sqlite3.connect(f"file:{quote(str(dirs.iceberg_catalog))}?mode=ro", uri=True)) as c:
-            return dict(c.execute(sql, (CATALOG_NAME, ds)).fetchall())
-    except sqlite3.Error: return {}   # not a catalog (yet): nothing to name
-
+# %% ../nbs/07c_iceberg.ipynb #f9084d36
 def iceberg_table(dataset:str,                  # the dataset (`crsp`)
                   table:str,                    # the table (`daily`)
                   data_dir:Path|str|None=None   # the data dir (default: $WRDS_SYNC_DATA_DIR, else ./data)
