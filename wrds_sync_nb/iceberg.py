@@ -18,13 +18,14 @@ from urllib.parse import quote
 __all__ = ['FIELD_ID_KEY', 'CATALOG_NAME', 'VERSION_PROP', 'FILES_PROP', 'AVRO_CODEC', 'MANIFEST_FILES', 'SHARED_CATALOG_ENV',
            'field_ids', 'with_field_ids', 'name_mapping', 'open_catalog', 'metadata_files', 'TableFiles', 'table_files',
            'files_digest', 'snapshot_id', 'files_of', 'partition_spec', 'partition_value', 'data_file',
-           'initial_metadata', 'live_entries', 'schema_for', 'write_manifest_file', 'next_manifests', 'new_snapshot',
-           'ref', 'version_updates', 'usable', 'Versions', 'tagged', 'trusted', 'expire_updates', 'write_metadata',
-           'point_catalog', 'catalog_location', 'load_current', 'fresh_metadata', 'publish_table', 'check_folders',
-           'share', 'publish', 'republish', 'publish_or_warn', 'table_problem', 'iceberg_problems', 'iceberg_table',
-           'load_duckdb_iceberg', 'named_files', 'unreferenced_files']
+           'initial_metadata', 'live_entries', 'schema_for', 'write_manifest_file', 'next_manifests',
+           'snapshot_summary', 'new_snapshot', 'ref', 'version_updates', 'usable', 'Versions', 'tagged', 'trusted',
+           'expire_updates', 'write_metadata', 'point_catalog', 'catalog_location', 'load_current', 'fresh_metadata',
+           'add_versions', 'publish_table', 'check_folders', 'share', 'publish', 'republish', 'publish_or_warn',
+           'table_problem', 'iceberg_problems', 'iceberg_table', 'load_duckdb_iceberg', 'named_files',
+           'unreferenced_files']
 
-# %% ../nbs/07c_iceberg.ipynb #17415e70
+# %% ../nbs/07c_iceberg.ipynb #85c8c64c
 from . import events
 from .datadir import DataDir, locked
 from .errors import ConfigError, ManifestError, UnknownDatasetError, WrdsSyncError
@@ -42,7 +43,7 @@ if TYPE_CHECKING:   # imported where used: a sync that publishes nothing new nev
     from pyiceberg.table import Table
     from pyiceberg.table.metadata import TableMetadata
     from pyiceberg.table.name_mapping import NameMapping
-    from pyiceberg.table.snapshots import Snapshot
+    from pyiceberg.table.snapshots import Snapshot, Summary
     from pyiceberg.table.update import TableUpdate
 
 # %% ../nbs/07c_iceberg.ipynb #9848cdb2
@@ -213,9 +214,9 @@ def initial_metadata(location:str,        # the table's location
         default_spec_id=spec.spec_id, last_partition_id=max([f.field_id for f in spec.fields], default=999),
         properties=props, sort_orders=[UNSORTED_SORT_ORDER], default_sort_order_id=0, last_sequence_number=0)
 
-# %% ../nbs/07c_iceberg.ipynb #1fcd5b98
+# %% ../nbs/07c_iceberg.ipynb #8da79be9
 AVRO_CODEC: Literal["deflate"] = "deflate"  # the Avro name of Iceberg's default compression (gzip)
-MANIFEST_FILES = 100  # files per manifest a snapshot adds (a restated day rewrites 100 entries, not a table's)
+MANIFEST_FILES = 100  # files per manifest a snapshot adds (a restated day rewrites 100 entries, not all)
 
 def live_entries(meta:TableMetadata,  # the table
                  io:FileIO             # how its files are read
@@ -276,7 +277,25 @@ def next_manifests(meta:TableMetadata,   # the table
                                        deleted=[e for e in es if e.data_file.file_path in removed]))
     return out
 
-# %% ../nbs/07c_iceberg.ipynb #56fed119
+# %% ../nbs/07c_iceberg.ipynb #08f1ccbd
+def snapshot_summary(meta:TableMetadata,     # the table, at the parent snapshot
+                     tf:TableFiles,          # the version's files
+                     schema:Schema,          # the snapshot's schema
+                     removed:list[DataFile], # the files it removes
+                     added:list[DataFile]    # the files it adds
+                    ) -> Summary:
+    "A snapshot's summary: Iceberg's counts and totals, our version number and the digest of its files"
+    from pyiceberg.table.snapshots import (Operation, SnapshotSummaryCollector, Summary,
+                                           update_snapshot_summaries)
+    ssc, parent = SnapshotSummaryCollector(), meta.current_snapshot()
+    for d in removed: ssc.remove_file(d, schema, meta.spec())
+    for d in added: ssc.add_file(d, schema, meta.spec())
+    op = Operation.OVERWRITE if removed and added else Operation.DELETE if removed else Operation.APPEND
+    props = {VERSION_PROP: str(tf.version), FILES_PROP: files_digest(tf.files)}
+    return update_snapshot_summaries(Summary(operation=op, **ssc.build(), **props),
+                                     parent.summary if parent else None)
+
+# %% ../nbs/07c_iceberg.ipynb #7606799d
 def new_snapshot(meta:TableMetadata,  # the table
                  io:FileIO,            # how its files are read and written
                  sid:int,              # the snapshot's ID
@@ -288,19 +307,13 @@ def new_snapshot(meta:TableMetadata,  # the table
                 ) -> Snapshot:
     "Write the snapshot of version `tf.version`: its manifests and manifest list"
     from pyiceberg.manifest import write_manifest_list
-    from pyiceberg.table.snapshots import (Operation, Snapshot, SnapshotSummaryCollector, Summary,
-                                           update_snapshot_summaries)
-    parent, ssc = meta.current_snapshot(), SnapshotSummaryCollector()
-    removed = {p for p in live if p not in tf.files}
+    from pyiceberg.table.snapshots import Snapshot
+    parent, removed = meta.current_snapshot(), {p for p in live if p not in tf.files}
     manifests = next_manifests(meta, io, schema, sid, live, removed, written)
     for i in range(0, len(added), MANIFEST_FILES):   # small manifests: a restated partition rewrites one
-        manifests.append(write_manifest_file(meta, io, schema, sid, written, added=added[i:i + MANIFEST_FILES]))
-    for p in removed: ssc.remove_file(live[p][1].data_file, schema, meta.spec())
-    for d in added: ssc.add_file(d, schema, meta.spec())
-    op = Operation.OVERWRITE if removed and added else Operation.DELETE if removed else Operation.APPEND
-    props = {VERSION_PROP: str(tf.version), FILES_PROP: files_digest(tf.files)}
-    summary = update_snapshot_summaries(Summary(operation=op, **ssc.build(), **props),
-                                        parent.summary if parent else None)
+        chunk = added[i:i + MANIFEST_FILES]
+        manifests.append(write_manifest_file(meta, io, schema, sid, written, added=chunk))
+    summary = snapshot_summary(meta, tf, schema, [live[p][1].data_file for p in removed], added)
     seq, path = meta.next_sequence_number(), f"{meta.location}/metadata/snap-{sid}-1-{uuid.uuid4()}.avro"
     up = parent.snapshot_id if parent else None
     with write_manifest_list(2, io.new_output(path), sid, up, seq, AVRO_CODEC) as w:
@@ -347,7 +360,7 @@ def version_updates(meta:TableMetadata,   # the table, at the version before
         ups.append(SetCurrentSchemaUpdate(schema_id=schema.schema_id))
     return ups + [AddSnapshotUpdate(snapshot=snap), ref("main", sid, branch=True), ref(tag, sid)]
 
-# %% ../nbs/07c_iceberg.ipynb #1f4d3de0
+# %% ../nbs/07c_iceberg.ipynb #ecedc87e
 def usable(layout:DataLayout,      # the data dir
            ds:str,                 # the dataset
            n:int,                  # a version
@@ -356,7 +369,8 @@ def usable(layout:DataLayout,      # the data dir
     "Version `n`, if it can be read and its files are all on disk at their sizes"
     try: m = ManifestManager(layout).load_version(ds, n)
     except ManifestError: return None
-    def here(p:Path, size:int) -> bool: return seen.setdefault(str(p), p.is_file() and p.stat().st_size == size)
+    def here(p:Path, size:int) -> bool:
+        return seen.setdefault(str(p), p.is_file() and p.stat().st_size == size)
     ok = m is not None and all(here(entry_file(layout, ds, t, k, e), e.bytes) for t, k, e in entries(m))
     return m if ok else None
 
@@ -483,7 +497,27 @@ def fresh_metadata(layout:DataLayout,   # the data dir
                                 partition_spec(schema, m.tables[table]), ids)
     return None
 
-# %% ../nbs/07c_iceberg.ipynb #d5cf47c8
+# %% ../nbs/07c_iceberg.ipynb #0a7915f3
+def add_versions(layout:DataLayout,   # the data dir
+                 vs:Versions,         # the versions to publish
+                 table:str,           # the table
+                 meta:TableMetadata,  # its metadata
+                 after:int,           # the newest version it holds (0: none)
+                 ids:dict[str, int],  # its field IDs
+                 written:list[str]    # every file written so far (appended to)
+                ) -> tuple[TableMetadata, int]:
+    "`meta` extended by the versions after `after`, from the first that holds the table; and how many"
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+    from pyiceberg.table.update import update_table_metadata
+    io, added = PyArrowFileIO(), 0
+    cache: dict[str, tuple[DataFile, Schema]] = {}
+    for n in (n for n in vs.numbers if n > after):
+        if (m := vs.get(n)) is None or (table not in m.tables and meta.current_snapshot() is None): continue
+        u = version_updates(meta, io, vs.ds, table, table_files(layout, m, table), ids, cache, written)
+        meta, added = update_table_metadata(meta, tuple(u)), added + 1
+    return meta, added
+
+# %% ../nbs/07c_iceberg.ipynb #18711e7f
 def publish_table(layout:DataLayout,  # the data dir (the dataset's lock held)
                   cat:SqlCatalog,     # its catalog
                   vs:Versions,        # the versions to publish
@@ -491,22 +525,15 @@ def publish_table(layout:DataLayout,  # the data dir (the dataset's lock held)
                   rebuild:bool=False  # write its metadata afresh from the manifests
                  ) -> str | None:
     "Bring the table's Iceberg metadata to the versions; returns its metadata file (None: nothing to publish)"
-    from pyiceberg.io.pyarrow import PyArrowFileIO
     from pyiceberg.table.update import update_table_metadata
-    ds, io, ids = vs.ds, PyArrowFileIO(), field_ids(SchemaRegistry(layout).history(vs.ds, table))
+    ds, ids = vs.ds, field_ids(SchemaRegistry(layout).history(vs.ds, table))
     cur, old = load_current(cat, ds, table)
     done = None if rebuild else trusted(cur, str(layout.iceberg_table_dir(ds, table)), vs, table)
     meta = cur if done is not None and cur is not None else fresh_metadata(layout, vs, table, ids)
     if meta is None: return old
     written: list[str] = []
-    cache: dict[str, tuple[DataFile, Schema]] = {}
     if ups := expire_updates(meta, vs.numbers): meta = update_table_metadata(meta, tuple(ups))
-    added = 0
-    for n in (n for n in vs.numbers if n > (done or 0)):
-        if (m := vs.get(n)) is None or (table not in m.tables and meta.current_snapshot() is None): continue
-        tf = table_files(layout, m, table)
-        meta = update_table_metadata(meta, tuple(version_updates(meta, io, ds, table, tf, ids, cache, written)))
-        added += 1
+    meta, added = add_versions(layout, vs, table, meta, done or 0, ids, written)
     if old is not None and done is not None and not (ups or added): return old
     new = write_metadata(meta, old, written)
     point_catalog(cat, ds, table, old, new)
