@@ -171,10 +171,10 @@ READ_EVERYTHING = textwrap.dedent("""
     from wrds_sync_nb import reader
     from wrds_sync_nb.cli import app
     data, user = sys.argv[1], sys.argv[2]
-    if user:  # everything is imported above, as root; from here on, another Unix user
-        pw = pwd.getpwnam(user)
-        os.setgid(pw.pw_gid); os.setuid(pw.pw_uid)
     runner = CliRunner()
+    if user:  # verify once while /root (this Python's own library) is still readable: what it imports, loaded
+        runner.invoke(app, ["--data-dir", data, "verify", "--all"])
+        os.setgid(pwd.getpwnam(user).pw_gid); os.setuid(pwd.getpwnam(user).pw_uid)
     res = {c[0]: runner.invoke(app, ["--data-dir", data, *c]).exit_code
            for c in (["status", "--json"], ["verify", "--all"], ["history", "--dataset", "fama_french"],
                      ["cite", "--dataset", "fama_french"])}

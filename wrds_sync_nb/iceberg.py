@@ -621,7 +621,7 @@ def publish_or_warn(layout:DataLayout,                       # the data dir (the
         return False
     return True
 
-# %% ../nbs/07c_iceberg.ipynb #fd3c723a
+# %% ../nbs/07c_iceberg.ipynb #3b48d539
 def table_problem(layout:DataLayout,  # the data dir
                   m:SyncManifest,      # the current version
                   table:str,           # one of its tables
@@ -631,9 +631,11 @@ def table_problem(layout:DataLayout,  # the data dir
     from pyiceberg.io.pyarrow import PyArrowFileIO
     meta, loc = load_current(cat, m.dataset, table)
     if meta is None: return f"{'no' if loc is None else 'an unreadable'} Iceberg table"
-    if meta.location != str(layout.iceberg_table_dir(m.dataset, table)):
-        return f"the Iceberg table sits at {meta.location}, another data dir"
-    have, want = set(live_entries(meta, PyArrowFileIO())), set(table_files(layout, m, table).files)
+    root = Path(meta.location).parents[2]   # the data dir it was written in (this one, by another path?)
+    if root != layout.root and not (root.is_dir() and os.path.samefile(root, layout.root)):
+        return f"the Iceberg table names the files of another data dir ({root})"
+    have = {os.path.relpath(p, root) for p in live_entries(meta, PyArrowFileIO())}
+    want = {os.path.relpath(p, layout.root) for p in table_files(layout, m, table).files}
     if have != want:
         return (f"the Iceberg table's current snapshot lists {len(have - want)} file(s) version "
                 f"{m.version} does not, and lacks {len(want - have)} of its {len(want)}")
