@@ -168,12 +168,15 @@ READ_EVERYTHING = textwrap.dedent("""
     import duckdb, polars as pl, pyarrow.parquet   # the library imports these where used: here, before the switch
     import wrds_sync_nb.integrity, wrds_sync_nb.sync   # (the commands' own, likewise: /root is not theirs to read)
     from typer.testing import CliRunner
+    import wrds_sync_nb as w
     from wrds_sync_nb import reader
     from wrds_sync_nb.cli import app
     data, user = sys.argv[1], sys.argv[2]
     runner = CliRunner()
-    if user:  # verify once while /root (this Python's own library) is still readable: what it imports, loaded
+    iceberg = lambda: w.iceberg_table("fama_french", "daily", data).scan().to_arrow().num_rows
+    if user:  # verify and read once while /root (this Python's own library) is readable: their imports loaded
         runner.invoke(app, ["--data-dir", data, "verify", "--all"])
+        iceberg()
         os.setgid(pwd.getpwnam(user).pw_gid); os.setuid(pwd.getpwnam(user).pw_uid)
     res = {c[0]: runner.invoke(app, ["--data-dir", data, *c]).exit_code
            for c in (["status", "--json"], ["verify", "--all"], ["history", "--dataset", "fama_french"],
@@ -181,6 +184,7 @@ READ_EVERYTHING = textwrap.dedent("""
     res["connect"] = reader.connect(data).sql("select count(*) from ff.factors_daily").fetchone()[0]
     res["scan"] = reader.scan("fama_french", "monthly", data).select(pl.len()).collect().item()
     res["as_of"] = reader.connect(data, as_of=datetime.now(timezone.utc)).sql("select count(*) from fama_french_monthly").fetchone()[0]
+    res["iceberg"] = iceberg()
     print(json.dumps(res))
 """)
 
@@ -197,7 +201,8 @@ def synced_ff(demo, wrds_db):
     assert script(data, "full-sync", "--dataset", "fama_french", "--start-year", "2024").returncode == 0
     count = lambda t: demo.execute(f"select count(*) from {t} where date >= '2024-01-01'", database=wrds_db)[0][0]
     return data, {"status": 0, "verify": 0, "history": 0, "cite": 0, "connect": count("ff.factors_daily"),
-                  "scan": count("ff.factors_monthly"), "as_of": count("ff.factors_monthly")}
+                  "scan": count("ff.factors_monthly"), "as_of": count("ff.factors_monthly"),
+                  "iceberg": count("ff.factors_daily")}
 
 
 def test_readers_work_on_a_read_only_bind_mount(env, demo, wrds_db):
