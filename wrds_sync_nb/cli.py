@@ -30,10 +30,10 @@ __all__ = ['app', 'Dataset', 'MaybeDataset', 'AsJson', 'out', 'DataDirOpt', 'Dat
            'confirm_size', 'incremental_all', 'incremental', 'plan_lines', 'print_plans', 'local_time', 'status_lines',
            'known_layout', 'check_credential_expiry', 'cell', 'status', 'verify_names', 'verify_targets', 'verify_one',
            'verify', 'repair', 'synced_layout', 'spans', 'history_lines', 'history', 'diff', 'cite', 'vacuum',
-           'iceberg', 'migrate', 'lock_status', 'confirm_unlock', 'force_unlock', 'table_rows', 'datasets_cmd',
-           'libraries', 'tables', 'describe', 'comma_list', 'define_added', 'add', 'login', 'backup_cmd', 'restore_cmd',
-           'drill_cmd', 'claim_demo_dir', 'ccm_book_equity', 'demo_queries', 'run_demo', 'demo', 'demo_exports',
-           'running_demo', 'print_exports', 'serve_demo', 'main']
+           'iceberg', 'store_check', 'migrate', 'lock_status', 'confirm_unlock', 'force_unlock', 'table_rows',
+           'datasets_cmd', 'libraries', 'tables', 'describe', 'comma_list', 'define_added', 'add', 'login',
+           'backup_cmd', 'restore_cmd', 'drill_cmd', 'claim_demo_dir', 'ccm_book_equity', 'demo_queries', 'run_demo',
+           'demo', 'demo_exports', 'running_demo', 'print_exports', 'serve_demo', 'main']
 
 # %% ../nbs/10_cli.ipynb #22751237
 from . import __version__, events
@@ -691,6 +691,16 @@ def iceberg(
     for line in republish(_manager(st, with_client=False), dataset or synced_datasets(synced_layout(st)),
                           rebuild):
         out.print(line)
+
+# %% ../nbs/10_cli.ipynb #3240eb51
+@app.command("store-check")
+@handled
+def store_check(
+    url: Annotated[str, typer.Argument(help="the store: s3://bucket/prefix, gs://bucket/prefix, az://...")],
+) -> None:
+    "Check that an object store has the conditional writes a data dir there relies on."
+    from wrds_sync_nb.objectstore import ObjectStore, fitness
+    out.print(fitness(ObjectStore(url)))
 
 # %% ../nbs/10_cli.ipynb #d373bb94
 @app.command()

@@ -15,10 +15,10 @@ from .periods import KEY_RE
 
 # %% auto #0
 __all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'ADDED_DATASETS', 'DATA_DIR_MARKER', 'LAYOUT_FORMAT', 'DataDirKind',
-           'OUR_NAMES', 'validate_name', 'partition_key', 'view_relpath', 'is_temp_name', 'DataDirs', 'DataLayout',
-           'ensure_folders', 'resolve_stored', 'new_quarantine_path', 'fsync_dir', 'temp_path_for', 'publish_file',
-           'create_exclusive', 'atomic_write_bytes', 'sha256_file', 'internal_dirs', 'check_no_links', 'data_dir_kind',
-           'write_marker', 'claim_data_dir', 'layout_format']
+           'OUR_NAMES', 'validate_name', 'partition_key', 'view_relpath', 'is_temp_name', 'check_not_url', 'DataDirs',
+           'DataLayout', 'ensure_folders', 'resolve_stored', 'new_quarantine_path', 'fsync_dir', 'temp_path_for',
+           'publish_file', 'create_exclusive', 'atomic_write_bytes', 'sha256_file', 'internal_dirs', 'check_no_links',
+           'data_dir_kind', 'write_marker', 'claim_data_dir', 'layout_format']
 
 # %% ../nbs/01a_layout.ipynb #b3e4d54e
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -54,10 +54,19 @@ def is_temp_name(name:str) -> bool:
     "Is `name` one of our in-flight temporary files?"
     return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
+# %% ../nbs/01a_layout.ipynb #77b1bc08
+def check_not_url(root:Path|str) -> None:
+    "Refuse a data dir given as an object store URL (typer has made `s3://b/p` the Path `s3:/b/p`)"
+    if m := re.match(r"(s3a?|gs|az|abfss?):/+(.*)", str(root)):
+        raise ConfigError(f"the data dir {m[1]}://{m[2]} is an object store URL; this release keeps "
+                          "data dirs in folders",
+                          "pass a folder to --data-dir (`wrds-sync store-check URL` checks a store)")
+
 # %% ../nbs/01a_layout.ipynb #29427c9f
 class DataDirs:
     "The folders of one data dir, and the bookkeeping files each dataset has in them"
     def __init__(self, root:Path|str):
+        check_not_url(root)
         self.root = Path(root).expanduser().absolute()
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"the data dir {self.root} is a file, not a folder",

@@ -1,0 +1,187 @@
+"""A data dir's home on object storage (issue: object storage), first part: the store interface, the lock and
+the commit by conditional writes, and the probe, run by one suite on a folder and on real S3-compatible servers
+started on 127.0.0.1 (SeaweedFS and moto's server)."""
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from stores import SECRET, dropping_proxy, start_moto, start_seaweedfs
+
+from wrds_sync_nb.errors import ChecksumMismatchError, ConfigError, LockAcquisitionError, LockOwnershipError
+from wrds_sync_nb.objectstore import (
+    LocalStore,
+    ObjectStore,
+    StoreLock,
+    check_store,
+    commit_manifest,
+    probe,
+    upload_checked,
+)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    srv = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield srv
+    srv.proc.terminate()
+    srv.proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory):
+    srv = start_moto(tmp_path_factory.mktemp("moto"))
+    yield srv
+    srv.proc.terminate()
+    srv.proc.wait(30)
+
+
+@pytest.fixture(params=["local", "seaweedfs", "moto"])
+def store(request, tmp_path, monkeypatch):
+    """A fresh data dir home on each implementation."""
+    if request.param == "local":
+        return LocalStore(tmp_path / "home")
+    srv = request.getfixturevalue(request.param)
+    for k, v in srv.env().items():
+        monkeypatch.setenv(k, v)
+    return ObjectStore(srv.url())
+
+
+def test_every_store_keeps_the_contract(store):
+    check_store(store)
+
+
+def test_the_probe_passes_real_stores_and_refuses_one_that_ignores_conditional_writes(store, moto, monkeypatch):
+    probe(store)
+    assert store.head(".wrds-sync-store") is not None
+    endpoint, srv = dropping_proxy(moto.endpoint)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+            monkeypatch.setenv(k, moto.env()[k])
+        careless = ObjectStore(moto.url())
+        with pytest.raises(ConfigError, match=r"does not refuse a second create-if-absent \(If-None-Match: \*\)"):
+            probe(careless)
+        assert careless.head(".wrds-sync-store") is None   # never marked as trusted
+    finally:
+        srv.shutdown()
+
+
+def test_a_second_writer_is_refused_with_exit_2_and_takes_the_lock_once_released(store):
+    a, b = StoreLock(store, "crsp", "a"), StoreLock(store, "crsp", "b")
+    a.acquire()
+    with pytest.raises(LockAcquisitionError, match="is locked on .* by a") as e:
+        b.acquire()
+    assert e.value.exit_code == 2
+    a.release()
+    b.acquire()
+    a.release()   # a no longer holds it: nothing happens to b's lock
+    with pytest.raises(LockAcquisitionError):
+        StoreLock(store, "crsp", "c").acquire()
+
+
+def wait_stale(store, rel, lease):
+    """Until the store's clock is past the lock's Last-Modified plus its lease (polling the store's clock)."""
+    import time
+    modified = store.head(rel).modified
+    while store.now() - modified <= lease:
+        time.sleep(0.2)
+
+
+def test_a_stale_lock_is_taken_over_by_exactly_one_of_eight(store):
+    lease = timedelta(seconds=2)
+    StoreLock(store, "taq", "dead", lease=lease).acquire()
+    wait_stale(store, "locks/taq.lock", lease)
+    go, won, lost = threading.Barrier(8), [], []
+
+    def race(i):
+        lk = StoreLock(store, "taq", f"r{i}", lease=lease)
+        go.wait()
+        try:
+            lk.acquire()
+            won.append(i)
+        except LockAcquisitionError:
+            lost.append(i)
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(lost) == 7, (won, lost)
+
+
+PAUSED = textwrap.dedent("""
+    import os, signal, sys
+    from datetime import timedelta
+    from wrds_sync_nb.objectstore import LocalStore, ObjectStore, StoreLock, commit_manifest
+    where, ready = sys.argv[1], sys.argv[2]
+    store = ObjectStore(where) if "://" in where else LocalStore(where)
+    lk = StoreLock(store, "crsp", "paused", lease=timedelta(seconds=2))
+    lk.acquire()
+    open(ready, "w").close()
+    os.kill(os.getpid(), signal.SIGSTOP)       # paused here (a laptop lid closed) until SIGCONT
+    try:
+        lk.refresh()                           # the check before committing
+        commit_manifest(store, "crsp", 1, b"the paused writer's version 1")
+    except Exception as e:
+        print(type(e).__name__, e)
+        sys.exit(3)
+""")
+
+
+def test_a_writer_paused_past_its_lease_cannot_commit(store, tmp_path):
+    where = str(store.root) if isinstance(store, LocalStore) else store.url
+    ready = tmp_path / "ready"
+    child = subprocess.Popen([sys.executable, "-c", PAUSED, where, str(ready)], stdout=subprocess.PIPE, text=True,
+                             env=os.environ)
+    try:
+        os.waitpid(child.pid, os.WUNTRACED)          # returns once the child has stopped itself
+        assert ready.exists()
+        wait_stale(store, "locks/crsp.lock", timedelta(seconds=2))
+        lk = StoreLock(store, "crsp", "second", lease=timedelta(seconds=2))
+        lk.acquire()
+        commit_manifest(store, "crsp", 1, b"the second writer's version 1")
+        os.kill(child.pid, signal.SIGCONT)
+        out, _ = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 3 and out.startswith("LockOwnershipError") and "was taken over" in out, out
+    assert store.read("manifests/history/crsp/1.json")[0] == b"the second writer's version 1"
+    with pytest.raises(LockOwnershipError, match="committed by another writer"):
+        commit_manifest(store, "crsp", 1, b"a late commit")
+
+
+def test_uploads_are_checked_and_an_object_replaced_behind_our_back_is_detected(store, tmp_path):
+    f = tmp_path / "2024.parquet"
+    f.write_bytes(os.urandom(7 * 1024 * 1024))      # past obstore's multipart threshold
+    sha = hashlib.sha256(f.read_bytes()).hexdigest()
+    rel = f"versions/crsp/daily/2024-{sha[:16]}.parquet"
+    assert upload_checked(store, rel, f, sha) is True
+    assert upload_checked(store, rel, f, sha) is False   # never over an object that is there
+    got = store.read(rel)
+    store.swap(rel, b"replaced", got[1].etag)             # someone else's write
+    with pytest.raises(ChecksumMismatchError, match="holds other bytes"):
+        upload_checked(store, rel, f, sha)
+
+
+def test_store_check_through_the_installed_script(seaweedfs, moto, tmp_path):
+    from test_cli import script
+    r = script(tmp_path, "store-check", seaweedfs.url(), env_extra=seaweedfs.env())
+    assert r.returncode == 0 and "refuses a second create-if-absent and a stale compare-and-swap" in r.stdout, r.stderr
+    endpoint, srv = dropping_proxy(moto.endpoint)
+    try:
+        r = script(tmp_path, "store-check", moto.url(), env_extra={**moto.env(), "AWS_ENDPOINT_URL": endpoint})
+    finally:
+        srv.shutdown()
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "does not refuse a second create-if-absent (If-None-Match: *)" in r.stderr and SECRET not in r.stderr
+    r = subprocess.run([str(Path(sys.executable).parent / "wrds-sync"), "--data-dir", "s3://wrds/x", "status"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "the data dir s3://wrds/x is an object store URL" in r.stderr, r.stderr
