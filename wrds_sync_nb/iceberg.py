@@ -593,7 +593,7 @@ def publish(layout:DataLayout,                       # the data dir (the dataset
                 tables=len(out))
     return out
 
-# %% ../nbs/07c_iceberg.ipynb #803fd786
+# %% ../nbs/07c_iceberg.ipynb #4c1c72bc
 def republish(d:DataDir,              # the data dir
               datasets:Iterable[str], # the datasets
               rebuild:bool=False      # write every table's metadata afresh
@@ -602,7 +602,8 @@ def republish(d:DataDir,              # the data dir
     out = []
     for ds in datasets:
         with locked(d, validate_name(ds)): files = publish(d.layout, ds, rebuild=rebuild)
-        out += [f"{ds}.{t}: {d.layout.relative(Path(p))}" for t, p in sorted(files.items())]
+        out += [f"{ds}.{t}: {d.layout.relative(Path(p))}" for t, p in sorted(files.items())] or [
+            f"{ds}: nothing to publish (no version of it is in {d.layout.root})"]
     return out
 
 # %% ../nbs/07c_iceberg.ipynb #ebedee71
