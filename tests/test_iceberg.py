@@ -216,3 +216,18 @@ def test_a_shared_postgresql_catalog_is_kept_current_and_a_refusing_one_never_fa
         assert "sync.iceberg.behind" in r.stderr and "check WRDS_SYNC_ICEBERG_CATALOG" in r.stderr, r.stderr
     finally:
         demo.execute(f'drop database if exists "{db}" with (force)', database="postgres")
+
+
+def test_a_column_added_at_the_source_is_a_new_schema_and_version_1_keeps_its_own(env, demo, wrds_db, tmp_path):
+    data = tmp_path / "d"
+    assert script(data, "full-sync", "--dataset", "fama_french", "--start-year", "2024").returncode == 0
+    demo.add_column("ff.factors_daily", "cma", "double precision", database=wrds_db)
+    demo.bump_comment("ff.factors_daily", date(2026, 3, 1), database=wrds_db)
+    assert script(data, "incremental", "--dataset", "fama_french").returncode == 0
+    table = w.iceberg_table("fama_french", "daily", data)
+    assert [len(s.fields) for s in table.metadata.schemas] == [6, 7]
+    assert table.schema().find_field("cma").field_id == 7          # numbered after the columns before it
+    v1 = pl.from_arrow(table.scan(snapshot_id=table.snapshot_by_name("v1").snapshot_id).to_arrow())
+    now = pl.scan_iceberg(table).collect()
+    assert "cma" not in v1.columns and now["cma"].null_count() == 0 and v1.height == now.height
+    assert script(data, "verify", "--dataset", "fama_french").returncode == 0

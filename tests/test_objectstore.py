@@ -185,3 +185,47 @@ def test_store_check_through_the_installed_script(seaweedfs, moto, tmp_path):
     r = subprocess.run([str(Path(sys.executable).parent / "wrds-sync"), "--data-dir", "s3://wrds/x", "status"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "the data dir s3://wrds/x is an object store URL" in r.stderr, r.stderr
+
+
+KILLED_PUSH = textwrap.dedent("""
+    import os, signal, sys
+    from datetime import timedelta
+    import wrds_sync_nb.objectstore as O
+    from wrds_sync_nb.layout import DataLayout
+    data, where = sys.argv[1], sys.argv[2]
+    store = O.ObjectStore(where) if "://" in where else O.LocalStore(where)
+    real, sent = O.upload_checked, []
+    def dying(*a):                     # killed after its second file is up
+        real(*a)
+        sent.append(1)
+        if len(sent) == 2: os.kill(os.getpid(), signal.SIGKILL)
+        return True
+    O.upload_checked = dying
+    lk = O.StoreLock(store, "fama_french", "killed", lease=timedelta(seconds=2))
+    lk.acquire()
+    O.push_version(DataLayout(data), store, lk, 1)
+""")
+
+
+def test_a_push_killed_mid_upload_shows_nothing_and_the_next_one_commits(store, env, tmp_path):
+    from test_cli import script
+
+    from wrds_sync_nb.layout import DataLayout
+    from wrds_sync_nb.manifest import ManifestManager
+    from wrds_sync_nb.objectstore import pull_manifests, push_version, stored_sha256
+    data = tmp_path / "d"
+    assert script(data, "full-sync", "--dataset", "fama_french", "--start-year", "2024").returncode == 0
+    where = str(store.root) if isinstance(store, LocalStore) else store.url
+    r = subprocess.run([sys.executable, "-c", KILLED_PUSH, str(data), where], capture_output=True, text=True,
+                       env=os.environ)
+    assert r.returncode == -9, r.stderr
+    assert len(store.listing("versions/fama_french")) == 2           # two files up ...
+    assert store.listing("manifests") == []                           # ... and no version: nothing visible
+    assert pull_manifests(store, DataLayout(tmp_path / "reader"), "fama_french") == []
+    wait_stale(store, "locks/fama_french.lock", timedelta(seconds=2))
+    lk = StoreLock(store, "fama_french", "next", lease=timedelta(seconds=2))
+    lk.acquire()
+    m = ManifestManager(DataLayout(data)).load("fama_french")
+    assert push_version(DataLayout(data), store, lk, 1) == len(m.files()) - 2   # the rest, then the commit
+    assert pull_manifests(store, DataLayout(tmp_path / "reader"), "fama_french") == [1]
+    assert all(stored_sha256(store, rel) == e.sha256 for rel, e in m.files().items())

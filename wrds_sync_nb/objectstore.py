@@ -18,11 +18,14 @@ from urllib.parse import urlparse
 # %% auto #0
 __all__ = ['STORE_SCHEMES', 'LEASE', 'PROBED', 'Meta', 'Store', 'is_store_url', 'LocalReads', 'LocalStore', 'open_store',
            'ObjectReads', 'ObjectStore', 'check_store', 'lock_body', 'lock_state', 'StoreLock', 'take_lock',
-           'commit_manifest', 'stored_sha256', 'upload_checked', 'probe', 'fitness']
+           'commit_manifest', 'stored_sha256', 'upload_checked', 'probe', 'fitness', 'push_version', 'pull_manifests']
 
-# %% ../nbs/07d_objectstore.ipynb #357816f8
-from .errors import ChecksumMismatchError, ConfigError, LockAcquisitionError, LockOwnershipError
-from .layout import atomic_write_bytes, create_exclusive, temp_path_for, validate_name
+# %% ../nbs/07d_objectstore.ipynb #dbf77e2e
+from .errors import (ChecksumMismatchError, ConfigError, LockAcquisitionError, LockOwnershipError,
+                                 ManifestError)
+from .layout import DataLayout, atomic_write_bytes, create_exclusive, temp_path_for, validate_name
+from .manifest import ManifestManager, parse_manifest
+from .versions import entries, entry_file
 
 # %% ../nbs/07d_objectstore.ipynb #35f887cc
 @dataclass(frozen=True)
@@ -334,3 +337,34 @@ def fitness(store:Store) -> str:
                           "check the URL, the bucket, AWS_ENDPOINT_URL and the credentials") from None
     return (f"{store.url}: refuses a second create-if-absent and a stale compare-and-swap; its clock says "
             f"{store.now():%Y-%m-%d %H:%M:%S} UTC")
+
+# %% ../nbs/07d_objectstore.ipynb #43f5e810
+def push_version(layout:DataLayout,   # the local data dir the engine committed in
+                 store:Store,         # the data dir's home
+                 lock:StoreLock,      # the dataset's lock on it, held
+                 n:int                # the version to publish
+                ) -> int:
+    "Publish version `n` of the lock's dataset: its files, then its manifest (the commit); files uploaded"
+    mm, ds = ManifestManager(layout), lock.dataset
+    if (m := mm.load_version(ds, n)) is None: raise ManifestError(f"{ds} has no version {n} in {layout.root}")
+    sent = 0
+    for t, k, e in entries(m):
+        local = entry_file(layout, ds, t, k, e)
+        sent += upload_checked(store, layout.relative(local), local, e.sha256)
+    lock.refresh()
+    commit_manifest(store, ds, n, mm.version_path(ds, n).read_bytes())
+    return sent
+
+def pull_manifests(store:Store,        # the data dir's home
+                   layout:DataLayout,  # a local data dir
+                   ds:str              # the dataset
+                  ) -> list[int]:
+    "Copy the dataset's manifest versions the local data dir lacks; the versions copied"
+    mm, got = ManifestManager(layout), []
+    for meta in store.listing(f"manifests/history/{validate_name(ds)}"):
+        n = int(Path(meta.path).stem)
+        if mm.version_path(ds, n).exists() or (read := store.read(meta.path)) is None: continue
+        parse_manifest(ds, read[0], f"{store.url}/{meta.path}")   # checked before it is kept
+        atomic_write_bytes(mm.version_path(ds, n), read[0], replace=False)
+        got.append(n)
+    return sorted(got)
