@@ -16,8 +16,8 @@ from urllib.parse import quote
 
 # %% auto #0
 __all__ = ['FIELD_ID_KEY', 'CATALOG_NAME', 'VERSION_PROP', 'FILES_PROP', 'AVRO_CODEC', 'MANIFEST_FILES', 'SHARED_CATALOG_ENV',
-           'field_ids', 'with_field_ids', 'name_mapping', 'open_catalog', 'metadata_files', 'TableFiles', 'table_files',
-           'files_digest', 'snapshot_id', 'files_of', 'partition_spec', 'partition_value', 'data_file',
+           'field_ids', 'with_field_ids', 'name_mapping', 'catalog_on', 'open_catalog', 'metadata_files', 'TableFiles',
+           'table_files', 'files_digest', 'snapshot_id', 'files_of', 'partition_spec', 'partition_value', 'data_file',
            'initial_metadata', 'live_entries', 'schema_for', 'write_manifest_file', 'next_manifests',
            'snapshot_summary', 'new_snapshot', 'ref', 'version_updates', 'usable', 'Versions', 'tagged', 'trusted',
            'expire_updates', 'write_metadata', 'point_catalog', 'catalog_location', 'load_current', 'fresh_metadata',
@@ -74,24 +74,34 @@ def name_mapping(ids:dict[str, int]) -> NameMapping:
     from pyiceberg.table.name_mapping import MappedField, NameMapping
     return NameMapping([MappedField(field_id=i, names=[n]) for n, i in ids.items()])
 
-# %% ../nbs/07c_iceberg.ipynb #382522af
+# %% ../nbs/07c_iceberg.ipynb #178324b5
 CATALOG_NAME = "wrds"  # the catalog's name in its tables (a Spark catalog sharing it must be named the same)
 
+def catalog_on(db:Path,            # the SQLite file
+               read_only:bool,     # open it read-only (nothing created)
+               warehouse:str       # where new tables would go
+              ) -> SqlCatalog:
+    "pyiceberg's SqlCatalog on the SQLite file `db`, opened by its path whatever characters it holds"
+    from pyiceberg.catalog.sql import SqlCatalog
+    from sqlalchemy import create_engine
+    target = f"file:{quote(str(db))}" + ("?mode=ro" if read_only else "")
+    cat = SqlCatalog(CATALOG_NAME, uri="sqlite://", init_catalog_tables="false", warehouse=warehouse)
+    cat.engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(target, uri=True,
+                                                                           check_same_thread=False))
+    if not read_only: cat.create_tables()   # if absent
+    return cat
+
+# %% ../nbs/07c_iceberg.ipynb #650f1069
 def open_catalog(dirs:DataDirs,          # the data dir
                  read_only:bool=False    # only read (a missing catalog is an error, not created)
                 ) -> SqlCatalog:
     "The data dir's Iceberg catalog"
-    from pyiceberg.catalog.sql import SqlCatalog
     db = dirs.iceberg_catalog
-    if read_only:
-        if not db.is_file():
-            raise UnknownDatasetError(f"{dirs.root} has no Iceberg tables yet",
-                                      "run `wrds-sync iceberg` (any sync also publishes them)")
-        return SqlCatalog(CATALOG_NAME, uri=f"sqlite:///file:{quote(str(db))}?mode=ro&uri=true",
-                          init_catalog_tables="false")
-    dirs.iceberg_dir.mkdir(exist_ok=True)
-    return SqlCatalog(CATALOG_NAME, uri=f"sqlite:///file:{quote(str(db))}?uri=true",
-                      warehouse=dirs.iceberg_dir.as_uri())
+    if read_only and not db.is_file():
+        raise UnknownDatasetError(f"{dirs.root} has no Iceberg tables yet",
+                                  "run `wrds-sync iceberg` (any sync also publishes them)")
+    if not read_only: dirs.iceberg_dir.mkdir(exist_ok=True)
+    return catalog_on(db, read_only, dirs.iceberg_dir.as_uri())
 
 # %% ../nbs/07c_iceberg.ipynb #85711b65
 def metadata_files(dirs:DataDirs,  # the data dir
@@ -573,7 +583,7 @@ def share(ds:str,                 # the dataset
                           + (why.replace(str(pw), "***") if pw else why),
                           f"check {SHARED_CATALOG_ENV} and that its user may create tables there") from None
 
-# %% ../nbs/07c_iceberg.ipynb #9f93610d
+# %% ../nbs/07c_iceberg.ipynb #4a244273
 def publish(layout:DataLayout,                       # the data dir (the dataset's lock held)
             dataset:str,                     # the dataset
             keep:Iterable[int]|None=None,    # only these versions (vacuum's)
@@ -581,6 +591,9 @@ def publish(layout:DataLayout,                       # the data dir (the dataset
            ) -> dict[str, str]:
     "Bring the dataset's Iceberg tables to its versions; returns each table's metadata file"
     ds = validate_name(dataset)
+    if any(ch in str(layout.root) for ch in "?#%"):
+        raise ConfigError(f"the data dir's path {layout.root} holds ?, # or %, which Iceberg's file "
+                          "locations cannot carry", "move the data dir to a path without them for Iceberg tables")
     vs = Versions(layout, ds, keep)
     newest = next((m for n in reversed(vs.numbers) if (m := vs.get(n)) is not None), None)
     tables = sorted(set(newest.tables if newest else ()) | set(metadata_files(layout, ds)))
