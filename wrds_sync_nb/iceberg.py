@@ -583,7 +583,7 @@ def share(ds:str,                 # the dataset
                           + (why.replace(str(pw), "***") if pw else why),
                           f"check {SHARED_CATALOG_ENV} and that its user may create tables there") from None
 
-# %% ../nbs/07c_iceberg.ipynb #4a244273
+# %% ../nbs/07c_iceberg.ipynb #b302e5ca
 def publish(layout:DataLayout,                       # the data dir (the dataset's lock held)
             dataset:str,                     # the dataset
             keep:Iterable[int]|None=None,    # only these versions (vacuum's)
@@ -593,7 +593,7 @@ def publish(layout:DataLayout,                       # the data dir (the dataset
     ds = validate_name(dataset)
     if any(ch in str(layout.root) for ch in "?#%"):
         raise ConfigError(f"the data dir's path {layout.root} holds ?, # or %, which Iceberg's file "
-                          "locations cannot carry", "move the data dir to a path without them for Iceberg tables")
+                          "locations cannot carry", "move the data dir to a path without them")
     vs = Versions(layout, ds, keep)
     newest = next((m for n in reversed(vs.numbers) if (m := vs.get(n)) is not None), None)
     tables = sorted(set(newest.tables if newest else ()) | set(metadata_files(layout, ds)))
