@@ -229,3 +229,33 @@ def test_a_push_killed_mid_upload_shows_nothing_and_the_next_one_commits(store, 
     assert push_version(DataLayout(data), store, lk, 1) == len(m.files()) - 2   # the rest, then the commit
     assert pull_manifests(store, DataLayout(tmp_path / "reader"), "fama_french") == [1]
     assert all(stored_sha256(store, rel) == e.sha256 for rel, e in m.files().items())
+
+
+def test_a_pushed_version_is_read_in_place_by_duckdb_and_a_later_one_only_once_committed(store, env, demo, wrds_db,
+                                                                                        tmp_path):
+    from datetime import date
+
+    from test_cli import script
+
+    from wrds_sync_nb.layout import DataLayout
+    from wrds_sync_nb.objectstore import push_version
+    from wrds_sync_nb.store_reader import connect_store
+    data = tmp_path / "d"
+    assert script(data, "full-sync", "--dataset", "fama_french", "--start-year", "2024").returncode == 0
+    count = "select count(*), sum(mktrf) from fama_french_daily where year(date) = 2024"
+    lk = StoreLock(store, "fama_french", "pusher")
+    lk.acquire()
+    push_version(DataLayout(data), store, lk, 1)
+    first = connect_store(store).sql(count).fetchone()
+    want = demo.execute("select count(*), sum(mktrf) from ff.factors_daily where extract(year from date) = 2024",
+                        database=wrds_db)[0]
+    assert first[0] == want[0] and first[1] == pytest.approx(float(want[1]), rel=1e-12)
+    demo.restate_year("ff.factors_daily", "date", 2024, "mktrf", 2.0, database=wrds_db)
+    demo.bump_comment("ff.factors_daily", date(2026, 3, 1), database=wrds_db)
+    assert script(data, "incremental", "--dataset", "fama_french").returncode == 0
+    assert connect_store(store).sql(count).fetchone() == first          # version 2 not pushed: not seen
+    push_version(DataLayout(data), store, lk, 2)
+    lk.release()
+    now = connect_store(store).sql(count).fetchone()
+    assert now[1] == pytest.approx(2 * first[1], rel=1e-9)
+    assert connect_store(store, datasets=["fama_french"], version=1).sql(count).fetchone() == first

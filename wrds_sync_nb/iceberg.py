@@ -22,7 +22,7 @@ __all__ = ['FIELD_ID_KEY', 'CATALOG_NAME', 'VERSION_PROP', 'FILES_PROP', 'AVRO_C
            'snapshot_summary', 'new_snapshot', 'ref', 'version_updates', 'usable', 'Versions', 'tagged', 'trusted',
            'expire_updates', 'write_metadata', 'point_catalog', 'catalog_location', 'load_current', 'fresh_metadata',
            'add_versions', 'publish_table', 'check_folders', 'share', 'publish', 'republish', 'publish_or_warn',
-           'table_problem', 'iceberg_problems', 'iceberg_table', 'load_duckdb_iceberg', 'named_files',
+           'table_problem', 'iceberg_problems', 'iceberg_table', 'load_packaged', 'load_duckdb_iceberg', 'named_files',
            'unreferenced_files']
 
 # %% ../nbs/07c_iceberg.ipynb #85c8c64c
@@ -678,11 +678,13 @@ def iceberg_table(dataset:str,                  # the dataset (`crsp`)
         raise UnknownDatasetError(f"{dataset}.{table} is not an Iceberg table in {dirs.root}",
                                   "`wrds-sync status` lists the synced tables") from None
 
-# %% ../nbs/07c_iceberg.ipynb #e1ec3e7a
-def load_duckdb_iceberg(con:Any) -> None:
-    "Load DuckDB's iceberg extension (and avro, which it needs) into the connection `con`"
+# %% ../nbs/07c_iceberg.ipynb #f2ea9908
+def load_packaged(con:Any,                # a DuckDB connection
+                  names:tuple[str, ...]   # extensions, in the order they load (dependencies first)
+                 ) -> None:
+    "Load DuckDB extensions from their `duckdb-extension-<name>` packages, else as DuckDB would"
     import duckdb, importlib
-    for name in ("avro", "iceberg"):
+    for name in names:
         try:
             folder = Path(importlib.import_module(f"duckdb_extension_{name}").__file__ or "").parent
             con.load_extension(str(next(folder.glob(f"extensions/*/{name}.duckdb_extension"))))
@@ -690,8 +692,12 @@ def load_duckdb_iceberg(con:Any) -> None:
             try: con.load_extension(name)
             except duckdb.Error:
                 v = duckdb.__version__
-                fix = f"pip install duckdb-extension-avro=={v} duckdb-extension-iceberg=={v}"
+                fix = "pip install " + " ".join(f"duckdb-extension-{n}=={v}" for n in names)
                 raise ConfigError(f"DuckDB {v} cannot load its {name} extension", fix) from None
+
+def load_duckdb_iceberg(con:Any) -> None:
+    "Load DuckDB's iceberg extension (and avro, which it needs) into the connection `con`"
+    load_packaged(con, ("avro", "iceberg"))
 
 # %% ../nbs/07c_iceberg.ipynb #eb96a01f
 def named_files(metadata:Path) -> set[str]:
