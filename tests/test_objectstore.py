@@ -26,20 +26,24 @@ from wrds_sync_nb.objectstore import (
 )
 
 
+def served(start, factory, name):
+    """A server for the session, stopped at its end."""
+    srv = start(factory.mktemp(name))
+    try:
+        yield srv
+    finally:
+        srv.proc.terminate()
+        srv.proc.wait(30)
+
+
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory):
-    srv = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
-    yield srv
-    srv.proc.terminate()
-    srv.proc.wait(30)
+    yield from served(start_seaweedfs, tmp_path_factory, "seaweedfs")
 
 
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory):
-    srv = start_moto(tmp_path_factory.mktemp("moto"))
-    yield srv
-    srv.proc.terminate()
-    srv.proc.wait(30)
+    yield from served(start_moto, tmp_path_factory, "moto")
 
 
 @pytest.fixture(params=["local", "seaweedfs", "moto"])
