@@ -15,6 +15,8 @@ import pytest
 from stores import SECRET, dropping_proxy, start_moto, start_seaweedfs
 
 from wrds_sync_nb.errors import ChecksumMismatchError, ConfigError, LockAcquisitionError, LockOwnershipError
+from wrds_sync_nb.layout import DataLayout
+from wrds_sync_nb.manifest import ManifestManager
 from wrds_sync_nb.objectstore import (
     LocalStore,
     ObjectStore,
@@ -263,3 +265,29 @@ def test_a_pushed_version_is_read_in_place_by_duckdb_and_a_later_one_only_once_c
     now = connect_store(store).sql(count).fetchone()
     assert now[1] == pytest.approx(2 * first[1], rel=1e-9)
     assert connect_store(store, datasets=["fama_french"], version=1).sql(count).fetchone() == first
+
+
+def test_push_and_store_verify_through_the_installed_script(seaweedfs, env, tmp_path, monkeypatch):
+    from test_cli import script
+
+    from wrds_sync_nb.store_reader import connect_store
+    data, url, e = tmp_path / "d", seaweedfs.url(), seaweedfs.env()
+    assert script(data, "full-sync", "--dataset", "fama_french", "--start-year", "2024").returncode == 0
+    for k, v in e.items():
+        monkeypatch.setenv(k, v)
+    holder = StoreLock(ObjectStore(url), "fama_french", "another writer")
+    holder.acquire()
+    r = script(data, "push", "--to", url, env_extra=e)
+    assert r.returncode == 2 and "is locked on" in r.stderr and "another writer" in r.stderr, r.stderr
+    holder.release()
+    r = script(data, "push", "--to", url, env_extra=e)
+    assert r.returncode == 0 and "fama_french: pushed version(s) 1" in r.stdout, r.stdout + r.stderr
+    assert script(data, "push", "--to", url, env_extra=e).stdout.strip() == "fama_french: nothing new"
+    assert script(data, "store-verify", url, env_extra=e).returncode == 0
+    rows = connect_store(ObjectStore(url)).sql("select count(*) from fama_french_monthly").fetchone()[0]
+    assert rows == ManifestManager(DataLayout(data)).load("fama_french").tables["monthly"].rows
+    store = ObjectStore(url)
+    victim = sorted(m.path for m in store.listing("versions/fama_french"))[0]
+    store.swap(victim, b"replaced", store.head(victim).etag)
+    r = script(data, "store-verify", url, env_extra=e)
+    assert r.returncode == 1 and f"{victim} holds other bytes" in r.stdout, r.stdout

@@ -30,10 +30,10 @@ __all__ = ['app', 'Dataset', 'MaybeDataset', 'AsJson', 'out', 'DataDirOpt', 'Dat
            'confirm_size', 'incremental_all', 'incremental', 'plan_lines', 'print_plans', 'local_time', 'status_lines',
            'known_layout', 'check_credential_expiry', 'cell', 'status', 'verify_names', 'verify_targets', 'verify_one',
            'verify', 'repair', 'synced_layout', 'spans', 'history_lines', 'history', 'diff', 'cite', 'vacuum',
-           'iceberg', 'store_check', 'migrate', 'lock_status', 'confirm_unlock', 'force_unlock', 'table_rows',
-           'datasets_cmd', 'libraries', 'tables', 'describe', 'comma_list', 'define_added', 'add', 'login',
-           'backup_cmd', 'restore_cmd', 'drill_cmd', 'claim_demo_dir', 'ccm_book_equity', 'demo_queries', 'run_demo',
-           'demo', 'demo_exports', 'running_demo', 'print_exports', 'serve_demo', 'main']
+           'iceberg', 'store_check', 'push', 'store_verify', 'migrate', 'lock_status', 'confirm_unlock', 'force_unlock',
+           'table_rows', 'datasets_cmd', 'libraries', 'tables', 'describe', 'comma_list', 'define_added', 'add',
+           'login', 'backup_cmd', 'restore_cmd', 'drill_cmd', 'claim_demo_dir', 'ccm_book_equity', 'demo_queries',
+           'run_demo', 'demo', 'demo_exports', 'running_demo', 'print_exports', 'serve_demo', 'main']
 
 # %% ../nbs/10_cli.ipynb #22751237
 from . import __version__, events
@@ -701,6 +701,39 @@ def store_check(
     "Check that an object store has the conditional writes a data dir there relies on."
     from wrds_sync_nb.objectstore import ObjectStore, fitness
     out.print(fitness(ObjectStore(url)))
+
+# %% ../nbs/10_cli.ipynb #0d8c07d8
+@app.command()
+@handled
+def push(
+    ctx: typer.Context,
+    to: Annotated[str, typer.Option("--to", help="the store: s3://bucket/prefix, gs://..., az://...")],
+    dataset: Annotated[list[str] | None,
+                       typer.Option("--dataset", help="dataset name (repeatable; default: all)")] = None,
+) -> None:
+    "Publish the data dir's versions to an object store, in order, each dataset under its lock there."
+    from wrds_sync_nb.objectstore import ObjectStore, probe, push_dataset
+    st, store = _state(ctx), ObjectStore(to)
+    probe(store)
+    for ds in dataset or synced_datasets(synced_layout(st)):
+        done = push_dataset(st.layout, store, validate_name(ds))
+        out.print(f"{ds}: " + (f"pushed version(s) {', '.join(map(str, done))}" if done else "nothing new"))
+
+# %% ../nbs/10_cli.ipynb #f5540bb0
+@app.command("store-verify")
+@handled
+def store_verify(
+    url: Annotated[str, typer.Argument(help="the store: s3://bucket/prefix, gs://..., az://...")],
+    dataset: Annotated[list[str] | None, typer.Option("--dataset", help="dataset name (repeatable)")] = None,
+) -> None:
+    "Read every file of each dataset's newest version in a store back against its manifest."
+    from wrds_sync_nb.objectstore import ObjectStore, verify_store
+    from wrds_sync_nb.store_reader import store_datasets
+    store = ObjectStore(url)
+    problems = [p for ds in dataset or store_datasets(store) for p in verify_store(store, validate_name(ds))]
+    for p in problems: out.print(p)
+    if problems: raise typer.Exit(1)
+    out.print(f"{url}: every file of the newest versions holds its manifest's bytes")
 
 # %% ../nbs/10_cli.ipynb #d373bb94
 @app.command()
