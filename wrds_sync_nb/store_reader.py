@@ -16,10 +16,10 @@ from urllib.parse import urlparse
 # %% auto #0
 __all__ = ['s3_secret_sql', 'store_datasets', 'connect_store']
 
-# %% ../nbs/09f_store_reader.ipynb #6638c4f1
+# %% ../nbs/09f_store_reader.ipynb #59560bdf
 from .iceberg import load_packaged
 from .layout import DataLayout
-from .objectstore import ObjectStore, Store, pull_manifests
+from .objectstore import ObjectStore, Store, pull_manifests, store_errors
 from .reader import Version, choose_versions, view_name
 from .versions import entry_file
 if TYPE_CHECKING:
@@ -40,12 +40,14 @@ def s3_secret_sql(env:dict[str, str]|None=None) -> str:
         parts += [f"ENDPOINT {_sql(u.netloc)}", "URL_STYLE 'path'", f"USE_SSL {tls}"]
     return f"CREATE OR REPLACE SECRET wrds_store ({', '.join(parts)})"
 
-# %% ../nbs/09f_store_reader.ipynb #72bdd6bd
+# %% ../nbs/09f_store_reader.ipynb #f259e54a
+@store_errors("reading its manifests")
 def store_datasets(store:Store) -> list[str]:
     "The datasets with at least one committed version in the store"
     found = store.listing("manifests/history")
     return sorted({m.path.split("/")[2] for m in found if m.path.endswith(".json")})
 
+@store_errors("reading its manifests")
 def connect_store(store:Store,                         # the data dir's home (see `objectstore`)
                   datasets:Sequence[str]|None=None,     # only these (default: every dataset it holds)
                   as_of:date|datetime|str|None=None,    # read the data as it was at this moment
