@@ -22,10 +22,11 @@ __all__ = ['STORE_SCHEMES', 'P', 'R', 'LEASE', 'PROBED', 'Meta', 'Store', 'is_st
            'fitness', 'push_version', 'pull_manifests', 'store_versions', 'same_history', 'push_dataset',
            'verify_store']
 
-# %% ../nbs/07d_objectstore.ipynb #dbf77e2e
+# %% ../nbs/07d_objectstore.ipynb #65f8c64a
 from .errors import (ChecksumMismatchError, ConfigError, LockAcquisitionError, LockOwnershipError,
                                  ManifestError)
-from .layout import DataLayout, atomic_write_bytes, create_exclusive, temp_path_for, validate_name
+from .layout import (DataLayout, atomic_write_bytes, create_exclusive, sha256_file, temp_path_for,
+                                 validate_name)
 from .manifest import ManifestManager, parse_manifest
 from .versions import entries, entry_file
 
@@ -314,7 +315,7 @@ def take_lock(lk:StoreLock) -> None:
                                "wait for it to finish; a lock its writer could not release (the store was "
                                f"down, the writer killed) is taken over {lease} s after its last refresh")
 
-# %% ../nbs/07d_objectstore.ipynb #82667547
+# %% ../nbs/07d_objectstore.ipynb #52f5dd09
 def commit_manifest(store:Store,   # the data dir's home
                     dataset:str,   # the dataset
                     n:int,         # the version
@@ -326,12 +327,21 @@ def commit_manifest(store:Store,   # the data dir's home
         raise LockOwnershipError(f"version {n} of {dataset} was committed by another writer on {store.url}: "
                                  "nothing of this run is visible", "rerun the sync")
 
+# %% ../nbs/07d_objectstore.ipynb #906ca59b
 def stored_sha256(store:Store,  # the data dir's home
                   rel:str       # an object
                  ) -> str | None:
-    "The SHA-256 of the object's content, as the store gives it back (None: absent)"
-    got = store.read(rel)
-    return hashlib.sha256(got[0]).hexdigest() if got is not None else None
+    "The SHA-256 of the object's content, as the store gives it back, streamed (None: absent)"
+    import obstore
+    if isinstance(store, LocalReads):
+        return sha256_file(store._p(rel)) if store._p(rel).is_file() else None
+    if not isinstance(store, ObjectReads):
+        return hashlib.sha256(got[0]).hexdigest() if (got := store.read(rel)) else None
+    try: resp = obstore.get(store.store, rel)
+    except FileNotFoundError: return None
+    h = hashlib.sha256()
+    for chunk in resp.stream(min_chunk_size=8 << 20): h.update(chunk)   # 8 MiB at a time, whatever the size
+    return h.hexdigest()
 
 def upload_checked(store:Store,  # the data dir's home
                    rel:str,      # the object (named by its content)
