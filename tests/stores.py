@@ -65,8 +65,8 @@ def make_bucket(endpoint: str, bucket: str) -> bool:
 
 
 class Server:
-    def __init__(self, name: str, endpoint: str, proc: subprocess.Popen):
-        self.name, self.endpoint, self.proc = name, endpoint, proc
+    def __init__(self, name: str, endpoint: str, proc: subprocess.Popen, root: Path, ports: tuple = ()):
+        self.name, self.endpoint, self.proc, self.root, self.ports = name, endpoint, proc, root, ports
 
     def url(self) -> str:
         """A fresh prefix in the test bucket: one data dir's home."""
@@ -96,9 +96,7 @@ def start_seaweedfs(root: Path, ports: tuple | None = None) -> Server:
     except TimeoutError:
         proc.kill()
         raise
-    srv = Server("seaweedfs", endpoint, proc)
-    srv.root, srv.ports = root, (s3, master, volume, filer)
-    return srv
+    return Server("seaweedfs", endpoint, proc, root, (s3, master, volume, filer))
 
 
 def start_moto(root: Path) -> Server:
@@ -110,7 +108,7 @@ def start_moto(root: Path) -> Server:
                             stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
     wait_for(lambda: make_bucket(endpoint, "wrds"), "moto's S3 server")
-    return Server("moto", endpoint, proc)
+    return Server("moto", endpoint, proc, root)
 
 
 class _Dropping(http.server.BaseHTTPRequestHandler):

@@ -30,7 +30,7 @@ YEARLY = "select extract(year from dlycaldt)::int as y, count(*) as n, sum(dlypr
 
 def source(demo, db):
     """crsp.dsf_v2 at the source, per year: rows and the sum of prices."""
-    rows = demo.execute(YEARLY.format("crsp.dsf_v2") + "", database=db)
+    rows = demo.execute(YEARLY.format("crsp.dsf_v2"), database=db)
     return {int(y): (int(n), float(s)) for y, n, s in rows if y >= 2022}
 
 

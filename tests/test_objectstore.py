@@ -216,8 +216,6 @@ KILLED_PUSH = textwrap.dedent("""
 def test_a_push_killed_mid_upload_shows_nothing_and_the_next_one_commits(store, env, tmp_path):
     from test_cli import script
 
-    from wrds_sync_nb.layout import DataLayout
-    from wrds_sync_nb.manifest import ManifestManager
     from wrds_sync_nb.objectstore import pull_manifests, push_version, stored_sha256
     data = tmp_path / "d"
     assert script(data, "full-sync", "--dataset", "fama_french", "--start-year", "2024").returncode == 0
@@ -243,7 +241,6 @@ def test_a_pushed_version_is_read_in_place_by_duckdb_and_a_later_one_only_once_c
 
     from test_cli import script
 
-    from wrds_sync_nb.layout import DataLayout
     from wrds_sync_nb.objectstore import push_version
     from wrds_sync_nb.store_reader import connect_store
     data = tmp_path / "d"

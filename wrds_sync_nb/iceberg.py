@@ -25,14 +25,15 @@ __all__ = ['FIELD_ID_KEY', 'CATALOG_NAME', 'VERSION_PROP', 'FILES_PROP', 'AVRO_C
            'table_problem', 'iceberg_problems', 'iceberg_table', 'load_packaged', 'load_duckdb_iceberg', 'named_files',
            'unreferenced_files']
 
-# %% ../nbs/07c_iceberg.ipynb #85c8c64c
+# %% ../nbs/07c_iceberg.ipynb #f5ebf909
 from . import events
 from .datadir import DataDir, locked
 from .errors import ConfigError, ManifestError, UnknownDatasetError, WrdsSyncError
 from .layout import DataDirs, DataLayout, atomic_write_bytes, validate_name
 from .manifest import ManifestManager, SyncManifest, TableEntry
+from .reader import data_dir_of, table_files as files_on_disk
 from .schema import SchemaRegistry, SchemaVersion
-from .versions import entries, entry_file
+from .versions import entry_file
 if TYPE_CHECKING:   # imported where used: a sync that publishes nothing new never loads pyiceberg
     import pyarrow as pa
     from pyiceberg.catalog.sql import SqlCatalog
@@ -370,30 +371,28 @@ def version_updates(meta:TableMetadata,   # the table, at the version before
         ups.append(SetCurrentSchemaUpdate(schema_id=schema.schema_id))
     return ups + [AddSnapshotUpdate(snapshot=snap), ref("main", sid, branch=True), ref(tag, sid)]
 
-# %% ../nbs/07c_iceberg.ipynb #ecedc87e
+# %% ../nbs/07c_iceberg.ipynb #12d96fc9
 def usable(layout:DataLayout,      # the data dir
            ds:str,                 # the dataset
-           n:int,                  # a version
-           seen:dict[str, bool]    # files checked so far: on disk at their size?
+           n:int                   # a version
           ) -> SyncManifest | None:
-    "Version `n`, if it can be read and its files are all on disk at their sizes"
+    "Version `n`, if it can be read and every table's files are on disk at their sizes (as `connect` checks)"
     try: m = ManifestManager(layout).load_version(ds, n)
     except ManifestError: return None
-    def here(p:Path, size:int) -> bool:
-        return seen.setdefault(str(p), p.is_file() and p.stat().st_size == size)
-    ok = m is not None and all(here(entry_file(layout, ds, t, k, e), e.bytes) for t, k, e in entries(m))
+    ok = m is not None and all(isinstance(files_on_disk(layout, m, t), list) for t in m.tables)
     return m if ok else None
 
 class Versions:
     "A dataset's versions to publish, each read (and its files checked) once, when first needed"
     def __init__(self, layout:DataLayout, ds:str, keep:Iterable[int]|None=None):
-        self.layout, self.ds, self._got, self._seen = layout, ds, {}, {}  # type: ignore[var-annotated]
+        self.layout, self.ds = layout, ds
+        self._got: dict[int, SyncManifest | None] = {}
         wanted = None if keep is None else set(keep)
         self.numbers = [n for n in ManifestManager(layout).versions(ds) if wanted is None or n in wanted]
     def get(self, n:int) -> SyncManifest | None:
         "Version `n`, or None if it is not to be published"
-        if n not in self._got: self._got[n] = usable(self.layout, self.ds, n, self._seen)
-        return self._got[n]  # type: ignore[no-any-return]
+        if n not in self._got: self._got[n] = usable(self.layout, self.ds, n)
+        return self._got[n]
 
 # %% ../nbs/07c_iceberg.ipynb #766718b1
 def tagged(meta:TableMetadata) -> dict[int, Snapshot | None]:
@@ -664,14 +663,14 @@ def iceberg_problems(layout:DataLayout,  # the data dir
     found = {t: table_problem(layout, m, t, cat) for t in sorted(m.tables)}
     return [f"{m.dataset}.{t}: {p} ({fix})" for t, p in found.items() if p]
 
-# %% ../nbs/07c_iceberg.ipynb #f9084d36
+# %% ../nbs/07c_iceberg.ipynb #fc865e36
 def iceberg_table(dataset:str,                  # the dataset (`crsp`)
                   table:str,                    # the table (`daily`)
                   data_dir:Path|str|None=None   # the data dir (default: $WRDS_SYNC_DATA_DIR, else ./data)
                  ) -> Table:
     "The synced table as a pyiceberg table, opened read-only"
     from pyiceberg.exceptions import NoSuchTableError
-    dirs = DataDirs(data_dir or os.environ.get("WRDS_SYNC_DATA_DIR") or "data")
+    dirs = data_dir_of(data_dir)   # as `connect` finds it: refused in one line if it is not a data dir
     name = (validate_name(dataset), validate_name(table, "table"))
     try: return open_catalog(dirs, read_only=True).load_table(name)
     except NoSuchTableError:
