@@ -95,3 +95,27 @@ def fill(path, leave=0):
     if leave:
         os.truncate(filler, max(0, filler.stat().st_size - leave))
     return filler
+
+
+def served(start, factory, name):
+    """A server for the session, stopped at its end."""
+    srv = start(factory.mktemp(name))
+    try:
+        yield srv
+    finally:
+        srv.proc.terminate()
+        srv.proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """SeaweedFS (`weed mini`) on 127.0.0.1, for the session."""
+    from stores import start_seaweedfs
+    yield from served(start_seaweedfs, tmp_path_factory, "seaweedfs")
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1, for the session."""
+    from stores import start_moto
+    yield from served(start_moto, tmp_path_factory, "moto")

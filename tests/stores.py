@@ -145,3 +145,10 @@ def dropping_proxy(endpoint: str) -> tuple[str, http.server.ThreadingHTTPServer]
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{srv.server_address[1]}", srv
+
+
+def wait_stale(store, rel, lease):
+    """Until the store's clock is past the lock's Last-Modified plus its lease (polling the store's clock)."""
+    modified = store.head(rel).modified
+    while store.now() - modified <= lease:
+        time.sleep(0.2)

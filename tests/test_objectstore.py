@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from stores import SECRET, dropping_proxy, start_moto, start_seaweedfs
+from stores import SECRET, dropping_proxy, start_seaweedfs, wait_stale
 
 from wrds_sync_nb.errors import ChecksumMismatchError, ConfigError, LockAcquisitionError, LockOwnershipError
 from wrds_sync_nb.layout import DataLayout
@@ -26,26 +26,6 @@ from wrds_sync_nb.objectstore import (
     probe,
     upload_checked,
 )
-
-
-def served(start, factory, name):
-    """A server for the session, stopped at its end."""
-    srv = start(factory.mktemp(name))
-    try:
-        yield srv
-    finally:
-        srv.proc.terminate()
-        srv.proc.wait(30)
-
-
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory):
-    yield from served(start_seaweedfs, tmp_path_factory, "seaweedfs")
-
-
-@pytest.fixture(scope="session")
-def moto(tmp_path_factory):
-    yield from served(start_moto, tmp_path_factory, "moto")
 
 
 @pytest.fixture(params=["local", "seaweedfs", "moto"])
@@ -90,14 +70,6 @@ def test_a_second_writer_is_refused_with_exit_2_and_takes_the_lock_once_released
     a.release()   # a no longer holds it: nothing happens to b's lock
     with pytest.raises(LockAcquisitionError):
         StoreLock(store, "crsp", "c").acquire()
-
-
-def wait_stale(store, rel, lease):
-    """Until the store's clock is past the lock's Last-Modified plus its lease (polling the store's clock)."""
-    import time
-    modified = store.head(rel).modified
-    while store.now() - modified <= lease:
-        time.sleep(0.2)
 
 
 def test_a_stale_lock_is_taken_over_by_exactly_one_of_eight(store):
@@ -188,9 +160,10 @@ def test_store_check_through_the_installed_script(seaweedfs, moto, tmp_path):
         srv.shutdown()
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert "does not refuse a second create-if-absent (If-None-Match: *)" in r.stderr and SECRET not in r.stderr
-    r = subprocess.run([str(Path(sys.executable).parent / "wrds-sync"), "--data-dir", "s3://wrds/x", "status"],
+    r = subprocess.run([str(Path(sys.executable).parent / "wrds-sync"), "--data-dir", "s3://wrds/x", "iceberg"],
                        capture_output=True, text=True)
-    assert r.returncode == 1 and "the data dir s3://wrds/x is an object store URL" in r.stderr, r.stderr
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "`wrds-sync iceberg` works on a data dir in a folder, and s3://wrds/x is on an object store" in r.stderr
 
 
 KILLED_PUSH = textwrap.dedent("""

@@ -26,14 +26,15 @@ __all__ = ['app', 'Dataset', 'MaybeDataset', 'AsJson', 'out', 'DataDirOpt', 'Dat
            'AllDatasets', 'Deep', 'MassDelete', 'EXPIRY_WARNING_DAYS', 'VerifyAll', 'VerifyCurrent', 'Check', 'Fields',
            'AddSource', 'AddName', 'AddPartition', 'AddKey', 'AddColumns', 'AddFilter', 'AddWhere', 'AddReplace',
            'AddGranularity', 'DEMO_DATASETS', 'DEMO_YEARS', 'DemoRows', 'Serve', 'ServeEnv', 'State', 'options',
-           'error_line', 'fail', 'handled', 'progress', 'dataset_named', 'run_line', 'full_sync', 'plan_size',
-           'confirm_size', 'incremental_all', 'incremental', 'plan_lines', 'print_plans', 'local_time', 'status_lines',
-           'known_layout', 'check_credential_expiry', 'cell', 'status', 'verify_names', 'verify_targets', 'verify_one',
-           'verify', 'repair', 'synced_layout', 'spans', 'history_lines', 'history', 'diff', 'cite', 'vacuum',
-           'iceberg', 'store_check', 'push', 'store_verify', 'migrate', 'lock_status', 'confirm_unlock', 'force_unlock',
-           'table_rows', 'datasets_cmd', 'libraries', 'tables', 'describe', 'comma_list', 'define_added', 'add',
-           'login', 'backup_cmd', 'restore_cmd', 'drill_cmd', 'claim_demo_dir', 'ccm_book_equity', 'demo_queries',
-           'run_demo', 'demo', 'demo_exports', 'running_demo', 'print_exports', 'serve_demo', 'main']
+           'error_line', 'fail', 'folder_only', 'handled', 'progress', 'dataset_named', 'run_line', 'full_sync',
+           'plan_size', 'confirm_size', 'incremental_all', 'incremental', 'plan_lines', 'print_plans', 'local_time',
+           'status_lines', 'known_layout', 'check_credential_expiry', 'cell', 'status', 'verify_names',
+           'verify_targets', 'verify_one', 'folder_report', 'store_report', 'verify', 'repair', 'synced_layout',
+           'spans', 'history_lines', 'history', 'diff', 'cite', 'vacuum', 'iceberg', 'store_check', 'push',
+           'store_verify', 'migrate', 'lock_status', 'confirm_unlock', 'force_unlock', 'table_rows', 'datasets_cmd',
+           'libraries', 'tables', 'describe', 'comma_list', 'define_added', 'add', 'login', 'backup_cmd', 'restore_cmd',
+           'drill_cmd', 'claim_demo_dir', 'ccm_book_equity', 'demo_queries', 'run_demo', 'demo', 'demo_exports',
+           'running_demo', 'print_exports', 'serve_demo', 'main']
 
 # %% ../nbs/10_cli.ipynb #22751237
 from . import __version__, events
@@ -42,7 +43,7 @@ from .datasets import (DatasetRegistry, DatasetSpec, field_rows, named_read, nor
                                    partitioning, store_dataset, stored_datasets)
 from .errors import (ConfigError, CredentialsError, UnknownDatasetError, WRDSConnectionError,
                                  WrdsSyncError, os_error)
-from .layout import DataLayout, claim_data_dir, data_dir_kind, validate_name
+from .layout import DataLayout, claim_data_dir, data_dir_kind, store_url_of, validate_name
 from .locking import AtomicFileLock, LockStatus
 from .manifest import ManifestManager, SyncManifest
 from .periods import fold_keys
@@ -69,9 +70,20 @@ class State:
     verbose: bool
     lock_timeout: float = 30.0
     closing: ExitStack = field(default_factory=ExitStack)   # run when the command ends (its WRDS sessions)
+    stage: DataLayout | None = None   # an object store's stage, opened once (see `storedir`)
     @property
-    def layout(self) -> DataLayout: return DataLayout(self.data_dir)
-    def registry(self) -> DatasetRegistry: return DatasetRegistry.load(self.datasets_file, self.data_dir)
+    def url(self) -> str | None: return store_url_of(self.data_dir)   # the data dir on an object store
+    @property
+    def layout(self) -> DataLayout:
+        if (url := self.url) is None: return DataLayout(self.data_dir)
+        if self.stage is None:
+            from wrds_sync_nb.storedir import open_stage
+            self.stage = open_stage(url)   # its versions and definitions pulled
+        return self.stage
+    @property
+    def where(self) -> str: return self.url or str(self.layout.root)   # the data dir, as the user named it
+    def registry(self) -> DatasetRegistry:
+        return DatasetRegistry.load(self.datasets_file, self.layout.root if self.url else self.data_dir)
 
 # %% ../nbs/10_cli.ipynb #8d45074a
 app = typer.Typer(name="wrds-sync", no_args_is_help=True, add_completion=False,
@@ -157,6 +169,13 @@ def _state(ctx:typer.Context|None=None) -> State:
     "The global options of the running command"
     obj = ctx.find_object(State) if ctx is not None else None
     return obj if isinstance(obj, State) else State(Path("data"), None, "text", False)
+
+def folder_only(st:State,  # the command's state
+                what:str   # the command
+               ) -> None:
+    "Refuse, in one line, a command that works on a folder data dir only, given one on an object store"
+    if st.url: raise ConfigError(f"`wrds-sync {what}` works on a data dir in a folder, and {st.url} is on an "
+                                 "object store", "pass --data-dir pointing to a folder for this command")
 
 # %% ../nbs/10_cli.ipynb #b119a281
 def handled(fn:F) -> F:
@@ -468,10 +487,10 @@ def status(ctx:typer.Context, dataset:MaybeDataset=None, as_json:AsJson=False) -
         rows = [r for r in rows if r["dataset"] == ds and picked in (None, r["table"])]
     days = check_credential_expiry()
     if as_json:
-        typer.echo(json.dumps({"data_dir": str(st.layout.root), "password_days_left": days, "tables": rows},
+        typer.echo(json.dumps({"data_dir": st.where, "password_days_left": days, "tables": rows},
                               indent=out.indent))
         return
-    out.print(f"wrds-sync status: {st.layout.root}")
+    out.print(f"wrds-sync status: {st.where}")
     told: set[str] = set()   # an interrupted run is said once per dataset
     for r in rows:
         out.print("\n".join(status_lines({**r, "interrupted": None} if r["dataset"] in told else r)))
@@ -513,6 +532,36 @@ def verify_one(sm:SyncManager,           # the manager (no client needed)
     try: return check_integrity(sm, name, current_only)
     except WrdsSyncError as e: return [f"{e.what} (fix: {e.fix})"]
 
+# %% ../nbs/10_cli.ipynb #f01derr1
+def folder_report(st:State,          # the command's state (a folder data dir)
+                  dataset:str|None,  # --dataset
+                  all_:bool,         # --all
+                  current:bool       # --current
+                 ) -> dict[str, list[str]]:
+    "`verify` on a folder: the problems of each dataset named"
+    from wrds_sync_nb.integrity import check_integrity
+    reg = st.registry()
+    names, named = verify_names(st.layout, reg, dataset, all_)
+    sm = _manager(st, with_client=False, registry=reg)
+    check = check_integrity if named else verify_one
+    return {name: check(sm, name, current) for name in names}
+
+def store_report(st:State,          # the command's state (a data dir on an object store)
+                 dataset:str|None,  # --dataset
+                 all_:bool          # --all
+                ) -> dict[str, list[str]]:
+    "`verify` on an object store: each dataset's newest version, every file read back"
+    from wrds_sync_nb.objectstore import verify_store
+    from wrds_sync_nb.storedir import StoreHome, stored_datasets
+    if all_ == (dataset is not None):
+        raise ConfigError("give --dataset NAME or --all", "pass exactly one of --dataset NAME or --all")
+    assert isinstance(home := st.layout.home, StoreHome)
+    store = home.store
+    names = [st.registry().get(dataset).name] if dataset else stored_datasets(store)
+    if not names: raise ConfigError(f"nothing to verify in {st.url}: no version there",
+                                    "sync a dataset first, or pass the right --data-dir")
+    return {n: verify_store(store, n) for n in names}
+
 # %% ../nbs/10_cli.ipynb #35f84da2
 VerifyAll = Annotated[bool, typer.Option("--all", help="every synced dataset")]
 VerifyCurrent = Annotated[bool, typer.Option(
@@ -523,14 +572,9 @@ VerifyCurrent = Annotated[bool, typer.Option(
 def verify(ctx:typer.Context, dataset:MaybeDataset=None, all_:VerifyAll=False, current:VerifyCurrent=False,
            as_json:AsJson=False) -> None:
     """Check every file of every kept version against its manifest (size, SHA-256, rows, schema); no WRDS
-    connection needed."""
-    from wrds_sync_nb.integrity import check_integrity
+    connection needed. On an object store: every file of the newest version, read back."""
     st = _state(ctx)
-    reg = st.registry()
-    names, named = verify_names(st.layout, reg, dataset, all_)
-    sm = _manager(st, with_client=False, registry=reg)
-    check = check_integrity if named else verify_one
-    report = {name: check(sm, name, current) for name in names}
+    report = store_report(st, dataset, all_) if st.url else folder_report(st, dataset, all_, current)
     if as_json:
         typer.echo(json.dumps({"ok": not any(report.values()), "problems": report}, indent=out.indent))
     else:
@@ -544,10 +588,12 @@ def verify(ctx:typer.Context, dataset:MaybeDataset=None, all_:VerifyAll=False, c
 @handled
 def repair(ctx:typer.Context, dataset:Dataset) -> None:
     """Restore a damaged manifest from the newest intact version kept; says what it did. No WRDS connection
-    needed."""
+    needed. On an object store: sets its damaged files aside, for the next sync to fetch again."""
     from wrds_sync_nb.integrity import repair_manifest
+    from wrds_sync_nb.storedir import repair_store
     st = _state(ctx)
-    out.print(repair_manifest(_manager(st, with_client=False), validate_name(dataset)))
+    fix = repair_store if st.url else repair_manifest   # a store: its damaged files set aside, to refetch
+    out.print(fix(_manager(st, with_client=False), validate_name(dataset)))
 
 # %% ../nbs/10_cli.ipynb #80d1d42b
 def synced_layout(st:State) -> DataLayout:
@@ -646,7 +692,7 @@ def cite(
 
     st = _state(ctx)
     names = list(dict.fromkeys(named_read(st.registry(), d)[0] for d in dataset))   # WRDS names too
-    typer.echo(cite_text(names, synced_layout(st).root, as_of, version))
+    typer.echo(cite_text(names, synced_layout(st), as_of, version))
 
 # %% ../nbs/10_cli.ipynb #2610e21e
 @app.command()
@@ -665,10 +711,11 @@ def vacuum(
 ) -> None:
     """Remove the files of versions the retention no longer keeps (never current or retained ones), under
     each dataset's lock."""
+    from wrds_sync_nb.storedir import vacuum_store
     st = _state(ctx)
-    sm = _manager(st, with_client=False)
+    sm, run = _manager(st, with_client=False), vacuum_store if st.url else vacuum_dataset
     for ds in dataset or synced_datasets(synced_layout(st)):
-        r = vacuum_dataset(sm, validate_name(ds), timedelta(hours=grace_hours), dry_run)
+        r = run(sm, validate_name(ds), timedelta(hours=grace_hours), dry_run)
         verb = "would remove" if dry_run else "removed"
         out.print(
             f"{ds}: {verb} {len(r.files)} file(s), {r.bytes:,} bytes; versions kept: "
@@ -688,6 +735,7 @@ def iceberg(
     "Publish each synced table as an Iceberg table (one snapshot per version, tagged v<N>), under the lock."
     from wrds_sync_nb.iceberg import republish
     st = _state(ctx)
+    folder_only(st, "iceberg")
     for line in republish(_manager(st, with_client=False), dataset or synced_datasets(synced_layout(st)),
                           rebuild):
         out.print(line)
@@ -714,6 +762,7 @@ def push(
     "Publish the data dir's versions to an object store, in order, each dataset under its lock there."
     from wrds_sync_nb.objectstore import ObjectStore, fitness, push_dataset
     st, store = _state(ctx), ObjectStore(to)
+    folder_only(st, "push")
     fitness(store)   # probed before any data goes there
     for ds in dataset or synced_datasets(synced_layout(st)):
         done = push_dataset(st.layout, store, validate_name(ds))
@@ -741,6 +790,7 @@ def store_verify(
 def migrate(ctx:typer.Context) -> None:
     "Upgrade a data dir written by an earlier release to immutable versions, in place, losing nothing."
     st = _state(ctx)
+    folder_only(st, "migrate")
     sm = _manager(st, with_client=False)
     def one(ds:str) -> int:
         with locked(sm, ds):
@@ -756,6 +806,7 @@ def migrate(ctx:typer.Context) -> None:
 def lock_status(ctx: typer.Context, as_json: AsJson = False) -> None:
     "Who holds each dataset's lock, since when, until when, and whether it is stale."
     st = _state(ctx)
+    folder_only(st, "lock-status")
     names = sorted(
         set(st.registry().names()) | {p.stem for p in st.layout.locks_dir.glob("*.lock")}
         if st.layout.locks_dir.exists()
@@ -804,6 +855,7 @@ def force_unlock(ctx:typer.Context, dataset:Dataset,
                 ) -> None:
     "Remove a dataset's lock whoever holds it (asks you to type the dataset name unless --yes)."
     st = _state(ctx)
+    folder_only(st, "force-unlock")
     name = (st.registry().get(dataset).name if dataset in st.registry().names()
             else DataLayout(st.data_dir).lock_path(dataset).stem)
     lock = AtomicFileLock(st.layout.locks_dir, name)
@@ -960,6 +1012,10 @@ def add(ctx:typer.Context, source:AddSource, name:AddName=None, partition_column
     claim_data_dir(st.layout)
     was = ManifestManager(st.layout).load(spec.name) if st.layout.manifests_dir.is_dir() else None
     path = store_dataset(st.layout, spec, replace)
+    if st.url:   # on an object store: the definitions go back there
+        from wrds_sync_nb.storedir import StoreHome, push_definitions
+        assert isinstance(home := st.layout.home, StoreHome)
+        push_definitions(home.store, st.layout, home.tag)
     sources, names = ", ".join(t.source for t in spec.tables), ", ".join(t.name for t in spec.tables)
     events.emit(events.DATASET_ADDED, dataset=spec.name, source=sources, notes="; ".join(notes) or "as given")
     plural = "s" if len(spec.tables) > 1 else ""
@@ -1009,6 +1065,7 @@ def backup_cmd(
     "Copy published files, manifests and schemas to an rclone remote (under the locks), then rclone-check it."
     from wrds_sync_nb.backup import backup
     st = _state(ctx)
+    folder_only(st, "backup")
     res = backup(st.layout.root, remote, st.lock_timeout,
                  writer_id=f"wrds-sync backup:{getpass.getuser()}@{socket.gethostname()}")
     out.print(
@@ -1044,6 +1101,7 @@ def drill_cmd(
     "Run a papermill drill notebook; parameters as -p KEY VALUE (data_dir defaults to --data-dir)."
     from wrds_sync_nb.drills import drill_name, parse_value, run_drill
     st, name = _state(ctx), drill_name(name)
+    folder_only(st, "drill")
     args, params = list(ctx.args), {}
     while args:
         flag = args.pop(0)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from .datasets import DatasetRegistry, DatasetSpec, Retention, parse_retention
-from .layout import DataLayout
+from .layout import DataLayout, store_url_of
 from .locking import AtomicFileLock, LockHeartbeat
 from .manifest import ManifestManager
 from .schema import SchemaRegistry
@@ -27,7 +27,11 @@ class DataDir:
                  registry:DatasetRegistry|None=None,   # datasets (default: built-ins and $WRDS_SYNC_DATASETS)
                  writer_id:str|None=None,              # who holds the lock, for humans
                  lock_timeout_seconds:float=30):       # how long to wait for a held lock
-        self.layout = data_dir if isinstance(data_dir, DataLayout) else DataLayout(data_dir)
+        if isinstance(data_dir, DataLayout): self.layout = data_dir
+        elif url := store_url_of(data_dir):   # an object store: its local stage, with the store behind it
+            from wrds_sync_nb.storedir import stage_layout
+            self.layout = stage_layout(url)
+        else: self.layout = DataLayout(data_dir)
         self.registry = registry or DatasetRegistry.load()
         self.manifests, self.schemas = ManifestManager(self.layout), SchemaRegistry(self.layout)
         self.quarantine = Quarantine(self.layout)
@@ -40,11 +44,16 @@ class DataDir:
 def locked(d:DataDir,    # whose lock folder and writer id
            dataset:str   # the dataset to lock
           ) -> Iterator[LockHeartbeat]:
-    "Hold the dataset's lock with a heartbeat for the block"
+    "Hold the dataset's lock with a heartbeat for the block (and its lock in the store behind a stage)"
     lock = AtomicFileLock(d.layout.locks_dir, dataset, d.writer_id)
     token = lock.acquire(d.lock_timeout_seconds)
     hb = LockHeartbeat(lock, token).start()
-    try: yield hb
+    home = d.layout.home
+    try:
+        if home is not None: home.begin(d.layout, dataset)   # its lock in the store too, its versions pulled
+        try: yield hb
+        finally:
+            if home is not None: home.end(dataset)
     finally:
         token = hb.stop()
         if hb.lost is None: lock.release(token)

@@ -9,16 +9,17 @@ from __future__ import annotations
 import errno, hashlib, json, os, re, secrets, stat
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 from .errors import ConfigError, DatasetNameError, DiskSpaceError
 from .periods import KEY_RE
 
 # %% auto #0
-__all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'ADDED_DATASETS', 'DATA_DIR_MARKER', 'LAYOUT_FORMAT', 'DataDirKind',
-           'OUR_NAMES', 'validate_name', 'partition_key', 'view_relpath', 'is_temp_name', 'check_not_url', 'DataDirs',
-           'DataLayout', 'ensure_folders', 'resolve_stored', 'new_quarantine_path', 'fsync_dir', 'temp_path_for',
-           'publish_file', 'create_exclusive', 'atomic_write_bytes', 'sha256_file', 'internal_dirs', 'check_no_links',
-           'data_dir_kind', 'write_marker', 'claim_data_dir', 'layout_format']
+__all__ = ['NAME_RE', 'ALL_PARTITION', 'TMP_SUFFIX', 'ADDED_DATASETS', 'URL_RE', 'DATA_DIR_MARKER', 'LAYOUT_FORMAT',
+           'DataDirKind', 'OUR_NAMES', 'validate_name', 'partition_key', 'view_relpath', 'is_temp_name', 'store_url_of',
+           'check_not_url', 'Home', 'DataDirs', 'DataLayout', 'ensure_folders', 'resolve_stored', 'in_data_dir',
+           'new_quarantine_path', 'fsync_dir', 'temp_path_for', 'publish_file', 'create_exclusive',
+           'atomic_write_bytes', 'sha256_file', 'internal_dirs', 'check_no_links', 'data_dir_kind', 'write_marker',
+           'claim_data_dir', 'layout_format']
 
 # %% ../nbs/01a_layout.ipynb #b3e4d54e
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -55,12 +56,38 @@ def is_temp_name(name:str) -> bool:
     return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
 # %% ../nbs/01a_layout.ipynb #77b1bc08
+URL_RE = re.compile(r"(s3a?|gs|az|abfss?):/+(.+)")
+
+def store_url_of(root:Path|str) -> str | None:
+    "The object store URL `root` names (typer has made `s3://b/p` the Path `s3:/b/p`), or None for a folder"
+    m = URL_RE.fullmatch(str(root))
+    return f"{m[1]}://{m[2].rstrip('/')}" if m else None
+
 def check_not_url(root:Path|str) -> None:
-    "Refuse a data dir given as an object store URL (typer has made `s3://b/p` the Path `s3:/b/p`)"
-    if m := re.match(r"(s3a?|gs|az|abfss?):/+(.*)", str(root)):
-        raise ConfigError(f"the data dir {m[1]}://{m[2]} is an object store URL; this release keeps "
-                          "data dirs in folders",
-                          "pass a folder to --data-dir (`wrds-sync store-check URL` checks a store)")
+    "Refuse an object store URL where only a folder will do"
+    if url := store_url_of(root):
+        raise ConfigError(f"{url} is an object store URL where this needs a folder",
+                          "pass a folder here; an object store is a data dir through --data-dir")
+
+# %% ../nbs/01a_layout.ipynb #2cf0b5f3
+class Home(Protocol):
+    "An object store behind a data dir's folder, which is then its stage"
+    url: str
+    def holds(self, rel:str,      # a file of the data dir
+              size:int            # its size
+             ) -> bool: ...       # is it in the store?
+    def staged(self, path:Path,   # a version file just published in the stage
+               rel:str,           # its path in the data dir
+               sha256:str         # its SHA-256
+              ) -> None: ...      # upload it (while the run goes on)
+    def begin(self, layout:DataLayout,  # the stage
+              dataset:str               # the dataset
+             ) -> None: ...             # take its lock in the store, pull its versions
+    def end(self, dataset:str) -> None: ...   # give the lock back
+    def commit(self, layout:DataLayout,  # the stage
+               m:Any,                    # the version just saved in the stage (a `SyncManifest`)
+               new:bool                  # a new version (False: a run that changed nothing)
+              ) -> None: ...             # its files all in the store, then its manifest
 
 # %% ../nbs/01a_layout.ipynb #29427c9f
 class DataDirs:
@@ -78,6 +105,7 @@ class DataDirs:
         self.staging_dir, self.iceberg_dir = self.tmp_dir / "staging", r / "iceberg"
         self.iceberg_catalog = self.iceberg_dir / "catalog.db"  # the Iceberg tables (see `iceberg`)
         self.datasets_file = r / ADDED_DATASETS  # tables added with `wrds-sync add`, read by every command
+        self.home: Home | None = None  # an object store behind this folder, its stage (see `storedir`)
     def __repr__(self) -> str: return f"{type(self).__name__}({str(self.root)!r})"
 
     def relative(self, path: Path) -> str:
@@ -146,6 +174,14 @@ def resolve_stored(layout:DataDirs,    # the data dir
         raise ConfigError(f"stored path {rel!r} is not inside the data dir",
                           "restore the manifest from backup")
     return layout.root / p
+
+# %% ../nbs/01a_layout.ipynb #310dd267
+def in_data_dir(layout:DataDirs,  # the data dir
+                rel:str,          # a file of it
+                size:int          # its size
+               ) -> bool:
+    "Is the file in the data dir: in its folder, or in the object store behind it?"
+    return layout.resolve(rel).is_file() or (layout.home is not None and layout.home.holds(rel, size))
 
 # %% ../nbs/01a_layout.ipynb #b30db79a
 def new_quarantine_path(layout:DataLayout,      # the data dir

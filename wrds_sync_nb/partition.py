@@ -70,10 +70,11 @@ class RunContext:
 def is_intact(layout:DataLayout,    # the data dir
               e:PartitionEntry      # what the file should be
              ) -> bool:
-    "Is the file of `e` a regular file (not a symlink) with the recorded size and SHA-256?"
+    "Is the file of `e` a regular file (not a symlink) with the recorded size and SHA-256, or in the store?"
     path = layout.resolve(e.path)
     try: st = os.lstat(path)
-    except FileNotFoundError: return False
+    except FileNotFoundError:   # in a stage, a file its store holds (checked when it was uploaded)
+        return layout.home is not None and layout.home.holds(e.path, e.bytes)
     return stat.S_ISREG(st.st_mode) and st.st_size == e.bytes and sha256_file(path) == e.sha256
 
 # %% ../nbs/08d_partition.ipynb #bce06fa2
@@ -264,6 +265,7 @@ def publish_partition(ctx:RunContext,       # the run
                            "damaged version found under the name of its refetch", table=table.name,
                            partition=key)
     publish(staged, final)
+    if ctx.layout.home is not None: ctx.layout.home.staged(final, entry.path, entry.sha256)
 
 # %% ../nbs/08d_partition.ipynb #83bc490f
 def include(ctx:RunContext,            # the run

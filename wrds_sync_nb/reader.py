@@ -7,14 +7,14 @@ Docs: https://wrds-sync-nb.github.io/wrds-sync-nb/reader.html.md"""
 # %% ../nbs/09_reader.ipynb #21afaacf
 from __future__ import annotations
 import os, warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 from . import events
 from .datasets import BUILTIN_DATASETS, DatasetRegistry
 from .errors import ConfigError, ManifestError, UnknownDatasetError, WrdsSyncError
-from .layout import DataLayout, check_no_links, validate_name
+from .layout import DataLayout, check_no_links, in_data_dir, store_url_of, validate_name
 from .manifest import ManifestManager, SyncManifest
 from .periods import SourceTemplate, source_name
 from .versions import entries, entry_file, parse_stamp, select_version, stamp
@@ -23,15 +23,19 @@ if TYPE_CHECKING:
     import polars as pl
 
 # %% auto #0
-__all__ = ['Version', 'MAX_SOURCE_VIEWS', 'BUILTIN_NAMES', 'data_dir_of', 'synced_datasets', 'table_files', 'version_files',
-           'choose_versions', 'view_name', 'wrds_views', 'create_views', 'subsets', 'connect', 'wrds_table', 'scan',
-           'cite_lines', 'cite']
+__all__ = ['Where', 'Version', 'MAX_SOURCE_VIEWS', 'BUILTIN_NAMES', 'data_dir_of', 'synced_datasets', 'table_files', 'table_urls',
+           'version_files', 'choose_versions', 'view_name', 'wrds_views', 'create_views', 'subsets', 'where_of',
+           'connect', 'wrds_table', 'scan', 'cite_lines', 'cite']
 
 # %% ../nbs/09_reader.ipynb #9e94c08e
-def data_dir_of(data_dir:Path|str|None=None) -> DataLayout:
+def data_dir_of(data_dir:Path|str|DataLayout|None=None) -> DataLayout:
     """The data dir to read: `data_dir`, else $WRDS_SYNC_DATA_DIR, else ./data; refuses a folder that is not
     one"""
+    if isinstance(data_dir, DataLayout): return data_dir   # one already opened (a store's stage, say)
     root = data_dir or os.environ.get("WRDS_SYNC_DATA_DIR") or "data"
+    if url := store_url_of(root):   # an object store: its manifests pulled into its stage
+        from wrds_sync_nb.storedir import open_stage
+        return open_stage(url)
     fix = "pass data_dir='/path/to/data' (or set WRDS_SYNC_DATA_DIR) to the folder wrds-sync syncs into"
     if Path(root).expanduser().is_file(): raise ConfigError(f"data dir {root} is a file, not a folder", fix)
     layout = DataLayout(root)
@@ -55,6 +59,8 @@ def synced_datasets(layout:DataLayout) -> list[str]:
     return sorted(n for n in names if not n.startswith("."))
 
 # %% ../nbs/09_reader.ipynb #a804f2da
+Where = Path | str   # a file: its path, or its URL in an object store
+
 def table_files(layout:DataLayout,  # the data dir
                 m:SyncManifest,     # the manifest version
                 table:str           # one of its tables
@@ -68,20 +74,33 @@ def table_files(layout:DataLayout,  # the data dir
             return f"partition {key} is not the file the manifest lists ({layout.relative(f)})"
     return [entry_file(layout, m.dataset, table, k, e) for k, e in sorted(m.tables[table].partitions.items())]
 
+# %% ../nbs/09_reader.ipynb #541432c5
+def table_urls(layout:DataLayout,  # the stage of a data dir on an object store
+               m:SyncManifest,     # the manifest version
+               table:str           # one of its tables
+              ) -> list[Where] | str:
+    "The URLs of one table's files in the store, in partition order; or the first problem found"
+    home, parts = layout.home, sorted(m.tables[table].partitions.items())
+    assert home is not None
+    for key, e in parts:
+        if not home.holds(e.path, e.bytes): return f"partition {key} is missing from {home.url} ({e.path})"
+    return [f"{home.url}/{e.path}" for _, e in parts]
+
 # %% ../nbs/09_reader.ipynb #38d0baff
 def version_files(
     layout: DataLayout,  # the data dir
     m: SyncManifest,  # the manifest version
     current: bool,  # is it the current version? (damage warns; otherwise it raises)
     tables: Sequence[str] | None = None,  # only these tables
-) -> dict[str, list[Path]]:
-    "Per table, the files of version `m`; a damaged current table is left out with a warning"
-    out: dict[str, list[Path]] = {}
+) -> dict[str, list[Where]]:
+    """Per table, the files of version `m` (URLs in a store); a damaged current table is left out with a
+    warning"""
+    out: dict[str, list[Where]] = {}
     for t in sorted(m.tables):
         if tables and t not in tables: continue
-        got = table_files(layout, m, t)
+        got = table_files(layout, m, t) if layout.home is None else table_urls(layout, m, t)
         if isinstance(got, list):
-            out[t] = got
+            out[t] = list[Where](got)
             continue
         if not current:
             raise UnknownDatasetError(
@@ -138,18 +157,18 @@ def view_name(dataset:str,  # the dataset's name
 # %% ../nbs/09_reader.ipynb #9523fb6c
 MAX_SOURCE_VIEWS = 1000   # WRDS-name views per table of a templated source (more: only the table's view)
 
-def _body(paths:list[Path]) -> str:
+def _body(paths:Sequence[Where]) -> str:
     return (f"select * from read_parquet([{', '.join(_sql_str(str(p)) for p in paths)}], union_by_name = "
             "true, hive_partitioning = false)")
 
 def wrds_views(m:SyncManifest,    # the version read
                t:str,             # one of its tables
-               paths:list[Path]   # its files, in partition order
-              ) -> dict[str, list[Path]]:
+               paths:Sequence[Where]   # its files, in partition order
+              ) -> dict[str, list[Where]]:
     "The WRDS names the table's files answer to: its source, or each WRDS table of a templated source"
     tpl = SourceTemplate.parse(m.tables[t].source_table)
-    if tpl.period is None: return {m.tables[t].source_table: paths}
-    out: dict[str, list[Path]] = {}
+    if tpl.period is None: return {m.tables[t].source_table: list(paths)}
+    out: dict[str, list[Where]] = {}
     for k, p in zip(sorted(m.tables[t].partitions), paths, strict=True):
         out.setdefault(source_name(tpl, k), []).append(p)
     if len(out) > MAX_SOURCE_VIEWS:
@@ -164,7 +183,7 @@ def wrds_views(m:SyncManifest,    # the version read
 # %% ../nbs/09_reader.ipynb #e49b82e8
 def create_views(con:duckdb.DuckDBPyConnection,  # the connection
                  m:SyncManifest,                 # the version read
-                 files:dict[str, list[Path]],    # its files, per table
+                 files:Mapping[str, Sequence[Where]],  # its files, per table
                  taken:dict[str, str],           # WRDS names already given, to which dataset
                  subset:dict[str, bool]          # tables the definition makes a subset of their WRDS table
                 ) -> None:
@@ -200,7 +219,11 @@ def subsets(layout:DataLayout,   # the data dir
 # %% ../nbs/09_reader.ipynb #d9c293ea
 BUILTIN_NAMES = frozenset(d.name for d in BUILTIN_DATASETS)   # their copies keep a WRDS name first
 
-def connect(data_dir:Path|str|None=None,        # the data dir (default: $WRDS_SYNC_DATA_DIR, then ./data)
+def where_of(layout:DataLayout) -> str:
+    "The data dir as its user named it: its folder, or its store's URL"
+    return layout.home.url if layout.home is not None else str(layout.root)
+
+def connect(data_dir:Path|str|DataLayout|None=None,  # the data dir or its URL (default: $WRDS_SYNC_DATA_DIR)
             datasets:Sequence[str]|None=None,    # only these (default: every synced dataset)
             database:str=":memory:",             # a DuckDB file to keep the views in
             as_of:date|datetime|str|None=None,   # read the data as it was at this moment
@@ -212,6 +235,9 @@ def connect(data_dir:Path|str|None=None,        # the data dir (default: $WRDS_S
     layout = data_dir_of(data_dir)
     chosen = choose_versions(layout, datasets, version, as_of)
     con, taken = duckdb.connect(database), dict[str, str]()
+    if layout.home is not None:   # the files are read in place from the store
+        from wrds_sync_nb.store_reader import store_session
+        store_session(con)
     con.execute(
         "create or replace table wrds_sync_versions (dataset varchar, version integer, stamp varchar, "
         "manifest_sha256 varchar, committed_at timestamptz, current boolean, data_dir varchar)"
@@ -219,7 +245,7 @@ def connect(data_dir:Path|str|None=None,        # the data dir (default: $WRDS_S
     for ds, (m, current) in sorted(chosen.items(), key=lambda kv: (kv[0] not in BUILTIN_NAMES, kv[0])):
         create_views(con, m, version_files(layout, m, current), taken, subsets(layout, m))
         con.execute("insert into wrds_sync_versions values (?, ?, ?, ?, ?, ?, ?)",
-                    [ds, m.version, stamp(m), m.content_sha256, m.updated_at, current, str(layout.root)])
+                    [ds, m.version, stamp(m), m.content_sha256, m.updated_at, current, where_of(layout)])
     return con
 
 # %% ../nbs/09_reader.ipynb #c03bb4de
@@ -273,7 +299,8 @@ def cite_lines(m:SyncManifest,                # the version cited
     gone = (
         []
         if layout is None
-        else [e for t, k, e in entries(m) if not entry_file(layout, m.dataset, t, k, e).exists()]
+        else [e for t, k, e in entries(m)
+              if not in_data_dir(layout, layout.relative(entry_file(layout, m.dataset, t, k, e)), e.bytes)]
     )
     note = (
         [
@@ -297,7 +324,7 @@ def cite(
     | str
     | Sequence[str]
     | None = None,  # a connection from `connect`, or dataset name(s)
-    data_dir: Path | str | None = None,  # the data dir (default: $WRDS_SYNC_DATA_DIR, then ./data)
+    data_dir: Path | str | DataLayout | None = None,  # the data dir (default: $WRDS_SYNC_DATA_DIR, ./data)
     as_of: date | datetime | str | None = None,  # the versions current at this moment
     version: Version = None,  # a version number (one dataset) or citation stamp(s)
 ) -> str:

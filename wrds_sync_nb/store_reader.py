@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 # %% auto #0
-__all__ = ['s3_secret_sql', 'store_datasets', 'connect_store']
+__all__ = ['s3_secret_sql', 'store_session', 'store_datasets', 'connect_store']
 
 # %% ../nbs/09f_store_reader.ipynb #59560bdf
 from .iceberg import load_packaged
 from .layout import DataLayout
 from .objectstore import ObjectStore, Store, pull_manifests, store_errors
-from .reader import Version, choose_versions, view_name
-from .versions import entry_file
+from .reader import Version, choose_versions, create_views, subsets
 if TYPE_CHECKING:
     import duckdb
 
@@ -39,6 +38,11 @@ def s3_secret_sql(env:dict[str, str]|None=None) -> str:
         tls = str(u.scheme == "https").lower()
         parts += [f"ENDPOINT {_sql(u.netloc)}", "URL_STYLE 'path'", f"USE_SSL {tls}"]
     return f"CREATE OR REPLACE SECRET wrds_store ({', '.join(parts)})"
+
+def store_session(con:duckdb.DuckDBPyConnection) -> None:
+    "Make `con` read the store the environment names: httpfs loaded offline, the credentials given"
+    load_packaged(con, ("httpfs",))
+    con.execute(s3_secret_sql())
 
 # %% ../nbs/09f_store_reader.ipynb #f259e54a
 @store_errors("reading its manifests")
@@ -58,14 +62,10 @@ def connect_store(store:Store,                         # the data dir's home (se
     import duckdb
     layout = DataLayout(cache or Path(tempfile.mkdtemp(prefix="wrds-sync-store-")))
     for ds in store_datasets(store): pull_manifests(store, layout, ds)
-    con = duckdb.connect()
-    if isinstance(store, ObjectStore):
-        load_packaged(con, ("httpfs",))
-        con.execute(s3_secret_sql())
-    for ds, (m, _current) in sorted(choose_versions(layout, datasets, version, as_of).items()):
-        for t, te in sorted(m.tables.items()):
-            urls = [f"{store.url}/{layout.relative(entry_file(layout, ds, t, k, e))}"
-                    for k, e in sorted(te.partitions.items())]
-            if urls: con.execute(f'create or replace view "{view_name(ds, t)}" as select * from read_parquet('
-                                 f'[{", ".join(map(_sql, urls))}], union_by_name = true)')
+    con, taken = duckdb.connect(), dict[str, str]()
+    if isinstance(store, ObjectStore): store_session(con)
+    for _ds, (m, _current) in sorted(choose_versions(layout, datasets, version, as_of).items()):
+        files = {t: [f"{store.url}/{e.path}" for _, e in sorted(te.partitions.items())]
+                 for t, te in sorted(m.tables.items())}
+        create_views(con, m, files, taken, subsets(layout, m))
     return con

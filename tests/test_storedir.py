@@ -1,0 +1,247 @@
+"""A data dir on an object store (issue: object storage): `--data-dir s3://bucket/prefix` for every command,
+run through the installed script against real S3-compatible servers started on 127.0.0.1 (SeaweedFS, and
+moto's server), syncing from the WRDS-shaped test PostgreSQL."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from stores import READER_KEY, READER_SECRET, SECRET, dropping_proxy, start_seaweedfs, wait_for, wait_stale
+from test_cli import one_error, script
+
+from wrds_sync_nb.manifest import parse_manifest
+from wrds_sync_nb.objectstore import ObjectStore, StoreLock, store_versions
+
+FF = ("--dataset", "fama_french", "--start-year", "2024")
+
+
+@pytest.fixture
+def on_store(request, tmp_path, monkeypatch):
+    """A fresh data dir on a store (SeaweedFS by default): its URL and the environment that reaches it."""
+    srv = request.getfixturevalue(getattr(request, "param", "seaweedfs"))
+    e = {**srv.env(), "WRDS_SYNC_STAGE_DIR": str(tmp_path / "stages"), "WRDS_SYNC_STORE_LEASE_SECONDS": "3"}
+    for k, v in e.items():
+        monkeypatch.setenv(k, v)
+    return srv.url(), e
+
+
+def manifest(store, ds, n):
+    return parse_manifest(ds, store.read(f"manifests/history/{ds}/{n}.json")[0], "test")
+
+
+def source_sums(demo, db):
+    return demo.execute("select count(*), sum(mktrf) from ff.factors_daily where extract(year from date) >= 2024",
+                        database=db)[0]
+
+
+def read_sums(url):
+    import wrds_sync_nb as w
+    return w.connect(url).sql("select count(*), sum(mktrf) from ff.factors_daily where year(date) >= 2024").fetchone()
+
+
+@pytest.mark.parametrize("on_store", ["seaweedfs", "moto"], indirect=True)
+def test_a_data_dir_on_a_store_syncs_reads_and_keeps_history_equal_to_the_source(on_store, env, demo, wrds_db,
+                                                                                tmp_path):
+    url, e = on_store
+    store = ObjectStore(url)
+    r = script(url, "full-sync", *FF, env_extra=e)
+    assert r.returncode == 0 and "version 1" in r.stdout, r.stdout + r.stderr
+    m1 = manifest(store, "fama_french", 1)
+    assert {o.path for o in store.listing("versions/fama_french")} == set(m1.files())
+    assert not list((tmp_path / "stages").rglob("*.parquet"))        # uploaded, checked, gone from the stage
+    want = source_sums(demo, wrds_db)
+    got = read_sums(url)
+    assert got[0] == want[0] and got[1] == pytest.approx(float(want[1]), rel=1e-12)
+    demo.restate_year("ff.factors_daily", "date", 2024, "mktrf", 2.0, database=wrds_db)
+    demo.bump_comment("ff.factors_daily", date(2026, 3, 1), database=wrds_db)
+    assert script(url, "incremental", "--dataset", "fama_french", env_extra=e).returncode == 0
+    m2 = manifest(store, "fama_french", 2)
+    sent = {o.path for o in store.listing("versions/fama_french")} - set(m1.files())
+    assert sent and all(p.startswith("versions/fama_french/daily/2024-") for p in sent)   # the restated year only
+    r = script(url, "incremental", "--dataset", "fama_french", env_extra=e)
+    assert "nothing changed at the source; still version 2" in r.stdout and store_versions(store, "fama_french") == [1, 2]
+    assert read_sums(url)[1] == pytest.approx(float(source_sums(demo, wrds_db)[1]), rel=1e-12)
+    r = script(url, "verify", "--all", env_extra=e)
+    assert r.returncode == 0 and "fama_french: ok" in r.stdout, r.stdout + r.stderr
+    r = script(url, "status", env_extra=e)
+    assert r.returncode == 0 and f"wrds-sync status: {url}" in r.stdout and "daily" in r.stdout, r.stdout + r.stderr
+    r = script(url, "history", "--dataset", "fama_french", env_extra=e)
+    assert r.returncode == 0 and "2" in r.stdout and "replaced" in r.stdout, r.stdout + r.stderr
+    r = script(url, "diff", "--dataset", "fama_french", "--from", "1", "--to", "2", env_extra=e)
+    assert r.returncode == 0 and r.stdout.startswith("daily/2024 "), r.stdout + r.stderr
+    r = script(url, "cite", "--dataset", "fama_french", env_extra=e)
+    assert "fama_french version 2, committed" in r.stdout and m2.content_sha256 in r.stdout, r.stdout + r.stderr
+    assert "no longer in this data dir" not in r.stdout
+    r = script(url, "cite", "--dataset", "fama_french", "--version", "1", env_extra=e)
+    assert m1.content_sha256 in r.stdout and "no longer" not in r.stdout, r.stdout + r.stderr
+
+
+def test_a_second_writer_gets_exit_2_and_a_store_without_conditional_writes_is_refused(on_store, env, moto):
+    url, e = on_store
+    holder = StoreLock(ObjectStore(url), "fama_french", "another machine")
+    holder.acquire()
+    r = script(url, "full-sync", *FF, env_extra=e)
+    assert r.returncode == 2 and one_error(r.stderr) and "another machine" in r.stderr, r.stderr
+    assert ObjectStore(url).listing("manifests") == []
+    holder.release()
+    endpoint, proxy = dropping_proxy(moto.endpoint)
+    try:
+        careless = {**e, **moto.env(), "AWS_ENDPOINT_URL": endpoint}
+        r = script(moto.url(), "full-sync", *FF, env_extra=careless)
+    finally:
+        proxy.shutdown()
+    assert r.returncode == 1 and one_error(r.stderr), r.stderr
+    assert "does not refuse a second create-if-absent" in r.stderr and SECRET not in r.stderr
+
+
+# A sync that stops after its first upload: says so (a file), and waits for another file before any other upload.
+PAUSED_SYNC = textwrap.dedent("""
+    import sys, threading, time
+    from pathlib import Path
+    import wrds_sync_nb.storedir as S
+    from wrds_sync_nb.cli import main
+    url, up, go = sys.argv[1:4]
+    real, sent, gate = S.upload_checked, [], threading.Lock()
+    def paced(*a):                       # one upload at a time; after the first, wait for `go`
+        with gate:
+            r = real(*a)
+            sent.append(1)
+            if len(sent) == 1:
+                Path(up).touch()
+                while not Path(go).exists(): time.sleep(0.05)
+        return r
+    S.upload_checked = paced
+    sys.argv = ["wrds-sync", "--data-dir", url, "full-sync", "--dataset", "fama_french", "--start-year", "2024"]
+    main()
+""")
+
+
+def paused_sync(url, e, tmp_path):
+    """A full sync in a child process, held after its first upload; its process and its two files."""
+    up, go = tmp_path / "up", tmp_path / "go"
+    child = subprocess.Popen([sys.executable, "-c", PAUSED_SYNC, url, str(up), str(go)], env={**os.environ, **e},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(up.exists, "the sync's first upload")
+    return child, go
+
+
+def test_a_sync_killed_mid_upload_shows_nothing_and_the_rerun_sends_only_the_rest(on_store, env, demo, wrds_db,
+                                                                                tmp_path):
+    url, e = on_store
+    store = ObjectStore(url)
+    child, _ = paused_sync(url, e, tmp_path)
+    child.kill()
+    child.wait(30)
+    first = {o.path: o.etag for o in store.listing("versions/fama_french")}
+    assert len(first) == 1 and store.listing("manifests") == []      # an upload, and no version: nothing visible
+    wait_stale(store, "locks/fama_french.lock", timedelta(seconds=3))
+    r = script(url, "full-sync", *FF, env_extra=e)
+    assert r.returncode == 0 and "version 1" in r.stdout, r.stdout + r.stderr
+    after = {o.path: o.etag for o in store.listing("versions/fama_french")}
+    assert set(after) == set(manifest(store, "fama_french", 1).files())
+    assert all(after[p] == tag for p, tag in first.items())           # the first upload was not sent again
+    assert script(url, "verify", "--dataset", "fama_french", env_extra=e).returncode == 0
+    assert read_sums(url)[0] == source_sums(demo, wrds_db)[0]
+
+
+def test_a_writer_paused_past_its_lease_cannot_commit_and_the_other_version_stands(on_store, env, tmp_path):
+    url, e = on_store
+    store = ObjectStore(url)
+    child, go = paused_sync(url, e, tmp_path)
+    os.kill(child.pid, signal.SIGSTOP)                                # its lock refresher stops too
+    wait_stale(store, "locks/fama_french.lock", timedelta(seconds=3))
+    other = {**e, "WRDS_SYNC_STAGE_DIR": str(tmp_path / "other-machine")}
+    r = script(url, "full-sync", *FF, env_extra=other)
+    assert r.returncode == 0 and "version 1" in r.stdout, r.stdout + r.stderr
+    theirs = manifest(store, "fama_french", 1)
+    go.touch()
+    os.kill(child.pid, signal.SIGCONT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 1 and one_error(err), err
+    assert "was taken over" in err or "was committed by another writer" in err, err
+    assert store_versions(store, "fama_french") == [1] and manifest(store, "fama_french", 1) == theirs
+    assert script(url, "status", env_extra=e).returncode == 0          # the paused writer's stage, made theirs
+    assert script(url, "verify", "--all", env_extra=e).returncode == 0
+
+
+def test_a_store_stopped_mid_sync_fails_in_one_line_and_the_rerun_commits(env, demo, wrds_db, tmp_path):
+    home = tmp_path / "weed"
+    home.mkdir()
+    srv = start_seaweedfs(home)
+    try:
+        url = srv.url()
+        e = {**srv.env(), "WRDS_SYNC_STAGE_DIR": str(tmp_path / "stages"), "WRDS_SYNC_STORE_LEASE_SECONDS": "3"}
+        child, go = paused_sync(url, e, tmp_path)
+        srv.proc.kill()                                               # the store goes down mid-sync
+        srv.proc.wait(30)
+        go.touch()
+        _, err = child.communicate(timeout=180)
+        assert child.returncode == 1 and one_error(err) and "the object store failed during" in err, err
+        assert SECRET not in err
+        srv = start_seaweedfs(home, srv.ports)
+        os.environ.update(e)
+        try:
+            assert ObjectStore(url).listing("manifests") == []
+            wait_stale(ObjectStore(url), "locks/fama_french.lock", timedelta(seconds=3))
+        finally:
+            for k in e:
+                os.environ.pop(k)
+        r = script(url, "full-sync", *FF, env_extra=e)
+        assert r.returncode == 0 and "version 1" in r.stdout, r.stdout + r.stderr
+        assert script(url, "verify", "--all", env_extra=e).returncode == 0
+    finally:
+        srv.proc.kill()
+
+
+def test_verify_finds_a_replaced_object_repair_sets_it_aside_and_a_sync_fetches_it(on_store, env, tmp_path):
+    url, e = on_store
+    store = ObjectStore(url)
+    assert script(url, "full-sync", *FF, env_extra=e).returncode == 0
+    m1 = manifest(store, "fama_french", 1)
+    victim = sorted(m1.files())[0]
+    store.swap(victim, b"replaced behind our back", store.head(victim).etag)
+    r = script(url, "verify", "--all", env_extra=e)
+    assert r.returncode == 1 and f"{victim} holds other bytes" in r.stdout, r.stdout + r.stderr
+    r = script(url, "repair", "--dataset", "fama_french", env_extra=e)
+    assert r.returncode == 0 and "1 damaged file(s) of version 1 set aside" in r.stdout, r.stdout + r.stderr
+    r = script(url, "full-sync", *FF, env_extra=e)
+    assert r.returncode == 0 and "still version 1" in r.stdout, r.stdout + r.stderr
+    assert script(url, "verify", "--all", env_extra=e).returncode == 0
+    assert len(store.listing("quarantine")) == 1                       # the replaced bytes, kept aside
+
+
+def test_a_read_only_credential_reads_and_verifies_but_cannot_sync(on_store, env, tmp_path, monkeypatch):
+    url, e = on_store
+    assert script(url, "full-sync", *FF, env_extra=e).returncode == 0
+    reader = {**e, "AWS_ACCESS_KEY_ID": READER_KEY, "AWS_SECRET_ACCESS_KEY": READER_SECRET,
+              "WRDS_SYNC_STAGE_DIR": str(tmp_path / "reader-stages")}
+    assert script(url, "verify", "--all", env_extra=reader).returncode == 0
+    assert script(url, "status", env_extra=reader).returncode == 0
+    for k, v in reader.items():
+        monkeypatch.setenv(k, v)
+    assert read_sums(url)[0] > 0
+    r = script(url, "incremental", "--dataset", "fama_french", "--deep", env_extra=reader)
+    assert r.returncode == 1 and one_error(r.stderr) and "the object store refused" in r.stderr, r.stderr
+    assert READER_SECRET not in r.stderr and store_versions(ObjectStore(url), "fama_french") == [1]
+
+
+def test_vacuum_removes_an_unnamed_upload_and_the_data_dir_comes_from_the_environment(on_store, env, tmp_path):
+    url, e = on_store
+    wrds_sync = str(Path(sys.executable).parent / "wrds-sync")
+    by_env = {**os.environ, **e, "WRDS_SYNC_DATA_DIR": url}
+    r = subprocess.run([wrds_sync, "full-sync", *FF], capture_output=True, text=True, env=by_env, timeout=120)
+    assert r.returncode == 0 and "version 1" in r.stdout, r.stdout + r.stderr
+    store = ObjectStore(url)
+    orphan = "versions/fama_french/daily/2020-0123456789abcdef.parquet"   # an upload no commit named
+    store.create(orphan, b"x")
+    r = script(url, "vacuum", "--grace-hours", "1", env_extra=e)
+    assert "fama_french: removed 0 file(s)" in r.stdout, r.stdout + r.stderr
+    r = script(url, "vacuum", "--grace-hours", "0", env_extra=e)
+    assert r.returncode == 0 and "fama_french: removed 1 file(s), 1 bytes; versions kept: 1" in r.stdout, r.stdout
+    assert store.head(orphan) is None and script(url, "verify", "--all", env_extra=e).returncode == 0
+    r = script(url, "iceberg", env_extra=e)
+    assert r.returncode == 1 and one_error(r.stderr) and "works on a data dir in a folder" in r.stderr
