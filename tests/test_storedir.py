@@ -245,3 +245,36 @@ def test_vacuum_removes_an_unnamed_upload_and_the_data_dir_comes_from_the_enviro
     assert store.head(orphan) is None and script(url, "verify", "--all", env_extra=e).returncode == 0
     r = script(url, "iceberg", env_extra=e)
     assert r.returncode == 1 and one_error(r.stderr) and "works on a data dir in a folder" in r.stderr
+
+
+def test_lock_status_and_force_unlock_on_a_store(on_store, env):
+    import json
+
+    from wrds_sync_nb.errors import LockOwnershipError
+    url, e = on_store
+    holder = StoreLock(ObjectStore(url), "crsp", "nightly on another machine")
+    holder.acquire()
+    r = script(url, "lock-status", "--json", env_extra=e)
+    crsp = next(x for x in json.loads(r.stdout) if x["dataset"] == "crsp")
+    assert crsp["held"] and not crsp["stale"] and crsp["writer"] == "nightly on another machine", crsp
+    r = script(url, "force-unlock", "--dataset", "crsp", env_extra=e)     # no terminal to confirm on
+    assert r.returncode == 1 and one_error(r.stderr) and "pass --yes" in r.stderr, r.stderr
+    r = script(url, "force-unlock", "--dataset", "crsp", "--yes", env_extra=e)
+    assert r.returncode == 0 and "crsp: lock released (by " in r.stdout, r.stdout + r.stderr
+    with pytest.raises(LockOwnershipError):                            # the forced-out writer cannot commit
+        holder.refresh()
+    r = script(url, "lock-status", "--json", env_extra=e)
+    assert not next(x for x in json.loads(r.stdout) if x["dataset"] == "crsp")["held"]
+
+
+def test_a_table_added_on_one_machine_is_defined_and_synced_on_another(on_store, env, tmp_path):
+    url, e = on_store
+    r = script(url, "add", "comp.secd", "--name", "secd_x", env_extra=e)
+    assert r.returncode == 0, r.stdout + r.stderr
+    other = {**e, "WRDS_SYNC_STAGE_DIR": str(tmp_path / "other-machine")}
+    assert "secd_x" in script(url, "datasets", env_extra=other).stdout
+    r = script(url, "full-sync", "--dataset", "secd_x", "--start-year", "2025", env_extra=other)
+    assert r.returncode == 0 and "version 1" in r.stdout, r.stdout + r.stderr
+    assert store_versions(ObjectStore(url), "secd_x") == [1]
+    r = script(url, "add", "comp.secd", "--name", "secd_x", "--where", "prccd > 90", env_extra=e)   # redefined
+    assert r.returncode == 1 and one_error(r.stderr) and "--replace" in r.stderr, r.stderr

@@ -18,7 +18,7 @@ from .config import load_config
 from .datasets import (BUILTIN_DATASETS, DatasetRegistry, DatasetSpec, dataset_name_for,
                                    named_read, normal_source, store_dataset)
 from .errors import ConfigError
-from .layout import DataLayout, claim_data_dir
+from .layout import DataLayout, claim_data_dir, store_url_of
 from .manifest import ManifestManager, SyncManifest
 from .progress import DisplayKind, showing_progress
 from .reader import data_dir_of, synced_datasets
@@ -28,8 +28,8 @@ from .sync import SyncManager
 from .history import diff_versions, history_rows
 
 # %% auto #0
-__all__ = ['close', 'wrds_client', 'target_dir', 'list_libraries', 'list_tables', 'describe_table', 'add_table', 'resolve',
-           'Synced', 'run', 'sync', 'status', 'verify', 'history', 'diff']
+__all__ = ['close', 'wrds_client', 'target_dir', 'target_layout', 'list_libraries', 'list_tables', 'describe_table', 'add_table',
+           'resolve', 'Synced', 'run', 'sync', 'status', 'verify', 'history', 'diff']
 
 # %% ../nbs/10b_api.ipynb #dd8e2ad0
 _SHARED: dict[str, Any] = {}   # the session's client and the settings it was made with
@@ -55,6 +55,13 @@ atexit.register(close)
 def target_dir(data_dir:Path|str|None=None) -> Path:
     "The data dir a sync writes: `data_dir`, else $WRDS_SYNC_DATA_DIR, else ./data"
     return Path(data_dir or os.environ.get("WRDS_SYNC_DATA_DIR") or "data")
+
+def target_layout(data_dir:Path|str|None=None) -> DataLayout:
+    "The data dir a sync writes: a folder, or the stage of the object store a URL names (see `storedir`)"
+    if url := store_url_of(root := target_dir(data_dir)):
+        from wrds_sync_nb.storedir import open_stage
+        return open_stage(url)
+    return DataLayout(root)
 
 # %% ../nbs/10b_api.ipynb #fb2490f4
 def list_libraries() -> list[str]:
@@ -92,20 +99,20 @@ def add_table(
     """Define a dataset for any WRDS table (or a table per year or day: `optionm.opprcd{year}`; or a
     filtered copy of a dataset: `taq`), stored in the data dir"""
     items = [f"{c}={v}" for c, vs in (filters or {}).items() for v in (vs if isinstance(vs, list) else [vs])]
+    layout = target_layout(data_dir)
     if "." in source:
         spec, notes = table_definition(wrds_client(), source, name, partition_column, key, columns, items,
                                        where, granularity)
     else:
-        spec, notes = dataset_copy(wrds_client(),
-                                   DatasetRegistry.load(data_dir=target_dir(data_dir)).get(source), name,
-                                   items, columns, where)
-    layout = DataLayout(target_dir(data_dir))
+        base = DatasetRegistry.load(data_dir=layout.root).get(source)
+        spec, notes = dataset_copy(wrds_client(), base, name, items, columns, where)
     claim_data_dir(layout)
     store_dataset(layout, spec, replace)
-    print(
-        f"added {', '.join(t.source for t in spec.tables)} as dataset {spec.name}"
-        + "".join(f"\n  {n}" for n in notes)
-    )
+    if layout.home is not None:   # on an object store: the definitions go back there
+        from wrds_sync_nb.storedir import share_definitions
+        share_definitions(layout)
+    said = "".join(f"\n  {n}" for n in notes)
+    print(f"added {', '.join(t.source for t in spec.tables)} as dataset {spec.name}{said}")
     return spec
 
 # %% ../nbs/10b_api.ipynb #c6c03126
@@ -188,7 +195,7 @@ def sync(
     if unknown := set(adding) - set(_ADDING):
         raise ConfigError(f"sync() got unexpected option(s) {sorted(unknown)}",
                           "see help(sync) for the options")
-    layout = DataLayout(target_dir(data_dir))
+    layout = target_layout(data_dir)
     ds, tables = resolve(DatasetRegistry.load(data_dir=layout.root), source, tables,
                          {k: adding.get(k) for k in _ADDING}, data_dir)
     sm = SyncManager(wrds_client(), layout, DatasetRegistry.load(data_dir=layout.root),

@@ -31,10 +31,11 @@ __all__ = ['app', 'Dataset', 'MaybeDataset', 'AsJson', 'out', 'DataDirOpt', 'Dat
            'status_lines', 'known_layout', 'check_credential_expiry', 'cell', 'status', 'verify_names',
            'verify_targets', 'verify_one', 'folder_report', 'store_report', 'verify', 'repair', 'synced_layout',
            'spans', 'history_lines', 'history', 'diff', 'cite', 'vacuum', 'iceberg', 'store_check', 'push',
-           'store_verify', 'migrate', 'lock_status', 'confirm_unlock', 'force_unlock', 'table_rows', 'datasets_cmd',
-           'libraries', 'tables', 'describe', 'comma_list', 'define_added', 'add', 'login', 'backup_cmd', 'restore_cmd',
-           'drill_cmd', 'claim_demo_dir', 'ccm_book_equity', 'demo_queries', 'run_demo', 'demo', 'demo_exports',
-           'running_demo', 'print_exports', 'serve_demo', 'main']
+           'store_verify', 'migrate', 'folder_locks', 'store_locks', 'lock_status', 'confirm_unlock', 'typed_name',
+           'force_unlock', 'table_rows', 'datasets_cmd', 'libraries', 'tables', 'describe', 'comma_list',
+           'define_added', 'add', 'login', 'backup_cmd', 'restore_cmd', 'drill_cmd', 'claim_demo_dir',
+           'ccm_book_equity', 'demo_queries', 'run_demo', 'demo', 'demo_exports', 'running_demo', 'print_exports',
+           'serve_demo', 'main']
 
 # %% ../nbs/10_cli.ipynb #22751237
 from . import __version__, events
@@ -800,13 +801,9 @@ def migrate(ctx:typer.Context) -> None:
     done = migrate_data_dir(synced_layout(st), synced_datasets(st.layout), one)
     for ds, n in done.items(): out.print(f"{ds}: {n} file(s) given a version name")
 
-# %% ../nbs/10_cli.ipynb #b1c2938c
-@app.command("lock-status")
-@handled
-def lock_status(ctx: typer.Context, as_json: AsJson = False) -> None:
-    "Who holds each dataset's lock, since when, until when, and whether it is stale."
-    st = _state(ctx)
-    folder_only(st, "lock-status")
+# %% ../nbs/10_cli.ipynb #f01dlock
+def folder_locks(st:State) -> list[dict[str, Any]]:
+    "`lock-status` rows of a folder data dir"
     names = sorted(
         set(st.registry().names()) | {p.stem for p in st.layout.locks_dir.glob("*.lock")}
         if st.layout.locks_dir.exists()
@@ -824,6 +821,21 @@ def lock_status(ctx: typer.Context, as_json: AsJson = False) -> None:
              "expires": t.expires_at.isoformat(timespec="seconds") if t else None,
              "reason": s.reason if s and s.held else None}
         )
+    return rows
+
+def store_locks(st:State) -> list[dict[str, Any]]:
+    "`lock-status` rows of a data dir on an object store"
+    from wrds_sync_nb.storedir import StoreHome, store_lock_rows
+    assert isinstance(home := st.layout.home, StoreHome)
+    return store_lock_rows(home.store)
+
+# %% ../nbs/10_cli.ipynb #b1c2938c
+@app.command("lock-status")
+@handled
+def lock_status(ctx: typer.Context, as_json: AsJson = False) -> None:
+    "Who holds each dataset's lock, since when, until when, and whether it is stale."
+    st = _state(ctx)
+    rows = store_locks(st) if st.url else folder_locks(st)
     if as_json:
         typer.echo(json.dumps(rows, indent=out.indent))
         return
@@ -843,7 +855,15 @@ def confirm_unlock(name:str,      # the dataset
     who = (f"pid {t.pid} on {t.hostname} (writer {t.writer_id}), since {t.acquired_at:%Y-%m-%d %H:%M}"
            if t else s.reason)
     typer.echo(f"{name} is locked by {who}; stale: {s.stale}.", err=True)
-    if typer.prompt("Type the dataset name to remove the lock") != name:
+    typed_name(name, "remove the lock")
+
+def typed_name(name:str,   # the dataset
+               what:str    # what typing it does
+              ) -> None:
+    "Ask for the dataset's name on a terminal; a ConfigError unless it is typed exactly"
+    if not sys.stdin.isatty():
+        raise ConfigError("refusing to force-unlock without a terminal to confirm on", "pass --yes")
+    if typer.prompt(f"Type the dataset name to {what}") != name:
         raise ConfigError("confirmation did not match; the lock was left in place",
                           "type the dataset name exactly")
 
@@ -855,7 +875,12 @@ def force_unlock(ctx:typer.Context, dataset:Dataset,
                 ) -> None:
     "Remove a dataset's lock whoever holds it (asks you to type the dataset name unless --yes)."
     st = _state(ctx)
-    folder_only(st, "force-unlock")
+    by = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+    if st.url:   # on an object store: its lock object swapped to released, if unchanged since read
+        from wrds_sync_nb.storedir import StoreHome, force_release
+        assert isinstance(home := st.layout.home, StoreHome)
+        if not yes: typed_name(validate_name(dataset), "release its lock")
+        return out.print(force_release(home.store, validate_name(dataset), by))
     name = (st.registry().get(dataset).name if dataset in st.registry().names()
             else DataLayout(st.data_dir).lock_path(dataset).stem)
     lock = AtomicFileLock(st.layout.locks_dir, name)
@@ -863,7 +888,6 @@ def force_unlock(ctx:typer.Context, dataset:Dataset,
         out.print(f"{name}: not locked")
         return
     if not yes: confirm_unlock(name, s)
-    by = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
     lock.force_unlock(by=by)
     out.print(f"{name}: lock removed (by {by})")
 
@@ -1013,9 +1037,8 @@ def add(ctx:typer.Context, source:AddSource, name:AddName=None, partition_column
     was = ManifestManager(st.layout).load(spec.name) if st.layout.manifests_dir.is_dir() else None
     path = store_dataset(st.layout, spec, replace)
     if st.url:   # on an object store: the definitions go back there
-        from wrds_sync_nb.storedir import StoreHome, push_definitions
-        assert isinstance(home := st.layout.home, StoreHome)
-        push_definitions(home.store, st.layout, home.tag)
+        from wrds_sync_nb.storedir import share_definitions
+        share_definitions(st.layout)
     sources, names = ", ".join(t.source for t in spec.tables), ", ".join(t.name for t in spec.tables)
     events.emit(events.DATASET_ADDED, dataset=spec.name, source=sources, notes="; ".join(notes) or "as given")
     plural = "s" if len(spec.tables) > 1 else ""

@@ -14,18 +14,18 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['stage_dir', 'reconcile', 'upload_staged', 'settle', 'keep_lock', 'begin', 'end', 'send_rest', 'commit', 'StoreIndex',
-           'StoreHome', 'pull_definitions', 'push_definitions', 'stage_layout', 'open_stage', 'stored_datasets',
-           'vacuum_store', 'set_aside', 'repair_store']
+           'StoreHome', 'pull_definitions', 'push_definitions', 'share_definitions', 'store_lock_rows', 'force_release',
+           'stage_layout', 'open_stage', 'stored_datasets', 'vacuum_store', 'set_aside', 'repair_store']
 
-# %% ../nbs/09g_storedir.ipynb #59a44860
+# %% ../nbs/09g_storedir.ipynb #754a3429
 from .datadir import DataDir, locked, retention_of
 from .errors import ManifestError
 from .history import VacuumResult
 from .layout import ADDED_DATASETS, DataLayout, atomic_write_bytes, validate_name
 from .manifest import ManifestManager, SyncManifest, parse_manifest
 from .objectstore import (LocalReads, ObjectReads, ObjectStore, Store, StoreLock, commit_manifest,
-                                      probe, pull_manifests, store_errors, store_lease, store_versions,
-                                      stored_sha256, upload_checked)
+                                      lock_body, lock_state, probe, pull_manifests, store_errors, store_lease,
+                                      store_versions, stored_sha256, upload_checked)
 from .versions import load_versions, retained_versions
 
 # %% ../nbs/09g_storedir.ipynb #67b79d13
@@ -74,7 +74,7 @@ def settle(home:StoreHome) -> None:
     done, home.pending = home.pending, []
     for f in done: f.result()
 
-# %% ../nbs/09g_storedir.ipynb #4c56f68d
+# %% ../nbs/09g_storedir.ipynb #f35fd0f5
 def keep_lock(home:StoreHome,        # the home
               lk:StoreLock,          # a lock it holds
               stop:threading.Event   # set when the lock is given back
@@ -96,9 +96,13 @@ def begin(home:StoreHome,      # the home
     lk.acquire()
     home.locks[ds], home.beats[ds] = lk, threading.Event()
     threading.Thread(target=keep_lock, args=(home, lk, home.beats[ds]), daemon=True).start()
-    pull_definitions(home.store, layout)
-    reconcile(home.store, layout, ds)
-    home.load_index(ds)
+    try:
+        pull_definitions(home.store, layout)
+        reconcile(home.store, layout, ds)
+        home.load_index(ds)
+    except BaseException:
+        end(home, ds)   # the lock given back: nothing was done under it
+        raise
 
 # %% ../nbs/09g_storedir.ipynb #59f45e07
 def end(home:StoreHome,  # the home
@@ -189,7 +193,7 @@ class StoreHome(StoreIndex):
               ) -> None:
         commit(self, layout, m, new)
 
-# %% ../nbs/09g_storedir.ipynb #59288298
+# %% ../nbs/09g_storedir.ipynb #601c586a
 def pull_definitions(store:Store,       # the data dir's home
                      layout:DataLayout  # its stage
                     ) -> str | None:
@@ -212,6 +216,40 @@ def push_definitions(store:Store,        # the data dir's home
     if put is None:
         raise ManifestError(f"the definitions in {store.url} changed while this add ran",
                             "run the add again: it starts from the definitions there now")
+
+def share_definitions(layout:DataLayout) -> None:
+    "After `add` in a store's stage: its definitions back in the store"
+    assert isinstance(home := layout.home, StoreHome)
+    push_definitions(home.store, layout, home.tag)
+
+# %% ../nbs/09g_storedir.ipynb #763df283
+@store_errors("reading its locks")
+def store_lock_rows(store:Store) -> list[dict[str, Any]]:
+    "One row per dataset lock in the store, as `lock-status` shows a folder's"
+    lease, clock, rows = store_lease(), store.now(), []
+    for o in store.listing("locks/"):
+        if not o.path.endswith(".lock") or (got := store.read(o.path)) is None: continue
+        body, meta = lock_state(got[0]), got[1]
+        held = body.get("state") != "released"
+        stale = held and clock - meta.modified > lease
+        rows.append({"dataset": Path(o.path).stem, "held": held, "stale": stale,
+                     "pid": body.get("pid"), "host": body.get("host"), "writer": body.get("writer"),
+                     "acquired": None, "expires": (meta.modified + lease).isoformat(timespec="seconds"),
+                     "reason": None})
+    return rows
+
+@store_errors("releasing a lock")
+def force_release(store:Store,  # the data dir's home
+                  ds:str,       # the dataset
+                  by:str        # who, for the record
+                 ) -> str:
+    "Release the dataset's lock in the store if it is held and unchanged since read; say what was done"
+    rel = f"locks/{validate_name(ds)}.lock"
+    if (got := store.read(rel)) is None or lock_state(got[0]).get("state") == "released":
+        return f"{ds}: not locked"
+    if store.swap(rel, lock_body(ds, "released", by), got[1].etag) is None:
+        return f"{ds}: its writer refreshed the lock meanwhile: it is alive, and keeps it"
+    return f"{ds}: lock released (by {by})"
 
 # %% ../nbs/09g_storedir.ipynb #bf11d84b
 def stage_layout(url:str,               # the data dir's URL
