@@ -160,10 +160,10 @@ def test_store_check_through_the_installed_script(seaweedfs, moto, tmp_path):
         srv.shutdown()
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert "does not refuse a second create-if-absent (If-None-Match: *)" in r.stderr and SECRET not in r.stderr
-    r = subprocess.run([str(Path(sys.executable).parent / "wrds-sync"), "--data-dir", "s3://wrds/x", "iceberg"],
+    r = subprocess.run([str(Path(sys.executable).parent / "wrds-sync"), "--data-dir", "s3://wrds/x", "backup"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
-    assert "`wrds-sync iceberg` works on a data dir in a folder, and s3://wrds/x is on an object store" in r.stderr
+    assert "`wrds-sync backup` works on a data dir in a folder, and s3://wrds/x is on an object store" in r.stderr
 
 
 KILLED_PUSH = textwrap.dedent("""

@@ -243,7 +243,7 @@ def test_vacuum_removes_an_unnamed_upload_and_the_data_dir_comes_from_the_enviro
     r = script(url, "vacuum", "--grace-hours", "0", env_extra=e)
     assert r.returncode == 0 and "fama_french: removed 1 file(s), 1 bytes; versions kept: 1" in r.stdout, r.stdout
     assert store.head(orphan) is None and script(url, "verify", "--all", env_extra=e).returncode == 0
-    r = script(url, "iceberg", env_extra=e)
+    r = script(url, "backup", env_extra=e)
     assert r.returncode == 1 and one_error(r.stderr) and "works on a data dir in a folder" in r.stderr
 
 
@@ -278,3 +278,57 @@ def test_a_table_added_on_one_machine_is_defined_and_synced_on_another(on_store,
     assert store_versions(ObjectStore(url), "secd_x") == [1]
     r = script(url, "add", "comp.secd", "--name", "secd_x", "--where", "prccd > 90", env_extra=e)   # redefined
     assert r.returncode == 1 and one_error(r.stderr) and "--replace" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("on_store", ["seaweedfs", "moto"], indirect=True)
+def test_every_table_is_an_iceberg_table_in_the_store_read_in_place_at_each_version(on_store, env, demo, wrds_db,
+                                                                                   tmp_path, monkeypatch):
+    import json
+
+    import duckdb
+
+    import wrds_sync_nb as w
+    from wrds_sync_nb.iceberg import load_duckdb_iceberg
+    from wrds_sync_nb.store_reader import store_session
+    url, e = on_store
+    assert script(url, "full-sync", *FF, env_extra=e).returncode == 0
+    before = read_sums(url)
+    demo.restate_year("ff.factors_daily", "date", 2024, "mktrf", 2.0, database=wrds_db)
+    demo.bump_comment("ff.factors_daily", date(2026, 3, 1), database=wrds_db)
+    other = {**e, "WRDS_SYNC_STAGE_DIR": str(tmp_path / "other-machine")}   # version 2 made on another machine
+    assert script(url, "incremental", "--dataset", "fama_french", env_extra=other).returncode == 0
+    r = script(url, "status", "--json", env_extra=other)
+    meta = {t["table"]: t["iceberg_metadata"] for t in json.loads(r.stdout)["tables"]}
+    assert meta["daily"].startswith(f"{url}/iceberg/fama_french/daily/metadata/00001-"), meta   # extended, not redone
+    con = duckdb.connect()
+    store_session(con)
+    load_duckdb_iceberg(con)
+    q = "select count(*), sum(mktrf) from iceberg_scan('{}') where year(date) >= 2024"
+    now = con.sql(q.format(meta["daily"])).fetchone()
+    assert now[0] == before[0] and now[1] == pytest.approx(float(source_sums(demo, wrds_db)[1]), rel=1e-12)
+    t = w.iceberg_table("fama_french", "daily", url)               # on this machine: the store says what is current
+    v1 = t.scan(snapshot_id=t.metadata.refs["v1"].snapshot_id).to_arrow()
+    assert v1.num_rows >= before[0] and pytest.approx(before[1], rel=1e-12) == sum(
+        x for x, d in zip(v1["mktrf"].to_pylist(), v1["date"].to_pylist(), strict=True) if d.year >= 2024)
+    assert script(url, "verify", "--all", env_extra=e).returncode == 0
+    store = ObjectStore(url)
+    first = next(o.path for o in store.listing("iceberg/fama_french/daily/metadata")
+                 if o.path.rsplit("/", 1)[1].startswith("00000-") and o.path.endswith(".metadata.json"))
+    pointer = "iceberg/fama_french/daily/current"
+    store.swap(pointer, f"{url}/{first}".encode(), store.head(pointer).etag)   # back at version 1's metadata
+    r = script(url, "verify", "--all", env_extra=e)
+    assert r.returncode == 1 and "fama_french.daily: the Iceberg table" in r.stdout, r.stdout + r.stderr
+    r = script(url, "iceberg", env_extra=e)
+    assert r.returncode == 0 and f"fama_french.daily: {url}/iceberg/fama_french/daily/metadata/" in r.stdout, r.stdout
+    assert script(url, "verify", "--all", env_extra=e).returncode == 0
+    from datetime import datetime, timezone
+
+    from wrds_sync_nb.datadir import DataDir
+    from wrds_sync_nb.storedir import vacuum_store
+    res = vacuum_store(DataDir(url), "fama_french", now=datetime.now(timezone.utc) + timedelta(days=92))
+    assert res.kept_versions == [2] and [f for f in res.files if "/daily/2024-" in f], res
+    t = w.iceberg_table("fama_french", "daily", url)
+    assert sorted(t.metadata.refs) == ["main", "v2"]                 # v1 expired before its files went
+    named = {x.data_file.file_path for snap in t.metadata.snapshots for m in snap.manifests(t.io)
+             for x in m.fetch_manifest_entry(t.io, discard_deleted=True)}
+    assert named and all(store.head(p.removeprefix(url + "/")) is not None for p in named)

@@ -552,6 +552,7 @@ def store_report(st:State,          # the command's state (a data dir on an obje
                  all_:bool          # --all
                 ) -> dict[str, list[str]]:
     "`verify` on an object store: each dataset's newest version, every file read back"
+    from wrds_sync_nb.iceberg import iceberg_problems
     from wrds_sync_nb.objectstore import verify_store
     from wrds_sync_nb.storedir import StoreHome, stored_datasets
     if all_ == (dataset is not None):
@@ -561,7 +562,9 @@ def store_report(st:State,          # the command's state (a data dir on an obje
     names = [st.registry().get(dataset).name] if dataset else stored_datasets(store)
     if not names: raise ConfigError(f"nothing to verify in {st.url}: no version there",
                                     "sync a dataset first, or pass the right --data-dir")
-    return {n: verify_store(store, n) for n in names}
+    mm = ManifestManager(st.layout)   # the store's versions, pulled
+    return {n: verify_store(store, n) + (iceberg_problems(st.layout, m) if (m := mm.load(n)) else [])
+            for n in names}
 
 # %% ../nbs/10_cli.ipynb #35f84da2
 VerifyAll = Annotated[bool, typer.Option("--all", help="every synced dataset")]
@@ -736,7 +739,6 @@ def iceberg(
     "Publish each synced table as an Iceberg table (one snapshot per version, tagged v<N>), under the lock."
     from wrds_sync_nb.iceberg import republish
     st = _state(ctx)
-    folder_only(st, "iceberg")
     for line in republish(_manager(st, with_client=False), dataset or synced_datasets(synced_layout(st)),
                           rebuild):
         out.print(line)

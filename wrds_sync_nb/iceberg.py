@@ -6,7 +6,7 @@ Docs: https://wrds-sync-nb.github.io/wrds-sync-nb/iceberg.html.md"""
 
 # %% ../nbs/07c_iceberg.ipynb #ecac425f
 from __future__ import annotations
-import hashlib, os, re, sqlite3, uuid
+import functools, hashlib, io, os, re, sqlite3, uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -16,14 +16,15 @@ from urllib.parse import quote
 
 # %% auto #0
 __all__ = ['FIELD_ID_KEY', 'CATALOG_NAME', 'VERSION_PROP', 'FILES_PROP', 'AVRO_CODEC', 'MANIFEST_FILES', 'SHARED_CATALOG_ENV',
-           'field_ids', 'with_field_ids', 'name_mapping', 'catalog_on', 'open_catalog', 'metadata_files', 'TableFiles',
-           'table_files', 'files_digest', 'snapshot_id', 'files_of', 'partition_spec', 'partition_value', 'data_file',
+           'field_ids', 'with_field_ids', 'name_mapping', 'StoreOutput', 'store_file_io', 'io_props', 'file_io',
+           'table_location', 'catalog_on', 'open_catalog', 'metadata_files', 'TableFiles', 'table_files',
+           'files_digest', 'snapshot_id', 'files_of', 'partition_spec', 'partition_value', 'data_file',
            'initial_metadata', 'live_entries', 'schema_for', 'write_manifest_file', 'next_manifests',
            'snapshot_summary', 'new_snapshot', 'ref', 'version_updates', 'usable', 'Versions', 'tagged', 'trusted',
            'expire_updates', 'write_metadata', 'point_catalog', 'catalog_location', 'load_current', 'fresh_metadata',
-           'add_versions', 'publish_table', 'check_folders', 'share', 'publish', 'republish', 'publish_or_warn',
-           'table_problem', 'iceberg_problems', 'iceberg_table', 'load_packaged', 'load_duckdb_iceberg', 'named_files',
-           'unreferenced_files']
+           'add_versions', 'publish_table', 'check_folders', 'share', 'pointer_url', 'write_pointers', 'adopt_pointers',
+           'publish', 'republish', 'publish_or_warn', 'compared', 'table_problem', 'iceberg_problems', 'iceberg_table',
+           'load_packaged', 'load_duckdb_iceberg', 'named_files', 'unreferenced_files']
 
 # %% ../nbs/07c_iceberg.ipynb #f5ebf909
 from . import events
@@ -31,13 +32,13 @@ from .datadir import DataDir, locked
 from .errors import ConfigError, ManifestError, UnknownDatasetError, WrdsSyncError
 from .layout import DataDirs, DataLayout, atomic_write_bytes, validate_name
 from .manifest import ManifestManager, SyncManifest, TableEntry
-from .reader import data_dir_of, table_files as files_on_disk
+from .reader import data_dir_of, table_files as files_on_disk, table_urls
 from .schema import SchemaRegistry, SchemaVersion
 from .versions import entry_file
 if TYPE_CHECKING:   # imported where used: a sync that publishes nothing new never loads pyiceberg
     import pyarrow as pa
     from pyiceberg.catalog.sql import SqlCatalog
-    from pyiceberg.io import FileIO
+    from pyiceberg.io import FileIO, InputFile, OutputFile
     from pyiceberg.manifest import DataFile, ManifestEntry, ManifestFile
     from pyiceberg.partitioning import PartitionSpec
     from pyiceberg.schema import Schema
@@ -75,18 +76,89 @@ def name_mapping(ids:dict[str, int]) -> NameMapping:
     from pyiceberg.table.name_mapping import MappedField, NameMapping
     return NameMapping([MappedField(field_id=i, names=[n]) for n, i in ids.items()])
 
+# %% ../nbs/07c_iceberg.ipynb #7282eb3f
+class StoreOutput(io.BytesIO):
+    "A file written into the store whole when closed, only if absent (its name is new)"
+    def __init__(self, store:Any, rel:str):
+        super().__init__()
+        self.store, self.rel = store, rel
+    def close(self) -> None:
+        if self.closed: return
+        data = self.getvalue()
+        super().close()
+        if self.store.create(self.rel, data) is None:
+            raise FileExistsError(f"{self.store.url}/{self.rel} exists: Iceberg metadata is never rewritten")
+
+# %% ../nbs/07c_iceberg.ipynb #0263cef3
+@functools.cache
+def _store_io_class() -> type[Any]:
+    "pyarrow's file IO, its outputs written through a store (made once, when first needed)"
+    from pyiceberg.io import FileIO, OutputFile
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+    class StoreOutputFile(OutputFile):
+        def __init__(self, location:str, fio:Any):
+            super().__init__(location)
+            self.fio, self.rel = fio, location.removeprefix(fio.store.url + "/")
+        def __len__(self) -> int: return m.size if (m := self.fio.store.head(self.rel)) else 0
+        def exists(self) -> bool: return self.fio.store.head(self.rel) is not None
+        def to_input_file(self) -> Any: return self.fio.new_input(self.location)
+        def create(self, overwrite:bool=False) -> Any: return StoreOutput(self.fio.store, self.rel)
+    class StoreFileIO(FileIO):
+        def __init__(self, props:dict[str, str], store:Any):
+            super().__init__(props)
+            self.reads, self.store = PyArrowFileIO(props), store
+        def new_input(self, location:str) -> InputFile: return self.reads.new_input(location)
+        def new_output(self, location:str) -> OutputFile: return StoreOutputFile(location, self)
+        def delete(self, location:str|InputFile|OutputFile) -> None:
+            where = location if isinstance(location, str) else location.location
+            self.store.delete(where.removeprefix(self.store.url + "/"))
+    return StoreFileIO
+
+def store_file_io(props:dict[str, str],  # pyarrow's properties, for reading
+                  store:Any              # the store, for writing (see `objectstore`)
+                 ) -> FileIO:
+    "A pyiceberg file IO that reads through pyarrow and writes each file whole through the store"
+    return _store_io_class()(props, store)  # type: ignore[no-any-return]
+
+# %% ../nbs/07c_iceberg.ipynb #st001062
+def io_props(dirs:DataDirs) -> dict[str, str]:
+    "pyiceberg's file IO properties for the data dir: none for a folder, the store's from the environment"
+    if dirs.home is None: return {}
+    e = os.environ
+    props = {"s3.region": e.get("AWS_REGION") or e.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    if key := e.get("AWS_ACCESS_KEY_ID"):
+        props |= {"s3.access-key-id": key, "s3.secret-access-key": e.get("AWS_SECRET_ACCESS_KEY", "")}
+    if token := e.get("AWS_SESSION_TOKEN"): props["s3.session-token"] = token
+    if endpoint := e.get("AWS_ENDPOINT_URL") or e.get("AWS_ENDPOINT"): props["s3.endpoint"] = endpoint
+    return props
+
+def file_io(dirs:DataDirs) -> FileIO:
+    "How the data dir's Iceberg files are read and written (in a store: written through it)"
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+    return PyArrowFileIO() if dirs.home is None else store_file_io(io_props(dirs), dirs.home.store)
+
+def table_location(layout:DataLayout,  # the data dir
+                   ds:str,             # the dataset
+                   table:str           # the table
+                  ) -> str:
+    "The table's location: its folder under `iceberg/`, in the data dir or at its store's URL"
+    if layout.home is None: return str(layout.iceberg_table_dir(ds, table))
+    return f"{layout.home.url}/iceberg/{validate_name(ds)}/{validate_name(table, 'table')}"
+
 # %% ../nbs/07c_iceberg.ipynb #178324b5
 CATALOG_NAME = "wrds"  # the catalog's name in its tables (a Spark catalog sharing it must be named the same)
 
-def catalog_on(db:Path,            # the SQLite file
-               read_only:bool,     # open it read-only (nothing created)
-               warehouse:str       # where new tables would go
+def catalog_on(db:Path,                      # the SQLite file
+               read_only:bool,               # open it read-only (nothing created)
+               warehouse:str,                # where new tables would go
+               props:dict[str, str]|None=None  # how its tables' files are read (an object store's keys)
               ) -> SqlCatalog:
     "pyiceberg's SqlCatalog on the SQLite file `db`, opened by its path whatever characters it holds"
     from pyiceberg.catalog.sql import SqlCatalog
     from sqlalchemy import create_engine
     target = f"file:{quote(str(db))}" + ("?mode=ro" if read_only else "")
-    cat = SqlCatalog(CATALOG_NAME, uri="sqlite://", init_catalog_tables="false", warehouse=warehouse)
+    cat = SqlCatalog(CATALOG_NAME, uri="sqlite://", init_catalog_tables="false", warehouse=warehouse,
+                     **(props or {}))
     cat.engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(target, uri=True,
                                                                            check_same_thread=False))
     if not read_only: cat.create_tables()   # if absent
@@ -102,7 +174,7 @@ def open_catalog(dirs:DataDirs,          # the data dir
         raise UnknownDatasetError(f"{dirs.root} has no Iceberg tables yet",
                                   "run `wrds-sync iceberg` (any sync also publishes them)")
     if not read_only: dirs.iceberg_dir.mkdir(exist_ok=True)
-    return catalog_on(db, read_only, dirs.iceberg_dir.as_uri())
+    return catalog_on(db, read_only, dirs.iceberg_dir.as_uri(), io_props(dirs))
 
 # %% ../nbs/07c_iceberg.ipynb #85711b65
 def metadata_files(dirs:DataDirs,  # the data dir
@@ -133,9 +205,13 @@ def table_files(layout:DataLayout,  # the data dir
                ) -> TableFiles:
     "The table's files in version `m`"
     parts = m.tables[table].partitions if table in m.tables else {}
-    files = {str(entry_file(layout, m.dataset, table, k, e)): k for k, e in parts.items()}
+    def place(k:str) -> str:   # its path, or its URL in the store
+        e = parts[k]
+        if layout.home is not None: return f"{layout.home.url}/{e.path}"
+        return str(entry_file(layout, m.dataset, table, k, e))
+    files = {place(k): k for k in parts}
     newest = max(parts, key=lambda k: parts[k].synced_at) if parts else None
-    path = str(entry_file(layout, m.dataset, table, newest, parts[newest])) if newest else None
+    path = place(newest) if newest else None
     return TableFiles(m.version, int(m.updated_at.timestamp() * 1000), files, path)
 
 # %% ../nbs/07c_iceberg.ipynb #73598028
@@ -187,7 +263,8 @@ def partition_value(key:str) -> int | None:
 def data_file(path:str,              # the file
               key:str,               # its partition key
               spec:PartitionSpec,    # the table's partitioning
-              ids:dict[str, int]     # the table's field IDs
+              ids:dict[str, int],    # the table's field IDs
+              io:FileIO              # how it is read (its footer only)
              ) -> tuple[DataFile, Schema]:
     "The file as an Iceberg data file, and its columns as an Iceberg schema"
     import pyarrow.parquet as pq
@@ -195,14 +272,14 @@ def data_file(path:str,              # the file
                                       parquet_path_to_id_mapping, pyarrow_to_schema)
     from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
     from pyiceberg.typedef import Record
-    md = pq.read_metadata(path)
+    with (inp := io.new_input(path)).open() as f: md = pq.read_metadata(f)
     schema = pyarrow_to_schema(md.schema.to_arrow_schema(), name_mapping=name_mapping(ids))
     stats = data_file_statistics_from_parquet_metadata(
         parquet_metadata=md, stats_columns=compute_statistics_plan(schema, {}),
         parquet_column_mapping=parquet_path_to_id_mapping(schema))
     part = Record() if spec.is_unpartitioned() else Record(partition_value(key))
     df = DataFile.from_args(content=DataFileContent.DATA, file_path=path, file_format=FileFormat.PARQUET,
-                            partition=part, file_size_in_bytes=os.path.getsize(path), sort_order_id=None,
+                            partition=part, file_size_in_bytes=len(inp), sort_order_id=None,
                             spec_id=spec.spec_id, equality_ids=None, key_metadata=None,
                             **stats.to_serialized_dict())
     return df, schema
@@ -362,7 +439,7 @@ def version_updates(meta:TableMetadata,   # the table, at the version before
         return [ref(tag, parent.snapshot_id)]
     live = live_entries(meta, io)
     new = [p for p in sorted(tf.files) if p not in live]
-    for p in new: cache[p] = cache.get(p) or data_file(p, tf.files[p], meta.spec(), ids)
+    for p in new: cache[p] = cache.get(p) or data_file(p, tf.files[p], meta.spec(), ids, io)
     schema, fresh = schema_for(meta, cache[tf.newest][1] if tf.newest in cache else meta.schema())
     sid = snapshot_id(ds, table, tf.version)
     snap = new_snapshot(meta, io, sid, tf, schema, live, [cache[p][0] for p in new], written)
@@ -379,7 +456,8 @@ def usable(layout:DataLayout,      # the data dir
     "Version `n`, if it can be read and every table's files are on disk at their sizes (as `connect` checks)"
     try: m = ManifestManager(layout).load_version(ds, n)
     except ManifestError: return None
-    ok = m is not None and all(isinstance(files_on_disk(layout, m, t), list) for t in m.tables)
+    check = files_on_disk if layout.home is None else table_urls   # in a store: there at their sizes
+    ok = m is not None and all(isinstance(check(layout, m, t), list) for t in m.tables)
     return m if ok else None
 
 class Versions:
@@ -427,17 +505,23 @@ def expire_updates(meta:TableMetadata,   # the table's metadata
     return ups + ([RemoveSnapshotsUpdate(snapshot_ids=drop)] if drop else [])
 
 # %% ../nbs/07c_iceberg.ipynb #a8b7c3e9
-def write_metadata(meta:TableMetadata,   # the table's new metadata
+def write_metadata(layout:DataLayout,    # the data dir
+                   meta:TableMetadata,   # the table's new metadata
                    previous:str|None,     # its current metadata file (None: a new table)
                    written:list[str]      # the manifests and lists it names, written by this publication
                   ) -> str:
     "Flush `written`, then write `meta` as the table's next metadata file; returns its path"
+    n = int(m.group(1)) + 1 if previous and (m := re.match(r"(\d+)-", previous.rsplit("/", 1)[-1])) else 0
+    name = f"{n:05d}-{uuid.uuid4()}.metadata.json"
+    if layout.home is not None:   # in the store: each object whole once written, under a new name
+        with file_io(layout).new_output(url := f"{meta.location}/metadata/{name}").create() as f:
+            f.write(meta.model_dump_json().encode())
+        return url
     for p in written:
         fd = os.open(p, os.O_RDONLY)
         try: os.fsync(fd)
         finally: os.close(fd)
-    n = int(m.group(1)) + 1 if previous and (m := re.match(r"(\d+)-", Path(previous).name)) else 0
-    path = Path(meta.location) / "metadata" / f"{n:05d}-{uuid.uuid4()}.metadata.json"
+    path = Path(meta.location) / "metadata" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, meta.model_dump_json().encode())
     return str(path)
@@ -480,14 +564,14 @@ def catalog_location(cat:SqlCatalog,  # a catalog
 
 def load_current(cat:SqlCatalog,  # the data dir's catalog
                  ds:str,          # the dataset
-                 table:str        # the table
+                 table:str,       # the table
+                 io:FileIO        # how its files are read
                 ) -> tuple[TableMetadata | None, str | None]:
     "The table's metadata and metadata file, if the catalog names one it can read"
-    from pyiceberg.io.pyarrow import PyArrowFileIO
     from pyiceberg.serializers import FromInputFile
     loc = catalog_location(cat, ds, table)
     if loc is None: return None, None
-    try: return FromInputFile.table_metadata(PyArrowFileIO().new_input(loc)), loc
+    try: return FromInputFile.table_metadata(io.new_input(loc)), loc
     except Exception: return None, loc   # unreadable (damaged, or gone): rebuilt from the manifests
 
 # %% ../nbs/07c_iceberg.ipynb #a0c204b3
@@ -501,8 +585,9 @@ def fresh_metadata(layout:DataLayout,   # the data dir
     from pyiceberg.io.pyarrow import pyarrow_to_schema
     for m in (m for n in reversed(vs.numbers) if (m := vs.get(n)) is not None and table in m.tables):
         if (newest := table_files(layout, m, table).newest) is None: continue
-        schema = pyarrow_to_schema(pq.read_schema(newest), name_mapping=name_mapping(ids))
-        return initial_metadata(str(layout.iceberg_table_dir(vs.ds, table)), vs.ds, schema,
+        with file_io(layout).new_input(newest).open() as f: arrow = pq.read_schema(f)
+        schema = pyarrow_to_schema(arrow, name_mapping=name_mapping(ids))
+        return initial_metadata(table_location(layout, vs.ds, table), vs.ds, schema,
                                 partition_spec(schema, m.tables[table]), ids)
     return None
 
@@ -516,9 +601,8 @@ def add_versions(layout:DataLayout,   # the data dir
                  written:list[str]    # every file written so far (appended to)
                 ) -> tuple[TableMetadata, int]:
     "`meta` extended by the versions after `after`, from the first that holds the table; and how many"
-    from pyiceberg.io.pyarrow import PyArrowFileIO
     from pyiceberg.table.update import update_table_metadata
-    io, added = PyArrowFileIO(), 0
+    io, added = file_io(layout), 0
     cache: dict[str, tuple[DataFile, Schema]] = {}
     for n in (n for n in vs.numbers if n > after):
         if (m := vs.get(n)) is None or (table not in m.tables and meta.current_snapshot() is None): continue
@@ -536,15 +620,15 @@ def publish_table(layout:DataLayout,  # the data dir (the dataset's lock held)
     "Bring the table's Iceberg metadata to the versions; returns its metadata file (None: nothing to publish)"
     from pyiceberg.table.update import update_table_metadata
     ds, ids = vs.ds, field_ids(SchemaRegistry(layout).history(vs.ds, table))
-    cur, old = load_current(cat, ds, table)
-    done = None if rebuild else trusted(cur, str(layout.iceberg_table_dir(ds, table)), vs, table)
+    cur, old = load_current(cat, ds, table, file_io(layout))
+    done = None if rebuild else trusted(cur, table_location(layout, ds, table), vs, table)
     meta = cur if done is not None and cur is not None else fresh_metadata(layout, vs, table, ids)
     if meta is None: return old
     written: list[str] = []
     if ups := expire_updates(meta, vs.numbers): meta = update_table_metadata(meta, tuple(ups))
     meta, added = add_versions(layout, vs, table, meta, done or 0, ids, written)
     if old is not None and done is not None and not (ups or added): return old
-    new = write_metadata(meta, old, written)
+    new = write_metadata(layout, meta, old, written)
     point_catalog(cat, ds, table, old, new)
     return new
 
@@ -582,6 +666,40 @@ def share(ds:str,                 # the dataset
                           + (why.replace(str(pw), "***") if pw else why),
                           f"check {SHARED_CATALOG_ENV} and that its user may create tables there") from None
 
+# %% ../nbs/07c_iceberg.ipynb #aa06bd93
+def pointer_url(layout:DataLayout,  # a store's stage
+                ds:str,             # the dataset
+                table:str           # the table
+               ) -> str:
+    "Where the store says which metadata file is the table's current one"
+    return f"{table_location(layout, ds, table)}/current"
+
+def write_pointers(layout:DataLayout,     # a store's stage (the dataset's lock held)
+                   ds:str,                # the dataset
+                   files:dict[str, str]   # each table's metadata file
+                  ) -> None:
+    "Record each table's current metadata file in the store"
+    assert (home := layout.home) is not None
+    for t, url in files.items():
+        rel = pointer_url(layout, ds, t).removeprefix(home.url + "/")
+        if (got := home.store.head(rel)) is None: home.store.create(rel, url.encode())
+        elif home.store.swap(rel, url.encode(), got.etag) is None:
+            raise ConfigError(f"{home.url}/{rel} changed while this writer held the lock",
+                              f"run `wrds-sync iceberg --dataset {ds}`")
+
+def adopt_pointers(layout:DataLayout,    # a store's stage
+                   cat:SqlCatalog,       # its catalog
+                   ds:str,               # the dataset
+                   tables:Iterable[str]  # its tables
+                  ) -> None:
+    "Point the stage's catalog at the metadata files the store names current"
+    io = file_io(layout)
+    for t in tables:
+        try:
+            with io.new_input(pointer_url(layout, ds, t)).open() as f: url = f.read().decode()
+        except FileNotFoundError: continue
+        if (old := catalog_location(cat, ds, t)) != url: point_catalog(cat, ds, t, old, url)
+
 # %% ../nbs/07c_iceberg.ipynb #b302e5ca
 def publish(layout:DataLayout,                       # the data dir (the dataset's lock held)
             dataset:str,                     # the dataset
@@ -599,7 +717,9 @@ def publish(layout:DataLayout,                       # the data dir (the dataset
     if not tables: return {}
     check_folders(layout, ds, tables)
     cat = open_catalog(layout)
+    if layout.home is not None: adopt_pointers(layout, cat, ds, tables)   # another machine's, extended
     out = {t: p for t in tables if (p := publish_table(layout, cat, vs, t, rebuild)) is not None}
+    if layout.home is not None: write_pointers(layout, ds, out)
     share(ds, out)
     events.emit(events.ICEBERG_PUBLISHED, dataset=ds, version=newest.version if newest else None,
                 tables=len(out))
@@ -614,7 +734,8 @@ def republish(d:DataDir,              # the data dir
     out = []
     for ds in datasets:
         with locked(d, validate_name(ds)): files = publish(d.layout, ds, rebuild=rebuild)
-        out += [f"{ds}.{t}: {d.layout.relative(Path(p))}" for t, p in sorted(files.items())] or [
+        shown = {t: p if d.layout.home else d.layout.relative(Path(p)) for t, p in files.items()}   # a URL
+        out += [f"{ds}.{t}: {p}" for t, p in sorted(shown.items())] or [
             f"{ds}: nothing to publish (no version of it is in {d.layout.root})"]
     return out
 
@@ -635,29 +756,45 @@ def publish_or_warn(layout:DataLayout,                       # the data dir (the
     return True
 
 # %% ../nbs/07c_iceberg.ipynb #3b48d539
+def compared(layout:DataLayout,    # the data dir
+             meta:TableMetadata,   # the table's current Iceberg metadata
+             m:SyncManifest,       # the current version
+             table:str,            # the table
+             io:FileIO             # how its files are read
+            ) -> tuple[set[str], set[str]] | str:
+    "The files the Iceberg table lists and those version `m` holds, relative; or why they cannot compare"
+    if layout.home is not None:   # in a store: the URLs, written in this store
+        if meta.location != table_location(layout, m.dataset, table):
+            return f"the Iceberg table names the files of another data dir ({meta.location})"
+        return set(live_entries(meta, io)), set(table_files(layout, m, table).files)
+    root = Path(meta.location).parents[2]   # the data dir it was written in (this one, by another path?)
+    if root != layout.root and not (root.is_dir() and os.path.samefile(root, layout.root)):
+        return f"the Iceberg table names the files of another data dir ({root})"
+    return ({os.path.relpath(p, root) for p in live_entries(meta, io)},
+            {os.path.relpath(p, layout.root) for p in table_files(layout, m, table).files})
+
 def table_problem(layout:DataLayout,  # the data dir
                   m:SyncManifest,      # the current version
                   table:str,           # one of its tables
                   cat:SqlCatalog       # the data dir's catalog, read-only
                  ) -> str | None:
     "How one table's Iceberg metadata disagrees with version `m`, or None"
-    from pyiceberg.io.pyarrow import PyArrowFileIO
-    meta, loc = load_current(cat, m.dataset, table)
+    meta, loc = load_current(cat, m.dataset, table, io := file_io(layout))
     if meta is None: return f"{'no' if loc is None else 'an unreadable'} Iceberg table"
-    root = Path(meta.location).parents[2]   # the data dir it was written in (this one, by another path?)
-    if root != layout.root and not (root.is_dir() and os.path.samefile(root, layout.root)):
-        return f"the Iceberg table names the files of another data dir ({root})"
-    have = {os.path.relpath(p, root) for p in live_entries(meta, PyArrowFileIO())}
-    want = {os.path.relpath(p, layout.root) for p in table_files(layout, m, table).files}
-    if have != want:
+    if isinstance(got := compared(layout, meta, m, table, io), str): return got
+    if (have := got[0]) != (want := got[1]):
         return (f"the Iceberg table's current snapshot lists {len(have - want)} file(s) version "
                 f"{m.version} does not, and lacks {len(want - have)} of its {len(want)}")
     return None if f"v{m.version}" in meta.refs else f"the Iceberg table has no tag v{m.version}"
 
+
+# %% ../nbs/07c_iceberg.ipynb #ic3probl
 def iceberg_problems(layout:DataLayout,  # the data dir
                      m:SyncManifest       # the dataset's current version
                     ) -> list[str]:
     "One line per table whose Iceberg metadata disagrees with the current version `m`"
+    if layout.home is not None:   # a store's: as it says now
+        adopt_pointers(layout, open_catalog(layout), m.dataset, m.tables)
     if not layout.iceberg_catalog.is_file(): return []
     cat, fix = open_catalog(layout, read_only=True), f"run `wrds-sync iceberg --dataset {m.dataset}`"
     found = {t: table_problem(layout, m, t, cat) for t in sorted(m.tables)}
@@ -672,6 +809,7 @@ def iceberg_table(dataset:str,                  # the dataset (`crsp`)
     from pyiceberg.exceptions import NoSuchTableError
     dirs = data_dir_of(data_dir)   # as `connect` finds it: refused in one line if it is not a data dir
     name = (validate_name(dataset), validate_name(table, "table"))
+    if dirs.home is not None: adopt_pointers(dirs, open_catalog(dirs), *name[:1], name[1:])   # a store's
     try: return open_catalog(dirs, read_only=True).load_table(name)
     except NoSuchTableError:
         raise UnknownDatasetError(f"{dataset}.{table} is not an Iceberg table in {dirs.root}",
@@ -716,6 +854,7 @@ def unreferenced_files(layout:DataLayout,          # the data dir
                        now:datetime        # the time to judge at
                       ) -> list[Path]:
     "The dataset's Iceberg metadata files nothing current or recent names, older than `grace`"
+    if layout.home is not None: return []   # in a store, old metadata files stay (a few KB a version)
     current, out = metadata_files(layout, ds), []
     def young(p:Path) -> bool: return now.timestamp() - p.stat().st_mtime < grace.total_seconds()
     root = layout.iceberg_dir / ds

@@ -73,6 +73,7 @@ def check_not_url(root:Path|str) -> None:
 class Home(Protocol):
     "An object store behind a data dir's folder, which is then its stage"
     url: str
+    store: Any   # the store itself (see `objectstore`)
     def holds(self, rel:str,      # a file of the data dir
               size:int            # its size
              ) -> bool: ...       # is it in the store?

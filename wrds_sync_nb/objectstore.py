@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 __all__ = ['STORE_SCHEMES', 'P', 'R', 'LEASE', 'PROBED', 'Meta', 'Store', 'is_store_url', 'LocalReads', 'LocalStore',
            'open_store', 'ObjectReads', 'ObjectStore', 'store_errors', 'check_store', 'store_lease', 'lock_body',
            'lock_state', 'StoreLock', 'take_lock', 'commit_manifest', 'stored_sha256', 'upload_checked', 'probe',
-           'fitness', 'push_version', 'pull_manifests', 'store_versions', 'same_history', 'push_dataset',
-           'verify_store']
+           'fitness', 'push_schemas', 'pull_schemas', 'push_version', 'pull_manifests', 'store_versions',
+           'same_history', 'push_dataset', 'verify_store']
 
 # %% ../nbs/07d_objectstore.ipynb #65f8c64a
 from .errors import (ChecksumMismatchError, ConfigError, LockAcquisitionError, LockOwnershipError,
@@ -385,6 +385,27 @@ def fitness(store:Store) -> str:
     return (f"{store.url}: refuses a second create-if-absent and a stale compare-and-swap; its clock says "
             f"{store.now():%Y-%m-%d %H:%M:%S} UTC")
 
+# %% ../nbs/07d_objectstore.ipynb #7050a2cf
+def push_schemas(store:Store,        # the data dir's home
+                 layout:DataLayout,  # the local data dir (or stage)
+                 ds:str              # the dataset (its lock held in the store)
+                ) -> None:
+    "Put the dataset's schema registry in the store, file by file, where it differs"
+    for p in sorted((layout.schemas_dir / validate_name(ds)).glob("*.json")):
+        rel, data = layout.relative(p), p.read_bytes()
+        if (got := store.read(rel)) is None: store.create(rel, data)
+        elif got[0] != data and store.swap(rel, data, got[1].etag) is None:
+            raise LockOwnershipError(f"{store.url}/{rel} changed while this writer held the lock of {ds}")
+
+def pull_schemas(store:Store,        # the data dir's home
+                 layout:DataLayout,  # a local stage
+                 ds:str              # the dataset
+                ) -> None:
+    "Copy the dataset's schema registry from the store into the stage"
+    for o in store.listing(f"schemas/{validate_name(ds)}/"):
+        if o.path.endswith(".json") and (got := store.read(o.path)) is not None:
+            atomic_write_bytes(layout.resolve(o.path), got[0])
+
 # %% ../nbs/07d_objectstore.ipynb #3d940bac
 def push_version(layout:DataLayout,   # the local data dir the engine committed in
                  store:Store,         # the data dir's home
@@ -399,6 +420,7 @@ def push_version(layout:DataLayout,   # the local data dir the engine committed 
         local = entry_file(layout, ds, t, k, e)
         sent += upload_checked(store, layout.relative(local), local, e.sha256)
         lock.keep_alive()   # a long upload keeps the lock
+    push_schemas(store, layout, ds)
     lock.refresh()
     commit_manifest(store, ds, n, mm.version_path(ds, n).read_bytes())
     return sent

@@ -17,15 +17,17 @@ __all__ = ['stage_dir', 'reconcile', 'upload_staged', 'settle', 'keep_lock', 'be
            'StoreHome', 'pull_definitions', 'push_definitions', 'share_definitions', 'store_lock_rows', 'force_release',
            'stage_layout', 'open_stage', 'stored_datasets', 'vacuum_store', 'set_aside', 'repair_store']
 
-# %% ../nbs/09g_storedir.ipynb #754a3429
+# %% ../nbs/09g_storedir.ipynb #e3796322
 from .datadir import DataDir, locked, retention_of
 from .errors import ManifestError
 from .history import VacuumResult
+from .iceberg import publish
 from .layout import ADDED_DATASETS, DataLayout, atomic_write_bytes, validate_name
 from .manifest import ManifestManager, SyncManifest, parse_manifest
 from .objectstore import (LocalReads, ObjectReads, ObjectStore, Store, StoreLock, commit_manifest,
-                                      lock_body, lock_state, probe, pull_manifests, store_errors, store_lease,
-                                      store_versions, stored_sha256, upload_checked)
+                                      lock_body, lock_state, probe, pull_manifests, pull_schemas,
+                                      push_schemas, store_errors, store_lease, store_versions, stored_sha256,
+                                      upload_checked)
 from .versions import load_versions, retained_versions
 
 # %% ../nbs/09g_storedir.ipynb #67b79d13
@@ -74,7 +76,7 @@ def settle(home:StoreHome) -> None:
     done, home.pending = home.pending, []
     for f in done: f.result()
 
-# %% ../nbs/09g_storedir.ipynb #f35fd0f5
+# %% ../nbs/09g_storedir.ipynb #688af86f
 def keep_lock(home:StoreHome,        # the home
               lk:StoreLock,          # a lock it holds
               stop:threading.Event   # set when the lock is given back
@@ -99,6 +101,7 @@ def begin(home:StoreHome,      # the home
     try:
         pull_definitions(home.store, layout)
         reconcile(home.store, layout, ds)
+        pull_schemas(home.store, layout, ds)
         home.load_index(ds)
     except BaseException:
         end(home, ds)   # the lock given back: nothing was done under it
@@ -133,7 +136,7 @@ def send_rest(home:StoreHome,      # the home
                                 f"run `wrds-sync full-sync --dataset {m.dataset}`")
         upload_staged(home, local, rel, e.sha256)
 
-# %% ../nbs/09g_storedir.ipynb #af77709c
+# %% ../nbs/09g_storedir.ipynb #6fd311de
 @store_errors("the commit")
 def commit(home:StoreHome,      # the home
            layout:DataLayout,   # its stage
@@ -144,6 +147,7 @@ def commit(home:StoreHome,      # the home
     try:
         settle(home)
         send_rest(home, layout, m)
+        push_schemas(home.store, layout, m.dataset)
         if not new: return
         with home.mutex: home.locks[m.dataset].refresh()
         commit_manifest(home.store, m.dataset, m.version, (m.model_dump_json(indent=2) + "\n").encode())
@@ -251,7 +255,7 @@ def force_release(store:Store,  # the data dir's home
         return f"{ds}: its writer refreshed the lock meanwhile: it is alive, and keeps it"
     return f"{ds}: lock released (by {by})"
 
-# %% ../nbs/09g_storedir.ipynb #bf11d84b
+# %% ../nbs/09g_storedir.ipynb #a0083778
 def stage_layout(url:str,               # the data dir's URL
                  store:Store|None=None  # its store (default: opened from the URL and the environment)
                 ) -> DataLayout:
@@ -270,6 +274,7 @@ def open_stage(url:str,               # the data dir's URL
     home.tag = pull_definitions(home.store, layout)
     for ds in stored_datasets(home.store):
         reconcile(home.store, layout, ds)
+        pull_schemas(home.store, layout, ds)
         home.load_index(ds)
     return layout
 
@@ -278,7 +283,7 @@ def stored_datasets(store:Store) -> list[str]:
     found = store.listing("manifests/history")
     return sorted({m.path.split("/")[2] for m in found if m.path.endswith(".json")})
 
-# %% ../nbs/09g_storedir.ipynb #5d8d56cf
+# %% ../nbs/09g_storedir.ipynb #0dc4c8e3
 def vacuum_store(d:DataDir,                            # a data dir whose home is a store
                  dataset:str,                          # the dataset
                  grace:timedelta=timedelta(days=1),    # how long past expiry files stay
@@ -297,6 +302,7 @@ def vacuum_store(d:DataDir,                            # a data dir whose home i
         named = {rel for m in versions for rel in m.files()}
         gone = [o for o in home.store.listing(f"versions/{ds}/")
                 if o.path not in keep and (o.path in named or clock - o.modified > grace)]
+        if not dry_run: publish(d.layout, ds, keep=[m.version for m in kept])   # Iceberg's expire first
         for o in [] if dry_run else gone: home.store.delete(o.path)
     return VacuumResult(ds, [o.path for o in gone], sum(o.size for o in gone), [m.version for m in kept])
 

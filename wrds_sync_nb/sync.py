@@ -271,9 +271,8 @@ def keep_checks(ctx:RunContext,        # a run that changed no data
                               for n, t in ctx.manifest.tables.items()}
     ctx.manifest = current
     if ctx.layout.home is not None: ctx.layout.home.commit(ctx.layout, current, False)  # refetched files up
-    else:
-        refresh_views(ctx.layout, current)  # a damaged file refetched as it was: its view points at it again
-        publish_or_warn(ctx.layout, ctx.spec.name)  # Iceberg tables a crash left behind are brought current
+    else: refresh_views(ctx.layout, current)  # a damaged file refetched as it was: its view points at it
+    publish_or_warn(ctx.layout, ctx.spec.name)  # Iceberg tables a crash left behind are brought current
     events.emit(events.VERSION_UNCHANGED, dataset=ctx.spec.name, version=current.version)
 
 # %% ../nbs/08f_sync.ipynb #589ee8c4
@@ -283,9 +282,8 @@ def commit_version(ctx:RunContext) -> None:
     ctx.heartbeat.ensure_held()
     ctx.manifest = ctx.manifests.save(ctx.manifest)
     if ctx.layout.home is not None: ctx.layout.home.commit(ctx.layout, ctx.manifest, True)   # the real commit
-    else:
-        refresh_views(ctx.layout, ctx.manifest)
-        publish_or_warn(ctx.layout, ctx.spec.name)  # the Iceberg tables follow (see `iceberg`)
+    else: refresh_views(ctx.layout, ctx.manifest)
+    publish_or_warn(ctx.layout, ctx.spec.name)  # the Iceberg tables follow (see `iceberg`)
     events.emit(events.VERSION_COMMITTED, dataset=ctx.spec.name, version=ctx.manifest.version,
                 files=len(ctx.manifest.files()))
 
