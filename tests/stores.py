@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import textwrap
 import threading
 import time
 import uuid
@@ -152,3 +153,26 @@ def wait_stale(store, rel, lease):
     modified = store.head(rel).modified
     while store.now() - modified <= lease:
         time.sleep(0.2)
+
+
+# A `wrds-sync` run whose uploads (the `upload_checked` of MODULE) go one at a time: after the first, it touches
+# the file UP and waits for the file GO before any other. Arguments: MODULE UP GO, then the command line.
+PACED_UPLOADS = textwrap.dedent("""
+    import importlib, sys, threading, time
+    from pathlib import Path
+    from wrds_sync_nb.cli import main
+    module, up, go, *args = sys.argv[1:]
+    M = importlib.import_module(module)
+    real, sent, gate = M.upload_checked, [], threading.Lock()
+    def paced(*a):
+        with gate:
+            r = real(*a)
+            sent.append(1)
+            if len(sent) == 1:
+                Path(up).touch()
+                while not Path(go).exists(): time.sleep(0.05)
+        return r
+    M.upload_checked = paced
+    sys.argv = ["wrds-sync", *args]
+    main()
+""")

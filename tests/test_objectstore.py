@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from stores import SECRET, dropping_proxy, start_seaweedfs, wait_stale
+from stores import PACED_UPLOADS, SECRET, dropping_proxy, start_seaweedfs, wait_stale
 
 from wrds_sync_nb.errors import ChecksumMismatchError, ConfigError, LockAcquisitionError, LockOwnershipError
 from wrds_sync_nb.layout import DataLayout
@@ -286,24 +286,6 @@ def test_a_read_only_credential_reads_and_verifies_but_cannot_push(seaweedfs, en
     assert "wrong-secret" not in r.stderr
 
 
-PUSH_WAITING = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
-    import wrds_sync_nb.objectstore as O
-    from wrds_sync_nb.cli import main
-    data, url, up, go = sys.argv[1:5]
-    real, sent = O.upload_checked, []
-    def paced(*a):                       # after the first file: say so, and wait for the store to go down
-        r = real(*a)
-        sent.append(1)
-        if len(sent) == 1:
-            Path(up).touch()
-            while not Path(go).exists(): time.sleep(0.05)
-        return r
-    O.upload_checked = paced
-    sys.argv = ["wrds-sync", "--data-dir", data, "push", "--to", url]
-    main()
-""")
 
 
 def test_a_store_stopped_mid_push_then_restarted_takes_the_next_push(env, tmp_path, monkeypatch):
@@ -315,7 +297,8 @@ def test_a_store_stopped_mid_push_then_restarted_takes_the_next_push(env, tmp_pa
     try:
         url, up, go = srv.url(), tmp_path / "up", tmp_path / "go"
         e = {**srv.env(), "WRDS_SYNC_STORE_LEASE_SECONDS": "3"}
-        child = subprocess.Popen([sys.executable, "-c", PUSH_WAITING, str(data), url, str(up), str(go)],
+        child = subprocess.Popen([sys.executable, "-c", PACED_UPLOADS, "wrds_sync_nb.objectstore", str(up), str(go),
+                                  "--data-dir", str(data), "push", "--to", url],
                                  env={**os.environ, **e}, stderr=subprocess.PIPE, text=True)
         from stores import wait_for
         wait_for(up.exists, "the push's first upload")

@@ -5,12 +5,20 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from stores import READER_KEY, READER_SECRET, SECRET, dropping_proxy, start_seaweedfs, wait_for, wait_stale
+from stores import (
+    PACED_UPLOADS,
+    READER_KEY,
+    READER_SECRET,
+    SECRET,
+    dropping_proxy,
+    start_seaweedfs,
+    wait_for,
+    wait_stale,
+)
 from test_cli import one_error, script
 
 from wrds_sync_nb.manifest import parse_manifest
@@ -98,33 +106,12 @@ def test_a_second_writer_gets_exit_2_and_a_store_without_conditional_writes_is_r
     assert "does not refuse a second create-if-absent" in r.stderr and SECRET not in r.stderr
 
 
-# A sync that stops after its first upload: says so (a file), and waits for another file before any other upload.
-PAUSED_SYNC = textwrap.dedent("""
-    import sys, threading, time
-    from pathlib import Path
-    import wrds_sync_nb.storedir as S
-    from wrds_sync_nb.cli import main
-    url, up, go = sys.argv[1:4]
-    real, sent, gate = S.upload_checked, [], threading.Lock()
-    def paced(*a):                       # one upload at a time; after the first, wait for `go`
-        with gate:
-            r = real(*a)
-            sent.append(1)
-            if len(sent) == 1:
-                Path(up).touch()
-                while not Path(go).exists(): time.sleep(0.05)
-        return r
-    S.upload_checked = paced
-    sys.argv = ["wrds-sync", "--data-dir", url, "full-sync", "--dataset", "fama_french", "--start-year", "2024"]
-    main()
-""")
-
-
 def paused_sync(url, e, tmp_path):
     """A full sync in a child process, held after its first upload; its process and its two files."""
     up, go = tmp_path / "up", tmp_path / "go"
-    child = subprocess.Popen([sys.executable, "-c", PAUSED_SYNC, url, str(up), str(go)], env={**os.environ, **e},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = ["--data-dir", url, "full-sync", *FF]
+    child = subprocess.Popen([sys.executable, "-c", PACED_UPLOADS, "wrds_sync_nb.storedir", str(up), str(go), *args],
+                             env={**os.environ, **e}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(up.exists, "the sync's first upload")
     return child, go
 

@@ -851,20 +851,19 @@ def confirm_unlock(name:str,      # the dataset
                    s:LockStatus   # who holds its lock
                   ) -> None:
     "Ask, on a terminal, for the dataset's name before its lock is removed; a ConfigError otherwise"
-    if not sys.stdin.isatty():
-        raise ConfigError("refusing to force-unlock without a terminal to confirm on", "pass --yes")
     t = s.token
     who = (f"pid {t.pid} on {t.hostname} (writer {t.writer_id}), since {t.acquired_at:%Y-%m-%d %H:%M}"
            if t else s.reason)
-    typer.echo(f"{name} is locked by {who}; stale: {s.stale}.", err=True)
-    typed_name(name, "remove the lock")
+    typed_name(name, "remove the lock", f"{name} is locked by {who}; stale: {s.stale}.")
 
-def typed_name(name:str,   # the dataset
-               what:str    # what typing it does
+def typed_name(name:str,          # the dataset
+               what:str,          # what typing it does
+               said:str|None=None # what to say first, on the terminal
               ) -> None:
     "Ask for the dataset's name on a terminal; a ConfigError unless it is typed exactly"
     if not sys.stdin.isatty():
         raise ConfigError("refusing to force-unlock without a terminal to confirm on", "pass --yes")
+    if said: typer.echo(said, err=True)
     if typer.prompt(f"Type the dataset name to {what}") != name:
         raise ConfigError("confirmation did not match; the lock was left in place",
                           "type the dataset name exactly")
