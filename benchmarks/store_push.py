@@ -69,13 +69,19 @@ def timed_command(args: list[str], env: dict) -> tuple[float, float, str]:
     return secs, int(r.stderr.strip().splitlines()[-1]) / 1024, r.stdout
 
 
-def main() -> None:
+def demo_source(prefix: str) -> tuple[Path, DemoSource]:
+    "A work folder and the demo source in it, with about --rows rows of CRSP daily (2016-2025)"
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=2_000_000)
     a = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="store-bench-"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     demo = DemoSource(work / "pg").start()
     demo.build("wrds", daily_rows=a.rows, start_year=2016, end_year=2025)
+    return work, demo
+
+
+def main() -> None:
+    work, demo = demo_source("store-bench-")
     data = work / "data"
     t0 = time.perf_counter()
     with WRDSClient(demo.config("wrds")) as c:

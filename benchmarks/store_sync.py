@@ -9,27 +9,20 @@ dir (the reference), and into `s3://wrds/bench` on SeaweedFS (`weed mini`, from 
 reference, bytes, peak memory and what the stage holds afterwards; then reads the store's copy back with
 `verify` and counts its rows through `connect` (DuckDB's httpfs, in place).
 """
-import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from store_push import KEY, SECRET, seaweedfs, timed_command
+from store_push import KEY, SECRET, demo_source, seaweedfs, timed_command
 
-from wrds_sync_nb.demo import DEMO_ROLE, DemoSource
+from wrds_sync_nb.demo import DEMO_ROLE
 from wrds_sync_nb.objectstore import ObjectStore
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=2_000_000)
-    a = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="store-sync-bench-"))
-    demo = DemoSource(work / "pg").start()
-    demo.build("wrds", daily_rows=a.rows, start_year=2016, end_year=2025)
+    work, demo = demo_source("store-sync-bench-")
     cfg = demo.config("wrds")
     (work / "weed").mkdir()
     proc, endpoint = seaweedfs(work / "weed")
