@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['stage_dir', 'reconcile', 'upload_staged', 'settle', 'keep_lock', 'begin', 'end', 'send_rest', 'commit', 'StoreIndex',
-           'StoreHome', 'pull_definitions', 'push_definitions', 'share_definitions', 'store_lock_rows', 'force_release',
-           'stage_layout', 'open_stage', 'stored_datasets', 'vacuum_store', 'set_aside', 'repair_store']
+__all__ = ['stage_dir', 'reconcile', 'StoreIndex', 'StoreHome', 'upload_staged', 'settle', 'keep_lock', 'begin', 'end',
+           'send_rest', 'commit', 'pull_definitions', 'push_definitions', 'share_definitions', 'store_lock_rows',
+           'force_release', 'stage_layout', 'open_stage', 'stored_datasets', 'vacuum_store', 'set_aside',
+           'repair_store']
 
 # %% ../nbs/09g_storedir.ipynb #e3796322
 from .datadir import DataDir, locked, retention_of
@@ -58,6 +59,48 @@ def reconcile(store:Store,        # the data dir's home
     if have: atomic_write_bytes(layout.manifest_path(ds), mm.version_path(ds, have[-1]).read_bytes())
     else: layout.manifest_path(ds).unlink(missing_ok=True)
     return pulled
+
+# %% ../nbs/09g_storedir.ipynb #cf7c3e88
+class StoreIndex:
+    "What the home of a data dir on an object store keeps while a command runs"
+    def __init__(self, store:Store,   # the store (see `objectstore`)
+                 uploads:int=2        # files uploaded at once while the sync fetches
+                ):
+        self.store, self.url = store, store.url
+        self.index: dict[str, int] = {}            # files in the store: path -> size
+        self.locks: dict[str, StoreLock] = {}      # the datasets whose lock this process holds there
+        self.beats: dict[str, threading.Event] = {}
+        self.mutex = threading.Lock()              # one lock refresh at a time
+        self.pool = ThreadPoolExecutor(uploads, thread_name_prefix="wrds-sync-upload")
+        self.pending: list[Future[None]] = []
+        self.tag: str | None = None                # the ETag of the definitions pulled (see below)
+    def __repr__(self) -> str: return f"StoreHome({self.url!r})"
+    def holds(self, rel:str,   # a file of the data dir
+              size:int         # its size
+             ) -> bool:
+        return self.index.get(rel) == size
+    def load_index(self, ds:str) -> None:
+        "List the dataset's files in the store"
+        self.index.update({m.path: m.size for m in self.store.listing(f"versions/{validate_name(ds)}/")})
+
+# %% ../nbs/09g_storedir.ipynb #9fcafbd6
+class StoreHome(StoreIndex):
+    "An object store as the home of a data dir whose folder is its stage (see `layout.Home`)"
+    def staged(self, path:Path,   # a version file just published in the stage
+               rel:str,           # its path in the data dir
+               sha256:str         # its SHA-256
+              ) -> None:
+        self.pending.append(self.pool.submit(upload_staged, self, path, rel, sha256))
+    def begin(self, layout:DataLayout,  # the stage
+              dataset:str               # the dataset
+             ) -> None:
+        begin(self, layout, dataset)
+    def end(self, dataset:str) -> None: end(self, dataset)
+    def commit(self, layout:DataLayout,  # the stage
+               m:Any,                    # the version just saved there
+               new:bool                  # a new version (False: a run that changed nothing)
+              ) -> None:
+        commit(self, layout, m, new)
 
 # %% ../nbs/09g_storedir.ipynb #7b235238
 @store_errors("an upload")
@@ -154,48 +197,6 @@ def commit(home:StoreHome,      # the home
     except BaseException:
         if new: _drop(layout, m.dataset, m.version)
         raise
-
-# %% ../nbs/09g_storedir.ipynb #cf7c3e88
-class StoreIndex:
-    "What the home of a data dir on an object store keeps while a command runs"
-    def __init__(self, store:Store,   # the store (see `objectstore`)
-                 uploads:int=2        # files uploaded at once while the sync fetches
-                ):
-        self.store, self.url = store, store.url
-        self.index: dict[str, int] = {}            # files in the store: path -> size
-        self.locks: dict[str, StoreLock] = {}      # the datasets whose lock this process holds there
-        self.beats: dict[str, threading.Event] = {}
-        self.mutex = threading.Lock()              # one lock refresh at a time
-        self.pool = ThreadPoolExecutor(uploads, thread_name_prefix="wrds-sync-upload")
-        self.pending: list[Future[None]] = []
-        self.tag: str | None = None                # the ETag of the definitions pulled (see below)
-    def __repr__(self) -> str: return f"StoreHome({self.url!r})"
-    def holds(self, rel:str,   # a file of the data dir
-              size:int         # its size
-             ) -> bool:
-        return self.index.get(rel) == size
-    def load_index(self, ds:str) -> None:
-        "List the dataset's files in the store"
-        self.index.update({m.path: m.size for m in self.store.listing(f"versions/{validate_name(ds)}/")})
-
-# %% ../nbs/09g_storedir.ipynb #9fcafbd6
-class StoreHome(StoreIndex):
-    "An object store as the home of a data dir whose folder is its stage (see `layout.Home`)"
-    def staged(self, path:Path,   # a version file just published in the stage
-               rel:str,           # its path in the data dir
-               sha256:str         # its SHA-256
-              ) -> None:
-        self.pending.append(self.pool.submit(upload_staged, self, path, rel, sha256))
-    def begin(self, layout:DataLayout,  # the stage
-              dataset:str               # the dataset
-             ) -> None:
-        begin(self, layout, dataset)
-    def end(self, dataset:str) -> None: end(self, dataset)
-    def commit(self, layout:DataLayout,  # the stage
-               m:Any,                    # the version just saved there
-               new:bool                  # a new version (False: a run that changed nothing)
-              ) -> None:
-        commit(self, layout, m, new)
 
 # %% ../nbs/09g_storedir.ipynb #601c586a
 def pull_definitions(store:Store,       # the data dir's home
