@@ -80,7 +80,7 @@ def test_a_data_dir_on_a_store_syncs_reads_and_keeps_history_equal_to_the_source
     r = script(url, "history", "--dataset", "fama_french", env_extra=e)
     assert r.returncode == 0 and "2" in r.stdout and "replaced" in r.stdout, r.stdout + r.stderr
     r = script(url, "diff", "--dataset", "fama_french", "--from", "1", "--to", "2", env_extra=e)
-    assert r.returncode == 0 and r.stdout.startswith("daily/2024 "), r.stdout + r.stderr
+    assert r.returncode == 0 and r.stdout.startswith("daily/2024 ") and "; keys +0 -0 ~" in r.stdout, r.stdout + r.stderr
     r = script(url, "cite", "--dataset", "fama_french", env_extra=e)
     assert "fama_french version 2, committed" in r.stdout and m2.content_sha256 in r.stdout, r.stdout + r.stderr
     assert "no longer in this data dir" not in r.stdout

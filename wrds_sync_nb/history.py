@@ -96,16 +96,19 @@ def history_rows(mm:ManifestManager,             # the data dir's manifests
     return rows
 
 # %% ../nbs/09c_history.ipynb #5df9dca9
-def key_diff(old:list[Path],      # the partition's files in the older version (empty: added)
-             new:list[Path],      # ... in the newer one (empty: removed)
+def key_diff(old:list[Path|str],  # the partition's files in the older version (empty: added)
+             new:list[Path|str],  # ... in the newer one (empty: removed)
              keys:list[str]       # the key columns (empty: compare whole rows)
             ) -> dict[str, int]:
     "Rows added, removed and changed between two sets of Parquet files, by key"
     from wrds_sync_nb.pgtypes import quote_ident
     import duckdb
-    def src(fs:list[Path]) -> str | None:
+    def src(fs:list[Path|str]) -> str | None:
         return f"read_parquet([{', '.join(repr(str(f)) for f in fs)}], union_by_name = true)" if fs else None
     with duckdb.connect() as con:
+        if any("://" in str(f) for f in old + new):   # in an object store
+            from wrds_sync_nb.store_reader import store_session
+            store_session(con)
         o = src(old) or f"(select * from {src(new)} limit 0)"
         n = src(new) or f"(select * from {src(old)} limit 0)"
         if not keys:
@@ -132,8 +135,15 @@ def partition_diff(d:DataDir,                    # the data dir
                    keys:list[str]                # the key columns (empty: compare whole rows)
                   ) -> dict[str, Any]:
     "How one partition changed between two versions: added, removed or replaced, rows, and key counts"
-    files = [[entry_file(d.layout, ds, t, k, p[k])] if k in p else [] for p in (old, new)]
-    counts = key_diff(files[0], files[1], keys) if all(f.exists() for fs in files for f in fs) else {}
+    lay, home = d.layout, d.layout.home
+    files: list[list[Path | str]]
+    if home is None:
+        files = [[entry_file(lay, ds, t, k, p[k])] if k in p else [] for p in (old, new)]
+        here = all(Path(f).exists() for fs in files for f in fs)
+    else:   # on an object store: read in place
+        files = [[f"{home.url}/{p[k].path}"] if k in p else [] for p in (old, new)]
+        here = all(home.holds(p[k].path, p[k].bytes) for p in (old, new) if k in p)
+    counts = key_diff(files[0], files[1], keys) if here else {}
     status = "added" if k not in old else "removed" if k not in new else "replaced"
     return {"table": t, "partition": k, "status": status, "rows_from": old[k].rows if k in old else 0,
             "rows_to": new[k].rows if k in new else 0, **counts}
