@@ -59,6 +59,16 @@ def seaweedfs(root: Path) -> tuple[subprocess.Popen, str]:
     return proc, endpoint
 
 
+def stop(proc: subprocess.Popen) -> None:
+    "Stop the store and wait for it (killed if it lingers)"
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(30)
+
+
 def timed_command(args: list[str], env: dict) -> tuple[float, float, str]:
     "Seconds, peak RSS (MB) of the command (GNU time's %M), its stdout"
     t0 = time.perf_counter()
@@ -102,7 +112,7 @@ def main() -> None:
         rows = connect_store(ObjectStore("s3://wrds/bench")).sql("select count(*) from crsp_daily").fetchone()[0]
         read_s = time.perf_counter() - t0
     finally:
-        proc.terminate()
+        stop(proc)
     mb = size / 1e6
     files = len(list((data / "versions").rglob("*.parquet")))
     print(f"crsp daily: {rows:,} rows, {mb:.1f} MB of Parquet in {files} files")

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from store_push import KEY, SECRET, demo_source, seaweedfs, timed_command
+from store_push import KEY, SECRET, demo_source, seaweedfs, stop, timed_command
 
 from wrds_sync_nb.demo import DEMO_ROLE
 from wrds_sync_nb.objectstore import ObjectStore
@@ -44,7 +44,7 @@ def main() -> None:
         read_s = time.perf_counter() - t0
         objects = ObjectStore(url).listing("versions/crsp")
     finally:
-        proc.terminate()
+        stop(proc)
         demo.stop()
     size = sum(o.size for o in objects)
     local = sum(p.stat().st_size for p in (work / "data" / "versions").rglob("*.parquet"))
