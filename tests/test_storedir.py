@@ -319,3 +319,17 @@ def test_every_table_is_an_iceberg_table_in_the_store_read_in_place_at_each_vers
     named = {x.data_file.file_path for snap in t.metadata.snapshots for m in snap.manifests(t.io)
              for x in m.fetch_manifest_entry(t.io, discard_deleted=True)}
     assert named and all(store.head(p.removeprefix(url + "/")) is not None for p in named)
+
+
+def test_the_python_api_adds_syncs_and_reads_a_data_dir_on_a_store(on_store, env):
+    url, e = on_store
+    code = (f"import wrds_sync_nb as w\n"
+            f"w.add_table('comp.secd', name='secd_api', data_dir={url!r})\n"
+            f"w.sync('secd_api', start_year=2025, data_dir={url!r}, progress='none')\n"
+            f"print(w.connect({url!r}).sql('select count(*) from secd_api_secd').fetchone()[0])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **e},
+                       timeout=180)
+    assert r.returncode == 0, r.stderr
+    m = manifest(ObjectStore(url), "secd_api", 1)
+    assert int(r.stdout.strip().splitlines()[-1]) == sum(t.rows for t in m.tables.values()) > 0
+    assert "secd_api" in script(url, "datasets", env_extra=e).stdout   # the definition is in the store

@@ -554,16 +554,16 @@ def store_report(st:State,          # the command's state (a data dir on an obje
     "`verify` on an object store: each dataset's newest version, every file read back"
     from wrds_sync_nb.iceberg import iceberg_problems
     from wrds_sync_nb.objectstore import verify_store
-    from wrds_sync_nb.storedir import StoreHome, stored_datasets
+    from wrds_sync_nb.store_reader import store_datasets
+    from wrds_sync_nb.storedir import StoreHome
     if all_ == (dataset is not None):
         raise ConfigError("give --dataset NAME or --all", "pass exactly one of --dataset NAME or --all")
     assert isinstance(home := st.layout.home, StoreHome)
-    store = home.store
-    names = [st.registry().get(dataset).name] if dataset else stored_datasets(store)
+    names = [st.registry().get(dataset).name] if dataset else store_datasets(home.store)
     if not names: raise ConfigError(f"nothing to verify in {st.url}: no version there",
                                     "sync a dataset first, or pass the right --data-dir")
     mm = ManifestManager(st.layout)   # the store's versions, pulled
-    return {n: verify_store(store, n) + (iceberg_problems(st.layout, m) if (m := mm.load(n)) else [])
+    return {n: verify_store(home.store, n) + (iceberg_problems(st.layout, m) if (m := mm.load(n)) else [])
             for n in names}
 
 # %% ../nbs/10_cli.ipynb #35f84da2

@@ -32,6 +32,7 @@ from .datadir import DataDir, locked
 from .errors import ConfigError, ManifestError, UnknownDatasetError, WrdsSyncError
 from .layout import DataDirs, DataLayout, atomic_write_bytes, validate_name
 from .manifest import ManifestManager, SyncManifest, TableEntry
+from .objectstore import S3Env
 from .reader import data_dir_of, table_files as files_on_disk, table_urls
 from .schema import SchemaRegistry, SchemaVersion
 from .versions import entry_file
@@ -124,12 +125,11 @@ def store_file_io(props:dict[str, str],  # pyarrow's properties, for reading
 def io_props(dirs:DataDirs) -> dict[str, str]:
     "pyiceberg's file IO properties for the data dir: none for a folder, the store's from the environment"
     if dirs.home is None: return {}
-    e = os.environ
-    props = {"s3.region": e.get("AWS_REGION") or e.get("AWS_DEFAULT_REGION") or "us-east-1"}
-    if key := e.get("AWS_ACCESS_KEY_ID"):
-        props |= {"s3.access-key-id": key, "s3.secret-access-key": e.get("AWS_SECRET_ACCESS_KEY", "")}
-    if token := e.get("AWS_SESSION_TOKEN"): props["s3.session-token"] = token
-    if endpoint := e.get("AWS_ENDPOINT_URL") or e.get("AWS_ENDPOINT"): props["s3.endpoint"] = endpoint
+    s3 = S3Env.read()   # what obstore reads too
+    props = {"s3.region": s3.region}
+    if s3.key: props |= {"s3.access-key-id": s3.key, "s3.secret-access-key": s3.secret}
+    if s3.token: props["s3.session-token"] = s3.token
+    if s3.endpoint: props["s3.endpoint"] = s3.endpoint
     return props
 
 def file_io(dirs:DataDirs) -> FileIO:

@@ -7,16 +7,16 @@ Docs: https://wrds-sync-nb.github.io/wrds-sync-nb/objectstore.html.md"""
 # %% ../nbs/07d_objectstore.ipynb #09d69bea
 from __future__ import annotations
 import fcntl, functools, hashlib, json, os, secrets, shutil, socket, time, uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 from urllib.parse import urlparse
 
 # %% auto #0
-__all__ = ['STORE_SCHEMES', 'P', 'R', 'LEASE', 'PROBED', 'Meta', 'Store', 'is_store_url', 'LocalReads', 'LocalStore',
+__all__ = ['STORE_SCHEMES', 'P', 'R', 'LEASE', 'PROBED', 'Meta', 'Store', 'is_store_url', 'LocalReads', 'LocalStore', 'S3Env',
            'open_store', 'ObjectReads', 'ObjectStore', 'store_errors', 'check_store', 'store_lease', 'lock_body',
            'lock_state', 'StoreLock', 'take_lock', 'commit_manifest', 'stored_sha256', 'upload_checked', 'probe',
            'fitness', 'push_schemas', 'pull_schemas', 'push_version', 'pull_manifests', 'store_versions',
@@ -126,12 +126,28 @@ class LocalStore(LocalReads):
         shutil.copyfile(local, tmp)
         return create_exclusive(tmp, self._p(rel))
 
+# %% ../nbs/07d_objectstore.ipynb #3dfd50f6
+@dataclass(frozen=True)
+class S3Env:
+    "An S3 store's settings, as the environment gives them"
+    region: str
+    key: str
+    secret: str = field(repr=False)
+    token: str = field(repr=False)
+    endpoint: str
+    @classmethod
+    def read(cls, env:Mapping[str, str]|None=None) -> S3Env:
+        "The settings in `env` (default: the process's environment)"
+        e = os.environ if env is None else env
+        return cls(e.get("AWS_REGION") or e.get("AWS_DEFAULT_REGION") or "us-east-1",
+                   e.get("AWS_ACCESS_KEY_ID", ""), e.get("AWS_SECRET_ACCESS_KEY", ""),
+                   e.get("AWS_SESSION_TOKEN", ""), e.get("AWS_ENDPOINT_URL") or e.get("AWS_ENDPOINT") or "")
+
 # %% ../nbs/07d_objectstore.ipynb #a1184ed5
 def open_store(url:str) -> Any:
     "The obstore store for `url`, configured from the environment"
     from obstore.store import from_url
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT") or ""
-    opts: Any = {"allow_http": True} if endpoint.startswith("http://") else {}
+    opts: Any = {"allow_http": True} if S3Env.read().endpoint.startswith("http://") else {}
     try: return from_url(url, client_options=opts)
     except Exception as e:
         raise ConfigError(f"cannot open the object store {url}: {str(e).splitlines()[0][:200]}",

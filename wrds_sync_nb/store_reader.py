@@ -6,10 +6,8 @@ Docs: https://wrds-sync-nb.github.io/wrds-sync-nb/store_reader.html.md"""
 
 # %% ../nbs/09f_store_reader.ipynb #039b0306
 from __future__ import annotations
-import os, tempfile
 from collections.abc import Sequence
 from datetime import date, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
@@ -18,9 +16,8 @@ __all__ = ['s3_secret_sql', 'store_session', 'store_datasets', 'connect_store']
 
 # %% ../nbs/09f_store_reader.ipynb #59560bdf
 from .iceberg import load_packaged
-from .layout import DataLayout
-from .objectstore import ObjectStore, Store, pull_manifests, store_errors
-from .reader import Version, choose_versions, create_views, subsets
+from .objectstore import S3Env, Store, store_errors
+from .reader import Version, connect
 if TYPE_CHECKING:
     import duckdb
 
@@ -29,12 +26,12 @@ def _sql(s:str) -> str: return "'" + s.replace("'", "''") + "'"
 
 def s3_secret_sql(env:dict[str, str]|None=None) -> str:
     "The DuckDB statement that gives httpfs the store's credentials and endpoint from the environment"
-    e = os.environ if env is None else env
-    parts = ["TYPE s3", f"REGION {_sql(e.get('AWS_REGION') or e.get('AWS_DEFAULT_REGION') or 'us-east-1')}"]
-    if key := e.get("AWS_ACCESS_KEY_ID"):
-        parts += [f"KEY_ID {_sql(key)}", f"SECRET {_sql(e.get('AWS_SECRET_ACCESS_KEY', ''))}"]
-    if endpoint := e.get("AWS_ENDPOINT_URL") or e.get("AWS_ENDPOINT"):
-        u = urlparse(endpoint)
+    s3 = S3Env.read(env)
+    parts = ["TYPE s3", f"REGION {_sql(s3.region)}"]
+    if s3.key: parts += [f"KEY_ID {_sql(s3.key)}", f"SECRET {_sql(s3.secret)}"]
+    if s3.token: parts.append(f"SESSION_TOKEN {_sql(s3.token)}")
+    if s3.endpoint:
+        u = urlparse(s3.endpoint)
         tls = str(u.scheme == "https").lower()
         parts += [f"ENDPOINT {_sql(u.netloc)}", "URL_STYLE 'path'", f"USE_SSL {tls}"]
     return f"CREATE OR REPLACE SECRET wrds_store ({', '.join(parts)})"
@@ -51,21 +48,12 @@ def store_datasets(store:Store) -> list[str]:
     found = store.listing("manifests/history")
     return sorted({m.path.split("/")[2] for m in found if m.path.endswith(".json")})
 
-@store_errors("reading its manifests")
 def connect_store(store:Store,                         # the data dir's home (see `objectstore`)
                   datasets:Sequence[str]|None=None,     # only these (default: every dataset it holds)
                   as_of:date|datetime|str|None=None,    # read the data as it was at this moment
-                  version:Version=None,                 # a version number (one dataset) or citation stamp(s)
-                  cache:Path|None=None                  # where the manifests are kept (default: a new folder)
+                  version:Version=None                  # a version number (one dataset) or citation stamp(s)
                  ) -> duckdb.DuckDBPyConnection:
-    "A DuckDB connection with a view per table over one version per dataset, read in place from the store"
-    import duckdb
-    layout = DataLayout(cache or Path(tempfile.mkdtemp(prefix="wrds-sync-store-")))
-    for ds in store_datasets(store): pull_manifests(store, layout, ds)
-    con, taken = duckdb.connect(), dict[str, str]()
-    if isinstance(store, ObjectStore): store_session(con)
-    for _ds, (m, _current) in sorted(choose_versions(layout, datasets, version, as_of).items()):
-        files = {t: [f"{store.url}/{e.path}" for _, e in sorted(te.partitions.items())]
-                 for t, te in sorted(m.tables.items())}
-        create_views(con, m, files, taken, subsets(layout, m))
-    return con
+    """A DuckDB connection with a view per table over one version per dataset, read in place from the store:
+    `connect` on its stage (see `storedir`)"""
+    from wrds_sync_nb.storedir import open_stage
+    return connect(open_stage(store.url, store), datasets, as_of=as_of, version=version)

@@ -15,10 +15,9 @@ from typing import Any
 # %% auto #0
 __all__ = ['stage_dir', 'reconcile', 'StoreIndex', 'StoreHome', 'upload_staged', 'settle', 'keep_lock', 'begin', 'end',
            'send_rest', 'commit', 'pull_definitions', 'push_definitions', 'share_definitions', 'store_lock_rows',
-           'force_release', 'stage_layout', 'open_stage', 'stored_datasets', 'vacuum_store', 'set_aside',
-           'repair_store']
+           'force_release', 'stage_layout', 'open_stage', 'vacuum_store', 'set_aside', 'repair_store']
 
-# %% ../nbs/09g_storedir.ipynb #e3796322
+# %% ../nbs/09g_storedir.ipynb #ccc5442a
 from .datadir import DataDir, locked, retention_of
 from .errors import ManifestError
 from .history import VacuumResult
@@ -29,6 +28,7 @@ from .objectstore import (LocalReads, ObjectReads, ObjectStore, Store, StoreLock
                                       lock_body, lock_state, probe, pull_manifests, pull_schemas,
                                       push_schemas, store_errors, store_lease, store_versions, stored_sha256,
                                       upload_checked)
+from .store_reader import store_datasets
 from .versions import load_versions, retained_versions
 
 # %% ../nbs/09g_storedir.ipynb #67b79d13
@@ -256,7 +256,7 @@ def force_release(store:Store,  # the data dir's home
         return f"{ds}: its writer refreshed the lock meanwhile: it is alive, and keeps it"
     return f"{ds}: lock released (by {by})"
 
-# %% ../nbs/09g_storedir.ipynb #a0083778
+# %% ../nbs/09g_storedir.ipynb #822a4c34
 def stage_layout(url:str,               # the data dir's URL
                  store:Store|None=None  # its store (default: opened from the URL and the environment)
                 ) -> DataLayout:
@@ -273,18 +273,13 @@ def open_stage(url:str,               # the data dir's URL
     layout = stage_layout(url, store)
     assert isinstance(home := layout.home, StoreHome)
     home.tag = pull_definitions(home.store, layout)
-    for ds in stored_datasets(home.store):
+    for ds in store_datasets(home.store):
         reconcile(home.store, layout, ds)
         pull_schemas(home.store, layout, ds)
         home.load_index(ds)
     return layout
 
-def stored_datasets(store:Store) -> list[str]:
-    "The datasets with at least one committed version in the store"
-    found = store.listing("manifests/history")
-    return sorted({m.path.split("/")[2] for m in found if m.path.endswith(".json")})
-
-# %% ../nbs/09g_storedir.ipynb #0dc4c8e3
+# %% ../nbs/09g_storedir.ipynb #079ec360
 def vacuum_store(d:DataDir,                            # a data dir whose home is a store
                  dataset:str,                          # the dataset
                  grace:timedelta=timedelta(days=1),    # how long past expiry files stay
@@ -303,8 +298,9 @@ def vacuum_store(d:DataDir,                            # a data dir whose home i
         named = {rel for m in versions for rel in m.files()}
         gone = [o for o in home.store.listing(f"versions/{ds}/")
                 if o.path not in keep and (o.path in named or clock - o.modified > grace)]
-        if not dry_run: publish(d.layout, ds, keep=[m.version for m in kept])   # Iceberg's expire first
-        for o in [] if dry_run else gone: home.store.delete(o.path)
+        if not dry_run:
+            publish(d.layout, ds, keep=[m.version for m in kept])   # Iceberg's snapshots expire first
+            for o in gone: home.store.delete(o.path)
     return VacuumResult(ds, [o.path for o in gone], sum(o.size for o in gone), [m.version for m in kept])
 
 # %% ../nbs/09g_storedir.ipynb #7b6d78b3
